@@ -1,0 +1,60 @@
+# rtml — every target installs what it needs from this repository's own files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor clean lock
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	touch $(STAMP)
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+up: install
+	$(BIN)/rtml up
+
+down: install
+	$(BIN)/rtml down
+
+status: install
+	$(BIN)/rtml status
+
+feast-apply: install
+	$(BIN)/rtml feast-apply
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration and not faults" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy rtml pipelines serving tests
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m rtml.bench
+
+run-trainer: install
+	$(BIN)/rtml train
+
+run-predictor: install
+	$(BIN)/rtml serve
+
+clean: down
+	rm -rf .rtml

@@ -1,0 +1,136 @@
+"""The one wrapper around Kafka clients: shared configuration, topic creation, JSON records.
+
+The same configuration works on the embedded broker and on Apache Kafka or Redpanda. Records
+are JSON objects keyed by symbol, so each symbol's events stay ordered within one partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from rtml.errors import ServiceError
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRADES = "trades"
+FEATURES = "features"
+EXAMPLES = "examples"
+PREDICTIONS = "predictions"
+ALERTS = "alerts"
+TOPICS = (TRADES, FEATURES, EXAMPLES, PREDICTIONS, ALERTS)
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of `topic`, where its rejected records go with their reason."""
+    return f"{topic}.dlq"
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Configuration every client shares: address and security."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    return config
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {
+        **client_config(settings),
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "none",
+        **overrides,
+    }
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A consumer that commits only what the caller has fully processed.
+
+    Partition EOF events tell a caller it has caught up: the embedded broker's watermark
+    offsets are not reliable enough to compute lag from.
+    """
+    return {
+        **client_config(settings),
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        **overrides,
+    }
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def ensure_topics(
+    settings: Settings, names: Iterable[str], partitions: int | None = None, timeout: float = 10.0
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ServiceError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer ({exc}). "
+            "Start the embedded stack with `rtml up`, or set KAFKA_BOOTSTRAP_SERVERS."
+        ) from exc
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=partitions or settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+        for name in dict.fromkeys(names)
+        if name not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ServiceError(f"could not create topic {name}: {exc}") from exc
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+
+
+def dead_letter(
+    producer: Producer,
+    topic: str,
+    reason: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    origin: str = "",
+) -> None:
+    """Send a rejected record to `topic`'s DLQ with its reason and where it came from."""
+    raw = (value or b"").decode("utf-8", errors="replace")
+    record = {"reason": reason, "origin": origin, "raw": raw}
+    producer.produce(dlq(topic), key=key, value=encode(record))

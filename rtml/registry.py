@@ -1,0 +1,95 @@
+"""The one wrapper around the MLflow model registry: log versions, move aliases, load by alias.
+
+Models are River estimators logged as MLflow pyfunc models. Pickle is River's only
+serialization, so a model is loaded only from the registry the settings name, and every version
+pins the river version it was logged with.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from importlib.metadata import version
+from typing import Any, Protocol
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.pyfunc import PythonModel
+
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+
+
+class OnlineRegressor(Protocol):
+    def predict_one(self, x: dict[str, float]) -> float: ...
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements (inferring them takes seconds): pin what unpickles the model."""
+    return [f"river=={version('river')}", f"pandas=={version('pandas')}"]
+
+
+class RiverPyfunc(PythonModel):
+    """A River regressor as an MLflow pyfunc: one prediction per input row.
+
+    Missing or non-finite feature values are left out of a row, as River models expect.
+    """
+
+    def __init__(self, model: OnlineRegressor) -> None:
+        self.model = model
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[float]:
+        rows: list[dict[str, Any]] = model_input.to_dict(orient="records")  # type: ignore[assignment]
+        return [self.predict_row(row) for row in rows]
+
+    def predict_row(self, row: Mapping[str, Any]) -> float:
+        x = {
+            k: float(v)
+            for k, v in row.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        }
+        return float(self.model.predict_one(x))
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def log_version(
+    settings: Settings,
+    model: OnlineRegressor,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Log `model` in the active run (or a new one) and register it; returns the version."""
+    name = name or settings.model_name
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=RiverPyfunc(model),
+        registered_model_name=name,
+        pip_requirements=pip_requirements(),
+    )
+    version_id = str(info.registered_model_version)
+    mlflow_client = client(settings)
+    for key, value in (tags or {}).items():
+        mlflow_client.set_model_version_tag(name, version_id, key, value)
+    log.info("registered %s version %s", name, version_id)
+    return version_id
+
+
+def load(settings: Settings, alias: str, name: str | None = None) -> RiverPyfunc:
+    """The River pyfunc that `alias` points at, unwrapped from MLflow's loader."""
+    name = name or settings.model_name
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    model: RiverPyfunc = loaded.unwrap_python_model()
+    return model

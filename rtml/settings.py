@@ -1,0 +1,140 @@
+"""Typed, frozen settings: read from the environment (and `.env`) once, at the entrypoint.
+
+Every external address comes from here, so the same code runs on the embedded single-machine
+stack and on Kafka/Redpanda, Redis and an MLflow server elsewhere. The three addresses that
+have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``,
+``MLFLOW_TRACKING_URI``) are read from it; giving one marks that service as external, and
+``rtml up`` then uses it instead of starting the embedded one.
+
+>>> s = Settings(state_dir="/tmp/x", kafka_port=1234)
+>>> s.kafka_bootstrap, s.kafka_external
+('127.0.0.1:1234', False)
+>>> Settings(redis_url="redis://:pw@cache:6380/2").feast_redis_connection
+'cache:6380,db=2,password=pw'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """All of rtml's configuration. Field ``foo`` is read from ``RTML_FOO`` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTML_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Embedded stack
+    state_dir: Path = Path(".rtml")
+    bind_host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    redis_port: int = 16379
+    mlflow_port: int = 15000
+    up_timeout_s: float = 90.0
+
+    # External services: when given, `rtml up` does not start the embedded one.
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RTML_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "RTML_REDIS_URL")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
+    )
+
+    # Kafka clients
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+    # Measured on the embedded broker: eager `range` assignment and short group timeouts make
+    # consumer groups settle in seconds; they are valid for Apache Kafka and Redpanda too.
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
+    kafka_max_poll_interval_ms: int = 10000
+
+    # Feast
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    feast_project: str = "rtml"
+
+    # Market data and labels
+    symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD")
+    candle_seconds: int = 60
+    horizon: int = 5
+    allowed_lateness_s: float = 5.0
+
+    # Model registry
+    model_name: str = "rtml-price-change"
+    experiment_name: str = "rtml"
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir.resolve()
+
+    @property
+    def kafka_external(self) -> bool:
+        return self.kafka_bootstrap_servers is not None
+
+    @property
+    def redis_external(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def mlflow_external(self) -> bool:
+        return self.mlflow_tracking_uri is not None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://{self.bind_host}:{self.redis_port}/0"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def feast_redis_connection(self) -> str:
+        """The Redis URL in Feast's ``host:port,key=value`` connection-string form."""
+        url = urlparse(self.redis)
+        parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
+        db = url.path.lstrip("/")
+        if db and db != "0":
+            parts.append(f"db={db}")
+        if url.password:
+            parts.append(f"password={url.password}")
+        if url.scheme == "rediss":
+            parts.append("ssl=true")
+        return ",".join(parts)
+
+    @property
+    def offline_dir(self) -> Path:
+        """Where the offline store's append-only parquet parts live."""
+        return self.state / "offline"
+
+    @property
+    def feast_registry_path(self) -> Path:
+        return self.state / "feast" / "registry.db"
+
+    def feast_env(self) -> dict[str, str]:
+        """The variables ``feature_repo/feature_store.yaml`` and its definitions read."""
+        return {
+            "RTML_STATE_DIR": str(self.state),
+            "RTML_FEAST_REGISTRY": str(self.feast_registry_path),
+            "RTML_FEAST_REDIS": self.feast_redis_connection,
+            "RTML_FEAST_PROJECT": self.feast_project,
+        }

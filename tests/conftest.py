@@ -1,0 +1,67 @@
+"""Shared fixtures: the real embedded stack, started once per test session on free ports."""
+
+from __future__ import annotations
+
+import random
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rtml.settings import Settings
+from rtml.stack import Stack
+
+
+def free_port() -> int:
+    """A free port below the kernel's ephemeral range, so no outgoing connection takes it."""
+    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    state = tmp_path_factory.mktemp("rtml-state")
+    return Settings(
+        state_dir=state,
+        kafka_port=free_port(),
+        redis_port=free_port(),
+        mlflow_port=free_port(),
+        up_timeout_s=180,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> Iterator[Stack]:
+    """The embedded Kafka-API broker, Redis and MLflow server, with feature_repo applied."""
+    stack = Stack(stack_settings)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+@pytest.fixture
+def settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@pytest.fixture
+def topic_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def state_dir(stack: Stack) -> Path:
+    return stack.settings.state

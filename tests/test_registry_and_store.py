@@ -1,0 +1,108 @@
+"""MLflow registry and Feast store on the embedded stack."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml import registry
+from rtml.feature_store import (
+    FEATURE_SERVICE,
+    FEATURES_DATASET,
+    PUSH_SOURCE,
+    append_parquet,
+    online_features,
+    open_store,
+)
+from rtml.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+class Scale:
+    """A tiny online regressor: the sum of its inputs times a factor."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        return sum(x.values()) * self.factor
+
+
+def test_mlflow_versions_aliases_and_load(settings: Settings) -> None:
+    name = f"test-model-{uuid.uuid4().hex[:8]}"
+    versions = [
+        registry.log_version(settings, Scale(f), name=name, tags={"factor": str(f)})
+        for f in (2.0, 3.0)
+    ]
+    assert versions == ["1", "2"]
+    client = registry.client(settings)
+    assert client.get_model_version(name, "2").tags["factor"] == "3.0"
+
+    client.set_registered_model_alias(name, registry.CHAMPION, "1")
+    frame = pd.DataFrame({"x": [1.0, 5.0], "y": [float("nan"), 1.0]})
+    champion = registry.load(settings, registry.CHAMPION, name=name)
+    assert champion.predict(None, frame) == [2.0, 12.0]
+
+    client.set_registered_model_alias(name, registry.CHAMPION, "2")
+    assert client.get_model_version_by_alias(name, registry.CHAMPION).version == "2"
+    assert registry.load(settings, registry.CHAMPION, name=name).predict(None, frame) == [3.0, 18.0]
+
+
+def _feature_rows(symbol: str, times: list[datetime], base: float) -> pd.DataFrame:
+    rows = []
+    for i, ts in enumerate(times):
+        row: dict[str, Any] = {"symbol": symbol, "event_timestamp": ts, "created": ts}
+        row.update({name: base + i + k / 100 for k, name in enumerate(FEATURE_NAMES)})
+        row.update({name: 1.0 for name in EXTRA_COLUMNS})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_feast_online_write_and_read(settings: Settings) -> None:
+    store = open_store(settings)
+    symbol = f"TEST-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame = _feature_rows(symbol, [now - timedelta(minutes=1), now], base=10.0)
+    store.push(PUSH_SOURCE, frame.iloc[[0]])
+    store.push(PUSH_SOURCE, frame.iloc[[1]])
+
+    got = online_features(store, [symbol, "UNKNOWN"])
+    assert got["symbol"] == [symbol, "UNKNOWN"]
+    assert got["ret_1"] == [11.0, None]
+    assert got["rsi_14"][0] == pytest.approx(11.07)
+    assert set(FEATURE_NAMES) <= set(got)
+
+
+def test_feast_point_in_time_join_from_parquet_directory(settings: Settings) -> None:
+    store = open_store(settings)
+    symbol = f"TEST-{uuid.uuid4().hex[:6]}"
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    times = [t0 + timedelta(minutes=m) for m in range(4)]
+    directory = settings.offline_dir / FEATURES_DATASET
+    append_parquet(directory, _feature_rows(symbol, times[:2], base=100.0))
+    append_parquet(directory, _feature_rows(symbol, times[2:], base=102.0))
+
+    entities = pd.DataFrame(
+        {
+            "symbol": [symbol] * 3,
+            "event_timestamp": [
+                times[0] + timedelta(seconds=30),  # sees the row at t0
+                times[2],  # sees the row at exactly t2
+                times[3] - timedelta(seconds=1),  # still t2: t3 is in its future
+            ],
+        }
+    )
+    joined = (
+        store.get_historical_features(
+            entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
+        )
+        .to_df()
+        .sort_values("event_timestamp")
+    )
+    assert list(joined["ret_1"]) == [100.0, 102.0, 102.0]

@@ -1,0 +1,66 @@
+"""Stack logic that needs no services."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtml.errors import ServiceError
+from rtml.settings import Settings
+from rtml.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, _port_is_free
+
+
+def test_alive_sees_running_and_zombie_processes() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _alive(proc.pid)
+    finally:
+        proc.kill()
+    # killed but not reaped yet: a zombie, which must count as dead
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    assert not _alive(proc.pid)
+    proc.wait()
+    assert not _alive(proc.pid)
+
+
+def test_port_in_use_is_reported_with_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not _port_is_free("127.0.0.1", port)
+        stack = Stack(Settings(state_dir=tmp_path, redis_port=port))
+        with pytest.raises(ServiceError, match="RTML_REDIS_PORT"):
+            stack._start(REDIS)
+
+
+def test_external_services_are_not_managed(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        kafka_bootstrap_servers="kafka.example:9092",
+        mlflow_tracking_uri="http://mlflow.example:5000",
+    )
+    stack = Stack(settings)
+    assert stack.external(KAFKA) and stack.external(MLFLOW) and not stack.external(REDIS)
+    assert stack.address(KAFKA) == "kafka.example:9092"
+    assert stack.down() == []
+
+
+def test_stale_pid_file_is_not_a_running_service(tmp_path: Path) -> None:
+    stack = Stack(Settings(state_dir=tmp_path))
+    stack.pid_file(REDIS).parent.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    stack.pid_file(REDIS).write_text(f'{{"pid": {proc.pid}, "argv": []}}')
+    assert stack.pid(REDIS) is None
+
+
+def test_feast_env_follows_settings(tmp_path: Path) -> None:
+    env = Settings(state_dir=tmp_path, redis_port=7777).feast_env()
+    assert env["RTML_FEAST_REDIS"] == "127.0.0.1:7777"
+    assert env["RTML_FEAST_REGISTRY"] == str(tmp_path.resolve() / "feast" / "registry.db")
