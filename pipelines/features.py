@@ -9,7 +9,7 @@ so it can run the moment a candle closes, and the same code builds history offli
 >>> sorted(f) == sorted(FEATURE_NAMES + EXTRA_COLUMNS)
 True
 >>> round(f["ret_1"], 6)
-0.009662
+0.008734
 >>> compute_features(cs[1:]) is None
 True
 """
