@@ -88,7 +88,7 @@ def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
     """
     if len(history) < WARMUP:
         return None
-    window = history[-WARMUP:]
+    window = list(history)[-WARMUP:]
     last = window[-1]
     one_step = [cur.close / prev.close - 1.0 for prev, cur in pairwise(window)]
     volumes = [c.volume for c in window[1:]]

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -94,6 +98,109 @@ def feast_apply(settings: Settings) -> None:
     stack = Stack(settings)
     stack.wait_feast(stack.feast_apply(), time.monotonic() + settings.up_timeout_s)
     click.echo(f"applied {settings.feature_repo}")
+
+
+def _trade_source(
+    settings: Settings,
+    source: str,
+    seed: int,
+    candles: int | None,
+    start_ts: float | None,
+    columns: tuple[str, ...],
+    stop: threading.Event,
+) -> Iterable[Any]:
+    from pipelines import kraken, sources
+
+    if source == "synthetic":
+        market = sources.SyntheticMarket(
+            settings.symbols, seed=seed, candle_seconds=settings.candle_seconds, start_ts=start_ts
+        )
+        return market.candles_of_trades(candles)
+    if source == "kraken" or source.startswith(("ws://", "wss://")):
+        url = kraken.KRAKEN_WS_URL if source == "kraken" else source
+        return kraken.stream(settings.symbols, url=url, stop=stop)
+    mapping = dict(c.split("=", 1) for c in columns)
+    return sources.replay(Path(source), mapping, settings.candle_seconds)
+
+
+_source_option = click.option(
+    "--source",
+    default="synthetic",
+    show_default=True,
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV/Parquet file.",
+)
+_column_option = click.option(
+    "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."
+)
+
+
+@cli.command()
+@_source_option
+@_column_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--candles", type=int, default=None, help="Stop after this many synthetic candles.")
+@click.option("--speed", default=1.0, show_default=True, help="Times real time; 0: max speed.")
+@click.option("--limit", type=int, default=None, help="Stop after this many trades.")
+@click.pass_obj
+def feed(
+    settings: Settings,
+    source: str,
+    columns: tuple[str, ...],
+    seed: int,
+    candles: int | None,
+    speed: float,
+    limit: int | None,
+) -> None:
+    """Produce trades from a source to the `trades` topic."""
+    from pipelines.feature_pipeline import install_signal_handlers
+    from pipelines.feed import publish
+    from pipelines.sources import paced
+    from rtml.kafka import TOPICS, dlq, ensure_topics, make_producer
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    ensure_topics(settings, [*TOPICS, *(dlq(t) for t in TOPICS)])
+    items = _trade_source(settings, source, seed, candles, None, columns, stop)
+    if source == "synthetic" or Path(source).exists():
+        items = paced(items, speed)
+    stats = publish(make_producer(settings), items, stop=stop, limit=limit, progress=True)
+    click.echo(stats.line())
+
+
+@cli.command()
+@click.option("--group", default="rtml-features", show_default=True, help="Consumer group.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def features(settings: Settings, group: str, duration: float | None) -> None:
+    """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
+    from pipelines.feature_pipeline import FeaturePipeline, install_signal_handlers
+
+    pipeline = FeaturePipeline(settings, group_id=group)
+    install_signal_handlers(pipeline.stop)
+    click.echo(pipeline.run(max_seconds=duration).line())
+
+
+@cli.command()
+@_source_option
+@_column_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--days", default=2.0, show_default=True, help="Synthetic history length.")
+@click.pass_obj
+def backfill(
+    settings: Settings, source: str, columns: tuple[str, ...], seed: int, days: float
+) -> None:
+    """Build the offline store from a replay file or a synthetic history, without Kafka."""
+    import time
+
+    from pipelines.feed import backfill as run_backfill
+
+    candles = None
+    start_ts = None
+    if source == "synthetic":
+        candles = int(days * 86400 / settings.candle_seconds)
+        start_ts = time.time() - candles * settings.candle_seconds
+    items = _trade_source(settings, source, seed, candles, start_ts, columns, threading.Event())
+    click.echo(run_backfill(settings, items).line())
 
 
 def main() -> None:

@@ -1,0 +1,153 @@
+"""The live feature pipeline: `trades` in; Feast, `features` and `examples` out.
+
+Bad trades (not JSON, missing fields, wrong types, NaN/inf, non-positive price or size,
+duplicate ids, too late for their window) go to `trades.dlq` with their reason and are counted;
+the loop goes on. Offsets are committed only once everything a trade led to is durable, and
+never past the first trade of a candle that is still open, so a restart rebuilds open candles
+exactly; closed history is restored from the offline store.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from pipelines.features import WARMUP
+from pipelines.processor import FeatureProcessor, Outputs
+from pipelines.sink import FeatureSink
+from pipelines.trades import BadRecord, parse_trade
+from rtml import feature_store as fs
+from rtml.kafka import TOPICS, TRADES, dead_letter, dlq, ensure_topics, make_consumer, make_producer
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    trades: int = 0
+    candles: int = 0
+    features: int = 0
+    examples: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (
+            f"trades {self.trades}, candles {self.candles}, features {self.features}, "
+            f"examples {self.examples}, rejected: {bad}"
+        )
+
+
+def restore(processor: FeatureProcessor, settings: Settings) -> int:
+    """Give each symbol its newest stored features back; returns how many symbols resumed."""
+    frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
+    if frame.empty:
+        return 0
+    frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(WARMUP)
+    for symbol, rows in frame.groupby("symbol", sort=False):
+        values: list[dict[str, float]] = rows.drop(  # type: ignore[assignment]
+            columns=["symbol", "event_timestamp", "created"]
+        ).to_dict("records")
+        stamps = [ts.timestamp() for ts in rows["event_timestamp"]]
+        processor.restore(str(symbol), list(zip(stamps, values, strict=True)))
+    return int(frame["symbol"].nunique())
+
+
+class FeaturePipeline:
+    """One consumer-group member; run several to share the `trades` partitions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        group_id: str = "rtml-features",
+        commit_interval_s: float = 5.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.commit_interval_s = commit_interval_s
+        self.stop = stop or threading.Event()
+        self.stats = PipelineStats()
+        self.processor = FeatureProcessor(
+            settings.candle_seconds, settings.allowed_lateness_s, settings.horizon
+        )
+        self._last: dict[int, int] = {}
+
+    def run(self, max_seconds: float | None = None) -> PipelineStats:
+        settings = self.settings
+        ensure_topics(settings, [*TOPICS, *(dlq(t) for t in TOPICS)])
+        resumed = restore(self.processor, settings)
+        log.info("feature pipeline starting; %d symbols resumed from the offline store", resumed)
+        consumer = make_consumer(settings, self.group_id)
+        producer = make_producer(settings)
+        sink = FeatureSink(settings, fs.open_store(settings), producer, self.stop)
+        consumer.subscribe([TRADES])
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        last_commit = time.monotonic()
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                out = Outputs()
+                for msg in consumer.consume(num_messages=1000, timeout=0.2):
+                    self._handle(msg, out, producer)
+                if out:
+                    sink.write(out)
+                    self._count(out)
+                if self._last and time.monotonic() - last_commit >= self.commit_interval_s:
+                    self._commit(consumer, producer, sink)
+                    last_commit = time.monotonic()
+            self._commit(consumer, producer, sink)
+        finally:
+            consumer.close()
+            producer.flush(10)
+        log.info("feature pipeline stopped: %s", self.stats.line())
+        return self.stats
+
+    def _handle(self, msg: Message, out: Outputs, producer: object) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        self._last[partition] = offset
+        self.stats.trades += 1
+        try:
+            out.extend(
+                self.processor.on_trade(parse_trade(msg.value() or b""), (partition, offset))
+            )
+        except BadRecord as exc:
+            origin = f"{TRADES}[{partition}]@{offset}"
+            self.stats.rejected[exc.kind] += 1
+            log.debug("rejected %s: %s", origin, exc)
+            dead_letter(producer, TRADES, str(exc), msg.value(), key=msg.key(), origin=origin)  # type: ignore[arg-type]
+
+    def _count(self, out: Outputs) -> None:
+        self.stats.candles += len(out.candles)
+        self.stats.features += len(out.features)
+        self.stats.examples += len(out.examples)
+
+    def _commit(self, consumer: object, producer: object, sink: FeatureSink) -> None:
+        if not self._last:
+            return
+        sink.flush_offline()
+        producer.flush(30)  # type: ignore[attr-defined]
+        open_positions = self.processor.builder.open_positions()
+        offsets = [
+            TopicPartition(TRADES, p, min(open_positions.get(p, last + 1), last + 1))
+            for p, last in self._last.items()
+        ]
+        consumer.commit(offsets=offsets, asynchronous=False)  # type: ignore[attr-defined]
+        log.info("committed %s; %s", {tp.partition: tp.offset for tp in offsets}, self.stats.line())
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT finish the current batch, commit and return."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())

@@ -1,0 +1,158 @@
+"""Trades, candles, features and labels: the pure logic, without services."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from pipelines.candles import CandleBuilder
+from pipelines.features import FEATURE_NAMES, WARMUP
+from pipelines.processor import FeatureProcessor, Outputs
+from pipelines.sources import SyntheticMarket
+from pipelines.trades import BadRecord, Trade, parse_trade
+
+GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b"{not json", "not_json"),
+        (b"[1, 2]", "not_json"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "price"}).encode(), "missing_field"),
+        (json.dumps({**GOOD, "price": "abc"}).encode(), "wrong_type"),
+        (json.dumps({**GOOD, "size": [1]}).encode(), "wrong_type"),
+        (json.dumps({**GOOD, "side": "hold"}).encode(), "wrong_type"),
+        (json.dumps({**GOOD, "ts": "yesterday"}).encode(), "wrong_type"),
+        (b'{"symbol":"X","trade_id":"1","price":NaN,"size":1,"side":"buy","ts":1}', "not_finite"),
+        (
+            b'{"symbol":"X","trade_id":"1","price":1,"size":Infinity,"side":"buy","ts":1}',
+            "not_finite",
+        ),
+        (json.dumps({**GOOD, "price": 0}).encode(), "non_positive"),
+        (json.dumps({**GOOD, "size": -2}).encode(), "non_positive"),
+    ],
+)
+def test_bad_trades_are_rejected_with_their_class(raw: bytes, kind: str) -> None:
+    with pytest.raises(BadRecord) as info:
+        parse_trade(raw)
+    assert info.value.kind == kind
+
+
+def test_iso_timestamps_are_accepted() -> None:
+    trade = parse_trade({**GOOD, "ts": "2026-01-01T00:00:30Z"})
+    assert trade.ts == 1767225630.0
+
+
+def _t(symbol: str, tid: int, price: float, ts: float, size: float = 1.0) -> Trade:
+    return Trade(symbol, str(tid), price, size, "buy", ts)
+
+
+def test_late_and_duplicate_trades_are_rejected() -> None:
+    b = CandleBuilder(seconds=60, allowed_lateness=10)
+    b.add(_t("X", 1, 10, 5))
+    b.add(_t("X", 2, 11, 65))  # watermark 55: window [0, 60) still open
+    assert b.add(_t("X", 3, 12, 50)) == []  # late but within the allowed lateness
+    with pytest.raises(BadRecord, match="duplicate"):
+        b.add(_t("X", 2, 11, 66))
+    closed = b.add(_t("X", 4, 13, 75))  # watermark 65 closes [0, 60)
+    assert [(c.open, c.high, c.close, c.trades) for c in closed] == [(10, 12, 12, 2)]
+    with pytest.raises(BadRecord) as info:
+        b.add(_t("X", 5, 9, 59))
+    assert info.value.kind == "late"
+
+
+def test_gaps_are_filled_with_flat_candles_and_vwap_is_volume_weighted() -> None:
+    b = CandleBuilder(seconds=60, allowed_lateness=0)
+    b.add(_t("X", 1, 10, 1, size=1))
+    b.add(_t("X", 2, 20, 2, size=3))
+    first = b.add(_t("X", 3, 30, 185))
+    assert [(c.start, c.close, c.volume) for c in first] == [(0, 20, 4)]
+    assert first[0].vwap == pytest.approx((10 + 60) / 4)
+    # the gap is filled when the next real candle closes
+    closed = b.add(_t("X", 4, 40, 245))
+    assert [(c.start, c.close, c.volume) for c in closed] == [
+        (60, 20, 0),
+        (120, 20, 0),
+        (180, 30, 1),
+    ]
+
+
+def test_open_positions_point_at_the_oldest_open_window() -> None:
+    b = CandleBuilder(seconds=60, allowed_lateness=0)
+    b.add(_t("X", 1, 10, 1), (0, 100))
+    b.add(_t("Y", 2, 10, 2), (1, 7))
+    b.add(_t("X", 3, 10, 30), (0, 101))
+    assert b.open_positions() == {0: 100, 1: 7}
+    b.add(_t("X", 4, 10, 61), (0, 102))  # closes X's and Y's first windows
+    assert b.open_positions() == {0: 102}
+
+
+def _run(processor: FeatureProcessor, trades: list[Trade]) -> Outputs:
+    out = Outputs()
+    for trade in trades:
+        out.extend(processor.on_trade(trade))
+    return out
+
+
+def test_labels_only_after_t_plus_h_closed_and_pair_features_of_t() -> None:
+    horizon = 5
+    trades = list(SyntheticMarket(["A", "B"], seed=3, start_ts=0).candles_of_trades(60))
+    processor = FeatureProcessor(60, 0, horizon)
+    closed_until: dict[str, float] = {}
+    features_at: dict[tuple[str, float], dict[str, float]] = {}
+    closes: dict[tuple[str, float], float] = {}
+    examples = 0
+    for trade in trades:
+        out = processor.on_trade(trade)
+        for c in out.candles:
+            closed_until[c.symbol] = c.end
+            closes[(c.symbol, c.end)] = c.close
+        for row in out.features:
+            features_at[(row.symbol, row.ts)] = row.values
+        for ex in out.examples:
+            examples += 1
+            assert ex.label_ts == ex.ts + horizon * 60
+            assert closed_until[ex.symbol] >= ex.label_ts  # t+H has closed
+            assert ex.features == features_at[(ex.symbol, ex.ts)]
+            assert ex.target == pytest.approx(
+                closes[(ex.symbol, ex.label_ts)] / closes[(ex.symbol, ex.ts)] - 1
+            )
+    # every candle from warm-up on gets a label once H more candles closed (the last one is
+    # still open when the input ends)
+    assert examples == 2 * (60 - 1 - (WARMUP - 1) - horizon)
+
+
+def test_restored_processor_continues_exactly_like_an_uninterrupted_one() -> None:
+    trades = list(SyntheticMarket(["A"], seed=11, start_ts=0).candles_of_trades(80))
+    cut = next(i for i, t in enumerate(trades) if t.ts >= 40 * 60)
+    whole = FeatureProcessor(60, 0, 5)
+    expected = _run(whole, trades)
+
+    first = FeatureProcessor(60, 0, 5)
+    head = _run(first, trades[:cut])
+    rows = [(r.ts, r.values) for r in head.features]
+    resumed = FeatureProcessor(60, 0, 5)
+    resumed.restore("A", rows)
+    # the pipeline commits no further than the first trade of a still-open window
+    replay_from = next(i for i, t in enumerate(trades) if t.ts >= rows[-1][0])
+    assert replay_from < cut
+    tail = _run(resumed, trades[replay_from:])
+
+    assert [r.values for r in head.features + tail.features] == [
+        r.values for r in expected.features
+    ]
+    assert [(e.ts, e.target) for e in head.examples + tail.examples] == [
+        (e.ts, e.target) for e in expected.examples
+    ]
+
+
+def test_features_are_finite_on_a_long_synthetic_run() -> None:
+    trades = list(SyntheticMarket(["A", "B", "C"], seed=5, start_ts=0).candles_of_trades(300))
+    out = _run(FeatureProcessor(60, 0, 5), trades)
+    assert len(out.features) == 3 * (299 - WARMUP + 1)
+    for row in out.features:
+        assert set(FEATURE_NAMES) <= set(row.values)
+        assert all(math.isfinite(v) for v in row.values.values())
