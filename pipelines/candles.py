@@ -1,7 +1,9 @@
 """Event-time tumbling-window OHLCV candles per symbol, closed by a watermark.
 
-The watermark is the newest event time seen minus the allowed lateness. A window [start, end)
-closes once the watermark reaches `end`; a trade for a window that has closed is late, and a
+Each symbol has its own watermark: the newest event time seen of that symbol minus the allowed
+lateness. Topics are keyed by symbol, so a symbol's trades arrive in order while partitions
+interleave freely; one shared watermark would call a slow partition's trades late. A window
+[start, end) closes once its symbol's watermark reaches `end`; a trade for a window that has closed is late, and a
 trade id seen before is a duplicate: both raise BadRecord so the caller can dead-letter them.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
 the previous close and zero volume, so "5 candles ago" always means 5 windows ago.
@@ -49,7 +51,7 @@ class CandleBuilder:
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
-        self.watermark = -math.inf
+        self._watermark: dict[str, float] = {}
         self._open: dict[str, dict[float, _Window]] = {}
         self._closed_until: dict[str, float] = {}
         self._last_close: dict[str, float] = {}
@@ -63,7 +65,7 @@ class CandleBuilder:
             raise BadRecord(
                 "late",
                 f"{trade.symbol}@{trade.ts}: its window [{start}, {start + self.seconds}) closed "
-                f"(watermark {self.watermark})",
+                f"(watermark {self.watermark(trade.symbol)})",
             )
         self._remember(trade)
         windows = self._open.setdefault(trade.symbol, {})
@@ -82,8 +84,20 @@ class CandleBuilder:
         if position is not None:
             partition, offset = position
             w.first_positions.setdefault(partition, offset)
-        self.watermark = max(self.watermark, trade.ts - self.allowed_lateness)
-        return self.advance()
+        mark = max(self.watermark(trade.symbol), trade.ts - self.allowed_lateness)
+        self._watermark[trade.symbol] = mark
+        return self._close_ready(trade.symbol)
+
+    def watermark(self, symbol: str) -> float:
+        return self._watermark.get(symbol, -math.inf)
+
+    def _close_ready(self, symbol: str) -> list[Candle]:
+        windows = self._open.get(symbol, {})
+        mark = self.watermark(symbol)
+        closed: list[Candle] = []
+        for start in sorted(s for s in windows if s + self.seconds <= mark):
+            closed.extend(self._close(symbol, windows.pop(start)))
+        return closed
 
     def _remember(self, trade: Trade) -> None:
         ids, order = self._seen.setdefault(trade.symbol, (set(), deque()))
@@ -94,14 +108,12 @@ class CandleBuilder:
         if len(order) > self.dedup_capacity:
             ids.discard(order.popleft())
 
-    def advance(self, watermark: float | None = None) -> list[Candle]:
-        """Close every window whose end the watermark has reached (moving it to `watermark`)."""
-        if watermark is not None:
-            self.watermark = max(self.watermark, watermark)
+    def advance(self, watermark: float) -> list[Candle]:
+        """Move every symbol's watermark to at least `watermark`; returns what that closes."""
         closed: list[Candle] = []
-        for symbol, windows in self._open.items():
-            for start in sorted(s for s in windows if s + self.seconds <= self.watermark):
-                closed.extend(self._close(symbol, windows.pop(start)))
+        for symbol in self._open:
+            self._watermark[symbol] = max(self.watermark(symbol), watermark)
+            closed.extend(self._close_ready(symbol))
         closed.sort(key=lambda c: (c.end, c.symbol))
         return closed
 

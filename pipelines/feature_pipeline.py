@@ -16,14 +16,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from pipelines.features import WARMUP
 from pipelines.processor import FeatureProcessor, Outputs
 from pipelines.sink import FeatureSink
 from pipelines.trades import BadRecord, parse_trade
 from rtml import feature_store as fs
-from rtml.kafka import TOPICS, TRADES, dead_letter, dlq, ensure_topics, make_consumer, make_producer
+from rtml.kafka import Topics, dead_letter, ensure_topics, make_consumer, make_producer
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class FeaturePipeline:
         self.group_id = group_id
         self.commit_interval_s = commit_interval_s
         self.stop = stop or threading.Event()
+        self.topics = Topics.of(settings)
         self.stats = PipelineStats()
         self.processor = FeatureProcessor(
             settings.candle_seconds, settings.allowed_lateness_s, settings.horizon
@@ -82,13 +83,13 @@ class FeaturePipeline:
 
     def run(self, max_seconds: float | None = None) -> PipelineStats:
         settings = self.settings
-        ensure_topics(settings, [*TOPICS, *(dlq(t) for t in TOPICS)])
+        ensure_topics(settings, self.topics.with_dlqs())
         resumed = restore(self.processor, settings)
         log.info("feature pipeline starting; %d symbols resumed from the offline store", resumed)
         consumer = make_consumer(settings, self.group_id)
         producer = make_producer(settings)
         sink = FeatureSink(settings, fs.open_store(settings), producer, self.stop)
-        consumer.subscribe([TRADES])
+        consumer.subscribe([self.topics.trades])
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_commit = time.monotonic()
         try:
@@ -109,7 +110,7 @@ class FeaturePipeline:
         log.info("feature pipeline stopped: %s", self.stats.line())
         return self.stats
 
-    def _handle(self, msg: Message, out: Outputs, producer: object) -> None:
+    def _handle(self, msg: Message, out: Outputs, producer: Producer) -> None:
         error = msg.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
@@ -123,27 +124,29 @@ class FeaturePipeline:
                 self.processor.on_trade(parse_trade(msg.value() or b""), (partition, offset))
             )
         except BadRecord as exc:
-            origin = f"{TRADES}[{partition}]@{offset}"
+            origin = f"{self.topics.trades}[{partition}]@{offset}"
             self.stats.rejected[exc.kind] += 1
             log.debug("rejected %s: %s", origin, exc)
-            dead_letter(producer, TRADES, str(exc), msg.value(), key=msg.key(), origin=origin)  # type: ignore[arg-type]
+            dead_letter(
+                producer, self.topics.trades, str(exc), msg.value(), key=msg.key(), origin=origin
+            )
 
     def _count(self, out: Outputs) -> None:
         self.stats.candles += len(out.candles)
         self.stats.features += len(out.features)
         self.stats.examples += len(out.examples)
 
-    def _commit(self, consumer: object, producer: object, sink: FeatureSink) -> None:
+    def _commit(self, consumer: Consumer, producer: Producer, sink: FeatureSink) -> None:
         if not self._last:
             return
         sink.flush_offline()
-        producer.flush(30)  # type: ignore[attr-defined]
+        producer.flush(30)
         open_positions = self.processor.builder.open_positions()
         offsets = [
-            TopicPartition(TRADES, p, min(open_positions.get(p, last + 1), last + 1))
+            TopicPartition(self.topics.trades, p, min(open_positions.get(p, last + 1), last + 1))
             for p, last in self._last.items()
         ]
-        consumer.commit(offsets=offsets, asynchronous=False)  # type: ignore[attr-defined]
+        consumer.commit(offsets=offsets, asynchronous=False)
         log.info("committed %s; %s", {tp.partition: tp.offset for tp in offsets}, self.stats.line())
 
 

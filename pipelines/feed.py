@@ -15,7 +15,7 @@ from pipelines.processor import FeatureProcessor, FeatureRow, Outputs
 from pipelines.sink import FeatureSink
 from pipelines.trades import BadRecord, Trade
 from rtml import feature_store as fs
-from rtml.kafka import TRADES, dead_letter, encode
+from rtml.kafka import dead_letter, encode
 from rtml.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,12 +26,13 @@ log = logging.getLogger(__name__)
 
 def publish(
     producer: Producer,
+    topic: str,
     trades: Iterable[Trade | BadRecord],
     stop: threading.Event | None = None,
     limit: int | None = None,
     progress: bool = False,
 ) -> PipelineStats:
-    """Produce trades to `trades` keyed by symbol; bad source records go to `trades.dlq`."""
+    """Produce trades to `topic` keyed by symbol; bad source records go to its DLQ."""
     stats = PipelineStats()
     bar = tqdm(total=limit, unit="trade", disable=not progress, desc="feed")
     for item in trades:
@@ -39,9 +40,9 @@ def publish(
             break
         if isinstance(item, BadRecord):
             stats.rejected[item.kind] += 1
-            dead_letter(producer, TRADES, str(item), None, origin="source")
+            dead_letter(producer, topic, str(item), None, origin="source")
         else:
-            producer.produce(TRADES, key=item.symbol.encode(), value=encode(item.to_json()))
+            producer.produce(topic, key=item.symbol.encode(), value=encode(item.to_json()))
             stats.trades += 1
             bar.update()
         producer.poll(0)

@@ -13,7 +13,7 @@ import pandas as pd
 from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from pipelines.processor import Example, FeatureRow, Outputs
 from rtml import feature_store as fs
-from rtml.kafka import EXAMPLES, FEATURES, encode
+from rtml.kafka import Topics, encode
 from rtml.settings import Settings
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class FeatureSink:
         stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        self.topics = Topics.of(settings)
         self.store = store
         self.producer = producer
         self.stop = stop
@@ -104,10 +105,12 @@ class FeatureSink:
         if self.producer is not None:
             for row in out.features:
                 self.producer.produce(
-                    FEATURES, key=row.symbol.encode(), value=encode(row.to_json())
+                    self.topics.features, key=row.symbol.encode(), value=encode(row.to_json())
                 )
             for ex in out.examples:
-                self.producer.produce(EXAMPLES, key=ex.symbol.encode(), value=encode(ex.to_json()))
+                self.producer.produce(
+                    self.topics.examples, key=ex.symbol.encode(), value=encode(ex.to_json())
+                )
             self.producer.poll(0)
 
     def write_online(self, rows: list[FeatureRow]) -> None:

@@ -155,15 +155,17 @@ def feed(
     from pipelines.feature_pipeline import install_signal_handlers
     from pipelines.feed import publish
     from pipelines.sources import paced
-    from rtml.kafka import TOPICS, dlq, ensure_topics, make_producer
+    from rtml.kafka import Topics, ensure_topics, make_producer
 
     stop = threading.Event()
     install_signal_handlers(stop)
-    ensure_topics(settings, [*TOPICS, *(dlq(t) for t in TOPICS)])
+    topics = Topics.of(settings)
+    ensure_topics(settings, topics.with_dlqs())
     items = _trade_source(settings, source, seed, candles, None, columns, stop)
     if source == "synthetic" or Path(source).exists():
         items = paced(items, speed)
-    stats = publish(make_producer(settings), items, stop=stop, limit=limit, progress=True)
+    producer = make_producer(settings)
+    stats = publish(producer, topics.trades, items, stop=stop, limit=limit, progress=True)
     click.echo(stats.line())
 
 

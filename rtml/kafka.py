@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -19,17 +20,34 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRADES = "trades"
-FEATURES = "features"
-EXAMPLES = "examples"
-PREDICTIONS = "predictions"
-ALERTS = "alerts"
-TOPICS = (TRADES, FEATURES, EXAMPLES, PREDICTIONS, ALERTS)
-
 
 def dlq(topic: str) -> str:
     """The dead-letter topic of `topic`, where its rejected records go with their reason."""
     return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """rtml's topic names, each behind the settings' optional prefix.
+
+    >>> Topics.of(Settings(topic_prefix="dev.")).trades
+    'dev.trades'
+    """
+
+    trades: str
+    features: str
+    examples: str
+    predictions: str
+    alerts: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        p = settings.topic_prefix
+        return cls(p + "trades", p + "features", p + "examples", p + "predictions", p + "alerts")
+
+    def with_dlqs(self) -> list[str]:
+        names = [self.trades, self.features, self.examples, self.predictions, self.alerts]
+        return [*names, *(dlq(n) for n in names)]
 
 
 def client_config(settings: Settings) -> dict[str, Any]:

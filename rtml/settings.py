@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = ""
     kafka_partitions: int = 4
     kafka_replication_factor: int = 1
     # Measured on the embedded broker: eager `range` assignment and short group timeouts make

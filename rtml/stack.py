@@ -347,9 +347,9 @@ class Stack:
         self._wait_healthy(REDIS, deadline)
         feast = None if self.feast_is_current() else self.feast_apply()
         self._wait_healthy(KAFKA, deadline)
-        from rtml.kafka import TOPICS, dlq, ensure_topics
+        from rtml.kafka import Topics, ensure_topics
 
-        ensure_topics(self.settings, [*TOPICS, *(dlq(t) for t in TOPICS)])
+        ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
         self._wait_healthy(MLFLOW, deadline)
         if feast is not None:
             progress("applying feature_repo with feast")

@@ -86,8 +86,17 @@ def test_open_positions_point_at_the_oldest_open_window() -> None:
     b.add(_t("Y", 2, 10, 2), (1, 7))
     b.add(_t("X", 3, 10, 30), (0, 101))
     assert b.open_positions() == {0: 100, 1: 7}
-    b.add(_t("X", 4, 10, 61), (0, 102))  # closes X's and Y's first windows
-    assert b.open_positions() == {0: 102}
+    b.add(_t("X", 4, 10, 61), (0, 102))  # closes X's first window; Y's stays open
+    assert b.open_positions() == {0: 102, 1: 7}
+
+
+def test_a_symbol_far_ahead_does_not_make_another_late() -> None:
+    # partitions interleave: all of A's hour may arrive before B's first minute
+    b = CandleBuilder(seconds=60, allowed_lateness=0)
+    for i in range(60):
+        b.add(_t("A", i, 10, i * 60 + 1))
+    assert b.add(_t("B", 1, 10, 1)) == []
+    assert [c.symbol for c in b.add(_t("B", 2, 10, 61))] == ["B"]
 
 
 def _run(processor: FeatureProcessor, trades: list[Trade]) -> Outputs:
