@@ -3,8 +3,9 @@
 Each symbol has its own watermark: the newest event time seen of that symbol minus the allowed
 lateness. Topics are keyed by symbol, so a symbol's trades arrive in order while partitions
 interleave freely; one shared watermark would call a slow partition's trades late. A window
-[start, end) closes once its symbol's watermark reaches `end`; a trade for a window that has closed is late, and a
-trade id seen before is a duplicate: both raise BadRecord so the caller can dead-letter them.
+[start, end) closes once its symbol's watermark reaches `end`; a trade for a window that has
+closed is late, and a trade id seen before is a duplicate: both raise BadRecord so the caller
+can dead-letter them.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
 the previous close and zero volume, so "5 candles ago" always means 5 windows ago.
 
@@ -52,6 +53,7 @@ class CandleBuilder:
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
         self._watermark: dict[str, float] = {}
+        self._earliest: dict[str, float] = {}
         self._open: dict[str, dict[float, _Window]] = {}
         self._closed_until: dict[str, float] = {}
         self._last_close: dict[str, float] = {}
@@ -86,7 +88,16 @@ class CandleBuilder:
             w.first_positions.setdefault(partition, offset)
         mark = max(self.watermark(trade.symbol), trade.ts - self.allowed_lateness)
         self._watermark[trade.symbol] = mark
+        if mark < self._earliest_end(trade.symbol, start):
+            return []
         return self._close_ready(trade.symbol)
+
+    def _earliest_end(self, symbol: str, start: float) -> float:
+        """The end of `symbol`'s oldest open window, cached: most trades close nothing."""
+        cached = self._earliest.get(symbol, math.inf)
+        if start + self.seconds < cached:
+            cached = self._earliest[symbol] = start + self.seconds
+        return cached
 
     def watermark(self, symbol: str) -> float:
         return self._watermark.get(symbol, -math.inf)
@@ -97,6 +108,7 @@ class CandleBuilder:
         closed: list[Candle] = []
         for start in sorted(s for s in windows if s + self.seconds <= mark):
             closed.extend(self._close(symbol, windows.pop(start)))
+        self._earliest[symbol] = min(windows, default=math.inf) + self.seconds
         return closed
 
     def _remember(self, trade: Trade) -> None:

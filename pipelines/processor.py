@@ -88,7 +88,8 @@ class FeatureProcessor:
 
     def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:
         """Raises BadRecord for late and duplicate trades."""
-        return self.on_candles(self.builder.add(trade, position))
+        candles = self.builder.add(trade, position)
+        return self.on_candles(candles) if candles else Outputs()
 
     def flush(self, watermark: float) -> Outputs:
         """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""

@@ -23,9 +23,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from rtml.errors import RtmlError
 
 SIDES = ("buy", "sell")
+FIELDS = ("symbol", "trade_id", "price", "size", "side", "ts")
 
 
 class BadRecord(RtmlError):
@@ -51,6 +54,9 @@ class Trade:
 
 def _number(record: dict[str, Any], field: str, positive: bool) -> float:
     value = record[field]
+    kind = type(value)
+    if (kind is float or kind is int) and math.isfinite(value) and (value > 0 or not positive):
+        return float(value)  # the common case, checked cheaply
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise BadRecord("wrong_type", f"{field} must be a number, got {type(value).__name__}")
     try:
@@ -81,26 +87,31 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         record = raw
     else:
         try:
-            record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRecord("not_json", str(exc)) from None
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # orjson is strict; the standard parser also reads NaN and Infinity, so a record
+            # carrying them is reported as not finite rather than as not JSON
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRecord("not_json", str(exc)) from None
     if not isinstance(record, dict):
         raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
-    missing = [f for f in ("symbol", "trade_id", "price", "size", "side", "ts") if f not in record]
-    if missing:
-        raise BadRecord("missing_field", f"missing {', '.join(missing)}")
-    symbol, side = record["symbol"], record["side"]
-    if not isinstance(symbol, str) or not symbol:
+    try:
+        symbol, side, trade_id = record["symbol"], record["side"], record["trade_id"]
+        record["price"], record["size"], record["ts"]
+    except KeyError:
+        missing = [f for f in FIELDS if f not in record]
+        raise BadRecord("missing_field", f"missing {', '.join(missing)}") from None
+    if type(symbol) is not str or not symbol:
         raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r}")
     if side not in SIDES:
         raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r}")
-    if not isinstance(record["trade_id"], str | int) or isinstance(record["trade_id"], bool):
-        raise BadRecord(
-            "wrong_type", f"trade_id must be a string or integer, got {record['trade_id']!r}"
-        )
+    if type(trade_id) is not str and type(trade_id) is not int:
+        raise BadRecord("wrong_type", f"trade_id must be a string or integer, got {trade_id!r}")
     return Trade(
         symbol=symbol,
-        trade_id=str(record["trade_id"]),
+        trade_id=str(trade_id),
         price=_number(record, "price", positive=True),
         size=_number(record, "size", positive=True),
         side=side,

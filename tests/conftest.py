@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,22 +9,7 @@ from pathlib import Path
 import pytest
 
 from rtml.settings import Settings
-from rtml.stack import Stack
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range, so no outgoing connection takes it."""
-    low, _ = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+from rtml.stack import Stack, free_port
 
 
 @pytest.fixture(scope="session")

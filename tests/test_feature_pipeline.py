@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -27,7 +28,7 @@ H = 5
 
 
 @pytest.fixture(scope="module")
-def run(stack_settings: Settings, stack: object) -> dict[str, object]:
+def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
     """One pipeline run over a synthetic market plus one poison record of every class."""
     tag = uuid.uuid4().hex[:6]
     settings = stack_settings.model_copy(
@@ -77,7 +78,7 @@ def run(stack_settings: Settings, stack: object) -> dict[str, object]:
     }
 
 
-def test_pipeline_counts_every_trade_and_emits_examples(run: dict) -> None:  # type: ignore[type-arg]
+def test_pipeline_counts_every_trade_and_emits_examples(run: dict[str, Any]) -> None:
     pipeline: FeaturePipeline = run["pipeline"]
     settings: Settings = run["settings"]
     assert pipeline.stats.trades == len(run["trades"]) + len(run["poison"]) + 1
@@ -91,7 +92,7 @@ def test_pipeline_counts_every_trade_and_emits_examples(run: dict) -> None:  # t
     assert len(features) == pipeline.stats.features == 2 * (CANDLES - 1 - 15)
 
 
-def test_each_bad_input_class_lands_in_the_dlq_with_its_reason(run: dict) -> None:  # type: ignore[type-arg]
+def test_each_bad_input_class_lands_in_the_dlq_with_its_reason(run: dict[str, Any]) -> None:
     settings: Settings = run["settings"]
     dead = drain(settings, Topics.of(settings).trades + ".dlq")
     kinds = Counter(d["reason"].split(":", 1)[0] for d in dead)
@@ -100,7 +101,7 @@ def test_each_bad_input_class_lands_in_the_dlq_with_its_reason(run: dict) -> Non
     assert all(d["origin"].startswith(Topics.of(settings).trades + "[") for d in dead)
 
 
-def test_online_offline_and_event_features_agree(run: dict) -> None:  # type: ignore[type-arg]
+def test_online_offline_and_event_features_agree(run: dict[str, Any]) -> None:
     settings: Settings = run["settings"]
     store = fs.open_store(settings)
     topics = Topics.of(settings)
@@ -132,7 +133,7 @@ def test_online_offline_and_event_features_agree(run: dict) -> None:  # type: ig
             }
 
 
-def test_a_restarted_pipeline_resumes_without_losing_or_repeating(run: dict) -> None:  # type: ignore[type-arg]
+def test_a_restarted_pipeline_resumes_without_losing_or_repeating(run: dict[str, Any]) -> None:
     settings: Settings = run["settings"]
     topics = Topics.of(settings)
     before = len(drain(settings, topics.examples))

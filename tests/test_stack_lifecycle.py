@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from rtml.settings import Settings
-from rtml.stack import KAFKA, MLFLOW, REDIS, Stack, _alive
-from tests.conftest import free_port
+from rtml.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, free_port
 
 pytestmark = pytest.mark.integration
 

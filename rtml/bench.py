@@ -1,0 +1,243 @@
+"""`make bench`: throughput and cost figures, each beside a reference measured in the same run.
+
+These machines are shared and noisy, so a figure alone says little; the ratio to a reference
+taken moments before or after, on the same data, is what the report leads with. Runs its own
+embedded Kafka and Redis in a temporary state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.feature_pipeline import FeaturePipeline
+from pipelines.feed import publish
+from pipelines.processor import FeatureProcessor
+from pipelines.sink import features_frame
+from pipelines.sources import SyntheticMarket
+from pipelines.trades import parse_trade
+from rtml import feature_store as fs
+from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
+from rtml.settings import Settings
+from rtml.stack import KAFKA, REDIS, Stack, free_port
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    value: float
+    unit: str
+    reference_name: str
+    reference: float
+    ratio: float
+    goal: str
+
+    def row(self) -> str:
+        return (
+            f"| {self.name} | {self.value:,.1f} {self.unit} | {self.reference_name}: "
+            f"{self.reference:,.1f} {self.unit} | {self.ratio:.2f} | {self.goal} |"
+        )
+
+
+def _best_of(runs: int, fn: Callable[[], float]) -> float:
+    return min(fn() for _ in range(runs))
+
+
+def bench_processor(n_candles: int) -> Figure:
+    trades = list(SyntheticMarket(["A", "B", "C"], seed=1, start_ts=0).candles_of_trades(n_candles))
+    raw = [encode(t.to_json()) for t in trades]
+
+    def decode_only() -> float:
+        began = time.perf_counter()
+        for r in raw:
+            parse_trade(r)
+        return time.perf_counter() - began
+
+    def pipeline() -> float:
+        processor = FeatureProcessor(60, 0, 5)
+        began = time.perf_counter()
+        for r in raw:
+            processor.on_trade(parse_trade(r))
+        return time.perf_counter() - began
+
+    ref = len(raw) / _best_of(3, decode_only)
+    value = len(raw) / _best_of(3, pipeline)
+    return Figure(
+        "feature step (parse, candles, features, labels)",
+        value,
+        "trades/s",
+        "parse only",
+        ref,
+        value / ref,
+        "ratio is the cost of the feature logic",
+    )
+
+
+def bench_kafka_pipeline(settings: Settings, n_candles: int) -> Figure:
+    tag = uuid.uuid4().hex[:6]
+    local = settings.model_copy(
+        update={"topic_prefix": f"bench{tag}.", "symbols": (f"A{tag}", f"B{tag}", f"C{tag}")}
+    )
+    topics = Topics.of(local)
+    ensure_topics(local, topics.with_dlqs())
+    trades = list(
+        SyntheticMarket(local.symbols, seed=2, start_ts=1_700_000_000).candles_of_trades(n_candles)
+    )
+    publish(make_producer(local), topics.trades, trades)
+
+    consumer = make_consumer(local, f"bare-{tag}")
+    consumer.subscribe([topics.trades])
+    seen = 0
+    began = first = time.perf_counter()
+    while seen < len(trades) and time.perf_counter() - began < 120:
+        for msg in consumer.consume(num_messages=1000, timeout=0.2):
+            if msg.error() is None:
+                if seen == 0:
+                    first = time.perf_counter()  # group join and start-up are not throughput
+                json.loads(msg.value() or b"")
+                seen += 1
+    ref = seen / (time.perf_counter() - first)
+    consumer.close()
+
+    pipeline = FeaturePipeline(local, group_id=f"features-{tag}", commit_interval_s=5.0)
+    thread = threading.Thread(target=pipeline.run, kwargs={"max_seconds": 300})
+    began = time.perf_counter()
+    thread.start()
+    while pipeline.stats.trades == 0 and time.perf_counter() - began < 120:
+        time.sleep(0.001)
+    first = time.perf_counter()  # Feast's import and the group join are start-up
+    while pipeline.stats.trades < len(trades) and time.perf_counter() - began < 300:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - first
+    pipeline.stop.set()
+    thread.join(60)
+    value = pipeline.stats.trades / elapsed
+    return Figure(
+        "feature pipeline via Kafka, Feast online, offline parts",
+        value,
+        "trades/s",
+        "bare consumer + json",
+        ref,
+        value / ref,
+        ">= 50,000 trades/s",
+    )
+
+
+def bench_offline_append(settings: Settings) -> tuple[Figure, Figure]:
+    def rows(n: int, offset: int = 0) -> pd.DataFrame:
+        market = SyntheticMarket(["A", "B", "C", "D"], seed=3, start_ts=0, trades_per_candle=2)
+        processor = FeatureProcessor(60, 0, 5)
+        out = []
+        for trade in market.candles_of_trades(n // 4 + 20):
+            out.extend(processor.on_trade(trade).features)
+            if len(out) >= n:
+                break
+        return features_frame(out[:n])
+
+    batch = rows(100)
+    base = rows(10_000)
+
+    def history(n: int) -> Path:
+        directory = Path(tempfile.mkdtemp(dir=settings.state)) / "features"
+        for _ in range(n // len(base)):
+            fs.append_parquet(directory, base)
+        return directory
+
+    def append_cost(directory: Path) -> float:
+        began = time.perf_counter()
+        fs.append_parquet(directory, batch)
+        return time.perf_counter() - began
+
+    def rewrite_cost(path: Path) -> float:
+        # what a single-file offline push does: read everything, add, write everything
+        began = time.perf_counter()
+        whole = pd.concat([pd.read_parquet(path), batch], ignore_index=True)
+        whole.to_parquet(path)
+        return time.perf_counter() - began
+
+    small, large = history(10_000), history(1_000_000)
+    t_small = statistics.median(append_cost(small) for _ in range(7))
+    t_large = statistics.median(append_cost(large) for _ in range(7))
+    single_small = small.parent / "single-small.parquet"
+    single_large = large.parent / "single-large.parquet"
+    fs.read_parquet_dir(small).to_parquet(single_small)
+    fs.read_parquet_dir(large).to_parquet(single_large)
+    r_small = statistics.median(rewrite_cost(single_small) for _ in range(3))
+    r_large = statistics.median(rewrite_cost(single_large) for _ in range(3))
+    return (
+        Figure(
+            "offline append of 100 rows at 1M rows of history",
+            t_large * 1e3,
+            "ms",
+            "at 10k rows",
+            t_small * 1e3,
+            t_large / t_small,
+            "ratio <= 1.5",
+        ),
+        Figure(
+            "whole-file rewrite of 100 rows at 1M rows (Feast file push)",
+            r_large * 1e3,
+            "ms",
+            "at 10k rows",
+            r_small * 1e3,
+            r_large / r_small,
+            "why rtml appends parts",
+        ),
+    )
+
+
+def main() -> None:
+    out_dir = Path("bench-results")
+    out_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(state_dir=Path(tmp), kafka_port=free_port(), redis_port=free_port())
+        stack = Stack(settings)
+        print("starting Kafka and Redis for the benchmark...", file=sys.stderr)
+        stack.up(services=(KAFKA, REDIS))
+        try:
+            figures = [bench_processor(600)]
+            print(figures[-1].row(), file=sys.stderr)
+            figures.append(bench_kafka_pipeline(settings, 600))
+            print(figures[-1].row(), file=sys.stderr)
+            figures.extend(bench_offline_append(settings))
+            print(figures[-1].row(), file=sys.stderr)
+        finally:
+            stack.down()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    machine = f"{platform.machine()}, {platform.python_version()}, {_cores()} cores"
+    lines = [
+        f"Benchmarks of {stamp} on {machine}.",
+        "",
+        "| figure | value | reference (same run) | ratio | goal |",
+        "|---|---|---|---|---|",
+        *(f.row() for f in figures),
+    ]
+    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "report.json").write_text(
+        json.dumps(
+            {"date": stamp, "machine": machine, "figures": [asdict(f) for f in figures]}, indent=2
+        )
+    )
+    print("\n".join(lines))
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()

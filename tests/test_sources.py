@@ -1,0 +1,145 @@
+"""Trade sources: replay files and a live feed against a local server in Kraken's v2 format."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from websockets.sync.server import ServerConnection, serve
+
+from pipelines import kraken
+from pipelines.candles import CandleBuilder
+from pipelines.sources import paced, replay
+from pipelines.trades import BadRecord, Trade
+from rtml.errors import ConfigError
+
+
+def test_replay_trades_with_a_column_mapping_and_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "trades.csv"
+    pd.DataFrame(
+        {
+            "pair": ["BTC/USD", "BTC/USD", "BTC/USD"],
+            "id": [1, 2, 3],
+            "price": [10.0, -1.0, 11.0],
+            "qty": [1.0, 1.0, 2.0],
+            "side": ["buy", "sell", "sell"],
+            "time": ["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "1767225602"],
+        }
+    ).to_csv(path, index=False)
+    mapping = {"symbol": "pair", "trade_id": "id", "size": "qty", "ts": "time"}
+    items = list(replay(path, mapping))
+    assert [type(i) for i in items] == [Trade, BadRecord, Trade]
+    assert isinstance(items[1], BadRecord) and items[1].kind == "non_positive"
+    assert isinstance(items[2], Trade) and items[2].ts == 1767225602.0
+
+
+def test_replay_candles_reproduce_their_ohlcv(tmp_path: Path) -> None:
+    path = tmp_path / "candles.parquet"
+    pd.DataFrame(
+        {
+            "symbol": ["X", "X"],
+            "ts": [60, 120],
+            "open": [10.0, 12.0],
+            "high": [13.0, 14.0],
+            "low": [9.0, 11.0],
+            "close": [12.0, 13.0],
+            "volume": [8.0, 4.0],
+        }
+    ).to_parquet(path)
+    builder = CandleBuilder(60, 0)
+    candles = []
+    for trade in replay(path):
+        assert isinstance(trade, Trade)
+        candles.extend(builder.add(trade))
+    candles.extend(builder.advance(float("inf")))
+    assert [(c.open, c.high, c.low, c.close, c.volume) for c in candles] == [
+        (10.0, 13.0, 9.0, 12.0, 8.0),
+        (12.0, 14.0, 11.0, 13.0, 4.0),
+    ]
+
+
+def test_replay_names_the_columns_it_needs(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    pd.DataFrame({"a": [1]}).to_csv(path, index=False)
+    with pytest.raises(ConfigError, match="--column"):
+        list(replay(path))
+
+
+def test_paced_keeps_order_at_max_speed() -> None:
+    trades = [Trade("X", str(i), 1.0, 1.0, "buy", float(i)) for i in range(5)]
+    assert list(paced(trades, 0)) == trades
+
+
+def _trade_message(kind: str, trades: list[dict[str, object]]) -> str:
+    return json.dumps({"channel": "trade", "type": kind, "data": trades})
+
+
+def _kraken_trade(i: int) -> dict[str, object]:
+    return {
+        "symbol": "BTC/USD",
+        "side": "buy" if i % 2 else "sell",
+        "price": 100.0 + i,
+        "qty": 0.5,
+        "ord_type": "market",
+        "trade_id": i,
+        "timestamp": f"2026-11-22T10:00:{i:02d}.000000Z",
+    }
+
+
+@pytest.fixture
+def kraken_server() -> Iterator[tuple[str, list[str]]]:
+    """A local server speaking Kraken v2: drops the first connection after a few messages."""
+    subscriptions: list[str] = []
+    connections = {"n": 0}
+
+    def handler(ws: ServerConnection) -> None:
+        connections["n"] += 1
+        subscriptions.append(ws.recv(timeout=5))  # type: ignore[arg-type]
+        ws.send(json.dumps({"method": "subscribe", "success": True, "result": {}}))
+        ws.send(json.dumps({"channel": "heartbeat"}))
+        if connections["n"] == 1:
+            ws.send(_trade_message("snapshot", [_kraken_trade(1), _kraken_trade(2)]))
+            ws.send(_trade_message("update", [{**_kraken_trade(3), "price": "NaN"}]))
+            return  # the server drops the connection: the client must reconnect
+        ws.send(_trade_message("update", [_kraken_trade(4)]))
+        ws.send("not json")
+        ws.send(_trade_message("update", [_kraken_trade(5)]))
+        try:
+            ws.recv(timeout=10)
+        except Exception:
+            return
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        yield f"ws://127.0.0.1:{port}", subscriptions
+        server.shutdown()
+
+
+def test_live_feed_parses_reconnects_and_reports_bad_messages(
+    kraken_server: tuple[str, list[str]],
+) -> None:
+    url, subscriptions = kraken_server
+    stop = threading.Event()
+    got: list[Trade | BadRecord] = []
+    for item in kraken.stream(["BTC/USD"], url=url, stop=stop, max_backoff_s=0.5):
+        got.append(item)
+        if sum(isinstance(i, Trade) for i in got) == 4:
+            stop.set()
+            break
+    trades = [i for i in got if isinstance(i, Trade)]
+    bad = [i for i in got if isinstance(i, BadRecord)]
+    assert [t.trade_id for t in trades] == ["1", "2", "4", "5"]
+    assert trades[0].side == "buy" and trades[0].size == 0.5 and trades[0].price == 101.0
+    assert sorted(b.kind for b in bad) == ["not_finite", "not_json"]
+    assert len(subscriptions) == 2  # reconnected and subscribed again
+    assert json.loads(subscriptions[0])["params"] == {
+        "channel": "trade",
+        "symbol": ["BTC/USD"],
+        "snapshot": False,
+    }
