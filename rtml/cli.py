@@ -205,6 +205,41 @@ def backfill(
     click.echo(run_backfill(settings, items).line())
 
 
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--max-examples", type=int, default=None, help="Stop once this many are learned.")
+@click.pass_obj
+def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
+    """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
+    from pipelines.feature_pipeline import install_signal_handlers
+    from pipelines.trainer import Trainer
+
+    trainer = Trainer(settings)
+    install_signal_handlers(trainer.stop)
+    learner = trainer.run(max_seconds=duration, max_examples=max_examples)
+    click.echo(f"learned {learner.learned} examples; metrics {learner.metrics()}")
+
+
+@cli.command()
+@click.argument("version")
+@click.pass_obj
+def promote(settings: Settings, version: str) -> None:
+    """Make VERSION the champion that predictors serve."""
+    from rtml import registry
+
+    registry.promote(settings, version)
+    click.echo(f"champion of {settings.model_name} is version {version}")
+
+
+@cli.command()
+@click.pass_obj
+def rollback(settings: Settings) -> None:
+    """Move the champion back to the previous champion."""
+    from rtml import registry
+
+    click.echo(f"champion of {settings.model_name} is version {registry.rollback(settings)}")
+
+
 def main() -> None:
     try:
         cli()

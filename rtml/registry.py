@@ -7,6 +7,7 @@ pins the river version it was logged with.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
 
+from rtml.errors import ConfigError
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,75 @@ def log_version(
         mlflow_client.set_model_version_tag(name, version_id, key, value)
     log.info("registered %s version %s", name, version_id)
     return version_id
+
+
+def alias_version(settings: Settings, alias: str, name: str | None = None) -> str | None:
+    """The version `alias` points at, or None (also when the model is not registered yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client(settings).get_model_version_by_alias(name or settings.model_name, alias)
+    except MlflowException:
+        return None
+    return str(found.version)
+
+
+HISTORY_TAG = "champion_history"
+
+
+def champion_history(settings: Settings) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client(settings).get_registered_model(settings.model_name)
+    except MlflowException:
+        return []
+    history: list[str] = json.loads(model.tags.get(HISTORY_TAG, "[]"))
+    return history
+
+
+def promote(settings: Settings, version: str) -> None:
+    """Point `champion` at `version` and remember the move for rollback."""
+    mlflow_client = client(settings)
+    name = settings.model_name
+    mlflow_client.get_model_version(name, version)  # raises for an unknown version
+    history = champion_history(settings)
+    if history[-1:] != [version]:
+        history.append(version)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
+    log.info("champion of %s is now version %s", name, version)
+
+
+def rollback(settings: Settings) -> str:
+    """Move `champion` back to the previous champion; returns the version now served."""
+    history = champion_history(settings)
+    if len(history) < 2:
+        raise ConfigError(
+            f"{settings.model_name} has no earlier champion to roll back to; "
+            "use `rtml promote VERSION` to choose one."
+        )
+    history.pop()
+    mlflow_client = client(settings)
+    mlflow_client.set_registered_model_alias(settings.model_name, CHAMPION, history[-1])
+    mlflow_client.set_registered_model_tag(settings.model_name, HISTORY_TAG, json.dumps(history))
+    return history[-1]
+
+
+def latest_checkpoint(settings: Settings) -> tuple[Any, dict[int, int]] | None:
+    """The newest checkpoint's learner and the offsets to continue from, if there is one."""
+    version = alias_version(settings, CANDIDATE)
+    if version is None:
+        return None
+    tags = client(settings).get_model_version(settings.model_name, version).tags
+    offsets = {int(k): int(v) for k, v in json.loads(tags.get("offsets", "{}")).items()}
+    return load(settings, CANDIDATE).model, offsets
+
+
+def load_champion_learner(settings: Settings) -> Any | None:
+    if alias_version(settings, CHAMPION) is None:
+        return None
+    return load(settings, CHAMPION).model
 
 
 def load(settings: Settings, alias: str, name: str | None = None) -> RiverPyfunc:

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     model_name: str = "rtml-price-change"
     experiment_name: str = "rtml"
 
+    # Trainer
+    model: str = "linear"
+    model_params: dict[str, float] = Field(default_factory=dict)
+    warm_start_epochs: int = 3
+    metrics_window: int = 500
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 30.0
+    checkpoint_queue: int = 4
+    max_mae: float = 0.05
+    gate_tolerance: float = 0.05
+
     @property
     def state(self) -> Path:
         return self.state_dir.resolve()

@@ -1,0 +1,140 @@
+"""The trainer's state: a River model, what it has learned, and its progressive metrics.
+
+Pure: no I/O. Every example is first predicted, scored (beside a naive baseline that predicts
+no change), then learned, so the metrics are honest out-of-sample errors. An example at or
+before the newest one learned for its symbol is skipped: the feature pipeline delivers at least
+once, and the warm start has already learned everything up to its cutoff.
+
+>>> from pipelines.models import build_model
+>>> learner = Learner(build_model("linear"), window=3)
+>>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
+...     "features": {"ret_1": 0.01}, "target": 0.02}))
+True
+>>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
+...     "features": {"ret_1": 0.01}, "target": 0.02}))
+False
+>>> learner.learned, round(learner.metrics()["mae"], 4)
+(1, 0.02)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipelines.trades import BadRecord
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledExample:
+    symbol: str
+    ts: float
+    label_ts: float
+    features: dict[str, float]
+    target: float
+
+
+def parse_example(raw: bytes | dict[str, Any]) -> LabelledExample:
+    """Validate an `examples` record; raises BadRecord naming what is wrong."""
+    try:
+        record = orjson.loads(raw) if isinstance(raw, bytes) else raw
+    except orjson.JSONDecodeError as exc:
+        raise BadRecord("not_json", str(exc)) from None
+    if not isinstance(record, dict):
+        raise BadRecord("not_json", "expected a JSON object")
+    try:
+        symbol, ts, label_ts = record["symbol"], record["ts"], record["label_ts"]
+        features, target = record["features"], record["target"]
+    except KeyError as exc:
+        raise BadRecord("missing_field", f"missing {exc.args[0]}") from None
+    if not isinstance(symbol, str) or not isinstance(features, dict):
+        raise BadRecord("wrong_type", "symbol must be a string and features an object")
+    numbers = (ts, label_ts, target)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
+        raise BadRecord("wrong_type", "ts, label_ts and target must be numbers")
+    if not all(math.isfinite(v) for v in numbers):
+        raise BadRecord("not_finite", "ts, label_ts and target must be finite")
+    if label_ts <= ts:
+        raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
+    x = {
+        k: float(v)
+        for k, v in features.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    return LabelledExample(symbol, float(ts), float(label_ts), x, float(target))
+
+
+class _Rolling:
+    """Mean of the last `window` values."""
+
+    def __init__(self, window: int) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        if len(self.values) == self.values.maxlen:
+            self.total -= self.values[0]
+        self.values.append(value)
+        self.total += value
+
+    @property
+    def mean(self) -> float:
+        return self.total / len(self.values) if self.values else math.nan
+
+
+class Learner:
+    """A model with its learning history; pickled whole into every checkpoint."""
+
+    def __init__(self, model: Any, window: int = 500) -> None:
+        self.model = model
+        self.window = window
+        self.learned = 0
+        self.skipped = 0
+        self.watermark = -math.inf
+        self.last_ts: dict[str, float] = {}
+        self._abs_error = 0.0
+        self._abs_baseline = 0.0
+        self._rolling = _Rolling(window)
+        self._rolling_baseline = _Rolling(window)
+        self._per_symbol: dict[str, list[float]] = {}
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        return float(self.model.predict_one(x))
+
+    def step(self, ex: LabelledExample) -> bool:
+        """Predict, score, learn; False (and nothing learned) for an example seen before."""
+        if ex.ts <= self.last_ts.get(ex.symbol, -math.inf):
+            self.skipped += 1
+            return False
+        error = abs(ex.target - self.predict_one(ex.features))
+        if not math.isfinite(error):
+            error = math.inf
+        self._abs_error += error
+        self._abs_baseline += abs(ex.target)
+        self._rolling.add(error)
+        self._rolling_baseline.add(abs(ex.target))
+        per = self._per_symbol.setdefault(ex.symbol, [0.0, 0])
+        per[0] += error
+        per[1] += 1
+        self.model.learn_one(ex.features, ex.target)
+        self.last_ts[ex.symbol] = ex.ts
+        self.learned += 1
+        self.watermark = max(self.watermark, ex.label_ts)
+        return True
+
+    def metrics(self) -> dict[str, float]:
+        n = max(self.learned, 1)
+        out = {
+            "mae": self._abs_error / n,
+            "baseline_mae": self._abs_baseline / n,
+            "rolling_mae": self._rolling.mean,
+            "baseline_rolling_mae": self._rolling_baseline.mean,
+            "learned": float(self.learned),
+        }
+        for symbol, (total, count) in self._per_symbol.items():
+            out[f"mae.{symbol.replace('/', '_')}"] = total / count
+        return out

@@ -1,0 +1,296 @@
+"""The trainer: warm start from Feast, learn from `examples`, checkpoint to MLflow, gate.
+
+It is the single writer of its model. Each checkpoint holds the whole learner (model, what it
+learned, metrics) with the next offset of every partition, taken at one instant of the
+single-threaded loop; uploads run on a background thread with a bounded queue so learning
+never waits on MLflow. On start it restores the newest checkpoint (alias `candidate`) and
+assigns the partitions at its offsets: after a crash, what was learned since that checkpoint is
+learned again from the same records, once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
+from tqdm import tqdm
+
+from pipelines.gate import gate
+from pipelines.learner import LabelledExample, Learner, _Rolling, parse_example
+from pipelines.models import build_model
+from pipelines.trades import BadRecord
+from rtml import feature_store as fs
+from rtml import registry
+from rtml.kafka import Topics, dead_letter, ensure_topics, make_consumer, make_producer
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def warm_start(settings: Settings, learner: Learner) -> int:
+    """Fit on the offline store: targets joined point-in-time to their features, in time order.
+
+    The first pass predicts before learning (progressive metrics); further passes only learn.
+    Returns how many examples were learned.
+    """
+    targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
+    targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
+    if targets.empty:
+        log.warning("the offline store has no targets yet: starting from an untrained model")
+        return 0
+    targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
+    store = fs.open_store(settings)
+    service = store.get_feature_service(fs.FEATURE_SERVICE)
+    frame = store.get_historical_features(
+        entity_df=targets[["symbol", "event_timestamp", "target_return", "created"]],
+        features=service,
+    ).to_df()
+    frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
+    names = [f.name for projection in service.feature_view_projections for f in projection.features]
+    rows = frame[["symbol", "event_timestamp", "created", "target_return", *names]].to_dict(
+        "records"
+    )
+    examples = [
+        LabelledExample(
+            str(r["symbol"]),
+            r["event_timestamp"].timestamp(),
+            r["created"].timestamp(),
+            {n: float(r[n]) for n in names if r[n] is not None and math.isfinite(r[n])},
+            float(r["target_return"]),
+        )
+        for r in rows
+    ]
+    for epoch in range(settings.warm_start_epochs):
+        for ex in tqdm(examples, desc=f"warm start {epoch + 1}/{settings.warm_start_epochs}"):
+            if epoch == 0:
+                learner.step(ex)
+            else:
+                learner.model.learn_one(ex.features, ex.target)
+    return len(examples)
+
+
+@dataclass
+class Checkpoint:
+    learner_bytes: bytes
+    offsets: dict[int, int]
+    metrics: dict[str, float]
+    champion_rolling_mae: float | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Uploader:
+    """Logs checkpoints as model versions off the learning thread; the queue is bounded.
+
+    When MLflow is slow or away and the queue is full, the oldest waiting checkpoint is
+    dropped (only the newest is needed to resume) and counted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_id: str,
+        capacity: int,
+        on_promote: Callable[[Learner], None] = lambda _: None,
+    ) -> None:
+        self.settings = settings
+        self.on_promote = on_promote
+        self.run_id = run_id
+        self.queue: queue.Queue[Checkpoint | None] = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self.uploaded: list[str] = []
+        self.decisions: list[tuple[str, bool, str]] = []
+        self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
+        self._thread.start()
+
+    def submit(self, checkpoint: Checkpoint) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(checkpoint)
+                return
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                    log.warning("checkpoint queue full: dropped the oldest waiting checkpoint")
+                except queue.Empty:
+                    pass
+
+    def close(self, timeout: float = 60.0) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (checkpoint := self.queue.get()) is not None:
+            backoff = 0.5
+            while True:
+                try:
+                    self._upload(checkpoint)
+                    break
+                except Exception as exc:
+                    log.warning("checkpoint upload failed (%s); retrying in %.1f s", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+
+    def _upload(self, cp: Checkpoint) -> None:
+        import mlflow
+
+        learner = pickle.loads(cp.learner_bytes)
+        client = registry.client(self.settings)
+        tags = {
+            "offsets": json.dumps({str(k): v for k, v in sorted(cp.offsets.items())}),
+            "watermark": str(learner.watermark),
+            "learned": str(learner.learned),
+            **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
+            **cp.tags,
+        }
+        with mlflow.start_run(run_id=self.run_id):
+            version = registry.log_version(self.settings, learner, tags=tags)
+            step = int(cp.metrics.get("learned", 0))
+            for key, value in cp.metrics.items():
+                if math.isfinite(value):
+                    client.log_metric(self.run_id, key, value, step=step)
+        name = self.settings.model_name
+        client.set_registered_model_alias(name, registry.CANDIDATE, version)
+        decision = gate(
+            cp.metrics["rolling_mae"],
+            cp.metrics["baseline_rolling_mae"],
+            cp.champion_rolling_mae,
+            self.settings.max_mae,
+            self.settings.gate_tolerance,
+        )
+        client.set_model_version_tag(name, version, "gate", decision.reason)
+        if decision.promote:
+            registry.promote(self.settings, version)
+            self.on_promote(learner)
+        self.uploaded.append(version)
+        self.decisions.append((version, decision.promote, decision.reason))
+        log.info(
+            "version %s: %s%s", version, decision.reason, " -> champion" if decision.promote else ""
+        )
+
+
+class Trainer:
+    def __init__(self, settings: Settings, group_id: str = "rtml-trainer") -> None:
+        self.settings = settings
+        self.topics = Topics.of(settings)
+        self.group_id = group_id
+        self.stop = threading.Event()
+        self.rejected: dict[str, int] = {}
+        self.learner: Learner | None = None
+        self.offsets: dict[int, int] = {}
+        self.uploader: Uploader | None = None
+        self._champion: Learner | None = None
+        self._champion_errors = _Rolling(settings.metrics_window)
+
+    def restore_or_warm_start(self) -> None:
+        restored = registry.latest_checkpoint(self.settings)
+        if restored is not None:
+            self.learner, self.offsets = restored
+            log.info(
+                "resumed from checkpoint: %d learned, offsets %s",
+                self.learner.learned,
+                self.offsets,
+            )
+        else:
+            self.learner = Learner(
+                build_model(self.settings.model, self.settings.model_params),
+                window=self.settings.metrics_window,
+            )
+            n = warm_start(self.settings, self.learner)
+            log.info("warm start learned %d examples from the offline store", n)
+        self._champion = registry.load_champion_learner(self.settings)
+
+    def _new_champion(self, learner: Learner) -> None:
+        # called on the uploader thread; the loop reads both references afresh per example
+        self._champion_errors = _Rolling(self.settings.metrics_window)
+        self._champion = learner
+
+    def checkpoint(self) -> None:
+        assert self.learner is not None and self.uploader is not None
+        metrics = self.learner.metrics()
+        champion = self._champion_errors.mean if self._champion is not None else None
+        self.uploader.submit(
+            Checkpoint(pickle.dumps(self.learner), dict(self.offsets), metrics, champion)
+        )
+
+    def _handle(self, msg: Message, producer: Producer) -> int:
+        """Learn one record; returns 1 if it was learned, 0 if skipped or rejected."""
+        assert self.learner is not None
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return 0
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        self.offsets[partition] = offset + 1
+        try:
+            ex = parse_example(msg.value() or b"")
+        except BadRecord as exc:
+            self.rejected[exc.kind] = self.rejected.get(exc.kind, 0) + 1
+            origin = f"{self.topics.examples}[{partition}]@{offset}"
+            dead_letter(
+                producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
+            )
+            return 0
+        champion = self._champion
+        if champion is not None:
+            err = abs(ex.target - champion.predict_one(ex.features))
+            self._champion_errors.add(err if math.isfinite(err) else math.inf)
+        return int(self.learner.step(ex))
+
+    def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
+        import mlflow
+
+        settings = self.settings
+        ensure_topics(settings, self.topics.with_dlqs())
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        mlflow.set_experiment(settings.experiment_name)
+        self.restore_or_warm_start()
+        assert self.learner is not None
+        run = mlflow.start_run(run_name="trainer")
+        mlflow.end_run()  # the uploader resumes it by id on its own thread
+        self.uploader = Uploader(
+            settings, run.info.run_id, settings.checkpoint_queue, on_promote=self._new_champion
+        )
+        if registry.alias_version(settings, registry.CANDIDATE) is None:
+            self.checkpoint()  # the warm-started model is the first version
+        consumer = make_consumer(settings, self.group_id)
+        producer = make_producer(settings)
+        metadata = consumer.list_topics(self.topics.examples, timeout=10)
+        partitions = sorted(metadata.topics[self.topics.examples].partitions)
+        consumer.assign(
+            [
+                TopicPartition(self.topics.examples, p, self.offsets.get(p, OFFSET_BEGINNING))
+                for p in partitions
+            ]
+        )
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        since, last_cp = 0, time.monotonic()
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                for msg in consumer.consume(num_messages=500, timeout=0.2):
+                    since += self._handle(msg, producer)
+                    if max_examples is not None and self.learner.learned >= max_examples:
+                        self.stop.set()
+                        break
+                if since and (
+                    since >= settings.checkpoint_every
+                    or time.monotonic() - last_cp >= settings.checkpoint_interval_s
+                ):
+                    self.checkpoint()
+                    since, last_cp = 0, time.monotonic()
+            if since:
+                self.checkpoint()
+        finally:
+            consumer.close()
+            producer.flush(10)
+            self.uploader.close()
+        return self.learner

@@ -1,0 +1,107 @@
+"""Contract checks on every model the trainer can build, and the learner's bookkeeping."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+
+import pytest
+
+from pipelines.learner import LabelledExample, Learner, parse_example
+from pipelines.models import MODELS, build_model
+from pipelines.trades import BadRecord
+from rtml.errors import ConfigError
+
+
+def _stream(n: int = 300, seed: int = 0) -> list[tuple[dict[str, float], float]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1), "c": rng.random()}
+        out.append((x, 0.3 * x["a"] - 0.1 * x["b"] + rng.gauss(0, 0.05)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_survives_a_pickle_round_trip(name: str) -> None:
+    model = build_model(name)
+    for x, y in _stream():
+        model.learn_one(x, y)
+    clone = pickle.loads(pickle.dumps(model))
+    probe = _stream(20, seed=1)
+    assert [clone.predict_one(x) for x, _ in probe] == [model.predict_one(x) for x, _ in probe]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_seeded_runs_are_identical(name: str) -> None:
+    a, b = build_model(name), build_model(name)
+    for x, y in _stream():
+        a.learn_one(x, y)
+        b.learn_one(x, y)
+    probe = _stream(20, seed=2)
+    assert [a.predict_one(x) for x, _ in probe] == [b.predict_one(x) for x, _ in probe]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_learn_one_leaves_x_untouched(name: str) -> None:
+    model = build_model(name)
+    for x, y in _stream(50):
+        before = copy.deepcopy(x)
+        model.learn_one(x, y)
+        assert x == before
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_missing_features_do_not_crash(name: str) -> None:
+    model = build_model(name)
+    for i, (x, y) in enumerate(_stream(200)):
+        if i % 3 == 0:
+            x.pop("b")
+        model.learn_one(x, y)
+    assert math.isfinite(model.predict_one({"a": 1.0}))
+    assert math.isfinite(model.predict_one({}))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_learns_something(name: str) -> None:
+    model = build_model(name)
+    learner = Learner(model, window=100)
+    for i, (x, y) in enumerate(_stream(2000)):
+        learner.step(LabelledExample("X", float(i), float(i + 5), x, y))
+    m = learner.metrics()
+    assert m["rolling_mae"] < m["baseline_rolling_mae"]
+
+
+def test_unknown_model_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="RTML_MODEL is one of"):
+        build_model("xgboost")
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b"nope", "not_json"),
+        (b'{"symbol":"X","ts":1,"label_ts":2,"features":{}}', "missing_field"),
+        (b'{"symbol":"X","ts":"1","label_ts":2,"features":{},"target":0}', "wrong_type"),
+        (b'{"symbol":"X","ts":5,"label_ts":2,"features":{},"target":0}', "leak"),
+    ],
+)
+def test_bad_examples_are_rejected(raw: bytes, kind: str) -> None:
+    with pytest.raises(BadRecord) as info:
+        parse_example(raw)
+    assert info.value.kind == kind
+
+
+def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
+    learner = Learner(build_model("linear"), window=10)
+    examples = [
+        LabelledExample("X", float(t), float(t + 300), {"a": t / 10}, 0.01) for t in range(20)
+    ]
+    for ex in examples:
+        assert learner.step(ex)
+    assert not learner.step(examples[5])
+    clone = pickle.loads(pickle.dumps(learner))
+    assert clone.learned == 20 and clone.skipped == 1 and clone.watermark == 19 + 300
+    assert clone.metrics() == learner.metrics()
