@@ -50,19 +50,22 @@ def warm_start(settings: Settings, learner: Learner) -> int:
     store = fs.open_store(settings)
     service = store.get_feature_service(fs.FEATURE_SERVICE)
     frame = store.get_historical_features(
-        entity_df=targets[["symbol", "event_timestamp", "target_return", "created"]],
+        # `created` would clash with the feature sources' own created-timestamp column
+        entity_df=targets[["symbol", "event_timestamp", "target_return", "created"]].rename(
+            columns={"created": "label_time"}
+        ),
         features=service,
     ).to_df()
     frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
     names = [f.name for projection in service.feature_view_projections for f in projection.features]
-    rows = frame[["symbol", "event_timestamp", "created", "target_return", *names]].to_dict(
+    rows = frame[["symbol", "event_timestamp", "label_time", "target_return", *names]].to_dict(
         "records"
     )
     examples = [
         LabelledExample(
             str(r["symbol"]),
             r["event_timestamp"].timestamp(),
-            r["created"].timestamp(),
+            r["label_time"].timestamp(),
             {n: float(r[n]) for n in names if r[n] is not None and math.isfinite(r[n])},
             float(r["target_return"]),
         )

@@ -1,0 +1,175 @@
+"""The trainer on the real stack: warm start, learning from Kafka, checkpoints, gate, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from pipelines.feed import backfill
+from pipelines.processor import FeatureProcessor
+from pipelines.sources import SyntheticMarket
+from pipelines.trainer import Trainer
+from rtml import registry
+from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+HISTORY_CANDLES = 150
+STREAM_CANDLES = 400
+START = 1_700_000_040.0
+
+
+def _shard(settings: Settings, **update: Any) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    return settings.model_copy(
+        update={
+            "topic_prefix": f"tr{tag}.",
+            "symbols": (f"A{tag}", f"B{tag}"),
+            "model_name": f"model-{tag}",
+            "checkpoint_every": 150,
+            "checkpoint_interval_s": 1.0,
+            "warm_start_epochs": 2,
+            "metrics_window": 200,
+            **update,
+        }
+    )
+
+
+def _history_and_stream(settings: Settings) -> tuple[int, list[bytes]]:
+    """Backfill the first candles offline; returns how many examples that labelled, and the
+    records of the examples labelled after it, for the stream."""
+    market = SyntheticMarket(settings.symbols, seed=9, start_ts=START)
+    trades = list(market.candles_of_trades(HISTORY_CANDLES + STREAM_CANDLES))
+    history_end = START + HISTORY_CANDLES * 60
+    cut = next(i for i, t in enumerate(trades) if t.ts >= history_end)
+    stats = backfill(settings, trades[:cut], write_online=False)
+    processor = FeatureProcessor(settings.candle_seconds, 0, settings.horizon)
+    records = [
+        encode(ex.to_json())
+        for trade in trades
+        for ex in processor.on_trade(trade).examples
+        if ex.label_ts > history_end
+    ]
+    return stats.examples, records
+
+
+def _produce(settings: Settings, records: list[bytes]) -> None:
+    producer = make_producer(settings)
+    topic = Topics.of(settings).examples
+    for value in records:
+        producer.produce(topic, key=b"k", value=value)
+    producer.flush(10)
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTML_")}
+    return {
+        **env,
+        "RTML_STATE_DIR": str(settings.state),
+        "RTML_KAFKA_PORT": str(settings.kafka_port),
+        "RTML_REDIS_PORT": str(settings.redis_port),
+        "RTML_MLFLOW_PORT": str(settings.mlflow_port),
+        "RTML_TOPIC_PREFIX": settings.topic_prefix,
+        "RTML_SYMBOLS": json.dumps(list(settings.symbols)),
+        "RTML_MODEL_NAME": settings.model_name,
+        "RTML_CHECKPOINT_EVERY": str(settings.checkpoint_every),
+        "RTML_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
+        "RTML_WARM_START_EPOCHS": str(settings.warm_start_epochs),
+        "RTML_METRICS_WINDOW": str(settings.metrics_window),
+    }
+
+
+def _versions(settings: Settings) -> int:
+    return len(registry.client(settings).search_model_versions(f"name='{settings.model_name}'"))
+
+
+def _probe(learner: Any) -> list[float]:
+    rng = random.Random(0)
+    names = ["ret_1", "ret_5", "ret_15", "vol_15", "range_pct", "volume_z", "vwap_dist", "rsi_14"]
+    return [learner.predict_one({n: rng.gauss(0, 0.01) for n in names}) for _ in range(20)]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
+    settings: Settings, seed: int
+) -> None:
+    local = _shard(settings, checkpoint_every=25, checkpoint_queue=4)
+    topics = Topics.of(local)
+    ensure_topics(local, [topics.examples], partitions=1)  # one partition: one order to replay
+    ensure_topics(local, topics.with_dlqs())
+    warm, records = _history_and_stream(local)
+    total = warm + len(records)
+    third = len(records) // 3
+    chunks = [records[:third], records[third : 2 * third], records[2 * third :]]
+
+    rng = random.Random(seed)
+    command = [sys.executable, "-m", "rtml.cli", "train"]
+    for chunk in chunks:
+        before = _versions(local)
+        proc = subprocess.Popen(command, env=_env(local), stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _versions(local) <= before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _produce(local, chunk)
+        time.sleep(rng.uniform(0.0, 1.5))  # a random moment: learning, queued or uploading
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    final = subprocess.run(
+        [*command, "--max-examples", str(total)], env=_env(local), timeout=180, check=False
+    )
+    assert final.returncode == 0
+    resumed, _ = registry.latest_checkpoint(local)  # type: ignore[misc]
+
+    reference_settings = local.model_copy(update={"model_name": local.model_name + "-ref"})
+    expected = Trainer(reference_settings).run(max_seconds=120, max_examples=total)
+
+    assert resumed.learned == expected.learned == total
+    assert resumed.skipped == expected.skipped == 0
+    assert _probe(resumed) == _probe(expected)
+    assert resumed.metrics() == expected.metrics()
+
+
+def test_a_diverging_model_is_never_promoted(settings: Settings) -> None:
+    local = _shard(settings, model_params={"lr": 50.0})
+    ensure_topics(local, Topics.of(local).with_dlqs())
+    warm, records = _history_and_stream(local)
+    _produce(local, records)
+    trainer = Trainer(local)
+    trainer.run(max_seconds=60, max_examples=warm + len(records))
+    assert trainer.uploader is not None and trainer.uploader.decisions
+    assert not any(promoted for _, promoted, _ in trainer.uploader.decisions)
+    assert registry.alias_version(local, registry.CHAMPION) is None
+    assert registry.alias_version(local, registry.CANDIDATE) == trainer.uploader.uploaded[-1]
+
+
+def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
+    settings: Settings,
+) -> None:
+    local = _shard(settings)
+    ensure_topics(local, Topics.of(local).with_dlqs())
+    warm, records = _history_and_stream(local)
+    _produce(local, records)
+    trainer = Trainer(local)
+    trainer.run(max_seconds=60, max_examples=warm + len(records))
+    assert trainer.uploader is not None
+    promoted = [v for v, ok, _ in trainer.uploader.decisions if ok]
+    assert promoted, trainer.uploader.decisions
+    assert registry.alias_version(local, registry.CHAMPION) == promoted[-1]
+
+    first, last = trainer.uploader.uploaded[0], trainer.uploader.uploaded[-1]
+    registry.promote(local, first)
+    registry.promote(local, last)
+    assert registry.alias_version(local, registry.CHAMPION) == last
+    assert registry.rollback(local) == first
+    assert registry.alias_version(local, registry.CHAMPION) == first
