@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from river import drift
 
 from pipelines.trades import BadRecord
 
@@ -89,9 +90,13 @@ class _Rolling:
 class Learner:
     """A model with its learning history; pickled whole into every checkpoint."""
 
-    def __init__(self, model: Any, window: int = 500) -> None:
+    def __init__(self, model: Any, window: int = 500, drift_delta: float = 0.002) -> None:
         self.model = model
         self.window = window
+        self.drift_delta = drift_delta
+        self.drift = drift.ADWIN(delta=drift_delta)
+        self.drifts = 0
+        self.drift_detected = False
         self.learned = 0
         self.skipped = 0
         self.watermark = -math.inf
@@ -101,6 +106,11 @@ class Learner:
         self._rolling = _Rolling(window)
         self._rolling_baseline = _Rolling(window)
         self._per_symbol: dict[str, list[float]] = {}
+
+    def reset_model(self, model: Any) -> None:
+        """Start a fresh model after a drift; history and metrics carry on."""
+        self.model = model
+        self.drift = drift.ADWIN(delta=self.drift_delta)
 
     def predict_one(self, x: dict[str, float]) -> float:
         return float(self.model.predict_one(x))
@@ -120,6 +130,10 @@ class Learner:
         per = self._per_symbol.setdefault(ex.symbol, [0.0, 0])
         per[0] += error
         per[1] += 1
+        if math.isfinite(error):
+            self.drift.update(error)
+        self.drift_detected = self.drift.drift_detected
+        self.drifts += self.drift_detected
         self.model.learn_one(ex.features, ex.target)
         self.last_ts[ex.symbol] = ex.ts
         self.learned += 1
@@ -134,6 +148,7 @@ class Learner:
             "rolling_mae": self._rolling.mean,
             "baseline_rolling_mae": self._rolling_baseline.mean,
             "learned": float(self.learned),
+            "drifts": float(self.drifts),
         }
         for symbol, (total, count) in self._per_symbol.items():
             out[f"mae.{symbol.replace('/', '_')}"] = total / count

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 from tqdm import tqdm
 
-from pipelines.gate import gate
+from pipelines.gate import GateDecision, gate
 from pipelines.learner import LabelledExample, Learner, _Rolling, parse_example
 from pipelines.models import build_model
 from pipelines.trades import BadRecord
 from rtml import feature_store as fs
 from rtml import registry
-from rtml.kafka import Topics, dead_letter, ensure_topics, make_consumer, make_producer
+from rtml.errors import ConfigError
+from rtml.kafka import Topics, dead_letter, encode, ensure_topics, make_consumer, make_producer
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class Uploader:
         if decision.promote:
             registry.promote(self.settings, version)
             self.on_promote(learner)
+        registry.prune(self.settings, self.settings.keep_versions)
         self.uploaded.append(version)
         self.decisions.append((version, decision.promote, decision.reason))
         log.info(
@@ -192,6 +194,7 @@ class Trainer:
         self.uploader: Uploader | None = None
         self._champion: Learner | None = None
         self._champion_errors = _Rolling(settings.metrics_window)
+        self.drifts_at_start = 0
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -206,10 +209,12 @@ class Trainer:
             self.learner = Learner(
                 build_model(self.settings.model, self.settings.model_params),
                 window=self.settings.metrics_window,
+                drift_delta=self.settings.drift_delta,
             )
             n = warm_start(self.settings, self.learner)
             log.info("warm start learned %d examples from the offline store", n)
         self._champion = registry.load_champion_learner(self.settings)
+        self.drifts_at_start = self.learner.drifts
 
     def _new_champion(self, learner: Learner) -> None:
         # called on the uploader thread; the loop reads both references afresh per example
@@ -247,7 +252,27 @@ class Trainer:
         if champion is not None:
             err = abs(ex.target - champion.predict_one(ex.features))
             self._champion_errors.add(err if math.isfinite(err) else math.inf)
-        return int(self.learner.step(ex))
+        learned = self.learner.step(ex)
+        if self.learner.drift_detected:
+            self._on_drift(ex, producer)
+        return int(learned)
+
+    def _on_drift(self, ex: LabelledExample, producer: Producer) -> None:
+        assert self.learner is not None
+        metrics = self.learner.metrics()
+        alert = {
+            "kind": "drift",
+            "symbol": ex.symbol,
+            "ts": ex.ts,
+            "label_ts": ex.label_ts,
+            "model": self.settings.model_name,
+            "rolling_mae": metrics["rolling_mae"],
+            "response": self.settings.drift_response,
+        }
+        producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
+        log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
+        if self.settings.drift_response == "reset":
+            self.learner.reset_model(build_model(self.settings.model, self.settings.model_params))
 
     def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
         import mlflow
@@ -297,3 +322,44 @@ class Trainer:
             producer.flush(10)
             self.uploader.close()
         return self.learner
+
+
+def retrain(settings: Settings) -> tuple[str, GateDecision]:
+    """Refit a fresh model on the offline store, register it and put it through the gate.
+
+    The trainer's own stream continues untouched; this version competes only for `champion`.
+    """
+    import mlflow
+
+    learner = Learner(
+        build_model(settings.model, settings.model_params),
+        window=settings.metrics_window,
+        drift_delta=settings.drift_delta,
+    )
+    n = warm_start(settings, learner)
+    if n == 0:
+        raise ConfigError(
+            "the offline store has no labelled examples for these symbols; "
+            "run `rtml backfill` or the feature pipeline first"
+        )
+    metrics = learner.metrics()
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(settings.experiment_name)
+    with mlflow.start_run(run_name="retrain"):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        version = registry.log_version(
+            settings, learner, tags={"source": "retrain", "watermark": str(learner.watermark)}
+        )
+    decision = gate(
+        metrics["rolling_mae"],
+        metrics["baseline_rolling_mae"],
+        None,
+        settings.max_mae,
+        settings.gate_tolerance,
+    )
+    registry.client(settings).set_model_version_tag(
+        settings.model_name, version, "gate", decision.reason
+    )
+    if decision.promote:
+        registry.promote(settings, version)
+    return version, decision

@@ -221,6 +221,17 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
 
 
 @cli.command()
+@click.pass_obj
+def retrain(settings: Settings) -> None:
+    """Refit from the offline store now, register the result and put it through the gate."""
+    from pipelines.trainer import retrain as run_retrain
+
+    version, decision = run_retrain(settings)
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    click.echo(f"version {version}: {decision.reason}; {verdict}")
+
+
+@cli.command()
 @click.argument("version")
 @click.pass_obj
 def promote(settings: Settings, version: str) -> None:

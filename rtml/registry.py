@@ -141,6 +141,26 @@ def rollback(settings: Settings) -> str:
     return history[-1]
 
 
+def prune(settings: Settings, keep: int) -> list[str]:
+    """Delete versions beyond the newest `keep` that no alias or recent champion points at.
+
+    The MLflow UI slows down with tens of thousands of versions; a trainer makes one per
+    checkpoint.
+    """
+    mlflow_client = client(settings)
+    name = settings.model_name
+    model = mlflow_client.get_registered_model(name)
+    protected = set(model.aliases.values()) | set(champion_history(settings)[-10:])
+    versions = sorted(
+        (int(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")),
+        reverse=True,
+    )
+    doomed = [str(v) for v in versions[keep:] if str(v) not in protected]
+    for number in doomed:
+        mlflow_client.delete_model_version(name, number)
+    return doomed
+
+
 def latest_checkpoint(settings: Settings) -> tuple[Any, dict[int, int]] | None:
     """The newest checkpoint's learner and the offsets to continue from, if there is one."""
     version = alias_version(settings, CANDIDATE)

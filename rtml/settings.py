@@ -16,6 +16,7 @@ have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import AliasChoices, Field, SecretStr
@@ -90,6 +91,9 @@ class Settings(BaseSettings):
     checkpoint_queue: int = 4
     max_mae: float = 0.05
     gate_tolerance: float = 0.05
+    drift_delta: float = 0.002
+    drift_response: Literal["none", "reset"] = "none"
+    keep_versions: int = 50
 
     @property
     def state(self) -> Path:

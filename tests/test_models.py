@@ -94,6 +94,23 @@ def test_bad_examples_are_rejected(raw: bytes, kind: str) -> None:
     assert info.value.kind == kind
 
 
+def test_learner_detects_an_abrupt_change_and_can_reset() -> None:
+    learner = Learner(build_model("linear"), window=50)
+    rng = random.Random(3)
+    before_change = 0
+    for t in range(3000):
+        x = {"a": rng.gauss(0, 1)}
+        y = 0.01 * x["a"] if t < 1500 else -x["a"]  # the relation flips and grows
+        learner.step(LabelledExample("X", float(t), float(t + 5), x, y))
+        if t == 1499:
+            before_change = learner.drifts
+    assert learner.drifts > before_change
+    assert learner.metrics()["drifts"] == learner.drifts
+    old = learner.model
+    learner.reset_model(build_model("linear"))
+    assert learner.model is not old and learner.learned == 3000
+
+
 def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
     learner = Learner(build_model("linear"), window=10)
     examples = [

@@ -17,10 +17,11 @@ import pytest
 from pipelines.feed import backfill
 from pipelines.processor import FeatureProcessor
 from pipelines.sources import SyntheticMarket
-from pipelines.trainer import Trainer
+from pipelines.trainer import Trainer, retrain
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.settings import Settings
+from tests.kafka_helpers import drain
 
 pytestmark = pytest.mark.integration
 
@@ -156,13 +157,22 @@ def test_a_diverging_model_is_never_promoted(settings: Settings) -> None:
 def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     settings: Settings,
 ) -> None:
-    local = _shard(settings)
+    local = _shard(settings, keep_versions=3)
     ensure_topics(local, Topics.of(local).with_dlqs())
     warm, records = _history_and_stream(local)
     _produce(local, records)
     trainer = Trainer(local)
-    trainer.run(max_seconds=60, max_examples=warm + len(records))
+    learner = trainer.run(max_seconds=60, max_examples=warm + len(records))
     assert trainer.uploader is not None
+
+    # drifts seen on the stream were announced on `alerts`
+    alerts = drain(local, Topics.of(local).alerts)
+    assert len(alerts) == learner.drifts - trainer.drifts_at_start
+    assert all(a["kind"] == "drift" and a["symbol"] in local.symbols for a in alerts)
+
+    # old versions no alias points at are pruned
+    kept = registry.client(local).search_model_versions(f"name='{local.model_name}'")
+    assert len(trainer.uploader.uploaded) > 3 >= len(kept) - 2
     promoted = [v for v, ok, _ in trainer.uploader.decisions if ok]
     assert promoted, trainer.uploader.decisions
     assert registry.alias_version(local, registry.CHAMPION) == promoted[-1]
@@ -173,3 +183,9 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     assert registry.alias_version(local, registry.CHAMPION) == last
     assert registry.rollback(local) == first
     assert registry.alias_version(local, registry.CHAMPION) == first
+
+    version, decision = retrain(local)
+    tags = registry.client(local).get_model_version(local.model_name, version).tags
+    assert tags["gate"] == decision.reason and tags["source"] == "retrain"
+    served = registry.alias_version(local, registry.CHAMPION)
+    assert (served == version) == decision.promote
