@@ -306,13 +306,13 @@ class Trainer:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 for msg in consumer.consume(num_messages=500, timeout=0.2):
                     since += self._handle(msg, producer)
+                    if since >= settings.checkpoint_every:
+                        self.checkpoint()
+                        since, last_cp = 0, time.monotonic()
                     if max_examples is not None and self.learner.learned >= max_examples:
                         self.stop.set()
                         break
-                if since and (
-                    since >= settings.checkpoint_every
-                    or time.monotonic() - last_cp >= settings.checkpoint_interval_s
-                ):
+                if since and time.monotonic() - last_cp >= settings.checkpoint_interval_s:
                     self.checkpoint()
                     since, last_cp = 0, time.monotonic()
             if since:
