@@ -97,6 +97,9 @@ class Learner:
         self.drift = drift.ADWIN(delta=drift_delta)
         self.drifts = 0
         self.drift_detected = False
+        self.challenger: Any | None = None
+        self._challenger_rolling = _Rolling(window)
+        self._own_rolling = _Rolling(window)
         self.learned = 0
         self.skipped = 0
         self.watermark = -math.inf
@@ -106,6 +109,25 @@ class Learner:
         self._rolling = _Rolling(window)
         self._rolling_baseline = _Rolling(window)
         self._per_symbol: dict[str, list[float]] = {}
+
+    def start_challenger(self, model: Any) -> None:
+        """Train `model` beside the current one from now on, scored on the same examples."""
+        self.challenger = model
+        self._challenger_rolling = _Rolling(self.window)
+        self._own_rolling = _Rolling(self.window)
+
+    def settle_challenger(self) -> bool:
+        """Once the challenger has a full window, keep whichever model erred less on it.
+
+        Returns True when the challenger took over.
+        """
+        if self.challenger is None or len(self._challenger_rolling.values) < self.window:
+            return False
+        won = self._challenger_rolling.mean < self._own_rolling.mean
+        if won:
+            self.reset_model(self.challenger)
+        self.challenger = None
+        return won
 
     def reset_model(self, model: Any) -> None:
         """Start a fresh model after a drift; history and metrics carry on."""
@@ -130,6 +152,11 @@ class Learner:
         per = self._per_symbol.setdefault(ex.symbol, [0.0, 0])
         per[0] += error
         per[1] += 1
+        if self.challenger is not None:
+            theirs = abs(ex.target - float(self.challenger.predict_one(ex.features)))
+            self._challenger_rolling.add(theirs if math.isfinite(theirs) else math.inf)
+            self._own_rolling.add(error)
+            self.challenger.learn_one(ex.features, ex.target)
         if math.isfinite(error):
             self.drift.update(error)
         self.drift_detected = self.drift.drift_detected

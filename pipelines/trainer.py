@@ -223,6 +223,8 @@ class Trainer:
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
+        if self.learner.settle_challenger():
+            log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
         champion = self._champion_errors.mean if self._champion is not None else None
         self.uploader.submit(
@@ -271,8 +273,11 @@ class Trainer:
         }
         producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
         log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
+        fresh = build_model(self.settings.model, self.settings.model_params)
         if self.settings.drift_response == "reset":
-            self.learner.reset_model(build_model(self.settings.model, self.settings.model_params))
+            self.learner.reset_model(fresh)
+        elif self.settings.drift_response == "challenger" and self.learner.challenger is None:
+            self.learner.start_challenger(fresh)
 
     def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
         import mlflow

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     max_mae: float = 0.05
     gate_tolerance: float = 0.05
     drift_delta: float = 0.002
-    drift_response: Literal["none", "reset"] = "none"
+    drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = 50
 
     @property

@@ -111,6 +111,26 @@ def test_learner_detects_an_abrupt_change_and_can_reset() -> None:
     assert learner.model is not old and learner.learned == 3000
 
 
+def test_a_challenger_that_errs_less_takes_over() -> None:
+    learner = Learner(build_model("linear", {"lr": 0.0}), window=100)  # cannot learn
+    rng = random.Random(5)
+
+    def feed(n: int, start: int) -> None:
+        for t in range(start, start + n):
+            x = {"a": rng.gauss(0, 1)}
+            learner.step(LabelledExample("X", float(t), float(t + 5), x, 0.5 * x["a"]))
+
+    feed(50, 0)
+    learner.start_challenger(build_model("linear", {"lr": 0.05}))
+    feed(50, 50)
+    assert not learner.settle_challenger()  # no full window yet: keeps racing
+    assert learner.challenger is not None
+    stuck = learner.model
+    feed(200, 100)
+    assert learner.settle_challenger()
+    assert learner.model is not stuck and learner.challenger is None
+
+
 def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
     learner = Learner(build_model("linear"), window=10)
     examples = [
