@@ -29,6 +29,8 @@ from river import drift
 
 from pipelines.trades import BadRecord
 
+_NUMBER = (float, int)
+
 
 @dataclass(frozen=True, slots=True)
 class LabelledExample:
@@ -54,18 +56,16 @@ def parse_example(raw: bytes | dict[str, Any]) -> LabelledExample:
         raise BadRecord("missing_field", f"missing {exc.args[0]}") from None
     if not isinstance(symbol, str) or not isinstance(features, dict):
         raise BadRecord("wrong_type", "symbol must be a string and features an object")
-    numbers = (ts, label_ts, target)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers):
-        raise BadRecord("wrong_type", "ts, label_ts and target must be numbers")
-    if not all(math.isfinite(v) for v in numbers):
-        raise BadRecord("not_finite", "ts, label_ts and target must be finite")
+    for v in (ts, label_ts, target):
+        if type(v) is not float and type(v) is not int:
+            raise BadRecord("wrong_type", "ts, label_ts and target must be numbers")
+        if not math.isfinite(v):
+            raise BadRecord("not_finite", "ts, label_ts and target must be finite")
     if label_ts <= ts:
         raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
-    x = {
-        k: float(v)
-        for k, v in features.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    # missing and non-finite features are left out, as River models expect (v - v is 0.0
+    # only for finite numbers)
+    x = {k: float(v) for k, v in features.items() if type(v) in _NUMBER and v - v == 0}
     return LabelledExample(symbol, float(ts), float(label_ts), x, float(target))
 
 

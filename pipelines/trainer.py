@@ -17,6 +17,7 @@ import pickle
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, Top
 from tqdm import tqdm
 
 from pipelines.gate import GateDecision, gate
-from pipelines.learner import LabelledExample, Learner, _Rolling, parse_example
+from pipelines.learner import LabelledExample, Learner, parse_example
 from pipelines.models import build_model
 from pipelines.trades import BadRecord
 from rtml import feature_store as fs
@@ -193,7 +194,7 @@ class Trainer:
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
         self._champion: Learner | None = None
-        self._champion_errors = _Rolling(settings.metrics_window)
+        self._recent: deque[LabelledExample] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
 
     def restore_or_warm_start(self) -> None:
@@ -217,18 +218,33 @@ class Trainer:
         self.drifts_at_start = self.learner.drifts
 
     def _new_champion(self, learner: Learner) -> None:
-        # called on the uploader thread; the loop reads both references afresh per example
-        self._champion_errors = _Rolling(self.settings.metrics_window)
+        # called on the uploader thread; a reference swap, read at the next checkpoint
         self._champion = learner
+
+    def _champion_mae(self) -> float | None:
+        """The champion's MAE on the examples of the candidate's rolling window.
+
+        Scored at checkpoint time rather than per example: the learning loop stays as cheap
+        as the candidate alone.
+        """
+        champion = self._champion
+        if champion is None or not self._recent:
+            return None
+        total = 0.0
+        for ex in self._recent:
+            total += abs(ex.target - champion.predict_one(ex.features))
+        mae = total / len(self._recent)
+        return mae if math.isfinite(mae) else math.inf
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
-        champion = self._champion_errors.mean if self._champion is not None else None
         self.uploader.submit(
-            Checkpoint(pickle.dumps(self.learner), dict(self.offsets), metrics, champion)
+            Checkpoint(
+                pickle.dumps(self.learner), dict(self.offsets), metrics, self._champion_mae()
+            )
         )
 
     def _handle(self, msg: Message, producer: Producer) -> int:
@@ -250,11 +266,9 @@ class Trainer:
                 producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
             )
             return 0
-        champion = self._champion
-        if champion is not None:
-            err = abs(ex.target - champion.predict_one(ex.features))
-            self._champion_errors.add(err if math.isfinite(err) else math.inf)
         learned = self.learner.step(ex)
+        if learned:
+            self._recent.append(ex)
         if self.learner.drift_detected:
             self._on_drift(ex, producer)
         return int(learned)
