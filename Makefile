@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer clean lock
+.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor clean lock
 
 install: $(STAMP)
 
@@ -52,6 +52,9 @@ bench: install
 
 run-trainer: install
 	$(BIN)/rtml train
+
+run-predictor: install
+	$(BIN)/rtml serve
 
 
 clean: down

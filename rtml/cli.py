@@ -251,6 +251,36 @@ def rollback(settings: Settings) -> None:
     click.echo(f"champion of {settings.model_name} is version {registry.rollback(settings)}")
 
 
+@cli.command()
+@click.pass_obj
+def serve(settings: Settings) -> None:
+    """Serve predictions over HTTP from the champion model, swapping in new champions."""
+    from serving.app import serve as run_server
+
+    run_server(settings)
+
+
+@cli.command("predict-stream")
+@click.option("--group", default="rtml-predictor", show_default=True, help="Consumer group.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
+    """Predict every `features` record with the champion, onto `predictions`."""
+    from pipelines.feature_pipeline import install_signal_handlers
+    from serving.model_holder import ModelHolder
+    from serving.stream import StreamingPredictor
+
+    holder = ModelHolder(settings)
+    holder.refresh()
+    holder.start()
+    predictor = StreamingPredictor(settings, holder, group_id=group)
+    install_signal_handlers(predictor.stop)
+    try:
+        click.echo(f"predicted {predictor.run(max_seconds=duration)} records")
+    finally:
+        holder.stop()
+
+
 def main() -> None:
     try:
         cli()

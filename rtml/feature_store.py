@@ -75,9 +75,15 @@ def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.Da
 
 
 def online_features(
-    store: FeatureStore, symbols: list[str], features: Any | None = None
+    store: FeatureStore,
+    symbols: list[str],
+    features: Any | None = None,
+    with_timestamps: bool = False,
 ) -> dict[str, list[Any]]:
-    """Online features of the model's feature service for `symbols`, as column lists."""
+    """Online features of the model's feature service for `symbols`, as column lists.
+
+    With `with_timestamps`, each feature `f` has a column `f__ts` of epoch seconds.
+    """
     wanted = (
         features
         if features is not None
@@ -86,5 +92,5 @@ def online_features(
     response = store.get_online_features(
         features=wanted, entity_rows=[{"symbol": s} for s in symbols]
     )
-    result: dict[str, list[Any]] = response.to_dict()
+    result: dict[str, list[Any]] = response.to_dict(include_event_timestamps=with_timestamps)
     return result

@@ -177,6 +177,14 @@ def load_champion_learner(settings: Settings) -> Any | None:
     return load(settings, CHAMPION).model
 
 
+def load_version(settings: Settings, version: str, name: str | None = None) -> RiverPyfunc:
+    """One version by number: an alias can move between looking it up and loading it."""
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name or settings.model_name}/{version}")
+    model: RiverPyfunc = loaded.unwrap_python_model()
+    return model
+
+
 def load(settings: Settings, alias: str, name: str | None = None) -> RiverPyfunc:
     """The River pyfunc that `alias` points at, unwrapped from MLflow's loader."""
     name = name or settings.model_name

@@ -10,7 +10,7 @@ have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_
 >>> s.kafka_bootstrap, s.kafka_external
 ('127.0.0.1:1234', False)
 >>> Settings(redis_url="redis://:pw@cache:6380/2").feast_redis_connection
-'cache:6380,db=2,password=pw'
+'cache:6380,db=2,password=pw,socket_timeout=1.0,socket_connect_timeout=1.0'
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
     )
 
+    redis_timeout_s: float = 1.0
+
     # Kafka clients
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
@@ -80,6 +82,14 @@ class Settings(BaseSettings):
     # Model registry
     model_name: str = "rtml-price-change"
     experiment_name: str = "rtml"
+
+    # Predictor
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: SecretStr | None = None
+    max_body_bytes: int = 1_000_000
+    max_batch_rows: int = 1000
+    model_poll_s: float = 1.0
 
     # Trainer
     model: str = "linear"
@@ -135,6 +145,9 @@ class Settings(BaseSettings):
             parts.append(f"password={url.password}")
         if url.scheme == "rediss":
             parts.append("ssl=true")
+        # without timeouts a Redis that stops answering would hang every read
+        parts.append(f"socket_timeout={self.redis_timeout_s}")
+        parts.append(f"socket_connect_timeout={self.redis_timeout_s}")
         return ",".join(parts)
 
     @property

@@ -160,8 +160,10 @@ class Stack:
                 host,
                 "--dir",
                 str(data),
-                "--save",
-                "60 1000",
+                # append-only file: the online store survives a restart (an RDB save point
+                # given on the command line was not honoured on shutdown by this build)
+                "--appendonly",
+                "yes",
                 "--daemonize",
                 "no",
                 "--protected-mode",

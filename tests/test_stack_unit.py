@@ -62,5 +62,5 @@ def test_stale_pid_file_is_not_a_running_service(tmp_path: Path) -> None:
 
 def test_feast_env_follows_settings(tmp_path: Path) -> None:
     env = Settings(state_dir=tmp_path, redis_port=7777).feast_env()
-    assert env["RTML_FEAST_REDIS"] == "127.0.0.1:7777"
+    assert env["RTML_FEAST_REDIS"].startswith("127.0.0.1:7777,socket_timeout=")
     assert env["RTML_FEAST_REGISTRY"] == str(tmp_path.resolve() / "feast" / "registry.db")

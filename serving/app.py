@@ -1,0 +1,228 @@
+"""The prediction API: the champion model on online features from Feast, over HTTP.
+
+`GET /predict/{symbol}` reads the symbol's online features and predicts; `POST /predict` takes
+explicit feature rows. `/healthz` says the process is up, `/readyz` that a model is loaded and
+Redis answers, `/metrics` is Prometheus text. With `RTML_API_TOKEN` set, predictions and metrics
+need `Authorization: Bearer <token>`; the probes stay open for orchestrators.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from pipelines.features import FEATURE_NAMES
+from rtml import feature_store as fs
+from rtml.settings import Settings
+from serving.model_holder import ModelHolder, Served
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+class Rows(BaseModel):
+    rows: list[dict[str, float | None]] = Field(min_length=1)
+
+
+class Metrics:
+    """The API's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "rtml_request_seconds",
+            "Request latency",
+            ["endpoint"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0),
+        )
+        self.predictions = Counter(
+            "rtml_predictions", "Predictions served", ["endpoint"], registry=self.registry
+        )
+        self.errors = Counter("rtml_errors", "Failed requests", ["reason"], registry=self.registry)
+        self.version = Gauge("rtml_model_version", "Served model version", registry=self.registry)
+        self.model_staleness = Gauge(
+            "rtml_model_staleness_seconds",
+            "Now minus the newest label time the served model learned",
+            registry=self.registry,
+        )
+        self.feature_staleness = Gauge(
+            "rtml_feature_staleness_seconds",
+            "Now minus the event time of the last features served",
+            registry=self.registry,
+        )
+        self.load_failures = Gauge(
+            "rtml_model_load_failures", "Model versions that failed to load", registry=self.registry
+        )
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)
+
+
+class Predictor:
+    """What the endpoints do, apart from FastAPI's wiring."""
+
+    def __init__(self, settings: Settings, holder: ModelHolder, store: FeatureStore) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.store = store
+        self.metrics = Metrics()
+        self.redis_errors = _redis_errors()
+
+    def authorize(self, request: Request) -> None:
+        token = self.settings.api_token
+        if token is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+            self.metrics.errors.labels("unauthorized").inc()
+            raise HTTPException(
+                401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
+            )
+
+    def served(self) -> Served:
+        current = self.holder.current
+        self.metrics.load_failures.set(self.holder.load_failures)
+        if current is None:
+            self.metrics.errors.labels("no_model").inc()
+            raise HTTPException(
+                503,
+                f"no champion of {self.settings.model_name} yet: run the trainer or `rtml promote`",
+            )
+        return current
+
+    @staticmethod
+    def _predict(model: Served, x: dict[str, float]) -> float:
+        value = model.learner.predict_one(x)
+        return float(value) if math.isfinite(value) else math.nan
+
+    def for_symbol(self, symbol: str) -> dict[str, Any]:
+        began = time.perf_counter()
+        model = self.served()
+        try:
+            row = fs.online_features(self.store, [symbol], with_timestamps=True)
+        except self.redis_errors as exc:
+            self.metrics.errors.labels("redis").inc()
+            raise HTTPException(
+                503, f"online store (Redis) unreachable: {exc}; serving resumes when it is back"
+            ) from exc
+        x = {n: float(row[n][0]) for n in FEATURE_NAMES if row.get(n, [None])[0] is not None}
+        if not x:
+            self.metrics.errors.labels("unknown_symbol").inc()
+            raise HTTPException(404, f"no online features for {symbol!r}")
+        feature_ts = max(row[f"{n}__ts"][0] for n in x)
+        now = time.time()
+        prediction = self._predict(model, x)
+        m = self.metrics
+        m.predictions.labels("symbol").inc()
+        m.version.set(float(model.version))
+        m.feature_staleness.set(now - feature_ts)
+        m.model_staleness.set(now - model.trained_through)
+        m.latency.labels("symbol").observe(time.perf_counter() - began)
+        return {
+            "symbol": symbol,
+            "prediction": prediction,
+            "model_version": model.version,
+            "feature_timestamp": feature_ts,
+            "staleness_s": now - feature_ts,
+            "trained_through": model.trained_through,
+        }
+
+    def for_rows(self, body: Rows) -> dict[str, Any]:
+        began = time.perf_counter()
+        if len(body.rows) > self.settings.max_batch_rows:
+            self.metrics.errors.labels("too_large").inc()
+            raise HTTPException(413, f"at most {self.settings.max_batch_rows} rows per request")
+        model = self.served()
+        out = [
+            self._predict(model, {k: v for k, v in r.items() if v is not None and math.isfinite(v)})
+            for r in body.rows
+        ]
+        self.metrics.predictions.labels("rows").inc(len(out))
+        self.metrics.latency.labels("rows").observe(time.perf_counter() - began)
+        return {"predictions": out, "model_version": model.version}
+
+    def readiness(self) -> list[str]:
+        problems = []
+        if self.holder.current is None:
+            problems.append("no model loaded")
+        try:
+            import redis
+
+            redis.Redis.from_url(
+                self.settings.redis, socket_timeout=self.settings.redis_timeout_s
+            ).ping()
+        except Exception as exc:
+            problems.append(f"Redis unreachable: {exc}")
+        return problems
+
+
+def create_app(settings: Settings, holder: ModelHolder, store: FeatureStore) -> FastAPI:
+    app = FastAPI(title="rtml predictor", version="0.1.0")
+    predictor = app.state.predictor = Predictor(settings, holder, store)
+    auth = [Depends(predictor.authorize)]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            predictor.metrics.errors.labels("too_large").inc()
+            return JSONResponse(
+                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
+            )
+        response: Response = await call_next(request)
+        return response
+
+    app.get("/predict/{symbol:path}", dependencies=auth)(predictor.for_symbol)
+    app.post("/predict", dependencies=auth)(predictor.for_rows)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        problems = predictor.readiness()
+        return JSONResponse(
+            {"ready": not problems, "problems": problems}, status_code=503 if problems else 200
+        )
+
+    @app.get("/metrics", dependencies=auth)
+    def prometheus() -> Response:
+        return Response(generate_latest(predictor.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """`rtml serve`: load the champion, poll its alias, serve until stopped."""
+    import uvicorn
+
+    holder = ModelHolder(settings)
+    holder.refresh()
+    holder.start()
+    app = create_app(settings, holder, fs.open_store(settings))
+    try:
+        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+    finally:
+        holder.stop()

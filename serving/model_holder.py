@@ -1,0 +1,92 @@
+"""The served model: loaded by MLflow alias, replaced atomically when the alias moves.
+
+A background thread polls the `champion` alias. A new version is loaded completely first and
+only then swapped in, by replacing one reference: a request reads the reference once, so it
+never sees a half-loaded model. A failed load keeps the current version serving, is logged and
+counted, and is tried again at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rtml import registry
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    version: str
+    learner: Any
+    loaded_at: float
+    trained_through: float
+    """Event time (epoch seconds) of the newest label the model had learned."""
+
+
+class ModelHolder:
+    def __init__(
+        self,
+        settings: Settings,
+        alias: str = registry.CHAMPION,
+        on_swap: Callable[[Served], None] = lambda _: None,
+    ) -> None:
+        self.settings = settings
+        self.alias = alias
+        self.on_swap = on_swap
+        self.current: Served | None = None
+        self.load_failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it is not the one served; True when it swapped."""
+        version = registry.alias_version(self.settings, self.alias)
+        current = self.current
+        if version is None or (current is not None and current.version == version):
+            return False
+        try:
+            learner = registry.load_version(self.settings, version).model
+        except Exception as exc:
+            self.load_failures += 1
+            log.error(
+                "could not load version %s (%s); still serving %s",
+                version,
+                exc,
+                current.version if current else "nothing",
+            )
+            return False
+        served = Served(
+            version=version,
+            learner=learner,
+            loaded_at=time.time(),
+            trained_through=float(getattr(learner, "watermark", float("nan"))),
+        )
+        self.current = served
+        self.on_swap(served)
+        log.info("serving %s version %s", self.settings.model_name, version)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # the registry is away: keep serving, keep polling
+                self.load_failures += 1
+                log.warning("model poll failed: %s", exc)
+            self._stop.wait(self.settings.model_poll_s)

@@ -1,0 +1,99 @@
+"""The streaming predictor: `features` in, `predictions` out, in a consumer group.
+
+Replicas in one group share the `features` partitions, so each record is predicted once. Each
+prediction carries the version that made it and the newest label time that version had learned.
+A malformed record goes to `features.dlq`; offsets are committed after predictions are flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from pipelines.trades import BadRecord
+from rtml.kafka import Topics, dead_letter, encode, ensure_topics, make_consumer, make_producer
+from rtml.settings import Settings
+from serving.model_holder import ModelHolder
+
+log = logging.getLogger(__name__)
+
+
+def parse_features(raw: bytes) -> tuple[str, float, dict[str, float]]:
+    try:
+        record = orjson.loads(raw)
+        symbol, ts, values = record["symbol"], float(record["ts"]), record["features"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BadRecord("malformed", f"features record: {exc!r}") from None
+    if not isinstance(symbol, str) or not isinstance(values, dict):
+        raise BadRecord("wrong_type", "symbol must be a string and features an object")
+    x = {k: float(v) for k, v in values.items() if type(v) in (float, int) and v - v == 0}
+    return symbol, ts, x
+
+
+class StreamingPredictor:
+    def __init__(
+        self, settings: Settings, holder: ModelHolder, group_id: str = "rtml-predictor"
+    ) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.group_id = group_id
+        self.topics = Topics.of(settings)
+        self.stop = threading.Event()
+        self.predicted = 0
+        self.rejected = 0
+
+    def _handle(self, msg: Message, producer: Producer) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return
+        model = self.holder.current
+        if model is None:
+            return
+        try:
+            symbol, ts, x = parse_features(msg.value() or b"")
+        except BadRecord as exc:
+            self.rejected += 1
+            origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
+            dead_letter(producer, self.topics.features, str(exc), msg.value(), origin=origin)
+            return
+        prediction = float(model.learner.predict_one(x))
+        record = {
+            "symbol": symbol,
+            "ts": ts,
+            "prediction": prediction if math.isfinite(prediction) else None,
+            "model_version": model.version,
+            "trained_through": model.trained_through,
+        }
+        producer.produce(self.topics.predictions, key=symbol.encode(), value=encode(record))
+        self.predicted += 1
+
+    def run(self, max_seconds: float | None = None) -> int:
+        ensure_topics(self.settings, self.topics.with_dlqs())
+        consumer = make_consumer(self.settings, self.group_id)
+        producer = make_producer(self.settings)
+        consumer.subscribe([self.topics.features])
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if self.holder.current is None:  # nothing to serve yet: leave records unread
+                    self.stop.wait(0.2)
+                    continue
+                batch = consumer.consume(num_messages=1000, timeout=0.2)
+                for msg in batch:
+                    self._handle(msg, producer)
+                    if msg.error() is None:
+                        consumer.store_offsets(message=msg)
+                if batch:
+                    producer.flush(30)
+                    consumer.commit(asynchronous=False)
+        finally:
+            consumer.close()
+            producer.flush(10)
+        return self.predicted

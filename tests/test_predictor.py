@@ -1,0 +1,241 @@
+"""The predictor on the real stack: HTTP predictions, hot swap, Redis outages, streaming."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from pipelines.features import FEATURE_NAMES
+from pipelines.learner import LabelledExample, Learner
+from pipelines.models import build_model
+from pipelines.processor import FeatureRow
+from pipelines.sink import FeatureSink
+from rtml import feature_store as fs
+from rtml import registry
+from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.settings import Settings
+from rtml.stack import free_port, redis_binary
+from serving.app import create_app
+from serving.model_holder import ModelHolder
+from serving.stream import StreamingPredictor
+from tests.kafka_helpers import drain
+
+pytestmark = pytest.mark.integration
+
+POLL_S = 1.0
+
+
+def _learner(scale: float) -> Learner:
+    learner = Learner(build_model("linear"))
+    for t in range(200):
+        x = {n: ((t * 7 + i) % 11) / 100 for i, n in enumerate(FEATURE_NAMES)}
+        learner.step(LabelledExample("X", float(t), float(t + 300), x, scale * x["ret_1"]))
+    return learner
+
+
+def _features(symbol: str, ts: float, base: float) -> FeatureRow:
+    values = {n: base + i / 1000 for i, n in enumerate(FEATURE_NAMES)}
+    return FeatureRow(symbol, ts, {**values, "close": 100.0, "volume": 1.0})
+
+
+@pytest.fixture(scope="module")
+def shard(stack_settings: Settings, stack: object) -> Settings:
+    tag = uuid.uuid4().hex[:6]
+    local = stack_settings.model_copy(
+        update={
+            "symbols": (f"A{tag}", f"B{tag}"),
+            "model_name": f"served-{tag}",
+            "topic_prefix": f"p{tag}.",
+            "model_poll_s": POLL_S,
+        }
+    )
+    registry.promote(local, registry.log_version(local, _learner(1.0)))
+    now = time.time()
+    rows = [_features(s, now - 30, 0.01 * (i + 1)) for i, s in enumerate(local.symbols)]
+    FeatureSink(local, fs.open_store(local), producer=None).write_online(rows)
+    return local
+
+
+@pytest.fixture
+def served(shard: Settings) -> Iterator[tuple[TestClient, ModelHolder]]:
+    holder = ModelHolder(shard)
+    holder.refresh()
+    holder.start()
+    with TestClient(create_app(shard, holder, fs.open_store(shard))) as client:
+        yield client, holder
+    holder.stop()
+
+
+def test_predict_reads_online_features_and_names_the_version(
+    shard: Settings, served: tuple[TestClient, ModelHolder]
+) -> None:
+    client, holder = served
+    symbol = shard.symbols[0]
+    body = client.get(f"/predict/{symbol}").json()
+    assert holder.current is not None
+    x = {n: _features(symbol, 0, 0.01).values[n] for n in FEATURE_NAMES}
+    assert body["prediction"] == pytest.approx(holder.current.learner.predict_one(x))
+    assert body["model_version"] == holder.current.version
+    assert 25 < body["staleness_s"] < 120
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics").text
+    assert "rtml_predictions_total" in metrics and "rtml_request_seconds_bucket" in metrics
+
+
+def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder]) -> None:
+    client, _ = served
+    assert client.get("/predict/NOPE-never-seen").status_code == 404
+    assert client.post("/predict", json={"rows": "x"}).status_code == 422
+    assert client.post("/predict", json={"rows": []}).status_code == 422
+    rows = [{"ret_1": 0.01}] * 1001
+    assert client.post("/predict", json={"rows": rows}).status_code == 413
+    big = b'{"rows": [' + b'{"ret_1": 0.0},' * 200_000 + b'{"ret_1": 0.0}]}'
+    assert client.post("/predict", content=big).status_code == 413
+    ok = client.post("/predict", json={"rows": [{"ret_1": 0.01, "vol_15": None}]})
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_token_is_enforced_when_set(shard: Settings) -> None:
+    secured = shard.model_copy(update={"api_token": SecretStr("s3cret")})
+    holder = ModelHolder(secured)
+    holder.refresh()
+    client = TestClient(create_app(secured, holder, fs.open_store(secured)))
+    symbol = shard.symbols[0]
+    assert client.get(f"/predict/{symbol}").status_code == 401
+    wrong = client.get(f"/predict/{symbol}", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    good = client.get(f"/predict/{symbol}", headers={"Authorization": "Bearer s3cret"})
+    assert good.status_code == 200
+    assert client.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_promotion_swaps_the_model_under_load_without_failed_requests(
+    shard: Settings, served: tuple[TestClient, ModelHolder]
+) -> None:
+    client, holder = served
+    assert holder.current is not None
+    old = holder.current.version
+    new = registry.log_version(shard, _learner(-3.0))
+    statuses: list[int] = []
+    versions: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            response = client.get(f"/predict/{shard.symbols[1]}")
+            statuses.append(response.status_code)
+            if response.status_code == 200:
+                versions.append((time.monotonic(), response.json()["model_version"]))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    promoted_at = time.monotonic()
+    registry.promote(shard, new)
+    deadline = promoted_at + 10
+    while time.monotonic() < deadline and not any(v == new for _, v in versions):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    first_new = min(at for at, v in versions if v == new)
+    assert set(statuses) == {200}
+    # two poll intervals, plus the time to load the version from the registry
+    assert first_new - promoted_at <= 2 * POLL_S + 1.0
+    assert all(v == new for at, v in versions if at > first_new)
+    assert old != new
+
+
+def _redis(port: int, data: Path) -> subprocess.Popen[bytes]:
+    argv = [
+        str(redis_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port, socket_timeout=0.5).ping():
+                return proc
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("redis did not start")
+
+
+def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    proc = _redis(port, tmp_path)
+    local = shard.model_copy(update={"redis_port": port})
+    FeatureSink(local, fs.open_store(local), producer=None).write_online(
+        [_features(local.symbols[0], time.time(), 0.02)]
+    )
+    holder = ModelHolder(local)
+    holder.refresh()
+    client = TestClient(create_app(local, holder, fs.open_store(local)))
+    path = f"/predict/{local.symbols[0]}"
+    assert client.get(path).status_code == 200
+    try:
+        proc.terminate()  # saves its data on the way down
+        proc.wait(10)
+        down = client.get(path)
+        assert down.status_code == 503 and "Redis" in down.json()["detail"]
+        assert client.get("/readyz").status_code == 503
+        proc = _redis(port, tmp_path)
+        back = time.monotonic()
+        while (status := client.get(path)).status_code != 200:
+            assert time.monotonic() - back < 5, status.json()
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_streaming_predictions_carry_the_champion_version(shard: Settings) -> None:
+    topics = Topics.of(shard)
+    ensure_topics(shard, topics.with_dlqs())
+    producer = make_producer(shard)
+    rows = [_features(shard.symbols[i % 2], 1_700_000_000 + 60 * i, 0.001 * i) for i in range(40)]
+    for row in rows:
+        producer.produce(topics.features, key=row.symbol.encode(), value=encode(row.to_json()))
+    producer.produce(topics.features, key=b"x", value=b"{broken")
+    producer.flush(10)
+
+    holder = ModelHolder(shard)
+    holder.refresh()
+    assert holder.current is not None
+    champion = registry.alias_version(shard, registry.CHAMPION)
+    predictor = StreamingPredictor(shard, holder, group_id=f"pred-{uuid.uuid4().hex[:6]}")
+    thread = threading.Thread(target=predictor.run, kwargs={"max_seconds": 60})
+    thread.start()
+    deadline = time.monotonic() + 60
+    while predictor.predicted + predictor.rejected < len(rows) + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    predictor.stop.set()
+    thread.join(30)
+
+    out: list[dict[str, Any]] = drain(shard, topics.predictions)
+    assert len(out) == len(rows)
+    assert {p["model_version"] for p in out} == {champion}
+    assert all(p["trained_through"] == holder.current.trained_through for p in out)
+    dead = drain(shard, topics.features + ".dlq")
+    assert len(dead) == 1 and predictor.rejected == 1
