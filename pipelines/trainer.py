@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 from tqdm import tqdm
 
+from pipelines.features import FEATURE_NAMES
 from pipelines.gate import GateDecision, gate
 from pipelines.learner import LabelledExample, Learner, parse_example
 from pipelines.models import build_model
@@ -157,7 +158,9 @@ class Uploader:
             **cp.tags,
         }
         with mlflow.start_run(run_id=self.run_id):
-            version = registry.log_version(self.settings, learner, tags=tags)
+            version = registry.log_version(
+                self.settings, learner, tags=tags, feature_names=FEATURE_NAMES
+            )
             step = int(cp.metrics.get("learned", 0))
             for key, value in cp.metrics.items():
                 if math.isfinite(value):
@@ -367,7 +370,10 @@ def retrain(settings: Settings) -> tuple[str, GateDecision]:
     with mlflow.start_run(run_name="retrain"):
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         version = registry.log_version(
-            settings, learner, tags={"source": "retrain", "watermark": str(learner.watermark)}
+            settings,
+            learner,
+            tags={"source": "retrain", "watermark": str(learner.watermark)},
+            feature_names=FEATURE_NAMES,
         )
     decision = gate(
         metrics["rolling_mae"],

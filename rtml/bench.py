@@ -306,7 +306,20 @@ def main() -> None:
             {"date": stamp, "machine": machine, "figures": [asdict(f) for f in figures]}, indent=2
         )
     )
+    _into_readme(Path("README.md"), "\n".join(lines))
     print("\n".join(lines))
+
+
+def _into_readme(readme: Path, table: str) -> None:
+    """Put the table between the README's bench markers, so its numbers are the report's."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        readme.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def _cores() -> int:

@@ -18,7 +18,9 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, DataType, Schema
 
 from rtml.errors import ConfigError
 from rtml.settings import Settings
@@ -60,6 +62,23 @@ class RiverPyfunc(PythonModel):
         return float(self.model.predict_one(x))
 
 
+class _KnownPickleWarning(logging.Filter):
+    """MLflow warns on every version that a Python object is cloudpickled. River models have
+    no other serialization; the trust boundary is documented once, in the README."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "causes it to be serialized using CloudPickle" not in record.getMessage()
+
+
+logging.getLogger("mlflow.pyfunc").addFilter(_KnownPickleWarning())
+
+
+def signature(feature_names: list[str]) -> ModelSignature:
+    """Optional float inputs (River skips missing features), one float output."""
+    inputs = Schema([ColSpec(DataType.double, name, required=False) for name in feature_names])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.double)]))
+
+
 def client(settings: Settings) -> MlflowClient:
     mlflow.set_tracking_uri(settings.mlflow_uri)
     return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
@@ -70,6 +89,7 @@ def log_version(
     model: OnlineRegressor,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    feature_names: list[str] | None = None,
 ) -> str:
     """Log `model` in the active run (or a new one) and register it; returns the version."""
     name = name or settings.model_name
@@ -79,6 +99,7 @@ def log_version(
         python_model=RiverPyfunc(model),
         registered_model_name=name,
         pip_requirements=pip_requirements(),
+        signature=signature(feature_names) if feature_names else None,
     )
     version_id = str(info.registered_model_version)
     mlflow_client = client(settings)
