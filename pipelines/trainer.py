@@ -45,7 +45,8 @@ def warm_start(settings: Settings, learner: Learner) -> int:
     Returns how many examples were learned.
     """
     targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
-    targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
+    if not targets.empty:
+        targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
     if targets.empty:
         log.warning("the offline store has no targets yet: starting from an untrained model")
         return 0

@@ -198,7 +198,7 @@ def bench_offline_append(settings: Settings) -> tuple[Figure, Figure]:
     )
 
 
-def bench_trainer(settings: Settings, n_candles: int) -> Figure:
+def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 1000) -> Figure:
     """The trainer's loop (Kafka, parsing, metrics, drift, checkpoints to MLflow) against a bare
     River predict-then-learn loop over the same examples."""
     from pipelines.learner import parse_example
@@ -211,7 +211,8 @@ def bench_trainer(settings: Settings, n_candles: int) -> Figure:
             "topic_prefix": f"bench{tag}.",
             "symbols": tuple(f"{s}{tag}" for s in "ABCD"),
             "model_name": f"bench-{tag}",
-            "checkpoint_every": 5000,
+            "checkpoint_every": checkpoint_every,
+            "checkpoint_interval_s": 30.0,
         }
     )
     topics = Topics.of(local)

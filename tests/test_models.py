@@ -6,13 +6,16 @@ import copy
 import math
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 
 from pipelines.learner import LabelledExample, Learner, parse_example
 from pipelines.models import MODELS, build_model
 from pipelines.trades import BadRecord
+from pipelines.trainer import warm_start
 from rtml.errors import ConfigError
+from rtml.settings import Settings
 
 
 def _stream(n: int = 300, seed: int = 0) -> list[tuple[dict[str, float], float]]:
@@ -129,6 +132,12 @@ def test_a_challenger_that_errs_less_takes_over() -> None:
     feed(200, 100)
     assert learner.settle_challenger()
     assert learner.model is not stuck and learner.challenger is None
+
+
+def test_warm_start_on_an_empty_offline_store_learns_nothing(tmp_path: Path) -> None:
+    learner = Learner(build_model("linear"))
+    assert warm_start(Settings(state_dir=tmp_path), learner) == 0
+    assert learner.learned == 0
 
 
 def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
