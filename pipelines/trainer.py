@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 from tqdm import tqdm
@@ -90,7 +90,6 @@ class Checkpoint:
     offsets: dict[int, int]
     metrics: dict[str, float]
     champion_rolling_mae: float | None
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 class Uploader:
@@ -156,7 +155,6 @@ class Uploader:
             "watermark": str(learner.watermark),
             "learned": str(learner.learned),
             **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
-            **cp.tags,
         }
         with mlflow.start_run(run_id=self.run_id):
             version = registry.log_version(
