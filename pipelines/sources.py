@@ -203,14 +203,20 @@ def replay(
                 yield exc
 
 
-def paced(trades: Iterable[Trade], speed: float) -> Iterator[Trade]:
-    """Yield trades at `speed` times their event-time pace (0: as fast as possible)."""
+def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:
+    """Yield trades at `speed` times their event-time pace (0: as fast as possible).
+
+    Bad records pass straight through, for the caller to dead-letter.
+    """
     if speed <= 0:
         yield from trades
         return
     first_event: float | None = None
     began = time.monotonic()
     for trade in trades:
+        if isinstance(trade, BadRecord):
+            yield trade
+            continue
         if first_event is None:
             first_event = trade.ts
         wait = (trade.ts - first_event) / speed - (time.monotonic() - began)

@@ -119,6 +119,11 @@ def _trade_source(
     if source == "kraken" or source.startswith(("ws://", "wss://")):
         url = kraken.KRAKEN_WS_URL if source == "kraken" else source
         return kraken.stream(settings.symbols, url=url, stop=stop)
+    bad = [c for c in columns if "=" not in c]
+    if bad:
+        raise click.BadParameter(
+            f"{bad[0]!r}: write NAME=FILE_COLUMN, e.g. size=qty", param_hint="--column"
+        )
     mapping = dict(c.split("=", 1) for c in columns)
     return sources.replay(Path(source), mapping, settings.candle_seconds)
 

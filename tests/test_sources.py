@@ -69,9 +69,13 @@ def test_replay_names_the_columns_it_needs(tmp_path: Path) -> None:
         list(replay(path))
 
 
-def test_paced_keeps_order_at_max_speed() -> None:
-    trades = [Trade("X", str(i), 1.0, 1.0, "buy", float(i)) for i in range(5)]
+def test_paced_keeps_order_and_passes_bad_records_through() -> None:
+    trades: list[Trade | BadRecord] = [
+        Trade("X", str(i), 1.0, 1.0, "buy", i / 100) for i in range(5)
+    ]
     assert list(paced(trades, 0)) == trades
+    trades.insert(2, BadRecord("not_json", "x"))
+    assert list(paced(trades, 1.0)) == trades  # 40 ms of event time, paced in real time
 
 
 def _trade_message(kind: str, trades: list[dict[str, object]]) -> str:
