@@ -123,7 +123,7 @@ class FeatureSink:
             "online feature write",
             lambda: store.push(fs.PUSH_SOURCE, frame, to=_online()),
             self.stop,
-            retry_on=_redis_errors(),
+            retry_on=fs.redis_errors(),
         )
 
     @property
@@ -143,9 +143,3 @@ def _online() -> Any:
     from feast.data_source import PushMode
 
     return PushMode.ONLINE
-
-
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis
-
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)

@@ -94,3 +94,10 @@ def online_features(
     )
     result: dict[str, list[Any]] = response.to_dict(include_event_timestamps=with_timestamps)
     return result
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable online store raises: worth a retry or a 503, not a crash."""
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)

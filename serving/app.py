@@ -73,12 +73,6 @@ class Metrics:
         )
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    import redis
-
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)
-
-
 class Predictor:
     """What the endpoints do, apart from FastAPI's wiring."""
 
@@ -87,7 +81,7 @@ class Predictor:
         self.holder = holder
         self.store = store
         self.metrics = Metrics()
-        self.redis_errors = _redis_errors()
+        self.redis_errors = fs.redis_errors()
 
     def authorize(self, request: Request) -> None:
         token = self.settings.api_token
