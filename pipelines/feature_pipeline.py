@@ -10,7 +10,6 @@ exactly; closed history is restored from the offline store.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter
@@ -148,9 +147,3 @@ class FeaturePipeline:
         ]
         consumer.commit(offsets=offsets, asynchronous=False)
         log.info("committed %s; %s", {tp.partition: tp.offset for tp in offsets}, self.stats.line())
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT finish the current batch, commit and return."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())

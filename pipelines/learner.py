@@ -21,27 +21,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from river import drift
 
+from pipelines.processor import Example
 from pipelines.trades import BadRecord
 
 _NUMBER = (float, int)
 
 
-@dataclass(frozen=True, slots=True)
-class LabelledExample:
-    symbol: str
-    ts: float
-    label_ts: float
-    features: dict[str, float]
-    target: float
-
-
-def parse_example(raw: bytes | dict[str, Any]) -> LabelledExample:
+def parse_example(raw: bytes | dict[str, Any]) -> Example:
     """Validate an `examples` record; raises BadRecord naming what is wrong."""
     try:
         record = orjson.loads(raw) if isinstance(raw, bytes) else raw
@@ -66,7 +57,7 @@ def parse_example(raw: bytes | dict[str, Any]) -> LabelledExample:
     # missing and non-finite features are left out, as River models expect (v - v is 0.0
     # only for finite numbers)
     x = {k: float(v) for k, v in features.items() if type(v) in _NUMBER and v - v == 0}
-    return LabelledExample(symbol, float(ts), float(label_ts), x, float(target))
+    return Example(symbol, float(ts), float(label_ts), x, float(target))
 
 
 class _Rolling:
@@ -137,7 +128,7 @@ class Learner:
     def predict_one(self, x: dict[str, float]) -> float:
         return float(self.model.predict_one(x))
 
-    def step(self, ex: LabelledExample) -> bool:
+    def step(self, ex: Example) -> bool:
         """Predict, score, learn; False (and nothing learned) for an example seen before."""
         if ex.ts <= self.last_ts.get(ex.symbol, -math.inf):
             self.skipped += 1

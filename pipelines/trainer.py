@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from pipelines.features import FEATURE_NAMES
 from pipelines.gate import GateDecision, gate
-from pipelines.learner import LabelledExample, Learner, parse_example
+from pipelines.learner import Learner, parse_example
 from pipelines.models import build_model
+from pipelines.processor import Example
 from pipelines.trades import BadRecord
 from rtml import feature_store as fs
 from rtml import registry
@@ -66,7 +67,7 @@ def warm_start(settings: Settings, learner: Learner) -> int:
         "records"
     )
     examples = [
-        LabelledExample(
+        Example(
             str(r["symbol"]),
             r["event_timestamp"].timestamp(),
             r["label_time"].timestamp(),
@@ -196,7 +197,7 @@ class Trainer:
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
         self._champion: Learner | None = None
-        self._recent: deque[LabelledExample] = deque(maxlen=settings.metrics_window)
+        self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
 
     def restore_or_warm_start(self) -> None:
@@ -275,7 +276,7 @@ class Trainer:
             self._on_drift(ex, producer)
         return int(learned)
 
-    def _on_drift(self, ex: LabelledExample, producer: Producer) -> None:
+    def _on_drift(self, ex: Example, producer: Producer) -> None:
         assert self.learner is not None
         metrics = self.learner.metrics()
         alert = {

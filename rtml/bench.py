@@ -277,9 +277,9 @@ def _percentile(values: list[float], q: float) -> float:
 def bench_predictor(settings: Settings, seconds: float = 6.0, rate: float = 500.0) -> list[Figure]:
     """HTTP latency at a fixed request rate, beside bare Feast reads; streaming throughput."""
     from pipelines.features import FEATURE_NAMES
-    from pipelines.learner import LabelledExample, Learner
+    from pipelines.learner import Learner
     from pipelines.models import build_model
-    from pipelines.processor import FeatureRow
+    from pipelines.processor import Example, FeatureRow
     from pipelines.sink import FeatureSink
     from rtml import registry
     from serving.model_holder import ModelHolder
@@ -295,7 +295,7 @@ def bench_predictor(settings: Settings, seconds: float = 6.0, rate: float = 500.
     learner = Learner(build_model("linear"))
     for t in range(500):
         x = {n: (t % 7) / 100 for n in FEATURE_NAMES}
-        learner.step(LabelledExample("S", float(t), float(t + 300), x, x["ret_1"]))
+        learner.step(Example("S", float(t), float(t + 300), x, x["ret_1"]))
     registry.promote(local, registry.log_version(local, learner))
     symbol = local.symbols[0]
     row = FeatureRow(symbol, time.time(), {n: 0.01 for n in [*FEATURE_NAMES, "close", "volume"]})

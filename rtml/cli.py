@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import sys
 import threading
 from collections.abc import Iterable
@@ -14,6 +15,12 @@ import click
 
 from rtml.errors import RtmlError
 from rtml.settings import Settings
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask a loop to finish its current batch, commit and return."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -157,7 +164,6 @@ def feed(
     limit: int | None,
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
-    from pipelines.feature_pipeline import install_signal_handlers
     from pipelines.feed import publish
     from pipelines.sources import paced
     from rtml.kafka import Topics, ensure_topics, make_producer
@@ -180,7 +186,7 @@ def feed(
 @click.pass_obj
 def features(settings: Settings, group: str, duration: float | None) -> None:
     """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
-    from pipelines.feature_pipeline import FeaturePipeline, install_signal_handlers
+    from pipelines.feature_pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline(settings, group_id=group)
     install_signal_handlers(pipeline.stop)
@@ -216,7 +222,6 @@ def backfill(
 @click.pass_obj
 def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
-    from pipelines.feature_pipeline import install_signal_handlers
     from pipelines.trainer import Trainer
 
     trainer = Trainer(settings)
@@ -271,7 +276,6 @@ def serve(settings: Settings) -> None:
 @click.pass_obj
 def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
     """Predict every `features` record with the champion, onto `predictions`."""
-    from pipelines.feature_pipeline import install_signal_handlers
     from serving.model_holder import ModelHolder
     from serving.stream import StreamingPredictor
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.learner import LabelledExample, Learner, parse_example
+from pipelines.learner import Learner, parse_example
 from pipelines.models import MODELS, build_model
+from pipelines.processor import Example
 from pipelines.trades import BadRecord
 from pipelines.trainer import warm_start
 from rtml.errors import ConfigError
@@ -72,7 +73,7 @@ def test_learns_something(name: str) -> None:
     model = build_model(name)
     learner = Learner(model, window=100)
     for i, (x, y) in enumerate(_stream(2000)):
-        learner.step(LabelledExample("X", float(i), float(i + 5), x, y))
+        learner.step(Example("X", float(i), float(i + 5), x, y))
     m = learner.metrics()
     assert m["rolling_mae"] < m["baseline_rolling_mae"]
 
@@ -104,7 +105,7 @@ def test_learner_detects_an_abrupt_change_and_can_reset() -> None:
     for t in range(3000):
         x = {"a": rng.gauss(0, 1)}
         y = 0.01 * x["a"] if t < 1500 else -x["a"]  # the relation flips and grows
-        learner.step(LabelledExample("X", float(t), float(t + 5), x, y))
+        learner.step(Example("X", float(t), float(t + 5), x, y))
         if t == 1499:
             before_change = learner.drifts
     assert learner.drifts > before_change
@@ -121,7 +122,7 @@ def test_a_challenger_that_errs_less_takes_over() -> None:
     def feed(n: int, start: int) -> None:
         for t in range(start, start + n):
             x = {"a": rng.gauss(0, 1)}
-            learner.step(LabelledExample("X", float(t), float(t + 5), x, 0.5 * x["a"]))
+            learner.step(Example("X", float(t), float(t + 5), x, 0.5 * x["a"]))
 
     feed(50, 0)
     learner.start_challenger(build_model("linear", {"lr": 0.05}))
@@ -142,9 +143,7 @@ def test_warm_start_on_an_empty_offline_store_learns_nothing(tmp_path: Path) -> 
 
 def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
     learner = Learner(build_model("linear"), window=10)
-    examples = [
-        LabelledExample("X", float(t), float(t + 300), {"a": t / 10}, 0.01) for t in range(20)
-    ]
+    examples = [Example("X", float(t), float(t + 300), {"a": t / 10}, 0.01) for t in range(20)]
     for ex in examples:
         assert learner.step(ex)
     assert not learner.step(examples[5])

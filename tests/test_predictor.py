@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from pipelines.features import FEATURE_NAMES
-from pipelines.learner import LabelledExample, Learner
+from pipelines.learner import Learner
 from pipelines.models import build_model
-from pipelines.processor import FeatureRow
+from pipelines.processor import Example, FeatureRow
 from pipelines.sink import FeatureSink
 from rtml import feature_store as fs
 from rtml import registry
@@ -38,7 +38,7 @@ def _learner(scale: float) -> Learner:
     learner = Learner(build_model("linear"))
     for t in range(200):
         x = {n: ((t * 7 + i) % 11) / 100 for i, n in enumerate(FEATURE_NAMES)}
-        learner.step(LabelledExample("X", float(t), float(t + 300), x, scale * x["ret_1"]))
+        learner.step(Example("X", float(t), float(t + 300), x, scale * x["ret_1"]))
     return learner
 
 
