@@ -60,7 +60,7 @@ def parse_example(raw: bytes | dict[str, Any]) -> Example:
     return Example(symbol, float(ts), float(label_ts), x, float(target))
 
 
-class _Rolling:
+class RollingMean:
     """Mean of the last `window` values."""
 
     def __init__(self, window: int) -> None:
@@ -89,23 +89,23 @@ class Learner:
         self.drifts = 0
         self.drift_detected = False
         self.challenger: Any | None = None
-        self._challenger_rolling = _Rolling(window)
-        self._own_rolling = _Rolling(window)
+        self._challenger_rolling = RollingMean(window)
+        self._own_rolling = RollingMean(window)
         self.learned = 0
         self.skipped = 0
         self.watermark = -math.inf
         self.last_ts: dict[str, float] = {}
         self._abs_error = 0.0
         self._abs_baseline = 0.0
-        self._rolling = _Rolling(window)
-        self._rolling_baseline = _Rolling(window)
+        self._rolling = RollingMean(window)
+        self._rolling_baseline = RollingMean(window)
         self._per_symbol: dict[str, list[float]] = {}
 
     def start_challenger(self, model: Any) -> None:
         """Train `model` beside the current one from now on, scored on the same examples."""
         self.challenger = model
-        self._challenger_rolling = _Rolling(self.window)
-        self._own_rolling = _Rolling(self.window)
+        self._challenger_rolling = RollingMean(self.window)
+        self._own_rolling = RollingMean(self.window)
 
     def settle_challenger(self) -> bool:
         """Once the challenger has a full window, keep whichever model erred less on it.

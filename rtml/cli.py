@@ -290,6 +290,17 @@ def predict_stream(settings: Settings, group: str, duration: float | None) -> No
         holder.stop()
 
 
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def monitor(settings: Settings, duration: float | None) -> None:
+    """Join predictions with realized targets; serve the dashboard and /metrics."""
+    from serving.dashboard import run_monitor
+
+    click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
+    run_monitor(settings, max_seconds=duration)
+
+
 def main() -> None:
     try:
         cli()

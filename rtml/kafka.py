@@ -152,3 +152,12 @@ def dead_letter(
     raw = (value or b"").decode("utf-8", errors="replace")
     record = {"reason": reason, "origin": origin, "raw": raw}
     producer.produce(dlq(topic), key=key, value=encode(record))
+
+
+def commit_stored(consumer: Consumer) -> None:
+    """Commit the offsets stored so far; a batch of only end-of-partition events stores none."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:
+            raise

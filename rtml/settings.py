@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     max_batch_rows: int = 1000
     model_poll_s: float = 1.0
 
+    # Monitor and dashboard
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 8001
+    monitor_history: int = 2000
+    monitor_log_interval_s: float = 10.0
+
     # Trainer
     model: str = "linear"
     model_params: dict[str, float] = Field(default_factory=dict)

@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def require_token(settings: Settings, request: Request) -> None:
+    """With `RTML_API_TOKEN` set, demand `Authorization: Bearer <token>` (401 otherwise)."""
+    token = settings.api_token
+    if token is None:
+        return
+    given = request.headers.get("authorization", "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+        raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
 class Rows(BaseModel):
     rows: list[dict[str, float | None]] = Field(min_length=1)
 
@@ -84,15 +94,11 @@ class Predictor:
         self.redis_errors = fs.redis_errors()
 
     def authorize(self, request: Request) -> None:
-        token = self.settings.api_token
-        if token is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+        try:
+            require_token(self.settings, request)
+        except HTTPException:
             self.metrics.errors.labels("unauthorized").inc()
-            raise HTTPException(
-                401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
-            )
+            raise
 
     def served(self) -> Served:
         current = self.holder.current

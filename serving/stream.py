@@ -16,7 +16,15 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from pipelines.trades import BadRecord
-from rtml.kafka import Topics, dead_letter, encode, ensure_topics, make_consumer, make_producer
+from rtml.kafka import (
+    Topics,
+    commit_stored,
+    dead_letter,
+    encode,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from rtml.settings import Settings
 from serving.model_holder import ModelHolder
 
@@ -92,7 +100,7 @@ class StreamingPredictor:
                         consumer.store_offsets(message=msg)
                 if batch:
                     producer.flush(30)
-                    consumer.commit(asynchronous=False)
+                    commit_stored(consumer)
         finally:
             consumer.close()
             producer.flush(10)

@@ -1,0 +1,211 @@
+"""The monitor on the real stack, and its dashboard rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import uvicorn
+
+from rtml.kafka import Topics, dlq, encode, ensure_topics, make_producer
+from rtml.settings import PROJECT_ROOT, Settings
+from rtml.stack import free_port
+from serving.dashboard import create_dashboard_app
+from serving.monitor import MonitorService
+from tests.kafka_helpers import drain
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(os.environ.get("RTML_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+CANDLES = 120
+SWITCH = 60  # version 2 serves from this candle on
+
+
+def chromium() -> str | None:
+    found = os.environ.get("RTML_CHROMIUM")
+    return found or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _publish(settings: Settings) -> int:
+    """Two symbols of candles: features, predictions by v1 then v2, examples H candles later."""
+    topics = Topics.of(settings)
+    producer = make_producer(settings)
+    rng = random.Random(7)
+    horizon, start = settings.horizon, 1_700_000_000.0
+    expected = 0
+    for symbol in settings.symbols:
+        closes = [100.0]
+        for _ in range(CANDLES + horizon):
+            closes.append(closes[-1] * (1 + rng.gauss(0, 0.002)))
+        for i in range(CANDLES):
+            ts = start + 60 * i
+            target = closes[i + horizon] / closes[i] - 1
+            version = 1 if i < SWITCH else 2
+            noise = 0.004 if version == 1 else 0.001
+            key = symbol.encode()
+            features = {"ret_1": closes[i] / closes[max(i - 1, 0)] - 1, "close": closes[i]}
+            producer.produce(
+                topics.features,
+                key=key,
+                value=encode({"symbol": symbol, "ts": ts, "features": features}),
+            )
+            prediction = {
+                "symbol": symbol,
+                "ts": ts,
+                "prediction": target + rng.gauss(0, noise),
+                "model_version": version,
+                "trained_through": ts - 60 * horizon,
+            }
+            producer.produce(topics.predictions, key=key, value=encode(prediction))
+            example = {
+                "symbol": symbol,
+                "ts": ts,
+                "label_ts": ts + 60 * horizon,
+                "features": features,
+                "target": target,
+            }
+            producer.produce(topics.examples, key=key, value=encode(example))
+            expected += 1
+    producer.produce(topics.predictions, value=b"{not json")
+    producer.produce(
+        topics.predictions,
+        value=encode({"symbol": "X", "ts": 1, "prediction": None, "model_version": 1}),
+    )
+    producer.flush(30)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def monitored(stack_settings: Settings, stack: object) -> Iterator[tuple[MonitorService, str, int]]:
+    tag = uuid.uuid4().hex[:6]
+    settings = stack_settings.model_copy(
+        update={
+            "symbols": (f"M{tag}/USD", f"N{tag}/USD"),
+            "topic_prefix": f"m{tag}.",
+            "experiment_name": f"monitor-{tag}",
+            "monitor_log_interval_s": 1.0,
+            "metrics_window": 50,
+        }
+    )
+    ensure_topics(settings, Topics.of(settings).with_dlqs())
+    expected = _publish(settings)
+    service = MonitorService(settings)
+    worker = threading.Thread(target=service.run, daemon=True)
+    worker.start()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_dashboard_app(service), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    web = threading.Thread(target=server.run, daemon=True)
+    web.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (service.monitor.joined < expected or not server.started):
+        time.sleep(0.2)
+    yield service, f"http://127.0.0.1:{port}", expected
+    server.should_exit = True
+    service.stop.set()
+    worker.join(30)
+    web.join(30)
+
+
+def test_monitor_joins_every_prediction_and_ranks_the_versions(
+    monitored: tuple[MonitorService, str, int],
+) -> None:
+    service, url, expected = monitored
+    m = service.monitor
+    assert m.joined == expected
+    assert m.pending == 0
+    assert m.champion == 2
+    # version 2 predicted with a quarter of version 1's noise
+    assert m.rolling_mae(2) < m.rolling_mae(1) / 2
+    assert m.rolling_mae(2) < m.baseline_mae()
+    text = httpx.get(f"{url}/metrics").text
+    assert re.search(r'rtml_monitor_rolling_mae\{symbol="\*",version="2"\} \d', text)
+    assert f"rtml_monitor_joined_total {float(expected)}" in text
+    assert 'rtml_monitor_rejected_total{topic="' in text
+
+
+def test_bad_predictions_go_to_the_dlq_with_reasons(
+    monitored: tuple[MonitorService, str, int],
+) -> None:
+    service, _, _ = monitored
+    topic = service.topics.predictions
+    dead = drain(service.settings, dlq(topic))
+    assert len(dead) == 2 == service.monitor.rejected[topic]
+    assert {r["reason"].split(":")[0] for r in dead} == {"malformed", "no_prediction"}
+    assert all("(monitor)" in r["origin"] for r in dead)
+
+
+def test_rolling_errors_are_logged_to_mlflow(monitored: tuple[MonitorService, str, int]) -> None:
+    service, _, _ = monitored
+    settings = service.settings
+    deadline = time.monotonic() + 20
+    metrics: dict[str, float] = {}
+    while time.monotonic() < deadline and "monitor.mae.v2.all" not in metrics:
+        time.sleep(0.5)
+        client = mlflow.MlflowClient(settings.mlflow_uri)
+        experiment = client.get_experiment_by_name(settings.experiment_name)
+        if experiment is None:
+            continue
+        runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'monitor'")
+        metrics = runs[0].data.metrics if runs else {}
+    assert metrics["monitor.mae.v2.all"] == pytest.approx(service.monitor.rolling_mae(2), rel=0.5)
+    assert "monitor.baseline_mae.all" in metrics
+
+
+def test_dashboard_renders_non_empty_charts_in_chromium(
+    monitored: tuple[MonitorService, str, int], tmp_path: Path
+) -> None:
+    browser = chromium()
+    if browser is None:
+        pytest.skip(
+            "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
+            "or point RTML_CHROMIUM at a Chrome/Chromium binary"
+        )
+    _, url, _ = monitored
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--no-first-run",
+        "--mute-audio",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--window-size=1400,1100",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", f"{url}/"], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    for chart in ("price", "pairs", "mae", "staleness"):
+        svg = re.search(rf'<svg id="chart-{chart}"[^>]*>(.*?)</svg>', dom, re.S)
+        assert svg, f"chart {chart} missing"
+        lines = re.findall(r'class="series" data-name="([^"]+)"[^>]*points="([^"]*)"', svg.group(1))
+        assert lines, f"chart {chart} drew no series"
+        for name, points in lines:
+            assert len(points.split()) >= 10, f"{chart}/{name} has {points!r}"
+    assert re.search(r'<b id="champion">2</b>', dom)
+    assert "v2" in dom  # the champion change is marked
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    shot.unlink(missing_ok=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", f"{url}/"], capture_output=True, timeout=120, check=True
+    )
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,111 @@
+"""The monitor's join, rolling errors, alerts and exports, without services."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import orjson
+import pytest
+
+from pipelines.trades import BadRecord
+from serving.monitor import ALL, Monitor, MonitorCollector, Prediction, parse_prediction
+
+
+def _p(symbol: str, ts: float, prediction: float, version: int = 1) -> Prediction:
+    return Prediction(symbol, ts, prediction, version, ts - 300)
+
+
+def test_joins_in_either_order_and_scores_each_version() -> None:
+    m = Monitor(window=10)
+    m.on_prediction(_p("A", 60, 0.010, version=1))
+    m.on_prediction(_p("A", 60, 0.030, version=2))  # two replicas on different versions
+    m.on_example("A", 60, {"close": 100.0}, 0.020)
+    m.on_example("A", 120, {"close": 101.0}, -0.010)  # the target first ...
+    m.on_prediction(_p("A", 120, 0.000, version=2))  # ... then its prediction
+    assert m.joined == 3
+    assert m.rolling_mae(1, "A") == pytest.approx(0.010)
+    assert m.rolling_mae(2, "A") == pytest.approx((0.010 + 0.010) / 2)
+    assert m.baseline_mae("A") == pytest.approx((0.02 + 0.02 + 0.01) / 3)
+    assert m.pending == 0
+    assert [(r["version"], r["symbol"], r["n"]) for r in m.errors_table()] == [
+        (1, ALL, 1),
+        (1, "A", 1),
+        (2, ALL, 2),
+        (2, "A", 2),
+    ]
+
+
+def test_rolling_window_forgets_old_errors() -> None:
+    m = Monitor(window=2)
+    for i, error in enumerate([1.0, 0.1, 0.3]):
+        m.on_prediction(_p("A", 60 * i, 0.0))
+        m.on_example("A", 60 * i, {}, error)
+    assert m.rolling_mae(1) == pytest.approx(0.2)
+
+
+def test_predictions_without_targets_are_counted_when_dropped() -> None:
+    m = Monitor(max_pending=3)
+    for i in range(5):
+        m.on_prediction(_p("A", 60 * i, 0.0))
+    assert (m.pending, m.expired) == (3, 2)
+
+
+def test_champion_changes_are_recorded_once_per_new_version() -> None:
+    m = Monitor()
+    for ts, version in [(60, 1), (120, 1), (180, 2), (240, 1), (300, 3)]:
+        m.on_prediction(_p("A", ts, 0.0, version))  # 1 after 2: a replica not yet swapped
+    assert list(m.champion_changes) == [(60, 1), (180, 2), (300, 3)]
+    assert m.champion == 3
+
+
+def test_a_shift_in_the_champions_errors_raises_a_drift_alert() -> None:
+    rng = random.Random(3)
+    m = Monitor(window=100)
+    for i in range(3000):
+        target = rng.gauss(0, 0.01) + (0.08 if i >= 1500 else 0.0)
+        m.on_prediction(_p("A", 60.0 * i, 0.0))
+        m.on_example("A", 60.0 * i, {"close": 1.0}, target)
+    assert m.alerts, "no alert after the errors jumped eightfold"
+    assert all(a["ts"] >= 60.0 * 1500 for a in m.alerts)
+    assert m.alerts[0]["version"] == 1
+
+
+def test_parse_prediction_rejects_each_kind_of_bad_record() -> None:
+    good = {"symbol": "A", "ts": 60, "prediction": 0.1, "model_version": 3, "trained_through": 0}
+    assert parse_prediction(orjson.dumps(good)).version == 3
+    cases = {
+        b"not json": "malformed",
+        orjson.dumps({**good, "model_version": "x"}): "malformed",
+        orjson.dumps({k: v for k, v in good.items() if k != "ts"}): "malformed",
+        orjson.dumps({**good, "symbol": 5}): "wrong_type",
+        orjson.dumps({**good, "prediction": None}): "no_prediction",
+    }
+    for raw, kind in cases.items():
+        with pytest.raises(BadRecord) as info:
+            parse_prediction(raw)
+        assert info.value.kind == kind, raw
+
+
+def test_snapshot_and_exports_carry_the_rolling_errors() -> None:
+    m = Monitor(window=5)
+    for i in range(6):
+        m.on_prediction(_p("BTC/USD", 60 * i, 0.01, version=4))
+        m.on_example("BTC/USD", 60 * i, {"close": 100.0 + i}, 0.03)
+    m.reject("predictions")
+    snap = orjson.loads(orjson.dumps(m.snapshot(points=3)))  # JSON-clean
+    assert len(snap["price"]["BTC/USD"]) == 3
+    assert snap["pairs"]["BTC/USD"][-1][1:] == [0.01, 0.03, 4]
+    assert snap["mae"][-1][2] == pytest.approx(0.02)
+    assert snap["counts"]["rejected"] == {"predictions": 1}
+    metrics = m.mlflow_metrics()
+    assert metrics["monitor.mae.v4.BTC_USD"] == pytest.approx(0.02)
+    assert metrics["monitor.baseline_mae.all"] == pytest.approx(0.03)
+    families = {f.name: f for f in MonitorCollector(m).collect()}
+    samples = {
+        tuple(sorted(s.labels.items())): s.value
+        for s in families["rtml_monitor_rolling_mae"].samples
+    }
+    assert samples[(("symbol", "BTC/USD"), ("version", "4"))] == pytest.approx(0.02)
+    assert families["rtml_monitor_joined"].samples[0].value == 6
+    assert not math.isnan(m.baseline_mae("BTC/USD"))
