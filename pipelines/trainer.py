@@ -38,6 +38,8 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY = 10  # uploads between prunings of old versions
+
 
 def warm_start(settings: Settings, learner: Learner) -> int:
     """Fit on the offline store: targets joined point-in-time to their features, in time order.
@@ -112,6 +114,7 @@ class Uploader:
         self.run_id = run_id
         self.queue: queue.Queue[Checkpoint | None] = queue.Queue(maxsize=capacity)
         self.dropped = 0
+        self.superseded = 0
         self.uploaded: list[str] = []
         self.decisions: list[tuple[str, bool, str]] = []
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
@@ -134,8 +137,24 @@ class Uploader:
         self.queue.put(None)
         self._thread.join(timeout)
 
+    def _newest_waiting(self, checkpoint: Checkpoint) -> Checkpoint:
+        """The newest checkpoint queued behind `checkpoint` supersedes it: a whole learner
+        with its offsets. Uploading only the newest keeps the served model fresh when
+        uploads are slower than checkpoints."""
+        while True:
+            try:
+                waiting = self.queue.get_nowait()
+            except queue.Empty:
+                return checkpoint
+            if waiting is None:
+                self.queue.put(None)  # close once the newest is up
+                return checkpoint
+            self.superseded += 1
+            checkpoint = waiting
+
     def _work(self) -> None:
-        while (checkpoint := self.queue.get()) is not None:
+        while (first := self.queue.get()) is not None:
+            checkpoint = self._newest_waiting(first)
             backoff = 0.5
             while True:
                 try:
@@ -145,28 +164,19 @@ class Uploader:
                     log.warning("checkpoint upload failed (%s); retrying in %.1f s", exc, backoff)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
+                    checkpoint = self._newest_waiting(checkpoint)
+        if self.uploaded:
+            try:
+                registry.prune(self.settings, self.settings.keep_versions)
+            except Exception as exc:
+                log.warning("could not prune old versions: %s", exc)
 
     def _upload(self, cp: Checkpoint) -> None:
         import mlflow
+        from mlflow.entities import Metric
 
         learner = pickle.loads(cp.learner_bytes)
         client = registry.client(self.settings)
-        tags = {
-            "offsets": json.dumps({str(k): v for k, v in sorted(cp.offsets.items())}),
-            "watermark": str(learner.watermark),
-            "learned": str(learner.learned),
-            **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
-        }
-        with mlflow.start_run(run_id=self.run_id):
-            version = registry.log_version(
-                self.settings, learner, tags=tags, feature_names=FEATURE_NAMES
-            )
-            step = int(cp.metrics.get("learned", 0))
-            for key, value in cp.metrics.items():
-                if math.isfinite(value):
-                    client.log_metric(self.run_id, key, value, step=step)
-        name = self.settings.model_name
-        client.set_registered_model_alias(name, registry.CANDIDATE, version)
         decision = gate(
             cp.metrics["rolling_mae"],
             cp.metrics["baseline_rolling_mae"],
@@ -174,11 +184,31 @@ class Uploader:
             self.settings.max_mae,
             self.settings.gate_tolerance,
         )
-        client.set_model_version_tag(name, version, "gate", decision.reason)
+        tags = {
+            "offsets": json.dumps({str(k): v for k, v in sorted(cp.offsets.items())}),
+            "watermark": str(learner.watermark),
+            "learned": str(learner.learned),
+            "gate": decision.reason,
+            **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
+        }
+        # the order keeps the served model fresh: register, promote, then the bookkeeping
+        # (a crash in between resumes from the older candidate and relearns the same examples)
+        with mlflow.start_run(run_id=self.run_id):
+            version = registry.log_version(
+                self.settings, learner, tags=tags, feature_names=FEATURE_NAMES
+            )
         if decision.promote:
             registry.promote(self.settings, version)
             self.on_promote(learner)
-        registry.prune(self.settings, self.settings.keep_versions)
+        name = self.settings.model_name
+        client.set_registered_model_alias(name, registry.CANDIDATE, version)
+        step, now = int(cp.metrics.get("learned", 0)), int(time.time() * 1000)
+        client.log_batch(
+            self.run_id,
+            [Metric(k, v, now, step) for k, v in cp.metrics.items() if math.isfinite(v)],
+        )
+        if len(self.uploaded) % PRUNE_EVERY == 0:
+            registry.prune(self.settings, self.settings.keep_versions)
         self.uploaded.append(version)
         self.decisions.append((version, decision.promote, decision.reason))
         log.info(

@@ -269,12 +269,149 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
     )
 
 
+def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.0) -> list[Figure]:
+    """From an example's arrival on `examples` to a served model that has learned it.
+
+    A trainer (checkpointing every `checkpoint_interval_s`) and a predictor's model holder
+    (polling the champion alias every `model_poll_s`) run as they would in production; examples
+    arrive at `rate` per second. Reference: one bare MLflow round trip in the same run (log a
+    version, point the alias at it, load it back), the least any served update costs.
+    """
+    from pipelines.features import FEATURE_NAMES
+    from pipelines.processor import Example
+    from pipelines.trainer import Trainer
+    from serving.model_holder import ModelHolder
+
+    tag = uuid.uuid4().hex[:6]
+    local = settings.model_copy(
+        update={
+            "topic_prefix": f"stale{tag}.",
+            "symbols": (f"T{tag}",),
+            "model_name": f"stale-{tag}",
+            "checkpoint_every": 10_000,
+            "checkpoint_interval_s": 0.5,
+            "gate_tolerance": 10.0,  # measure the path, not the gate's judgement
+            "max_mae": 1.0,
+            "metrics_window": 50,
+        }
+    )
+    topics = Topics.of(local)
+    ensure_topics(local, topics.with_dlqs())
+    symbol = local.symbols[0]
+
+    def example(i: int) -> Example:
+        x = {n: ((i * 7 + k) % 13 - 6) / 1000 for k, n in enumerate(FEATURE_NAMES)}
+        ts = 1_700_000_000.0 + 60 * i
+        return Example(symbol, ts, ts + 300, x, 0.8 * x["ret_1"] - 0.3 * x["ret_5"])
+
+    reference = [_mlflow_round_trip(local, example(i)) for i in range(5)]
+
+    producer = make_producer(local)
+    for i in range(100):  # a history the first version learns, so the gate has an error to judge
+        producer.produce(topics.examples, key=symbol.encode(), value=encode(example(i).to_json()))
+    producer.flush(30)
+    trainer = Trainer(local)
+    runner = threading.Thread(target=trainer.run, kwargs={"max_seconds": seconds + 60})
+    runner.start()
+    holder = ModelHolder(local)
+    holder.start()
+    try:
+        staleness = _arrival_to_served(
+            producer, topics.examples, holder, example, 100, seconds, rate
+        )
+    finally:
+        trainer.stop.set()
+        holder.stop()
+        runner.join(60)
+    ref = statistics.median(reference)
+    p50, p99 = _percentile(staleness, 0.5), _percentile(staleness, 0.99)
+    label = f"poll {local.model_poll_s:g} s, checkpoint {local.checkpoint_interval_s:g} s"
+    return [
+        Figure(
+            f"staleness p50, example -> served model ({label})",
+            p50,
+            "s",
+            "bare MLflow log+alias+load",
+            ref,
+            p50 / ref,
+            "p50 <= 2 s",
+        ),
+        Figure(
+            f"staleness p99, example -> served model ({label})",
+            p99,
+            "s",
+            "bare MLflow log+alias+load",
+            ref,
+            p99 / ref,
+            "p99 <= 5 s",
+        ),
+    ]
+
+
+def _arrival_to_served(
+    producer: Any,
+    topic: str,
+    holder: Any,
+    example: Callable[[int], Any],
+    first: int,
+    seconds: float,
+    rate: float,
+) -> list[float]:
+    """Produce examples from number `first` on at `rate`; for each, the seconds until the
+    served model's trained-through watermark covers its label time."""
+    deadline = time.monotonic() + 120
+    while holder.current is None or holder.current.trained_through < example(first - 1).label_ts:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the trainer never promoted a version that learned the history")
+        time.sleep(0.01)
+    arrived: dict[float, float] = {}  # label time -> when its example was produced
+    staleness: list[float] = []
+    served_through = holder.current.trained_through
+    i, start = first, time.perf_counter()
+    next_send = start
+    while time.perf_counter() - start < seconds or (
+        arrived and time.perf_counter() - start < seconds + 30
+    ):
+        now = time.perf_counter()
+        if now >= next_send and now - start < seconds:
+            ex = example(i)
+            producer.produce(topic, key=ex.symbol.encode(), value=encode(ex.to_json()))
+            producer.poll(0)
+            arrived[ex.label_ts] = time.perf_counter()
+            i, next_send = i + 1, next_send + 1 / rate
+        current = holder.current
+        if current is not None and current.trained_through > served_through:
+            served_through, seen = current.trained_through, time.perf_counter()
+            for label_ts in [t for t in arrived if t <= served_through]:
+                staleness.append(seen - arrived.pop(label_ts))
+        time.sleep(0.005)
+    if arrived:
+        raise RuntimeError(f"{len(arrived)} examples never reached a served model")
+    return staleness
+
+
+def _mlflow_round_trip(settings: Settings, example: Any) -> float:
+    """Seconds to log one small model version, point an alias at it and load it back."""
+    from pipelines.learner import Learner
+    from pipelines.models import build_model
+    from rtml import registry
+
+    name = f"{settings.model_name}-reference"
+    learner = Learner(build_model("linear"))
+    learner.step(example)
+    began = time.perf_counter()
+    version = registry.log_version(settings, learner, name=name)
+    registry.client(settings).set_registered_model_alias(name, registry.CHAMPION, version)
+    registry.load_version(settings, version, name=name)
+    return time.perf_counter() - began
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def bench_predictor(settings: Settings, seconds: float = 6.0, rate: float = 500.0) -> list[Figure]:
+def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.0) -> list[Figure]:
     """HTTP latency at a fixed request rate, beside bare Feast reads; streaming throughput."""
     from pipelines.features import FEATURE_NAMES
     from pipelines.learner import Learner
@@ -304,29 +441,34 @@ def bench_predictor(settings: Settings, seconds: float = 6.0, rate: float = 500.
 
     holder = ModelHolder(local)
     holder.refresh()
-    latencies, bare, achieved = _http_latencies(local, store, holder, symbol, seconds, rate)
+    runs, bare = _http_latencies(local, store, symbol, seconds, [100.0, rate])
     stream_rate, bare_rate = _streaming_rate(local, holder, learner, row)
-    p50, p99 = _percentile(latencies, 0.5) * 1e3, _percentile(latencies, 0.99) * 1e3
     b50, b99 = _percentile(bare, 0.5) * 1e3, _percentile(bare, 0.99) * 1e3
+    figures = []
+    for run in runs:
+        at = f"at {run.offered:.0f} req/s offered, {run.achieved:.0f} served"
+        figures += [
+            Figure(
+                f"HTTP /predict p50 {at}",
+                run.p50 * 1e3,
+                "ms",
+                "bare Feast online read p50",
+                b50,
+                run.p50 * 1e3 / b50,
+                "",
+            ),
+            Figure(
+                f"HTTP /predict p99 {at}",
+                run.p99 * 1e3,
+                "ms",
+                "bare Feast online read p99",
+                b99,
+                run.p99 * 1e3 / b99,
+                "p99 <= 5 ms at 500 req/s",
+            ),
+        ]
     return [
-        Figure(
-            f"HTTP /predict p50 at {achieved:.0f} req/s",
-            p50,
-            "ms",
-            "bare Feast online read p50",
-            b50,
-            p50 / b50,
-            "",
-        ),
-        Figure(
-            f"HTTP /predict p99 at {achieved:.0f} req/s",
-            p99,
-            "ms",
-            "bare Feast online read p99",
-            b99,
-            p99 / b99,
-            "p99 <= 5 ms",
-        ),
+        *figures,
         Figure(
             "streaming predictions via Kafka",
             stream_rate,
@@ -339,13 +481,31 @@ def bench_predictor(settings: Settings, seconds: float = 6.0, rate: float = 500.
     ]
 
 
-def _http_latencies(
-    local: Settings, store: Any, holder: Any, symbol: str, seconds: float, rate: float
-) -> tuple[list[float], list[float], float]:
-    import httpx
-    import uvicorn
+WRK_SCRIPT = """
+-- paces each connection so that all of them together offer about RATE requests/s
+local rate, connections = tonumber(os.getenv("RTML_RATE")), tonumber(os.getenv("RTML_CONNECTIONS"))
+function delay() return 1000 * connections / rate end
+"""
 
-    from serving.app import create_app
+
+@dataclass(frozen=True)
+class WrkRun:
+    offered: float
+    achieved: float
+    p50: float
+    p99: float
+
+
+def _http_latencies(
+    local: Settings, store: Any, symbol: str, seconds: float, rates: list[float]
+) -> tuple[list[WrkRun], list[float]]:
+    """Latency of `rtml serve` in its own process, loaded by wrk in another, at each rate;
+    with the latencies of bare Feast reads in this process, in seconds."""
+    import os
+    import shutil
+    import subprocess
+
+    import httpx
 
     bare = []
     for _ in range(2000):
@@ -353,42 +513,89 @@ def _http_latencies(
         fs.online_features(store, [symbol], with_timestamps=True)
         bare.append(time.perf_counter() - began)
 
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(local, holder, store), host="127.0.0.1", port=port, log_level="warning"
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError(
+            "the HTTP benchmark needs wrk as its load generator: `apt-get install wrk` "
+            "(Debian/Ubuntu) or `brew install wrk`"
         )
+    port = free_port()
+    env = {
+        **os.environ,
+        "RTML_STATE_DIR": str(local.state),
+        "RTML_KAFKA_PORT": str(local.kafka_port),
+        "RTML_REDIS_PORT": str(local.redis_port),
+        "RTML_MLFLOW_PORT": str(local.mlflow_port),
+        "RTML_MODEL_NAME": local.model_name,
+        "RTML_API_PORT": str(port),
+        "RTML_API_ACCESS_LOG": "false",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rtml.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    latencies: list[float] = []
-    # One paced client: more clients in this process queue behind the server's GIL and
-    # measure the load generator, not the service (8 clients reached only ~170 req/s here).
-    clients = 1
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        for _ in range(200):  # warm up
+            httpx.get(f"{url}/predict/{symbol}").raise_for_status()
+        runs = [_wrk(wrk, env, f"{url}/predict/{symbol}", seconds, rate) for rate in rates]
+    finally:
+        server.terminate()
+        server.wait(30)
+    return runs, bare
 
-    def paced_client(offset: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            for i in range(offset, int(seconds * rate), clients):
-                wait = start + i / rate - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-                began = time.perf_counter()
-                client.get(f"/predict/{symbol}").raise_for_status()
-                latencies.append(time.perf_counter() - began)
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=paced_client, args=(k,)) for k in range(clients)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    achieved = len(latencies) / (time.perf_counter() - start)
-    server.should_exit = True
-    thread.join(10)
+def _wrk(wrk: str, env: dict[str, str], url: str, seconds: float, rate: float) -> WrkRun:
+    import subprocess
 
-    return latencies, bare, achieved
+    connections = 8
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT)
+        script.flush()
+        out = subprocess.run(
+            [
+                wrk,
+                "-t2",
+                f"-c{connections}",
+                f"-d{int(seconds)}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            env={**env, "RTML_RATE": str(rate), "RTML_CONNECTIONS": str(connections)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
+        ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"requests failed under load:\n{out}")
+    achieved = float(out.split("Requests/sec:")[1].split()[0])
+    return WrkRun(rate, achieved, _wrk_percentile(out, "50%"), _wrk_percentile(out, "99%"))
+
+
+def _wrk_percentile(out: str, label: str) -> float:
+    """A latency percentile from wrk's --latency table, in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == label:
+            value = parts[1]
+            for unit in ("us", "ms", "s"):
+                if value.endswith(unit):
+                    return float(value[: -len(unit)]) * units[unit]
+    raise RuntimeError(f"no {label} latency in wrk's output:\n{out}")
 
 
 def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:
@@ -426,9 +633,34 @@ def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tup
     return stream_rate, bare_rate
 
 
-def main() -> None:
+STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
+    "processor": lambda _: [bench_processor(600)],
+    "pipeline": lambda s: [bench_kafka_pipeline(s, 600)],
+    "offline": lambda s: list(bench_offline_append(s)),
+    "trainer": lambda s: [bench_trainer(s, 6000)],
+    "predictor": bench_predictor,
+    "staleness": bench_staleness,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m rtml.bench", description=__doc__)
+    parser.add_argument(
+        "--only",
+        default=",".join(STEPS),
+        help=f"comma-separated steps to run, of: {', '.join(STEPS)}; the README is updated "
+        "only when all run",
+    )
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(only) - set(STEPS))
+    if unknown:
+        parser.error(f"unknown steps {unknown}; choose from {', '.join(STEPS)}")
     out_dir = Path("bench-results")
     out_dir.mkdir(exist_ok=True)
+    figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             state_dir=Path(tmp),
@@ -440,16 +672,11 @@ def main() -> None:
         print("starting the embedded stack for the benchmark...", file=sys.stderr)
         stack.up()
         try:
-            figures = [bench_processor(600)]
-            print(figures[-1].row(), file=sys.stderr)
-            figures.append(bench_kafka_pipeline(settings, 600))
-            print(figures[-1].row(), file=sys.stderr)
-            figures.extend(bench_offline_append(settings))
-            print(figures[-1].row(), file=sys.stderr)
-            figures.append(bench_trainer(settings, 6000))
-            print(figures[-1].row(), file=sys.stderr)
-            figures.extend(bench_predictor(settings))
-            print(figures[-1].row(), file=sys.stderr)
+            for name in only:
+                print(f"[{name}]", file=sys.stderr)
+                for figure in STEPS[name](settings):
+                    figures.append(figure)
+                    print(figure.row(), file=sys.stderr)
         finally:
             stack.down()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -467,7 +694,8 @@ def main() -> None:
             {"date": stamp, "machine": machine, "figures": [asdict(f) for f in figures]}, indent=2
         )
     )
-    _into_readme(Path("README.md"), "\n".join(lines))
+    if only == list(STEPS):
+        _into_readme(Path("README.md"), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -97,14 +97,12 @@ def log_version(
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=RiverPyfunc(model),
-        registered_model_name=name,
         pip_requirements=pip_requirements(),
         signature=signature(feature_names) if feature_names else None,
     )
-    version_id = str(info.registered_model_version)
-    mlflow_client = client(settings)
-    for key, value in (tags or {}).items():
-        mlflow_client.set_model_version_tag(name, version_id, key, value)
+    # registering with its tags is one call; tagging afterwards would be one per tag
+    registered = mlflow.register_model(info.model_uri, name, tags=dict(tags or {}))
+    version_id = str(registered.version)
     log.info("registered %s version %s", name, version_id)
     return version_id
 

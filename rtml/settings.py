@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000
     model_poll_s: float = 1.0
+    api_access_log: bool = True
 
     # Monitor and dashboard
     monitor_host: str = "127.0.0.1"

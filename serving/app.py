@@ -223,6 +223,12 @@ def serve(settings: Settings) -> None:
     holder.start()
     app = create_app(settings, holder, fs.open_store(settings))
     try:
-        uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_level="info")
+        uvicorn.run(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_level="info",
+            access_log=settings.api_access_log,
+        )
     finally:
         holder.stop()

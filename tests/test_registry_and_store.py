@@ -54,6 +54,19 @@ def test_mlflow_versions_aliases_and_load(settings: Settings) -> None:
     assert registry.load(settings, registry.CHAMPION, name=name).predict(None, frame) == [3.0, 18.0]
 
 
+def test_prune_keeps_the_newest_and_every_aliased_or_recent_champion(
+    settings: Settings,
+) -> None:
+    local = settings.model_copy(update={"model_name": f"prune-{uuid.uuid4().hex[:8]}"})
+    versions = [registry.log_version(local, Scale(float(f))) for f in range(8)]
+    registry.promote(local, versions[0])
+    registry.client(local).set_registered_model_alias(local.model_name, "candidate", versions[1])
+    doomed = registry.prune(local, keep=3)
+    assert sorted(doomed, key=int) == versions[2:5]
+    left = registry.client(local).search_model_versions(f"name='{local.model_name}'")
+    assert sorted((v.version for v in left), key=int) == [*versions[:2], *versions[5:]]
+
+
 def _feature_rows(symbol: str, times: list[datetime], base: float) -> pd.DataFrame:
     rows = []
     for i, ts in enumerate(times):
