@@ -229,6 +229,7 @@ class Trainer:
         self._champion: Learner | None = None
         self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
+        self.other_shards = 0
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -298,6 +299,9 @@ class Trainer:
             dead_letter(
                 producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
             )
+            return 0
+        if self.settings.shards and ex.symbol not in self.settings.symbols:
+            self.other_shards += 1  # another shard's trainer learns it
             return 0
         learned = self.learner.step(ex)
         if learned:

@@ -224,7 +224,7 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
     from pipelines.trainer import Trainer
 
-    trainer = Trainer(settings)
+    trainer = Trainer(settings.as_shard())
     install_signal_handlers(trainer.stop)
     learner = trainer.run(max_seconds=duration, max_examples=max_examples)
     click.echo(f"learned {learner.learned} examples; metrics {learner.metrics()}")
@@ -236,7 +236,7 @@ def retrain(settings: Settings) -> None:
     """Refit from the offline store now, register the result and put it through the gate."""
     from pipelines.trainer import retrain as run_retrain
 
-    version, decision = run_retrain(settings)
+    version, decision = run_retrain(settings.as_shard())
     verdict = "promoted to champion" if decision.promote else "not promoted"
     click.echo(f"version {version}: {decision.reason}; {verdict}")
 
@@ -248,6 +248,7 @@ def promote(settings: Settings, version: str) -> None:
     """Make VERSION the champion that predictors serve."""
     from rtml import registry
 
+    settings = settings.as_shard()
     registry.promote(settings, version)
     click.echo(f"champion of {settings.model_name} is version {version}")
 
@@ -258,6 +259,7 @@ def rollback(settings: Settings) -> None:
     """Move the champion back to the previous champion."""
     from rtml import registry
 
+    settings = settings.as_shard()
     click.echo(f"champion of {settings.model_name} is version {registry.rollback(settings)}")
 
 
@@ -276,10 +278,10 @@ def serve(settings: Settings) -> None:
 @click.pass_obj
 def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
     """Predict every `features` record with the champion, onto `predictions`."""
-    from serving.model_holder import ModelHolder
+    from serving.model_holder import models_for
     from serving.stream import StreamingPredictor
 
-    holder = ModelHolder(settings)
+    holder = models_for(settings)
     holder.refresh()
     holder.start()
     predictor = StreamingPredictor(settings, holder, group_id=group)

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rtml.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,6 +83,11 @@ class Settings(BaseSettings):
 
     # Model registry
     model_name: str = "rtml-price-change"
+    # Scale-out by model shards: each shard's trainer owns some symbols and registers its own
+    # model, `<model_name>-<shard>`; predictors route each symbol to its shard's champion.
+    # RTML_SHARDS='{"majors": ["BTC/USD", "ETH/USD"], "alts": ["SOL/USD"]}'
+    shards: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    shard: str | None = None  # set for a trainer: which shard it is
     experiment_name: str = "rtml"
 
     # Predictor
@@ -111,6 +118,46 @@ class Settings(BaseSettings):
     drift_delta: float = 0.002
     drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = 50
+
+    def shard_model(self, shard: str) -> str:
+        """The registered model of `shard`."""
+        return f"{self.model_name}-{shard}"
+
+    def as_shard(self) -> Settings:
+        """A trainer's view of its shard: its symbols and its model; unchanged when unsharded.
+
+        >>> s = Settings(shards={"a": ("X/USD",), "b": ("Y/USD",)}, shard="b").as_shard()
+        >>> s.symbols, s.model_name
+        (('Y/USD',), 'rtml-price-change-b')
+        """
+        if self.shard is None:
+            return self
+        if self.shard not in self.shards:
+            raise ConfigError(
+                f"RTML_SHARD={self.shard!r} is not one of RTML_SHARDS ({sorted(self.shards)}); "
+                "set RTML_SHARDS to a JSON object of shard name -> symbols"
+            )
+        return self.model_copy(
+            update={
+                "symbols": tuple(self.shards[self.shard]),
+                "model_name": self.shard_model(self.shard),
+                "shard": None,
+            }
+        )
+
+    def model_routes(self) -> dict[str, str]:
+        """symbol -> registered model, for predictors; empty when unsharded.
+
+        >>> Settings(shards={"a": ("X/USD", "Z/USD"), "b": ("Y/USD",)}).model_routes()["Y/USD"]
+        'rtml-price-change-b'
+        """
+        routes: dict[str, str] = {}
+        for shard, symbols in self.shards.items():
+            for symbol in symbols:
+                if symbol in routes:
+                    raise ConfigError(f"{symbol} is in more than one of RTML_SHARDS")
+                routes[symbol] = self.shard_model(shard)
+        return routes
 
     @property
     def state(self) -> Path:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from pipelines.features import FEATURE_NAMES
 from rtml import feature_store as fs
 from rtml.settings import Settings
-from serving.model_holder import ModelHolder, Served
+from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -86,7 +86,9 @@ class Metrics:
 class Predictor:
     """What the endpoints do, apart from FastAPI's wiring."""
 
-    def __init__(self, settings: Settings, holder: ModelHolder, store: FeatureStore) -> None:
+    def __init__(
+        self, settings: Settings, holder: ModelHolder | ModelRouter, store: FeatureStore
+    ) -> None:
         self.settings = settings
         self.holder = holder
         self.store = store
@@ -100,14 +102,21 @@ class Predictor:
             self.metrics.errors.labels("unauthorized").inc()
             raise
 
-    def served(self) -> Served:
-        current = self.holder.current
+    def served(self, symbol: str | None) -> Served:
         self.metrics.load_failures.set(self.holder.load_failures)
+        if symbol is None and isinstance(self.holder, ModelRouter):
+            self.metrics.errors.labels("no_symbol").inc()
+            raise HTTPException(422, "models are sharded: pass ?symbol= to choose its model")
+        current = self.holder.for_symbol(symbol or "")
         if current is None:
+            if isinstance(self.holder, ModelRouter) and self.holder.model_for(symbol or "") is None:
+                self.metrics.errors.labels("unknown_symbol").inc()
+                raise HTTPException(404, f"no shard in RTML_SHARDS serves {symbol!r}")
             self.metrics.errors.labels("no_model").inc()
             raise HTTPException(
                 503,
-                f"no champion of {self.settings.model_name} yet: run the trainer or `rtml promote`",
+                f"no champion of {', '.join(self.holder.missing())} yet: "
+                "run the trainer or `rtml promote`",
             )
         return current
 
@@ -118,7 +127,7 @@ class Predictor:
 
     def for_symbol(self, symbol: str) -> dict[str, Any]:
         began = time.perf_counter()
-        model = self.served()
+        model = self.served(symbol)
         try:
             row = fs.online_features(self.store, [symbol], with_timestamps=True)
         except self.redis_errors as exc:
@@ -148,12 +157,12 @@ class Predictor:
             "trained_through": model.trained_through,
         }
 
-    def for_rows(self, body: Rows) -> dict[str, Any]:
+    def for_rows(self, body: Rows, symbol: str | None = None) -> dict[str, Any]:
         began = time.perf_counter()
         if len(body.rows) > self.settings.max_batch_rows:
             self.metrics.errors.labels("too_large").inc()
             raise HTTPException(413, f"at most {self.settings.max_batch_rows} rows per request")
-        model = self.served()
+        model = self.served(symbol)
         out = [
             self._predict(model, {k: v for k, v in r.items() if v is not None and math.isfinite(v)})
             for r in body.rows
@@ -163,9 +172,7 @@ class Predictor:
         return {"predictions": out, "model_version": model.version}
 
     def readiness(self) -> list[str]:
-        problems = []
-        if self.holder.current is None:
-            problems.append("no model loaded")
+        problems = [f"no version of {name} loaded" for name in self.holder.missing()]
         try:
             import redis
 
@@ -177,7 +184,9 @@ class Predictor:
         return problems
 
 
-def create_app(settings: Settings, holder: ModelHolder, store: FeatureStore) -> FastAPI:
+def create_app(
+    settings: Settings, holder: ModelHolder | ModelRouter, store: FeatureStore
+) -> FastAPI:
     app = FastAPI(title="rtml predictor", version="0.1.0")
     predictor = app.state.predictor = Predictor(settings, holder, store)
     auth = [Depends(predictor.authorize)]
@@ -218,7 +227,7 @@ def serve(settings: Settings) -> None:
     """`rtml serve`: load the champion, poll its alias, serve until stopped."""
     import uvicorn
 
-    holder = ModelHolder(settings)
+    holder = models_for(settings)
     holder.refresh()
     holder.start()
     app = create_app(settings, holder, fs.open_store(settings))

@@ -36,8 +36,10 @@ class ModelHolder:
         settings: Settings,
         alias: str = registry.CHAMPION,
         on_swap: Callable[[Served], None] = lambda _: None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
+        self.name = name or settings.model_name
         self.alias = alias
         self.on_swap = on_swap
         self.current: Served | None = None
@@ -47,12 +49,12 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """Load the alias's version if it is not the one served; True when it swapped."""
-        version = registry.alias_version(self.settings, self.alias)
+        version = registry.alias_version(self.settings, self.alias, name=self.name)
         current = self.current
         if version is None or (current is not None and current.version == version):
             return False
         try:
-            learner = registry.load_version(self.settings, version).model
+            learner = registry.load_version(self.settings, version, name=self.name).model
         except Exception as exc:
             self.load_failures += 1
             log.error(
@@ -70,8 +72,17 @@ class ModelHolder:
         )
         self.current = served
         self.on_swap(served)
-        log.info("serving %s version %s", self.settings.model_name, version)
+        log.info("serving %s version %s", self.name, version)
         return True
+
+    def for_symbol(self, symbol: str) -> Served | None:
+        """The one model serves every symbol."""
+        del symbol
+        return self.current
+
+    def missing(self) -> list[str]:
+        """Models without a loaded version."""
+        return [] if self.current is not None else [self.name]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
@@ -90,3 +101,49 @@ class ModelHolder:
                 self.load_failures += 1
                 log.warning("model poll failed: %s", exc)
             self._stop.wait(self.settings.model_poll_s)
+
+
+class ModelRouter:
+    """Model shards: one holder per shard's registered model, a symbol served by its shard's.
+
+    Has the holder's interface (`for_symbol`, `missing`, `load_failures`, `refresh`, `start`,
+    `stop`), so the API and the streaming predictor take either.
+    """
+
+    def __init__(self, settings: Settings, on_swap: Callable[[Served], None] = lambda _: None):
+        self.settings = settings
+        self.routes = settings.model_routes()
+        self.holders = {
+            name: ModelHolder(settings, on_swap=on_swap, name=name)
+            for name in sorted(set(self.routes.values()))
+        }
+
+    def model_for(self, symbol: str) -> str | None:
+        return self.routes.get(symbol)
+
+    def for_symbol(self, symbol: str) -> Served | None:
+        name = self.routes.get(symbol)
+        return self.holders[name].current if name is not None else None
+
+    def missing(self) -> list[str]:
+        return [name for h in self.holders.values() for name in h.missing()]
+
+    @property
+    def load_failures(self) -> int:
+        return sum(h.load_failures for h in self.holders.values())
+
+    def refresh(self) -> bool:
+        return any([h.refresh() for h in self.holders.values()])
+
+    def start(self) -> None:
+        for h in self.holders.values():
+            h.start()
+
+    def stop(self) -> None:
+        for h in self.holders.values():
+            h.stop()
+
+
+def models_for(settings: Settings) -> ModelHolder | ModelRouter:
+    """A router when RTML_SHARDS is set, else one holder of the model."""
+    return ModelRouter(settings) if settings.shards else ModelHolder(settings)

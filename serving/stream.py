@@ -26,7 +26,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.settings import Settings
-from serving.model_holder import ModelHolder
+from serving.model_holder import ModelHolder, ModelRouter
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,10 @@ def parse_features(raw: bytes) -> tuple[str, float, dict[str, float]]:
 
 class StreamingPredictor:
     def __init__(
-        self, settings: Settings, holder: ModelHolder, group_id: str = "rtml-predictor"
+        self,
+        settings: Settings,
+        holder: ModelHolder | ModelRouter,
+        group_id: str = "rtml-predictor",
     ) -> None:
         self.settings = settings
         self.holder = holder
@@ -54,6 +57,7 @@ class StreamingPredictor:
         self.stop = threading.Event()
         self.predicted = 0
         self.rejected = 0
+        self.assignment: set[int] = set()  # the `features` partitions this replica owns
 
     def _handle(self, msg: Message, producer: Producer) -> None:
         error = msg.error()
@@ -61,11 +65,11 @@ class StreamingPredictor:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
             return
-        model = self.holder.current
-        if model is None:
-            return
         try:
             symbol, ts, x = parse_features(msg.value() or b"")
+            model = self.holder.for_symbol(symbol)
+            if model is None:
+                raise BadRecord("unrouted", f"no model serves {symbol!r} (see RTML_SHARDS)")
         except BadRecord as exc:
             self.rejected += 1
             origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
@@ -86,11 +90,17 @@ class StreamingPredictor:
         ensure_topics(self.settings, self.topics.with_dlqs())
         consumer = make_consumer(self.settings, self.group_id)
         producer = make_producer(self.settings)
-        consumer.subscribe([self.topics.features])
+        consumer.subscribe(
+            [self.topics.features],
+            on_assign=lambda _, parts: self.assignment.update(p.partition for p in parts),
+            on_revoke=lambda _, parts: self.assignment.difference_update(
+                p.partition for p in parts
+            ),
+        )
         deadline = time.monotonic() + max_seconds if max_seconds else None
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if self.holder.current is None:  # nothing to serve yet: leave records unread
+                if self.holder.missing():  # nothing to serve yet: leave records unread
                     self.stop.wait(0.2)
                     continue
                 batch = consumer.consume(num_messages=1000, timeout=0.2)
