@@ -151,6 +151,7 @@ class Predictor:
         return {
             "symbol": symbol,
             "prediction": prediction,
+            "model": model.model,
             "model_version": model.version,
             "feature_timestamp": feature_ts,
             "staleness_s": now - feature_ts,
@@ -169,7 +170,7 @@ class Predictor:
         ]
         self.metrics.predictions.labels("rows").inc(len(out))
         self.metrics.latency.labels("rows").observe(time.perf_counter() - began)
-        return {"predictions": out, "model_version": model.version}
+        return {"predictions": out, "model": model.model, "model_version": model.version}
 
     def readiness(self) -> list[str]:
         problems = [f"no version of {name} loaded" for name in self.holder.missing()]

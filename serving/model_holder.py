@@ -28,6 +28,8 @@ class Served:
     loaded_at: float
     trained_through: float
     """Event time (epoch seconds) of the newest label the model had learned."""
+    model: str = ""
+    """The registered model the version belongs to."""
 
 
 class ModelHolder:
@@ -69,6 +71,7 @@ class ModelHolder:
             learner=learner,
             loaded_at=time.time(),
             trained_through=float(getattr(learner, "watermark", float("nan"))),
+            model=self.name,
         )
         self.current = served
         self.on_swap(served)

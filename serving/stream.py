@@ -80,6 +80,7 @@ class StreamingPredictor:
             "symbol": symbol,
             "ts": ts,
             "prediction": prediction if math.isfinite(prediction) else None,
+            "model": model.model,
             "model_version": model.version,
             "trained_through": model.trained_through,
         }

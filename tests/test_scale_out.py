@@ -83,6 +83,7 @@ def test_two_predictor_replicas_share_the_partitions_and_predict_each_record_onc
     counts = Counter((p["symbol"], p["ts"]) for p in predictions)
     assert len(counts) == sent
     assert set(counts.values()) == {1}
+    assert {p["model"] for p in predictions} == {local.model_name}
 
 
 def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
@@ -159,4 +160,5 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
     assert client.get("/predict/DOGE").status_code == 404
     for shard, symbols in local.shards.items():
         body = client.post("/predict", params={"symbol": symbols[0]}, json=rows).json()
+        assert body["model"] == local.shard_model(shard)
         assert body["model_version"] == registry.alias_version(trainers[shard].settings, "champion")
