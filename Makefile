@@ -19,6 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra production --python-version 3.11 \
+		-o infra/requirements-production.lock
 
 up: install
 	$(BIN)/rtml up

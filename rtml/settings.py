@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.errors import ConfigError
@@ -118,6 +118,16 @@ class Settings(BaseSettings):
     drift_delta: float = 0.002
     drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = 50
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """`RTML_API_TOKEN=` (empty) means no token, never the empty token.
+
+        >>> Settings(api_token="").api_token is None
+        True
+        """
+        return None if value == "" else value
 
     def shard_model(self, shard: str) -> str:
         """The registered model of `shard`."""
