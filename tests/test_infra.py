@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +370,23 @@ def test_k8s_services_and_autoscaler_point_at_real_pods_and_ports(
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     app = create_app(settings, ModelHolder(settings), store=None)  # type: ignore[arg-type]
     assert {"/readyz", "/healthz"} <= {getattr(r, "path", "") for r in app.routes}
+
+
+def test_kustomize_builds_the_manifests_into_one_namespace() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip(
+            "kubectl is not installed: install kubectl (it bundles kustomize) to check infra/k8s"
+        )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "Job"} <= kinds
+    for d in docs:
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "rtml", d["metadata"]["name"]
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "rtml"
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            assert c["image"] == "rtml:latest"
