@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor clean lock
+.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor demo clean lock
 
 install: $(STAMP)
 
@@ -57,6 +57,10 @@ run-trainer: install
 
 run-predictor: install
 	$(BIN)/rtml serve
+
+# make demo [DURATION=120] [SOURCE=trades.csv]: the whole loop; Ctrl-C stops it cleanly
+demo: install
+	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE))
 
 
 clean: down

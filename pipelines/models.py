@@ -25,7 +25,9 @@ def _linear(p: Mapping[str, Any]) -> Any:
         optimizer=optim.SGD(float(p.get("lr", 0.01))),
         intercept_lr=float(p.get("intercept_lr", 0.01)),
         l2=float(p.get("l2", 0.0)),
-        clip_gradient=float(p.get("clip_gradient", 1e12)),
+        # the loss gradient is clipped so that one outlier (a gap, a bad print) moves the
+        # weights a bounded step instead of starting a divergence
+        clip_gradient=float(p.get("clip_gradient", 0.1)),
     )
 
 

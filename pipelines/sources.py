@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ class SyntheticMarket:
     mean reversion) and volume rises with volatility, so recent returns and volume predict the
     next returns; when the regime switches, that relation flips or changes scale. Regimes last
     `min_regime`..`max_regime` candles. Trades arrive at random times inside each candle and
-    their path ends at the candle's close.
+    their path ends at the candle's close. `start_prices` continues a stored history.
 
     >>> m = SyntheticMarket(["A", "B"], seed=7, start_ts=0, trades_per_candle=4)
     >>> first = list(m.candles_of_trades(2))
@@ -68,6 +68,7 @@ class SyntheticMarket:
         min_regime: int = 120,
         max_regime: int = 360,
         start_price: float = 100.0,
+        start_prices: Mapping[str, float] | None = None,
     ) -> None:
         self.symbols = list(symbols)
         self.candle_seconds = candle_seconds
@@ -76,7 +77,10 @@ class SyntheticMarket:
         self.trades_per_candle = trades_per_candle
         self.min_regime, self.max_regime = min_regime, max_regime
         self._rng = random.Random(seed)
-        self._log_price = {s: math.log(start_price * (1 + i)) for i, s in enumerate(self.symbols)}
+        prices = start_prices or {}
+        self._log_price = {
+            s: math.log(prices.get(s, start_price * (1 + i))) for i, s in enumerate(self.symbols)
+        }
         self._last_return = dict.fromkeys(self.symbols, 0.0)
         self._regime: dict[str, Regime] = {}
         self._regime_left = dict.fromkeys(self.symbols, 0)
@@ -143,7 +147,7 @@ TRADE_COLUMNS = ("symbol", "trade_id", "price", "size", "side", "ts")
 CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
     if path.suffix in (".parquet", ".pq"):
@@ -164,7 +168,7 @@ def replay(
     A candle becomes four trades (open, high, low, close) inside its window, so the candle
     builder reproduces its OHLC and volume. Bad rows are yielded as BadRecord, not dropped.
     """
-    frame = _read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
+    frame = read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
     if set(TRADE_COLUMNS) <= set(frame.columns):
         records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
         for record in records:

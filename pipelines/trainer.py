@@ -41,18 +41,13 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 10  # uploads between prunings of old versions
 
 
-def warm_start(settings: Settings, learner: Learner) -> int:
-    """Fit on the offline store: targets joined point-in-time to their features, in time order.
-
-    The first pass predicts before learning (progressive metrics); further passes only learn.
-    Returns how many examples were learned.
-    """
+def offline_examples(settings: Settings) -> list[Example]:
+    """The offline store's targets joined point-in-time to their features, in time order."""
     targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
     if not targets.empty:
         targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
     if targets.empty:
-        log.warning("the offline store has no targets yet: starting from an untrained model")
-        return 0
+        return []
     targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
     store = fs.open_store(settings)
     service = store.get_feature_service(fs.FEATURE_SERVICE)
@@ -68,7 +63,7 @@ def warm_start(settings: Settings, learner: Learner) -> int:
     rows = frame[["symbol", "event_timestamp", "label_time", "target_return", *names]].to_dict(
         "records"
     )
-    examples = [
+    return [
         Example(
             str(r["symbol"]),
             r["event_timestamp"].timestamp(),
@@ -78,12 +73,26 @@ def warm_start(settings: Settings, learner: Learner) -> int:
         )
         for r in rows
     ]
-    for epoch in range(settings.warm_start_epochs):
-        for ex in tqdm(examples, desc=f"warm start {epoch + 1}/{settings.warm_start_epochs}"):
+
+
+def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool = True) -> None:
+    """The first pass predicts before learning (progressive metrics); further passes only learn."""
+    for epoch in range(epochs):
+        desc = f"warm start {epoch + 1}/{epochs}"
+        for ex in tqdm(examples, desc=desc, disable=not progress):
             if epoch == 0:
                 learner.step(ex)
             else:
                 learner.model.learn_one(ex.features, ex.target)
+
+
+def warm_start(settings: Settings, learner: Learner) -> int:
+    """Fit on the offline store, `warm_start_epochs` passes; returns how many examples."""
+    examples = offline_examples(settings)
+    if not examples:
+        log.warning("the offline store has no targets yet: starting from an untrained model")
+        return 0
+    fit(learner, examples, settings.warm_start_epochs)
     return len(examples)
 
 

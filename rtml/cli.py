@@ -115,12 +115,17 @@ def _trade_source(
     start_ts: float | None,
     columns: tuple[str, ...],
     stop: threading.Event,
+    start_prices: dict[str, float] | None = None,
 ) -> Iterable[Any]:
     from pipelines import kraken, sources
 
     if source == "synthetic":
         market = sources.SyntheticMarket(
-            settings.symbols, seed=seed, candle_seconds=settings.candle_seconds, start_ts=start_ts
+            settings.symbols,
+            seed=seed,
+            candle_seconds=settings.candle_seconds,
+            start_ts=start_ts,
+            start_prices=start_prices,
         )
         return market.candles_of_trades(candles)
     if source == "kraken" or source.startswith(("ws://", "wss://")):
@@ -153,6 +158,15 @@ _column_option = click.option(
 @click.option("--candles", type=int, default=None, help="Stop after this many synthetic candles.")
 @click.option("--speed", default=1.0, show_default=True, help="Times real time; 0: max speed.")
 @click.option("--limit", type=int, default=None, help="Stop after this many trades.")
+@click.option(
+    "--start-ts", type=float, default=None, help="Event time of the first synthetic candle [now]."
+)
+@click.option(
+    "--continue",
+    "continue_history",
+    is_flag=True,
+    help="Synthetic: start where the offline store ends, at each symbol's last close.",
+)
 @click.pass_obj
 def feed(
     settings: Settings,
@@ -162,6 +176,8 @@ def feed(
     candles: int | None,
     speed: float,
     limit: int | None,
+    start_ts: float | None,
+    continue_history: bool,
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
     from pipelines.feed import publish
@@ -172,7 +188,14 @@ def feed(
     install_signal_handlers(stop)
     topics = Topics.of(settings)
     ensure_topics(settings, topics.with_dlqs())
-    items = _trade_source(settings, source, seed, candles, None, columns, stop)
+    start_prices = None
+    if continue_history:
+        from rtml import feature_store as fs
+
+        start_ts, start_prices = fs.history_end(settings)
+        if start_ts is None:
+            click.echo("the offline store is empty: the synthetic market starts now", err=True)
+    items = _trade_source(settings, source, seed, candles, start_ts, columns, stop, start_prices)
     if source == "synthetic" or Path(source).exists():
         items = paced(items, speed)
     producer = make_producer(settings)
@@ -198,9 +221,17 @@ def features(settings: Settings, group: str, duration: float | None) -> None:
 @_column_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--days", default=2.0, show_default=True, help="Synthetic history length.")
+@click.option(
+    "--start-ts", type=float, default=None, help="Event time of the first candle [days ago]."
+)
 @click.pass_obj
 def backfill(
-    settings: Settings, source: str, columns: tuple[str, ...], seed: int, days: float
+    settings: Settings,
+    source: str,
+    columns: tuple[str, ...],
+    seed: int,
+    days: float,
+    start_ts: float | None,
 ) -> None:
     """Build the offline store from a replay file or a synthetic history, without Kafka."""
     import time
@@ -208,10 +239,10 @@ def backfill(
     from pipelines.feed import backfill as run_backfill
 
     candles = None
-    start_ts = None
     if source == "synthetic":
         candles = int(days * 86400 / settings.candle_seconds)
-        start_ts = time.time() - candles * settings.candle_seconds
+        if start_ts is None:
+            start_ts = time.time() - candles * settings.candle_seconds
     items = _trade_source(settings, source, seed, candles, start_ts, columns, threading.Event())
     click.echo(run_backfill(settings, items).line())
 
@@ -301,6 +332,24 @@ def monitor(settings: Settings, duration: float | None) -> None:
 
     click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
     run_monitor(settings, max_seconds=duration)
+
+
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Seconds to run [until Ctrl-C].")
+@_source_option
+@click.option("--days", default=2.0, show_default=True, help="Synthetic history to backfill.")
+@click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
+@click.pass_obj
+def demo(
+    settings: Settings, duration: float | None, source: str, days: float, speed: float, seed: int
+) -> None:
+    """The whole loop on the embedded stack, with a status line; a summary at the end."""
+    from rtml.demo import Demo
+
+    run = Demo(settings, source=source, days=days, speed=speed, seed=seed, out=click.echo)
+    for line in run.report(run.run(duration)):
+        click.echo(line)
 
 
 def main() -> None:

@@ -74,6 +74,20 @@ def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.Da
     return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
 
 
+def history_end(settings: Settings) -> tuple[float | None, dict[str, float] | None]:
+    """Where the offline store ends: the next candle's start and each symbol's last close."""
+    frame = read_parquet_dir(
+        settings.offline_dir / FEATURES_DATASET, columns=["symbol", "event_timestamp", "close"]
+    )
+    if not frame.empty:
+        frame = frame[frame["symbol"].isin(settings.symbols)]
+    if frame.empty:
+        return None, None
+    last = frame.sort_values("event_timestamp").groupby("symbol").tail(1)
+    start = float(last["event_timestamp"].max().timestamp())  # features are stamped at the close
+    return start, {str(s): float(c) for s, c in zip(last["symbol"], last["close"], strict=True)}
+
+
 def online_features(
     store: FeatureStore,
     symbols: list[str],

@@ -7,6 +7,7 @@ are JSON objects keyed by symbol, so each symbol's events stay ordered within on
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -161,3 +162,35 @@ def commit_stored(consumer: Consumer) -> None:
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError._NO_OFFSET:
             raise
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every JSON record of `topic` (all partitions), read until each partition reports its end.
+
+    For reports and tests; a fresh consumer group each time, so it commits nothing that matters.
+    """
+    import uuid
+
+    consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    records: list[dict[str, Any]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                assignment = {tp.partition for tp in consumer.assignment()}
+                if assignment and assignment <= at_end:
+                    break
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+                continue
+            at_end.discard(msg.partition() or 0)
+            records.append(orjson.loads(msg.value() or b"null"))
+    finally:
+        consumer.close()
+    return records

@@ -96,6 +96,8 @@ class Monitor:
         self._targets: OrderedDict[tuple[str, float], float] = OrderedDict()
         self._mae: dict[tuple[int, str], RollingMean] = {}
         self._baseline: dict[str, RollingMean] = {}
+        self.served = RollingMean(window)
+        """Rolling MAE of whatever was served, across versions: what users got."""
         self._drift = drift.ADWIN(delta=drift_delta)
         self._drift_version: int | None = None
         self.champion: int | None = None
@@ -165,6 +167,7 @@ class Monitor:
 
     def _score(self, p: Prediction, target: float) -> None:
         error = abs(target - p.prediction)
+        self.served.add(error)
         for symbol in (p.symbol, ALL):
             self._rolling((p.version, symbol)).add(error)
             base = self._baseline.get(symbol)
@@ -230,6 +233,8 @@ class Monitor:
             "now": time.time(),
             "last_record_at": _finite(self.last_record_at),
             "champion": self.champion,
+            "served_mae": _finite(self.served.mean),
+            "baseline_mae": _finite(self.baseline_mae(ALL)),
             "counts": {
                 "predictions": self.predictions,
                 "examples": self.examples,

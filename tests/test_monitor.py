@@ -27,6 +27,7 @@ def test_joins_in_either_order_and_scores_each_version() -> None:
     assert m.rolling_mae(1, "A") == pytest.approx(0.010)
     assert m.rolling_mae(2, "A") == pytest.approx((0.010 + 0.010) / 2)
     assert m.baseline_mae("A") == pytest.approx((0.02 + 0.02 + 0.01) / 3)
+    assert m.served.mean == pytest.approx((0.010 + 0.010 + 0.010) / 3)  # whatever was served
     assert m.pending == 0
     assert [(r["version"], r["symbol"], r["n"]) for r in m.errors_table()] == [
         (1, ALL, 1),
@@ -97,6 +98,7 @@ def test_snapshot_and_exports_carry_the_rolling_errors() -> None:
     assert len(snap["price"]["BTC/USD"]) == 3
     assert snap["pairs"]["BTC/USD"][-1][1:] == [0.01, 0.03, 4]
     assert snap["mae"][-1][2] == pytest.approx(0.02)
+    assert (snap["served_mae"], snap["baseline_mae"]) == pytest.approx((0.02, 0.03))
     assert snap["counts"]["rejected"] == {"predictions": 1}
     metrics = m.mlflow_metrics()
     assert metrics["monitor.mae.v4.BTC_USD"] == pytest.approx(0.02)
