@@ -300,6 +300,9 @@ def serve(settings: Settings) -> None:
     """Serve predictions over HTTP from the champion model, swapping in new champions."""
     from serving.app import serve as run_server
 
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
+    # place before; this one lets the finished server exit 0 instead of dying by the signal.
+    install_signal_handlers(threading.Event())
     run_server(settings)
 
 
@@ -331,6 +334,7 @@ def monitor(settings: Settings, duration: float | None) -> None:
     from serving.dashboard import run_monitor
 
     click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
+    install_signal_handlers(threading.Event())  # exit 0 after uvicorn's graceful shutdown
     run_monitor(settings, max_seconds=duration)
 
 

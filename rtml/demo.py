@@ -147,6 +147,7 @@ class Demo:
         self.first_champion: str | None = None
         self.static: Any = None
         self.stream_start: float | None = None
+        self.stopped_in: dict[str, float] = {}
         """Event time where the stored history ends and the demo's stream begins."""
         self.started_at = math.nan
 
@@ -192,25 +193,30 @@ class Demo:
                     + "\n".join(tail)
                 )
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = 15.0) -> dict[str, float]:
+        """SIGTERM each child, the feed first; returns how long each took to exit."""
+        took: dict[str, float] = {}
         for child in reversed(self.children):  # the feed first, the monitor last
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
                 if child.name == "feed":
                     time.sleep(2.0)  # let the pipeline and predictors take its last trades
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
         for child in self.children:
             try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
+                child.proc.wait(max(0.1, began + timeout - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.out(f"{child.name} did not stop in {timeout:.0f} s; killing it")
                 child.proc.kill()
                 child.proc.wait()
+            took[child.name] = time.monotonic() - began
+        self.stopped_in = took
+        return took
 
     # -- the run --------------------------------------------------------------------------
 
     def _has_history(self) -> bool:
-        return any((self.settings.offline_dir / "targets").rglob("*.parquet"))
+        return fs.history_end(self.settings)[0] is not None
 
     def prepare(self) -> None:
         from rtml.stack import Stack

@@ -100,12 +100,23 @@ def _tcp_open(address: str, timeout: float = 0.5) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    """True for a running process; zombies (exited, not yet reaped) count as dead."""
+    """True for a running process; zombies (exited, not yet reaped) count as dead.
+
+    A killed process's main thread can show as a zombie while its other threads are
+    still exiting and its sockets still open, so every thread must have exited.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 class Stack:
@@ -205,13 +216,16 @@ class Stack:
             return False
 
     # Processes ---------------------------------------------------------------------------
-    def pid(self, name: str) -> int | None:
-        """The pid of the service `up` started, if it is still running."""
+    def _recorded_pid(self, name: str) -> int | None:
         try:
-            pid = int(json.loads(self.pid_file(name).read_text())["pid"])
+            return int(json.loads(self.pid_file(name).read_text())["pid"])
         except (OSError, ValueError, KeyError):
             return None
-        return pid if _alive(pid) else None
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the service `up` started, if it is still running."""
+        pid = self._recorded_pid(name)
+        return pid if pid is not None and _alive(pid) else None
 
     def processes(self, name: str) -> list[int]:
         """Every live process of the service `up` started (its whole process group)."""
@@ -222,6 +236,9 @@ class Stack:
 
     def _start(self, name: str) -> None:
         host, port = self.settings.bind_host, self.port(name)
+        deadline = time.monotonic() + 5  # a port held by a process that is still exiting
+        while not _port_is_free(host, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if not _port_is_free(host, port):
             var = f"RTML_{name.upper()}_PORT"
             raise ServiceError(
@@ -278,12 +295,31 @@ class Stack:
             while _alive(pid) and time.monotonic() < deadline:
                 self._reap(name)
                 time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
             stopped = True
+        # A leader that died (crash, SIGKILL) can leave children behind in its group that
+        # still hold its port, such as Redis's append-only-file rewriter: end them too. Only
+        # processes working in this service's state directory count, so a stale pid file
+        # whose number was reused never touches anyone else's processes.
+        group = self._recorded_pid(name)
+        if group is not None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                left = [p for p in _group_members(group) if _alive(p) and self._owns(name, p)]
+                if not left:
+                    break
+                for member in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(member, signal.SIGKILL)
+                time.sleep(0.05)
         self._reap(name)
         self.pid_file(name).unlink(missing_ok=True)
         return stopped
+
+    def _owns(self, name: str, pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/cwd").resolve() == (self.state / name).resolve()
+        except OSError:
+            return False
 
     def _reap(self, name: str) -> None:
         proc = self._children.get(name)

@@ -1,0 +1,56 @@
+"""`rtml demo` on the real stack: every component as its own process, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import pytest
+
+from rtml import registry
+from rtml.demo import Demo
+from rtml.settings import Settings
+from rtml.stack import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
+    settings: Settings,
+) -> None:
+    tag = uuid.uuid4().hex[:6].upper()
+    local = settings.model_copy(
+        update={
+            "symbols": (f"D1{tag}/USD", f"D2{tag}/USD"),
+            "api_port": free_port(),
+            "monitor_port": free_port(),
+        }
+    )
+    lines: list[str] = []
+    demo = Demo(local, days=0.25, speed=600, status_every=5, out=lines.append)
+    ev = demo.run(40)
+
+    # every service finished its work and exited 0 within 10 s of SIGTERM
+    codes = {c.name: c.proc.returncode for c in demo.children}
+    assert codes == dict.fromkeys(codes, 0), (codes, lines[-20:])
+    assert set(codes) == {"trainer", "features", "predictor", "predict-stream", "monitor", "feed"}
+    assert max(demo.stopped_in.values()) <= 10, demo.stopped_in
+
+    status = [line for line in lines if line.startswith("[")]
+    assert len(status) >= 5 and any("rolling MAE served" in line for line in status), status
+    summary = ev.summary()
+    assert summary["examples"] > 100
+    assert all(math.isfinite(v) for v in summary.values()), summary
+    assert set(ev.symbol) == set(local.symbols)
+    assert ev.versions[0] == int(demo.first_champion or 0)
+    champion = registry.alias_version(demo.settings, registry.CHAMPION)
+    assert champion is not None and int(champion) >= max(ev.versions)
+    report = demo.report(ev)
+    assert any("MAE static" in line for line in report) and any("ratio" in line for line in report)
+    # the trainer checkpointed on SIGTERM: its candidate learned the stream's examples
+    candidate = registry.alias_version(demo.settings, registry.CANDIDATE)
+    assert candidate is not None
+    tags = (
+        registry.client(demo.settings).get_model_version(demo.settings.model_name, candidate).tags
+    )
+    assert int(tags["learned"]) >= summary["examples"]
