@@ -176,6 +176,12 @@ class CandleBuilder:
                     lowest[partition] = min(offset, lowest.get(partition, offset))
         return lowest
 
+    def forget_positions(self) -> None:
+        """The input topic was lost with its offsets: open windows keep their trades only."""
+        for windows in self._open.values():
+            for w in windows.values():
+                w.first_positions.clear()
+
     def restore(self, symbol: str, closed_until: float, last_close: float) -> None:
         """Resume a symbol after a restart: windows before `closed_until` are closed."""
         self._closed_until[symbol] = closed_until

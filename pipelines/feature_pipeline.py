@@ -9,20 +9,36 @@ exactly; closed history is restored from the offline store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from pipelines.features import WARMUP
 from pipelines.processor import FeatureProcessor, Outputs
 from pipelines.sink import FeatureSink
 from pipelines.trades import BadRecord, parse_trade
 from rtml import feature_store as fs
-from rtml.kafka import Topics, dead_letter, ensure_topics, make_consumer, make_producer
+from rtml.kafka import (
+    Topics,
+    TopicWatch,
+    dead_letter,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +51,7 @@ class PipelineStats:
     features: int = 0
     examples: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    topics_recreated: int = 0  # times the broker had forgotten topics
 
     def line(self) -> str:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
@@ -89,10 +106,14 @@ class FeaturePipeline:
         producer = make_producer(settings)
         sink = FeatureSink(settings, fs.open_store(settings), producer, self.stop)
         consumer.subscribe([self.topics.trades])
+        watch = TopicWatch(settings, self.topics.with_dlqs())
+        watch.remember()
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_commit = time.monotonic()
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if forgotten := watch.changed():
+                    self._recreate(forgotten, watch, consumer, sink)
                 out = Outputs()
                 for msg in consumer.consume(num_messages=1000, timeout=0.2):
                     self._handle(msg, out, producer)
@@ -100,14 +121,43 @@ class FeaturePipeline:
                     sink.write(out)
                     self._count(out)
                 if self._last and time.monotonic() - last_commit >= self.commit_interval_s:
-                    self._commit(consumer, producer, sink)
+                    # offsets into a topic the broker forgot must not reach the new group
+                    if forgotten := watch.changed(now=True):
+                        self._recreate(forgotten, watch, consumer, sink)
+                    else:
+                        self._commit(consumer, producer, sink)
                     last_commit = time.monotonic()
-            self._commit(consumer, producer, sink)
+            if watch.changed(now=True):
+                sink.flush_offline()  # durable; the offsets belong to a forgotten topic
+            else:
+                self._commit(consumer, producer, sink)
         finally:
             consumer.close()
             producer.flush(10)
         log.info("feature pipeline stopped: %s", self.stats.line())
         return self.stats
+
+    def _recreate(
+        self, forgotten: list[str], watch: TopicWatch, consumer: Consumer, sink: FeatureSink
+    ) -> None:
+        """The broker lost topics (an embedded broker keeps nothing across a restart).
+
+        What was buffered for the offline store is written, so a trainer can catch up on the
+        examples the broker lost. The topics are created again; if `trades` was among them,
+        the offsets held so far mean nothing any more and its new records are read from their
+        start.
+        """
+        log.warning("the broker no longer has %s as they were: creating them again", forgotten)
+        sink.flush_offline()
+        ensure_topics(self.settings, self.topics.with_dlqs())
+        watch.remember()
+        self.stats.topics_recreated += 1
+        if self.topics.trades in forgotten:
+            self._last.clear()
+            self.processor.builder.forget_positions()
+            for tp in consumer.assignment():
+                with contextlib.suppress(KafkaException):
+                    consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     def _handle(self, msg: Message, out: Outputs, producer: Producer) -> None:
         error = msg.error()
@@ -145,5 +195,9 @@ class FeaturePipeline:
             TopicPartition(self.topics.trades, p, min(open_positions.get(p, last + 1), last + 1))
             for p, last in self._last.items()
         ]
-        consumer.commit(offsets=offsets, asynchronous=False)
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. a restarted broker that forgot the group
+            log.warning("could not commit %s (%s); the next commit carries them", offsets, exc)
+            return
         log.info("committed %s; %s", {tp.partition: tp.offset for tp in offsets}, self.stats.line())

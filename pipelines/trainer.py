@@ -18,10 +18,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from tqdm import tqdm
 
 from pipelines.features import FEATURE_NAMES
@@ -33,7 +40,15 @@ from pipelines.trades import BadRecord
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ConfigError
-from rtml.kafka import Topics, dead_letter, encode, ensure_topics, make_consumer, make_producer
+from rtml.kafka import (
+    Topics,
+    TopicWatch,
+    dead_letter,
+    encode,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,11 +56,18 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 10  # uploads between prunings of old versions
 
 
-def offline_examples(settings: Settings) -> list[Example]:
-    """The offline store's targets joined point-in-time to their features, in time order."""
+def offline_examples(settings: Settings, after: Mapping[str, float] | None = None) -> list[Example]:
+    """The offline store's targets joined point-in-time to their features, in time order.
+
+    `after` keeps, per symbol, only the examples whose event time is past the given one.
+    """
     targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
     if not targets.empty:
         targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
+    if after and not targets.empty:
+        since = targets["symbol"].map(after).fillna(-math.inf).astype(float)
+        stamps = targets["event_timestamp"].map(lambda t: t.timestamp())
+        targets = targets[stamps > since]
     if targets.empty:
         return []
     targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
@@ -102,6 +124,7 @@ class Checkpoint:
     offsets: dict[int, int]
     metrics: dict[str, float]
     champion_rolling_mae: float | None
+    topic_id: str | None = None  # the incarnation of `examples` the offsets belong to
 
 
 class Uploader:
@@ -126,6 +149,8 @@ class Uploader:
         self.superseded = 0
         self.uploaded: list[str] = []
         self.decisions: list[tuple[str, bool, str]] = []
+        self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
+        self._producer: Producer | None = None
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
@@ -145,6 +170,26 @@ class Uploader:
     def close(self, timeout: float = 60.0) -> None:
         self.queue.put(None)
         self._thread.join(timeout)
+
+    def _alert_if_diverging(self, version: str, mae: float, decision: GateDecision) -> None:
+        """One alert on `alerts` when the candidate starts diverging (it is never promoted)."""
+        diverging = math.isinf(mae) or mae > self.settings.max_mae
+        if diverging and not self.diverging:
+            alert = {
+                "kind": "diverging",
+                "model": self.settings.model_name,
+                "version": version,
+                "rolling_mae": mae if math.isfinite(mae) else None,
+                "reason": decision.reason,
+                "ts": time.time(),
+            }
+            if self._producer is None:
+                self._producer = make_producer(self.settings)
+            key = self.settings.model_name.encode()
+            self._producer.produce(Topics.of(self.settings).alerts, key=key, value=encode(alert))
+            self._producer.flush(10)
+            log.error("version %s diverges and is not served: %s", version, decision.reason)
+        self.diverging = diverging
 
     def _newest_waiting(self, checkpoint: Checkpoint) -> Checkpoint:
         """The newest checkpoint queued behind `checkpoint` supersedes it: a whole learner
@@ -195,6 +240,7 @@ class Uploader:
         )
         tags = {
             "offsets": json.dumps({str(k): v for k, v in sorted(cp.offsets.items())}),
+            "examples_topic_id": cp.topic_id or "",
             "watermark": str(learner.watermark),
             "learned": str(learner.learned),
             "gate": decision.reason,
@@ -209,6 +255,7 @@ class Uploader:
         if decision.promote:
             registry.promote(self.settings, version)
             self.on_promote(learner)
+        self._alert_if_diverging(version, cp.metrics["rolling_mae"], decision)
         name = self.settings.model_name
         client.set_registered_model_alias(name, registry.CANDIDATE, version)
         step, now = int(cp.metrics.get("learned", 0)), int(time.time() * 1000)
@@ -239,11 +286,14 @@ class Trainer:
         self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
         self.other_shards = 0
+        self.topic_id: str | None = None  # the id of the `examples` topic being read
+        self.stored_topic_id: str | None = None  # the one the restored offsets belong to
+        self.caught_up = 0  # examples learned from the offline store after the broker forgot
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
         if restored is not None:
-            self.learner, self.offsets = restored
+            self.learner, self.offsets, self.stored_topic_id = restored
             log.info(
                 "resumed from checkpoint: %d learned, offsets %s",
                 self.learner.learned,
@@ -286,9 +336,58 @@ class Trainer:
         metrics = self.learner.metrics()
         self.uploader.submit(
             Checkpoint(
-                pickle.dumps(self.learner), dict(self.offsets), metrics, self._champion_mae()
+                pickle.dumps(self.learner),
+                dict(self.offsets),
+                metrics,
+                self._champion_mae(),
+                self.topic_id,
             )
         )
+
+    def catch_up(self) -> int:
+        """Learn what the offline store holds past what each symbol has learned.
+
+        Called when the broker has lost `examples` with the offsets into it: the examples
+        the trainer had not read yet are in the offline store, which the feature pipeline
+        writes before it commits. Returns how many were learned.
+        """
+        assert self.learner is not None
+        examples = offline_examples(self.settings, after=self.learner.last_ts)
+        learned = 0
+        for ex in tqdm(examples, desc="catching up from the offline store", disable=None):
+            if self.learner.step(ex):
+                self._recent.append(ex)
+                learned += 1
+        self.caught_up += learned
+        log.warning("caught up on %d examples from the offline store", learned)
+        return learned
+
+    def _assign(self, consumer: Consumer) -> None:
+        metadata = consumer.list_topics(self.topics.examples, timeout=10)
+        partitions = sorted(metadata.topics[self.topics.examples].partitions)
+        consumer.assign(
+            [
+                TopicPartition(self.topics.examples, p, self.offsets.get(p, OFFSET_BEGINNING))
+                for p in partitions
+            ]
+        )
+
+    def _broker_forgot(self, consumer: Consumer | None, watch: TopicWatch) -> None:
+        """`examples` is not the topic the offsets point into: start it over after catching up."""
+        log.warning(
+            "the broker no longer has the %s the offsets %s belong to (restarted or re-created): "
+            "catching up from the offline store, then reading the new topic from its start",
+            self.topics.examples,
+            self.offsets,
+        )
+        ensure_topics(self.settings, self.topics.with_dlqs())
+        self.topic_id = watch.remember()[self.topics.examples]
+        self.offsets = {}
+        self.catch_up()
+        if consumer is not None:
+            consumer.unassign()
+            self._assign(consumer)
+        self.checkpoint()
 
     def _handle(self, msg: Message, producer: Producer) -> int:
         """Learn one record; returns 1 if it was learned, 0 if skipped or rejected."""
@@ -353,22 +452,24 @@ class Trainer:
         self.uploader = Uploader(
             settings, run.info.run_id, settings.checkpoint_queue, on_promote=self._new_champion
         )
-        if registry.alias_version(settings, registry.CANDIDATE) is None:
+        watch = TopicWatch(settings, [self.topics.examples])
+        self.topic_id = watch.remember()[self.topics.examples]
+        if self.stored_topic_id and self.stored_topic_id != self.topic_id:
+            self._broker_forgot(None, watch)
+        elif registry.alias_version(settings, registry.CANDIDATE) is None:
             self.checkpoint()  # the warm-started model is the first version
         consumer = make_consumer(settings, self.group_id)
         producer = make_producer(settings)
-        metadata = consumer.list_topics(self.topics.examples, timeout=10)
-        partitions = sorted(metadata.topics[self.topics.examples].partitions)
-        consumer.assign(
-            [
-                TopicPartition(self.topics.examples, p, self.offsets.get(p, OFFSET_BEGINNING))
-                for p in partitions
-            ]
-        )
+        self._assign(consumer)
         deadline = time.monotonic() + max_seconds if max_seconds else None
         since, last_cp = 0, time.monotonic()
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if max_examples is not None and self.learner.learned >= max_examples:
+                    break
+                if watch.changed():
+                    self._broker_forgot(consumer, watch)
+                    since, last_cp = 0, time.monotonic()
                 for msg in consumer.consume(num_messages=500, timeout=0.2):
                     since += self._handle(msg, producer)
                     if since >= settings.checkpoint_every:

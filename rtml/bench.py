@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -836,6 +837,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if only == list(STEPS):
         _into_readme(Path("README.md"), "\n".join(lines))
+        plot = out_dir / "drift.png"
+        if plot.exists():  # the README shows the newest full run's plot
+            Path("docs").mkdir(exist_ok=True)
+            shutil.copyfile(plot, Path("docs") / "bench-drift.png")
     print("\n".join(lines))
 
 

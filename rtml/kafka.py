@@ -136,6 +136,61 @@ def ensure_topics(
                 raise ServiceError(f"could not create topic {name}: {exc}") from exc
 
 
+class TopicWatch:
+    """Notices when the broker has forgotten topics: each one's id changed, or it is gone.
+
+    An embedded broker keeps nothing across a restart, and a topic deleted and re-created on
+    a real cluster looks the same. Offsets held in memory or in a checkpoint then point past
+    records that do not exist, and a consumer fetching there waits silently for them. Topic
+    ids (KIP-516) tell a topic's incarnations apart.
+    """
+
+    def __init__(self, settings: Settings, topics: Iterable[str], every_s: float = 2.0) -> None:
+        self.topics = list(dict.fromkeys(topics))
+        self.every_s = every_s
+        self.ids: dict[str, str | None] = {}
+        self._admin = AdminClient(client_config(settings))
+        self._next = 0.0
+
+    def look(self, timeout: float = 2.0) -> dict[str, str | None]:
+        """Each topic's id now, None for a missing one; raises KafkaException if unreachable."""
+        from confluent_kafka import TopicCollection
+
+        futures = self._admin.describe_topics(TopicCollection(self.topics), request_timeout=timeout)
+        ids: dict[str, str | None] = {}
+        for name, future in futures.items():
+            try:
+                ids[name] = str(future.result(timeout).topic_id)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                ids[name] = None
+        return ids
+
+    def remember(self) -> dict[str, str | None]:
+        """Take the ids as they are now as the reference; returns them."""
+        self.ids = self.look(timeout=10.0)
+        self._next = time.monotonic() + self.every_s
+        return self.ids
+
+    def changed(self, now: bool = False) -> list[str]:
+        """The topics that are not what they were at the last look, at most every `every_s`
+        unless `now`.
+
+        Nothing is reported while the broker cannot be reached: the change shows once it is back.
+        """
+        if not now and time.monotonic() < self._next:
+            return []
+        self._next = time.monotonic() + self.every_s
+        try:
+            current = self.look()
+        except KafkaException:
+            return []
+        changed = [t for t in self.topics if t in self.ids and current.get(t) != self.ids[t]]
+        self.ids.update(current)
+        return changed
+
+
 def encode(record: Mapping[str, Any]) -> bytes:
     return orjson.dumps(record)
 
@@ -161,7 +216,8 @@ def commit_stored(consumer: Consumer) -> None:
         consumer.commit(asynchronous=False)
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError._NO_OFFSET:
-            raise
+            # e.g. a broker that restarted and forgot the group: the next commit carries them
+            log.warning("could not commit offsets (%s); retrying with the next batch", exc)
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:

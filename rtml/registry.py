@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from importlib.metadata import version
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import mlflow
 import mlflow.pyfunc
@@ -26,6 +27,13 @@ from rtml.errors import ConfigError
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# MLflow's client retries a refused connection for about two minutes by default; rtml's loops
+# retry on their own (the trainer's uploader, the predictor's alias poll), so each call gives
+# up within seconds and the loop carries on. The environment can still say otherwise.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 CANDIDATE = "candidate"
 CHAMPION = "champion"
@@ -180,14 +188,20 @@ def prune(settings: Settings, keep: int) -> list[str]:
     return doomed
 
 
-def latest_checkpoint(settings: Settings) -> tuple[Any, dict[int, int]] | None:
+class Restored(NamedTuple):
+    learner: Any
+    offsets: dict[int, int]
+    topic_id: str | None  # the `examples` topic's id the offsets belong to
+
+
+def latest_checkpoint(settings: Settings) -> Restored | None:
     """The newest checkpoint's learner and the offsets to continue from, if there is one."""
     version = alias_version(settings, CANDIDATE)
     if version is None:
         return None
     tags = client(settings).get_model_version(settings.model_name, version).tags
     offsets = {int(k): int(v) for k, v in json.loads(tags.get("offsets", "{}")).items()}
-    return load(settings, CANDIDATE).model, offsets
+    return Restored(load(settings, CANDIDATE).model, offsets, tags.get("examples_topic_id"))
 
 
 def load_champion_learner(settings: Settings) -> Any | None:

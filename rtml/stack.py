@@ -234,6 +234,19 @@ class Stack:
             return []
         return [p for p in _group_members(pid) if _alive(p)]
 
+    def stop_service(self, name: str) -> bool:
+        """Stop one embedded service; True if it was running."""
+        return self._stop(name)
+
+    def start_service(self, name: str, timeout: float | None = None) -> None:
+        """Start one embedded service and wait until it is healthy.
+
+        Unlike `up`, it creates no topics and applies no feature repo: the broker comes back
+        as a restarted embedded broker does, empty.
+        """
+        self._start(name)
+        self._wait_healthy(name, time.monotonic() + (timeout or self.settings.up_timeout_s))
+
     def _start(self, name: str) -> None:
         host, port = self.settings.bind_host, self.port(name)
         deadline = time.monotonic() + 5  # a port held by a process that is still exiting

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
@@ -39,6 +40,8 @@ def parse_features(raw: bytes) -> tuple[str, float, dict[str, float]]:
         raise BadRecord("malformed", f"features record: {exc!r}") from None
     if not isinstance(symbol, str) or not isinstance(values, dict):
         raise BadRecord("wrong_type", "symbol must be a string and features an object")
+    if not math.isfinite(ts):
+        raise BadRecord("not_finite", f"ts must be finite, got {ts!r}")
     x = {k: float(v) for k, v in values.items() if type(v) in (float, int) and v - v == 0}
     return symbol, ts, x
 
@@ -57,6 +60,7 @@ class StreamingPredictor:
         self.stop = threading.Event()
         self.predicted = 0
         self.rejected = 0
+        self.rejected_by: Counter[str] = Counter()  # by the BadRecord's kind
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
 
     def _handle(self, msg: Message, producer: Producer) -> None:
@@ -72,6 +76,7 @@ class StreamingPredictor:
                 raise BadRecord("unrouted", f"no model serves {symbol!r} (see RTML_SHARDS)")
         except BadRecord as exc:
             self.rejected += 1
+            self.rejected_by[exc.kind] += 1
             origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
             dead_letter(producer, self.topics.features, str(exc), msg.value(), origin=origin)
             return
