@@ -340,7 +340,10 @@ class Demo:
             while duration is None or time.monotonic() - self.started_at < duration:
                 self.check_children()
                 if time.monotonic() >= next_status:
-                    self.out(self.status_line())
+                    try:
+                        self.out(self.status_line())
+                    except Exception as exc:  # a service is away for a moment: say so, go on
+                        self.out(f"   status unavailable: {exc}")
                     next_status += self.status_every
                 time.sleep(0.2)
         except KeyboardInterrupt:

@@ -121,8 +121,10 @@ def alias_version(settings: Settings, alias: str, name: str | None = None) -> st
 
     try:
         found = client(settings).get_model_version_by_alias(name or settings.model_name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such model or alias
+        raise  # the registry is unreachable or failing: not the same as "no version"
     return str(found.version)
 
 
