@@ -5,7 +5,9 @@ learned, metrics) with the next offset of every partition, taken at one instant 
 single-threaded loop; uploads run on a background thread with a bounded queue so learning
 never waits on MLflow. On start it restores the newest checkpoint (alias `candidate`) and
 assigns the partitions at its offsets: after a crash, what was learned since that checkpoint is
-learned again from the same records, once.
+learned again from the same records, once. Checkpoints also name the `examples` topic's id: when
+the broker has forgotten that topic (a restarted embedded broker, a re-created topic), the
+trainer learns what it missed from the offline store and reads the new topic from its start.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ class TopicWatch:
         self._next = time.monotonic() + self.every_s
         try:
             current = self.look()
-        except KafkaException:
+        except (KafkaException, TimeoutError):
             return []
         changed = [t for t in self.topics if t in self.ids and current.get(t) != self.ids[t]]
         self.ids.update(current)
