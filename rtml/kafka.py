@@ -167,9 +167,21 @@ class TopicWatch:
                 ids[name] = None
         return ids
 
-    def remember(self) -> dict[str, str | None]:
-        """Take the ids as they are now as the reference; returns them."""
-        self.ids = self.look(timeout=10.0)
+    def remember(self, timeout: float = 30.0) -> dict[str, str | None]:
+        """Take the ids as they are now as the reference; returns them.
+
+        Topics created a moment ago can fail a describe for a while: it is retried.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ids = self.look(timeout=5.0)
+                break
+            except (KafkaException, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"Kafka could not describe {self.topics}: {exc}") from exc
+                log.info("describing topics failed (%s); retrying", exc)
+                time.sleep(0.5)
         self._next = time.monotonic() + self.every_s
         return self.ids
 

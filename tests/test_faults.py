@@ -156,7 +156,8 @@ def test_broker_restart_is_survived_and_the_trainer_catches_up_from_the_offline_
         learned = trainer.learner.learned if trainer.learner else None
         return (
             f"{learned} learned of {warm}+{counts}, caught up {trainer.caught_up}, offsets "
-            f"{trainer.offsets}, pipeline: {pipeline.stats.line()}, alive {features.is_alive()}"
+            f"{trainer.offsets}, pipeline: {pipeline.stats.line()}, alive {features.is_alive()}, "
+            f"errors {features.error!r} {trainer.stop.is_set()}"
         )
 
     # 1. the trainer learns phase 1 from Kafka and stops with a checkpoint
