@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Imported here, once: feast's circular imports fail when two threads first import it at once,
+# as the components these tests run in threads would.
+import feast.data_source  # noqa: F401
 import pytest
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
