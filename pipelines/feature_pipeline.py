@@ -112,16 +112,15 @@ class FeaturePipeline:
         last_commit = time.monotonic()
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if forgotten := watch.changed():
-                    self._recreate(forgotten, watch, consumer, sink)
                 out = Outputs()
                 for msg in consumer.consume(num_messages=1000, timeout=0.2):
                     self._handle(msg, out, producer)
                 if out:
                     sink.write(out)
                     self._count(out)
-                if self._last and time.monotonic() - last_commit >= self.commit_interval_s:
-                    # offsets into a topic the broker forgot must not reach the new group
+                if time.monotonic() - last_commit >= self.commit_interval_s:
+                    # checked right before committing: offsets into a topic the broker has
+                    # forgotten must never reach the new one
                     if forgotten := watch.changed(now=True):
                         self._recreate(forgotten, watch, consumer, sink)
                     else:

@@ -521,16 +521,19 @@ def _http_latencies(
             "(Debian/Ubuntu) or `brew install wrk`"
         )
     port = free_port()
-    env = {
-        **os.environ,
-        "RTML_STATE_DIR": str(local.state),
-        "RTML_KAFKA_PORT": str(local.kafka_port),
-        "RTML_REDIS_PORT": str(local.redis_port),
-        "RTML_MLFLOW_PORT": str(local.mlflow_port),
-        "RTML_MODEL_NAME": local.model_name,
-        "RTML_API_PORT": str(port),
-        "RTML_API_ACCESS_LOG": "false",
-    }
+    server_settings = local.model_copy(update={"api_port": port, "api_access_log": False})
+    env = dict(
+        os.environ,
+        **server_settings.as_env(
+            "state_dir",
+            "kafka_port",
+            "redis_port",
+            "mlflow_port",
+            "model_name",
+            "api_port",
+            "api_access_log",
+        ),
+    )
     server = subprocess.Popen(
         [sys.executable, "-m", "rtml.cli", "serve"],
         env=env,

@@ -147,24 +147,14 @@ class Demo:
         self.first_champion: str | None = None
         self.static: Any = None
         self.stream_start: float | None = None
-        self.stopped_in: dict[str, float] = {}
         """Event time where the stored history ends and the demo's stream begins."""
+        self.stopped_in: dict[str, float] = {}
         self.started_at = math.nan
 
     # -- processes ------------------------------------------------------------------------
 
     def child_env(self) -> dict[str, str]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for name in CHILD_FIELDS:
-            value = getattr(self.settings, name)
-            if isinstance(value, tuple):
-                env[f"RTML_{name.upper()}"] = json.dumps(list(value))
-            elif isinstance(value, bool):
-                env[f"RTML_{name.upper()}"] = str(value).lower()
-            else:
-                env[f"RTML_{name.upper()}"] = str(value)
-        env["RTML_STATE_DIR"] = str(self.settings.state)
-        return env
+        return dict(os.environ, PYTHONUNBUFFERED="1", **self.settings.as_env(*CHILD_FIELDS))
 
     def spawn(self, name: str, args: list[str]) -> Child:
         logs = self.settings.state / "logs"

@@ -15,6 +15,7 @@ have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -222,6 +223,28 @@ class Settings(BaseSettings):
     @property
     def feast_registry_path(self) -> Path:
         return self.state / "feast" / "registry.db"
+
+    def as_env(self, *names: str) -> dict[str, str]:
+        """The `RTML_*` variables that give a child process these settings' `names`.
+
+        >>> env = Settings(symbols=("A/USD",), kafka_port=9, api_access_log=False).as_env(
+        ...     "symbols", "kafka_port", "api_access_log")
+        >>> env["RTML_SYMBOLS"], env["RTML_KAFKA_PORT"], env["RTML_API_ACCESS_LOG"]
+        ('["A/USD"]', '9', 'false')
+        """
+        env = {}
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, tuple | dict):
+                text = json.dumps(list(value) if isinstance(value, tuple) else value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, Path):
+                text = str(value.resolve())
+            else:
+                text = str(value)
+            env[f"RTML_{name.upper()}"] = text
+        return env
 
     def feast_env(self) -> dict[str, str]:
         """The variables ``feature_repo/feature_store.yaml`` and its definitions read."""

@@ -104,14 +104,14 @@ class Predictor:
 
     def served(self, symbol: str | None) -> Served:
         self.metrics.load_failures.set(self.holder.load_failures)
-        if symbol is None and isinstance(self.holder, ModelRouter):
+        if symbol is None and self.holder.sharded:
             self.metrics.errors.labels("no_symbol").inc()
             raise HTTPException(422, "models are sharded: pass ?symbol= to choose its model")
+        if self.holder.model_for(symbol or "") is None:
+            self.metrics.errors.labels("unknown_symbol").inc()
+            raise HTTPException(404, f"no shard in RTML_SHARDS serves {symbol!r}")
         current = self.holder.for_symbol(symbol or "")
         if current is None:
-            if isinstance(self.holder, ModelRouter) and self.holder.model_for(symbol or "") is None:
-                self.metrics.errors.labels("unknown_symbol").inc()
-                raise HTTPException(404, f"no shard in RTML_SHARDS serves {symbol!r}")
             self.metrics.errors.labels("no_model").inc()
             raise HTTPException(
                 503,

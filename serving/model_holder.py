@@ -78,6 +78,14 @@ class ModelHolder:
         log.info("serving %s version %s", self.name, version)
         return True
 
+    sharded = False
+    """One model serves every symbol, so a request need not name one."""
+
+    def model_for(self, symbol: str) -> str | None:
+        """The registered model that serves `symbol`: this one, for any symbol."""
+        del symbol
+        return self.name
+
     def for_symbol(self, symbol: str) -> Served | None:
         """The one model serves every symbol."""
         del symbol
@@ -109,8 +117,9 @@ class ModelHolder:
 class ModelRouter:
     """Model shards: one holder per shard's registered model, a symbol served by its shard's.
 
-    Has the holder's interface (`for_symbol`, `missing`, `load_failures`, `refresh`, `start`,
-    `stop`), so the API and the streaming predictor take either.
+    Has the holder's interface (`sharded`, `model_for`, `for_symbol`, `missing`,
+    `load_failures`, `refresh`, `start`, `stop`), so the API and the streaming predictor take
+    either.
     """
 
     def __init__(self, settings: Settings, on_swap: Callable[[Served], None] = lambda _: None):
@@ -120,6 +129,9 @@ class ModelRouter:
             name: ModelHolder(settings, on_swap=on_swap, name=name)
             for name in sorted(set(self.routes.values()))
         }
+
+    sharded = True
+    """Each symbol has its shard's model, so a request must name its symbol."""
 
     def model_for(self, symbol: str) -> str | None:
         return self.routes.get(symbol)

@@ -64,3 +64,29 @@ def test_feast_env_follows_settings(tmp_path: Path) -> None:
     env = Settings(state_dir=tmp_path, redis_port=7777).feast_env()
     assert env["RTML_FEAST_REDIS"].startswith("127.0.0.1:7777,socket_timeout=")
     assert env["RTML_FEAST_REGISTRY"] == str(tmp_path.resolve() / "feast" / "registry.db")
+
+
+def test_settings_survive_the_trip_through_a_child_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given = Settings(
+        state_dir=tmp_path,
+        symbols=("A/USD", "B/USD"),
+        shards={"a": ("A/USD",)},
+        kafka_port=9,
+        api_access_log=False,
+        checkpoint_interval_s=0.5,
+    )
+    names = (
+        "state_dir",
+        "symbols",
+        "shards",
+        "kafka_port",
+        "api_access_log",
+        "checkpoint_interval_s",
+    )
+    for key, value in given.as_env(*names).items():
+        monkeypatch.setenv(key, value)
+    child = Settings(_env_file=None)  # type: ignore[call-arg]
+    for name in names:
+        assert getattr(child, name) == getattr(given, name), name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import random
@@ -76,20 +75,19 @@ def _produce(settings: Settings, records: list[bytes]) -> None:
 
 def _env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTML_")}
-    return {
-        **env,
-        "RTML_STATE_DIR": str(settings.state),
-        "RTML_KAFKA_PORT": str(settings.kafka_port),
-        "RTML_REDIS_PORT": str(settings.redis_port),
-        "RTML_MLFLOW_PORT": str(settings.mlflow_port),
-        "RTML_TOPIC_PREFIX": settings.topic_prefix,
-        "RTML_SYMBOLS": json.dumps(list(settings.symbols)),
-        "RTML_MODEL_NAME": settings.model_name,
-        "RTML_CHECKPOINT_EVERY": str(settings.checkpoint_every),
-        "RTML_CHECKPOINT_INTERVAL_S": str(settings.checkpoint_interval_s),
-        "RTML_WARM_START_EPOCHS": str(settings.warm_start_epochs),
-        "RTML_METRICS_WINDOW": str(settings.metrics_window),
-    }
+    return env | settings.as_env(
+        "state_dir",
+        "kafka_port",
+        "redis_port",
+        "mlflow_port",
+        "topic_prefix",
+        "symbols",
+        "model_name",
+        "checkpoint_every",
+        "checkpoint_interval_s",
+        "warm_start_epochs",
+        "metrics_window",
+    )
 
 
 def _versions(settings: Settings) -> int:
