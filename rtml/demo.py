@@ -118,6 +118,17 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
     return out
 
 
+def _span(versions: list[int]) -> str:
+    """The champions a demo served, short enough for one line (all are in the MLflow UI).
+
+    >>> _span([1, 4]), _span([1, 4, 7, 9])
+    ('v1, v4', '4 versions, v1 ... v9')
+    """
+    if len(versions) <= 3:
+        return ", ".join(f"v{v}" for v in versions) or "none"
+    return f"{len(versions)} versions, v{versions[0]} ... v{versions[-1]}"
+
+
 class Demo:
     def __init__(
         self,
@@ -351,7 +362,7 @@ class Demo:
         lines = [
             f"== summary of demo {self.run_id}",
             f"   scored examples        {int(s['examples']):,}",
-            f"   champions served       {', '.join(f'v{v}' for v in versions) or 'none'}",
+            f"   champions served       {_span(versions)}",
             f"   MAE served (incremental, champion at the time)  {s['served_mae']:.6f}",
             f"   MAE static (initial fit v{self.first_champion} only)        {s['static_mae']:.6f}",
             f"   MAE naive (no change)                           {s['naive_mae']:.6f}",
