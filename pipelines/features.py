@@ -17,7 +17,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -105,6 +105,18 @@ def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
         "close": last.close,
         "volume": last.volume,
     }
+
+
+def model_inputs(values: Mapping[str, float]) -> dict[str, float]:
+    """What the model reads of a feature row: FEATURE_NAMES only, never the extra columns.
+
+    Training (examples, the offline store's feature service) and serving (HTTP, streaming) all
+    pass through here or through the feature service, so they agree on the model's inputs.
+
+    >>> model_inputs({"ret_1": 0.01, "close": 101.0})
+    {'ret_1': 0.01}
+    """
+    return {n: values[n] for n in FEATURE_NAMES if n in values}
 
 
 def target_return(close_t: float, close_t_plus_h: float) -> float:

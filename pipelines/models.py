@@ -22,8 +22,8 @@ from rtml.errors import ConfigError
 
 def _linear(p: Mapping[str, Any]) -> Any:
     return linear_model.LinearRegression(
-        optimizer=optim.SGD(float(p.get("lr", 0.01))),
-        intercept_lr=float(p.get("intercept_lr", 0.01)),
+        optimizer=optim.SGD(float(p.get("lr", 0.003))),
+        intercept_lr=float(p.get("intercept_lr", 0.003)),
         l2=float(p.get("l2", 0.0)),
         # the loss gradient is clipped so that one outlier (a gap, a bad print) moves the
         # weights a bounded step instead of starting a divergence

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.candles import CandleBuilder
-from pipelines.features import WARMUP, Candle, compute_features, target_return
+from pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
 from pipelines.trades import Trade
 
 
@@ -116,7 +116,7 @@ class FeatureProcessor:
                             candle.symbol,
                             ts,
                             candle.end,
-                            features,
+                            model_inputs(features),
                             target_return(close, candle.close),
                         )
                     )

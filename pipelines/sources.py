@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,13 @@ from rtml.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class Regime:
-    """How a symbol's returns behave for a stretch of candles.
+    """How the market's returns behave for a stretch of candles.
 
-    `persistence` is the autocorrelation of one-candle returns: positive is momentum, negative
-    is mean reversion. `volatility` is the standard deviation of a candle's log return.
+    A candle's log return is a fresh shock of standard deviation `volatility` plus
+    `persistence` times a sum over the last `MEMORY` candles: with positive persistence
+    (momentum, a trending market) the sum of their returns, so moves continue; with negative
+    persistence (mean reversion, a range-bound market) the sum of their shocks, so each shock
+    is given back over the candles that follow.
     """
 
     name: str
@@ -30,22 +34,30 @@ class Regime:
     volume_scale: float
 
 
+MEMORY = 5
+"""Candles of the past a regime's persistence acts on."""
+
 REGIMES = (
-    Regime("calm-momentum", 0.45, 0.0010, 1.0),
-    Regime("calm-reversion", -0.45, 0.0010, 1.0),
-    Regime("volatile-momentum", 0.35, 0.0030, 2.5),
-    Regime("volatile-reversion", -0.35, 0.0030, 2.5),
+    Regime("calm-momentum", 0.18, 0.0010, 1.0),
+    Regime("calm-reversion", -0.2, 0.0015, 1.0),
+    Regime("volatile-momentum", 0.18, 0.0015, 2.5),
+    Regime("volatile-reversion", -0.2, 0.0025, 2.5),
 )
+"""Momentum and reversion in calm and volatile markets. Reversion has the larger shocks, so
+the size of recent moves alone does not tell the regimes apart: a model must learn which one
+it is in."""
 
 
 class SyntheticMarket:
     """A seeded multi-symbol market whose regimes switch: concept drift by construction.
 
-    Within a regime, a candle's return depends on the previous candle's return (momentum or
-    mean reversion) and volume rises with volatility, so recent returns and volume predict the
-    next returns; when the regime switches, that relation flips or changes scale. Regimes last
-    `min_regime`..`max_regime` candles. Trades arrive at random times inside each candle and
-    their path ends at the candle's close. `start_prices` continues a stored history.
+    The regime is market-wide (every symbol switches at once, as crypto markets tend to move
+    together); each symbol draws its own noise. Within a regime a candle's return depends on
+    the symbol's recent returns (momentum or mean reversion) and volume rises with volatility,
+    so recent returns and volume predict the next returns; when the regime switches, that
+    relation flips or changes scale. Regimes last `min_regime`..`max_regime` candles. Trades
+    arrive at random times inside each candle and their path ends at the candle's close.
+    `start_prices` continues a stored history.
 
     >>> m = SyntheticMarket(["A", "B"], seed=7, start_ts=0, trades_per_candle=4)
     >>> first = list(m.candles_of_trades(2))
@@ -56,6 +68,8 @@ class SyntheticMarket:
     >>> list(SyntheticMarket(["A", "B"], seed=7, start_ts=0, trades_per_candle=4)
     ...      .candles_of_trades(2)) == first
     True
+    >>> [name for _, name in m.regime_log] == [m.regime.name]
+    True
     """
 
     def __init__(
@@ -65,8 +79,8 @@ class SyntheticMarket:
         candle_seconds: int = 60,
         start_ts: float | None = None,
         trades_per_candle: int = 20,
-        min_regime: int = 120,
-        max_regime: int = 360,
+        min_regime: int = 240,
+        max_regime: int = 600,
         start_price: float = 100.0,
         start_prices: Mapping[str, float] | None = None,
     ) -> None:
@@ -81,29 +95,32 @@ class SyntheticMarket:
         self._log_price = {
             s: math.log(prices.get(s, start_price * (1 + i))) for i, s in enumerate(self.symbols)
         }
-        self._last_return = dict.fromkeys(self.symbols, 0.0)
-        self._regime: dict[str, Regime] = {}
-        self._regime_left = dict.fromkeys(self.symbols, 0)
+        self._returns = {s: deque([0.0] * MEMORY, maxlen=MEMORY) for s in self.symbols}
+        self._shocks = {s: deque([0.0] * MEMORY, maxlen=MEMORY) for s in self.symbols}
+        self.regime: Regime = REGIMES[0]
+        self._regime_left = 0
         self._next_id = dict.fromkeys(self.symbols, 0)
         self.candle_index = 0
-        self.regime_log: list[tuple[float, str, str]] = []
-        """(start time, symbol, regime name) at every switch, for plots."""
+        self.regime_log: list[tuple[float, str]] = []
+        """(start time, regime name) at every switch, for plots."""
 
-    def _regime_of(self, symbol: str, ts: float) -> Regime:
-        if self._regime_left[symbol] <= 0:
-            current = self._regime.get(symbol)
-            choices = [r for r in REGIMES if r != current]
-            self._regime[symbol] = self._rng.choice(choices)
-            self._regime_left[symbol] = self._rng.randint(self.min_regime, self.max_regime)
-            self.regime_log.append((ts, symbol, self._regime[symbol].name))
-        self._regime_left[symbol] -= 1
-        return self._regime[symbol]
+    def _switch_if_due(self, ts: float) -> None:
+        if self._regime_left <= 0:
+            current = self.regime if self.regime_log else None
+            self.regime = self._rng.choice([r for r in REGIMES if r != current])
+            self._regime_left = self._rng.randint(self.min_regime, self.max_regime)
+            self.regime_log.append((ts, self.regime.name))
+        self._regime_left -= 1
 
     def _candle_trades(self, symbol: str, start: float) -> list[Trade]:
         rng = self._rng
-        regime = self._regime_of(symbol, start)
-        ret = regime.persistence * self._last_return[symbol] + rng.gauss(0.0, regime.volatility)
-        self._last_return[symbol] = ret
+        regime = self.regime
+        returns, shocks = self._returns[symbol], self._shocks[symbol]
+        shock = rng.gauss(0.0, regime.volatility)
+        past = returns if regime.persistence > 0 else shocks
+        ret = shock + regime.persistence * sum(past)
+        returns.append(ret)
+        shocks.append(shock)
         n = max(1, int(rng.expovariate(1.0 / self.trades_per_candle)) + 1)
         times = sorted(start + rng.random() * self.candle_seconds for _ in range(n))
         open_log = self._log_price[symbol]
@@ -134,6 +151,7 @@ class SyntheticMarket:
         produced = 0
         while candles is None or produced < candles:
             start = self.start_ts + self.candle_index * self.candle_seconds
+            self._switch_if_due(start)
             batch: list[Trade] = []
             for symbol in self.symbols:
                 batch.extend(self._candle_trades(symbol, start))

@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
-from pipelines.features import FEATURE_NAMES
+from pipelines.features import FEATURE_NAMES, model_inputs
 from rtml import feature_store as fs
 from rtml.settings import Settings
 from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
@@ -122,7 +122,7 @@ class Predictor:
 
     @staticmethod
     def _predict(model: Served, x: dict[str, float]) -> float:
-        value = model.learner.predict_one(x)
+        value = model.learner.predict_one(model_inputs(x))
         return float(value) if math.isfinite(value) else math.nan
 
     def for_symbol(self, symbol: str) -> dict[str, Any]:

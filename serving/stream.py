@@ -16,6 +16,7 @@ from collections import Counter
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
+from pipelines.features import model_inputs
 from pipelines.trades import BadRecord
 from rtml.kafka import (
     Topics,
@@ -80,7 +81,7 @@ class StreamingPredictor:
             origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
             dead_letter(producer, self.topics.features, str(exc), msg.value(), origin=origin)
             return
-        prediction = float(model.learner.predict_one(x))
+        prediction = float(model.learner.predict_one(model_inputs(x)))
         record = {
             "symbol": symbol,
             "ts": ts,

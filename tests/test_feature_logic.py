@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pipelines.candles import CandleBuilder
-from pipelines.features import FEATURE_NAMES, WARMUP
+from pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
 from pipelines.processor import FeatureProcessor, Outputs
 from pipelines.sources import SyntheticMarket
 from pipelines.trades import BadRecord, Trade, parse_trade
@@ -125,7 +125,9 @@ def test_labels_only_after_t_plus_h_closed_and_pair_features_of_t() -> None:
             examples += 1
             assert ex.label_ts == ex.ts + horizon * 60
             assert closed_until[ex.symbol] >= ex.label_ts  # t+H has closed
-            assert ex.features == features_at[(ex.symbol, ex.ts)]
+            # the model's inputs of t, without the columns kept only for monitoring
+            assert ex.features == model_inputs(features_at[(ex.symbol, ex.ts)])
+            assert set(ex.features) == set(FEATURE_NAMES)
             assert ex.target == pytest.approx(
                 closes[(ex.symbol, ex.label_ts)] / closes[(ex.symbol, ex.ts)] - 1
             )

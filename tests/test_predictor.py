@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from pipelines.features import FEATURE_NAMES
+from pipelines.features import FEATURE_NAMES, model_inputs
 from pipelines.learner import Learner
 from pipelines.models import build_model
 from pipelines.processor import Example, FeatureRow
@@ -237,5 +237,11 @@ def test_streaming_predictions_carry_the_champion_version(shard: Settings) -> No
     assert len(out) == len(rows)
     assert {p["model_version"] for p in out} == {champion}
     assert all(p["trained_through"] == holder.current.trained_through for p in out)
+    # the model reads what it was trained on: the features, not the columns kept beside them
+    by_key = {(r.symbol, r.ts): r.values for r in rows}
+    learner = holder.current.learner
+    for p in out:
+        x = model_inputs(by_key[(p["symbol"], p["ts"])])
+        assert p["prediction"] == pytest.approx(learner.predict_one(x))
     dead = drain(shard, topics.features + ".dlq")
     assert len(dead) == 1 and predictor.rejected == 1

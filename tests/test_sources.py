@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+import statistics
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from websockets.sync.server import ServerConnection, serve
 
 from pipelines import kraken
 from pipelines.candles import CandleBuilder
-from pipelines.sources import paced, replay
+from pipelines.processor import FeatureProcessor
+from pipelines.sources import REGIMES, SyntheticMarket, paced, replay
 from pipelines.trades import BadRecord, Trade
 from rtml.errors import ConfigError
 
@@ -147,3 +150,24 @@ def test_live_feed_parses_reconnects_and_reports_bad_messages(
         "symbol": ["BTC/USD"],
         "snapshot": False,
     }
+
+
+def test_synthetic_regimes_flip_what_recent_returns_say_about_the_target() -> None:
+    """Concept drift by construction: the same feature predicts the target with opposite signs."""
+    market = SyntheticMarket(["A", "B", "C"], seed=3, start_ts=0, trades_per_candle=4)
+    processor = FeatureProcessor(60, 0, 5)
+    examples = [e for t in market.candles_of_trades(3000) for e in processor.on_trade(t).examples]
+    starts = [ts for ts, _ in market.regime_log]
+    momentum = {r.name: r.persistence > 0 for r in REGIMES}
+    pairs: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
+    for ex in examples:
+        i = bisect.bisect_right(starts, ex.ts) - 1
+        # only examples whose features and target lie inside one regime
+        if bisect.bisect_right(starts, ex.label_ts) - 1 != i or ex.ts - starts[i] < 15 * 60:
+            continue
+        xs, ys = pairs[momentum[market.regime_log[i][1]]]
+        xs.append(ex.features["ret_5"])
+        ys.append(ex.target)
+    assert len(market.regime_log) >= 4 and all(len(xs) > 1000 for xs, _ in pairs.values())
+    assert statistics.correlation(*pairs[True]) > 0.5  # momentum: moves continue
+    assert statistics.correlation(*pairs[False]) < -0.25  # reversion: moves are given back
