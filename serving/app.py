@@ -26,7 +26,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
-from pipelines.features import FEATURE_NAMES, model_inputs
+from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, model_inputs
 from rtml import feature_store as fs
 from rtml.settings import Settings
 from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
@@ -45,6 +45,10 @@ def require_token(settings: Settings, request: Request) -> None:
     given = request.headers.get("authorization", "").encode()
     if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
         raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+
+KNOWN_COLUMNS = frozenset(FEATURE_NAMES + EXTRA_COLUMNS)
+"""What a feature row may hold: the features, and the columns stored beside them."""
 
 
 class Rows(BaseModel):
@@ -163,6 +167,12 @@ class Predictor:
         if len(body.rows) > self.settings.max_batch_rows:
             self.metrics.errors.labels("too_large").inc()
             raise HTTPException(413, f"at most {self.settings.max_batch_rows} rows per request")
+        unknown = sorted({k for r in body.rows for k in r} - KNOWN_COLUMNS)
+        if unknown:
+            self.metrics.errors.labels("unknown_feature").inc()
+            raise HTTPException(
+                422, f"unknown features {unknown[:10]}; the model reads {', '.join(FEATURE_NAMES)}"
+            )
         model = self.served(symbol)
         out = [
             self._predict(model, {k: v for k, v in r.items() if v is not None and math.isfinite(v)})

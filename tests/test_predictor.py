@@ -96,6 +96,8 @@ def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder])
     assert client.get("/predict/NOPE-never-seen").status_code == 404
     assert client.post("/predict", json={"rows": "x"}).status_code == 422
     assert client.post("/predict", json={"rows": []}).status_code == 422
+    typo = client.post("/predict", json={"rows": [{"ret_1": 0.01, "ret1": 0.02}]})
+    assert typo.status_code == 422 and "ret1" in typo.json()["detail"]
     rows = [{"ret_1": 0.01}] * 1001
     assert client.post("/predict", json={"rows": rows}).status_code == 413
     big = b'{"rows": [' + b'{"ret_1": 0.0},' * 200_000 + b'{"ret_1": 0.0}]}'
