@@ -168,9 +168,17 @@ class FeaturePipeline:
         self._last[partition] = offset
         self.stats.trades += 1
         try:
-            out.extend(
-                self.processor.on_trade(parse_trade(msg.value() or b""), (partition, offset))
-            )
+            trade = parse_trade(msg.value() or b"")
+            key = msg.key()
+            if key is not None and key != trade.symbol.encode():
+                # each symbol's watermark assumes its trades share one partition; a trade on
+                # another symbol's partition could overtake its own and make them late
+                raise BadRecord(
+                    "misrouted",
+                    f"key {key.decode(errors='replace')!r} is not the trade's symbol "
+                    f"{trade.symbol!r}: produce trades keyed by their symbol",
+                )
+            out.extend(self.processor.on_trade(trade, (partition, offset)))
         except BadRecord as exc:
             origin = f"{self.topics.trades}[{partition}]@{offset}"
             self.stats.rejected[exc.kind] += 1

@@ -43,9 +43,8 @@ def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
     producer = make_producer(settings)
     publish(producer, topics.trades, trades[: len(trades) // 2])
     good = trades[0].to_json()
-    # poison goes to good's partition, keyed by its symbol like every trade: a record of another
-    # symbol there could overtake that symbol's own partition and make its trades late
     first_half = [t for t in trades[: len(trades) // 2] if t.symbol == good["symbol"]]
+    other = next(t for t in trades[len(trades) // 2 :] if t.symbol != good["symbol"])
     poison = {
         "not_json": b"{oops",
         "missing_field": json.dumps({k: v for k, v in good.items() if k != "size"}).encode(),
@@ -53,6 +52,8 @@ def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
         "not_finite": json.dumps({**good, "trade_id": "n", "price": float("nan")}).encode(),
         "non_positive": json.dumps({**good, "trade_id": "z", "size": 0}).encode(),
         "duplicate": json.dumps(first_half[-1].to_json()).encode(),
+        # another symbol's trade on good's partition: it could overtake its own partition
+        "misrouted": json.dumps({**other.to_json(), "trade_id": "m"}).encode(),
     }
     for value in poison.values():
         producer.produce(topics.trades, key=good["symbol"].encode(), value=value)
