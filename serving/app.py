@@ -126,7 +126,7 @@ class Predictor:
 
     @staticmethod
     def _predict(model: Served, x: dict[str, float]) -> float:
-        value = model.learner.predict_one(model_inputs(x))
+        value = model.learner.predict_one(x)
         return float(value) if math.isfinite(value) else math.nan
 
     def for_symbol(self, symbol: str) -> dict[str, Any]:
@@ -175,7 +175,11 @@ class Predictor:
             )
         model = self.served(symbol)
         out = [
-            self._predict(model, {k: v for k, v in r.items() if v is not None and math.isfinite(v)})
+            # a row may also carry close and volume, stored beside the features: not read
+            self._predict(
+                model,
+                model_inputs({k: v for k, v in r.items() if v is not None and math.isfinite(v)}),
+            )
             for r in body.rows
         ]
         self.metrics.predictions.labels("rows").inc(len(out))

@@ -98,6 +98,8 @@ def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder])
     assert client.post("/predict", json={"rows": []}).status_code == 422
     typo = client.post("/predict", json={"rows": [{"ret_1": 0.01, "ret1": 0.02}]})
     assert typo.status_code == 422 and "ret1" in typo.json()["detail"]
+    stored = client.post("/predict", json={"rows": [{"ret_1": 0.01, "close": 100.0}]})
+    assert stored.status_code == 200  # a stored feature row may be sent back as it is
     rows = [{"ret_1": 0.01}] * 1001
     assert client.post("/predict", json={"rows": rows}).status_code == 413
     big = b'{"rows": [' + b'{"ret_1": 0.0},' * 200_000 + b'{"ret_1": 0.0}]}'
@@ -239,7 +241,7 @@ def test_streaming_predictions_carry_the_champion_version(shard: Settings) -> No
     assert len(out) == len(rows)
     assert {p["model_version"] for p in out} == {champion}
     assert all(p["trained_through"] == holder.current.trained_through for p in out)
-    # the model reads what it was trained on: the features, not the columns kept beside them
+    # each prediction is the champion's on its record's features (close and volume left out)
     by_key = {(r.symbol, r.ts): r.values for r in rows}
     learner = holder.current.learner
     for p in out:
