@@ -130,15 +130,19 @@ def test_promotion_swaps_the_model_under_load_without_failed_requests(
     old = holder.current.version
     new = registry.log_version(shard, _learner(-3.0))
     statuses: list[int] = []
-    versions: list[tuple[float, str]] = []
+    # (sent, answered, version): a request answered by the old model can be recorded after one
+    # answered by the new, so only requests sent after the new one answered must be new
+    versions: list[tuple[float, float, str]] = []
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             response = client.get(f"/predict/{shard.symbols[1]}")
             statuses.append(response.status_code)
             if response.status_code == 200:
-                versions.append((time.monotonic(), response.json()["model_version"]))
+                answered = time.monotonic()
+                versions.append((sent, answered, response.json()["model_version"]))
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
@@ -147,17 +151,18 @@ def test_promotion_swaps_the_model_under_load_without_failed_requests(
     promoted_at = time.monotonic()
     registry.promote(shard, new)
     deadline = promoted_at + 10
-    while time.monotonic() < deadline and not any(v == new for _, v in versions):
+    while time.monotonic() < deadline and not any(v == new for *_, v in versions):
         time.sleep(0.05)
     time.sleep(0.3)
     stop.set()
     for t in threads:
         t.join(10)
-    first_new = min(at for at, v in versions if v == new)
+    first_new = min(answered for _, answered, v in versions if v == new)
     assert set(statuses) == {200}
     # two poll intervals, plus the time to load the version from the registry
     assert first_new - promoted_at <= 2 * POLL_S + 1.0
-    assert all(v == new for at, v in versions if at > first_new)
+    after = [v for sent, _, v in versions if sent > first_new]
+    assert after and all(v == new for v in after)  # never back to the old model
     assert old != new
 
 
