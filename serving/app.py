@@ -1,7 +1,8 @@
 """The prediction API: the champion model on online features from Feast, over HTTP.
 
 `GET /predict/{symbol}` reads the symbol's online features and predicts; `POST /predict` takes
-explicit feature rows. `/healthz` says the process is up, `/readyz` that a model is loaded and
+explicit feature rows; requests for one symbol that arrive while its online read is under way
+share that read. `/healthz` says the process is up, `/readyz` that a model is loaded and
 Redis answers, `/metrics` is Prometheus text. With `RTML_API_TOKEN` set, predictions and metrics
 need `Authorization: Bearer <token>`; the probes stay open for orchestrators.
 """
@@ -30,6 +31,7 @@ from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, model_inputs
 from rtml import feature_store as fs
 from rtml.settings import Settings
 from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
+from serving.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -71,6 +73,11 @@ class Metrics:
             "rtml_predictions", "Predictions served", ["endpoint"], registry=self.registry
         )
         self.errors = Counter("rtml_errors", "Failed requests", ["reason"], registry=self.registry)
+        self.online_reads = Counter(
+            "rtml_online_reads",
+            "Online-store reads made: concurrent requests for one symbol share one",
+            registry=self.registry,
+        )
         self.version = Gauge("rtml_model_version", "Served model version", registry=self.registry)
         self.model_staleness = Gauge(
             "rtml_model_staleness_seconds",
@@ -98,6 +105,16 @@ class Predictor:
         self.store = store
         self.metrics = Metrics()
         self.redis_errors = fs.redis_errors()
+        self.reads: SingleFlight[dict[str, list[Any]]] = SingleFlight()
+
+    def online_row(self, symbol: str) -> dict[str, list[Any]]:
+        """The symbol's online features; requests that arrive during a read share it."""
+
+        def read() -> dict[str, list[Any]]:
+            self.metrics.online_reads.inc()
+            return fs.online_features(self.store, [symbol], with_timestamps=True)
+
+        return self.reads.do(symbol, read)
 
     def authorize(self, request: Request) -> None:
         try:
@@ -133,7 +150,7 @@ class Predictor:
         began = time.perf_counter()
         model = self.served(symbol)
         try:
-            row = fs.online_features(self.store, [symbol], with_timestamps=True)
+            row = self.online_row(symbol)
         except self.redis_errors as exc:
             self.metrics.errors.labels("redis").inc()
             raise HTTPException(

@@ -87,8 +87,18 @@ def test_predict_reads_online_features_and_names_the_version(
     assert body["model_version"] == holder.current.version
     assert 25 < body["staleness_s"] < 120
     assert client.get("/readyz").status_code == 200
+    client.get(f"/predict/{symbol}").raise_for_status()
     metrics = client.get("/metrics").text
-    assert "rtml_predictions_total" in metrics and "rtml_request_seconds_bucket" in metrics
+    assert "rtml_request_seconds_bucket" in metrics
+    # one after the other, each request reads the store itself: nothing is cached
+    assert _metric(metrics, 'rtml_predictions_total{endpoint="symbol"}') == 2
+    assert _metric(metrics, "rtml_online_reads_total") == 2
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} not in /metrics"
+    return values[0]
 
 
 def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder]) -> None:
