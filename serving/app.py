@@ -9,12 +9,14 @@ need `Authorization: Bearer <token>`; the probes stay open for orchestrators.
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -26,6 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, model_inputs
 from rtml import feature_store as fs
@@ -53,6 +57,16 @@ KNOWN_COLUMNS = frozenset(FEATURE_NAMES + EXTRA_COLUMNS)
 """What a feature row may hold: the features, and the columns stored beside them."""
 
 
+def json_response(body: dict[str, Any]) -> Response:
+    """JSON written by orjson: a prediction that is not finite is `null`, not an error, and
+    FastAPI's generic encoding of the answer is skipped.
+
+    >>> json_response({"prediction": float("nan"), "model_version": "3"}).body
+    b'{"prediction":null,"model_version":"3"}'
+    """
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
 class Rows(BaseModel):
     rows: list[dict[str, float | None]] = Field(min_length=1)
 
@@ -73,6 +87,10 @@ class Metrics:
             "rtml_predictions", "Predictions served", ["endpoint"], registry=self.registry
         )
         self.errors = Counter("rtml_errors", "Failed requests", ["reason"], registry=self.registry)
+        self.by_symbol, self.by_rows = (self.predictions.labels(e) for e in ("symbol", "rows"))
+        self.symbol_latency, self.rows_latency = (
+            self.latency.labels(e) for e in ("symbol", "rows")
+        )
         self.online_reads = Counter(
             "rtml_online_reads",
             "Online-store reads made: concurrent requests for one symbol share one",
@@ -106,17 +124,34 @@ class Predictor:
         self.metrics = Metrics()
         self.redis_errors = fs.redis_errors()
         self.reads: SingleFlight[dict[str, list[Any]]] = SingleFlight()
+        self._service: tuple[float, Any] | None = None
+
+    SERVICE_TTL_S = 60.0
+    """How long a resolved feature service is used before it is resolved again."""
+
+    def feature_service(self) -> Any:
+        """The model's feature service, resolved at most once a minute: building it from the
+        registry costs about as much as the Redis read, and it changes only with `feast apply`."""
+        cached = self._service
+        now = time.monotonic()
+        if cached is None or now - cached[0] > self.SERVICE_TTL_S:
+            service = self.store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
+            cached = self._service = (now, service)
+        return cached[1]
 
     def online_row(self, symbol: str) -> dict[str, list[Any]]:
         """The symbol's online features; requests that arrive during a read share it."""
 
         def read() -> dict[str, list[Any]]:
             self.metrics.online_reads.inc()
-            return fs.online_features(self.store, [symbol], with_timestamps=True)
+            return fs.online_features(
+                self.store, [symbol], self.feature_service(), with_timestamps=True
+            )
 
         return self.reads.do(symbol, read)
 
-    def authorize(self, request: Request) -> None:
+    async def authorize(self, request: Request) -> None:
+        """Async, so it runs on the event loop instead of taking a worker thread per request."""
         try:
             require_token(self.settings, request)
         except HTTPException:
@@ -146,7 +181,7 @@ class Predictor:
         value = model.learner.predict_one(x)
         return float(value) if math.isfinite(value) else math.nan
 
-    def for_symbol(self, symbol: str) -> dict[str, Any]:
+    def for_symbol(self, symbol: str) -> Response:
         began = time.perf_counter()
         model = self.served(symbol)
         try:
@@ -164,22 +199,24 @@ class Predictor:
         now = time.time()
         prediction = self._predict(model, x)
         m = self.metrics
-        m.predictions.labels("symbol").inc()
+        m.by_symbol.inc()
         m.version.set(float(model.version))
         m.feature_staleness.set(now - feature_ts)
         m.model_staleness.set(now - model.trained_through)
-        m.latency.labels("symbol").observe(time.perf_counter() - began)
-        return {
-            "symbol": symbol,
-            "prediction": prediction,
-            "model": model.model,
-            "model_version": model.version,
-            "feature_timestamp": feature_ts,
-            "staleness_s": now - feature_ts,
-            "trained_through": model.trained_through,
-        }
+        m.symbol_latency.observe(time.perf_counter() - began)
+        return json_response(
+            {
+                "symbol": symbol,
+                "prediction": prediction,
+                "model": model.model,
+                "model_version": model.version,
+                "feature_timestamp": feature_ts,
+                "staleness_s": now - feature_ts,
+                "trained_through": model.trained_through,
+            }
+        )
 
-    def for_rows(self, body: Rows, symbol: str | None = None) -> dict[str, Any]:
+    def for_rows(self, body: Rows, symbol: str | None = None) -> Response:
         began = time.perf_counter()
         if len(body.rows) > self.settings.max_batch_rows:
             self.metrics.errors.labels("too_large").inc()
@@ -199,9 +236,11 @@ class Predictor:
             )
             for r in body.rows
         ]
-        self.metrics.predictions.labels("rows").inc(len(out))
-        self.metrics.latency.labels("rows").observe(time.perf_counter() - began)
-        return {"predictions": out, "model": model.model, "model_version": model.version}
+        self.metrics.by_rows.inc(len(out))
+        self.metrics.rows_latency.observe(time.perf_counter() - began)
+        return json_response(
+            {"predictions": out, "model": model.model, "model_version": model.version}
+        )
 
     def readiness(self) -> list[str]:
         problems = [f"no version of {name} loaded" for name in self.holder.missing()]
@@ -216,6 +255,31 @@ class Predictor:
         return problems
 
 
+class LimitBody:
+    """Refuses a request whose declared body is over `limit` bytes with a 413, before reading it.
+
+    Plain ASGI rather than `@app.middleware("http")`, which costs every request a task and a
+    stream of its own.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
+                self.metrics.errors.labels("too_large").inc()
+                refuse = JSONResponse(
+                    {"detail": f"request body over {self.limit} bytes"}, status_code=413
+                )
+                await refuse(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings, holder: ModelHolder | ModelRouter, store: FeatureStore
 ) -> FastAPI:
@@ -223,17 +287,7 @@ def create_app(
     predictor = app.state.predictor = Predictor(settings, holder, store)
     auth = [Depends(predictor.authorize)]
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            predictor.metrics.errors.labels("too_large").inc()
-            return JSONResponse(
-                {"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413
-            )
-        response: Response = await call_next(request)
-        return response
-
+    app.add_middleware(LimitBody, limit=settings.max_body_bytes, metrics=predictor.metrics)
     app.get("/predict/{symbol:path}", dependencies=auth)(predictor.for_symbol)
     app.post("/predict", dependencies=auth)(predictor.for_rows)
 
@@ -263,6 +317,10 @@ def serve(settings: Settings) -> None:
     holder.refresh()
     holder.start()
     app = create_app(settings, holder, fs.open_store(settings))
+    # Everything loaded so far (Feast, MLflow, the model) lives as long as the process: frozen,
+    # the collector stops walking it, and a full collection no longer pauses requests ~100 ms.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(
             app,
