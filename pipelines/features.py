@@ -110,8 +110,9 @@ def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
 def model_inputs(values: Mapping[str, float]) -> dict[str, float]:
     """What the model reads of a feature row: FEATURE_NAMES only, never the extra columns.
 
-    Training (examples, the offline store's feature service) and serving (HTTP, streaming) all
-    pass through here or through the feature service, so they agree on the model's inputs.
+    Training (examples, the offline store's feature service) and serving (HTTP rows, the
+    feature service's online read, streaming records parsed for FEATURE_NAMES) all read
+    FEATURE_NAMES and nothing else, so they agree on the model's inputs.
 
     >>> model_inputs({"ret_1": 0.01, "close": 101.0})
     {'ret_1': 0.01}

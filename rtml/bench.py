@@ -511,10 +511,9 @@ def _http_latencies(
     import httpx
 
     bare = []
-    service = store.get_feature_service(fs.FEATURE_SERVICE)  # resolved once, as the API does
     for _ in range(2000):
         began = time.perf_counter()
-        fs.online_features(store, [symbol], service, with_timestamps=True)
+        fs.online_features(store, [symbol], with_timestamps=True)
         bare.append(time.perf_counter() - began)
 
     wrk = shutil.which("wrk")

@@ -8,7 +8,9 @@ the whole file on every call, so its cost grows with history.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,21 +90,38 @@ def history_end(settings: Settings) -> tuple[float | None, dict[str, float] | No
     return start, {str(s): float(c) for s, c in zip(last["symbol"], last["close"], strict=True)}
 
 
+SERVICE_TTL_S = 60.0
+"""How long a resolved feature service is used before the registry is asked again."""
+
+_services: weakref.WeakKeyDictionary[FeatureStore, tuple[float, Any]] = weakref.WeakKeyDictionary()
+
+
+def feature_service(store: FeatureStore) -> Any:
+    """The model's feature service, resolved at most once a minute per store.
+
+    Feast builds it from the registry's protos on every `get_feature_service`, cache or not,
+    which costs more than the Redis read it drives. It changes only with `feast apply`: a
+    reader sees the change within `SERVICE_TTL_S` of its store's registry cache seeing it.
+    """
+    now = time.monotonic()
+    cached = _services.get(store)
+    if cached is None or now - cached[0] > SERVICE_TTL_S:
+        service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+        cached = _services[store] = (now, service)
+    return cached[1]
+
+
 def online_features(
     store: FeatureStore,
     symbols: list[str],
     features: Any | None = None,
     with_timestamps: bool = False,
 ) -> dict[str, list[Any]]:
-    """Online features of the model's feature service for `symbols`, as column lists.
+    """Online features (by default the model's feature service) for `symbols`, as column lists.
 
     With `with_timestamps`, each feature `f` has a column `f__ts` of epoch seconds.
     """
-    wanted = (
-        features
-        if features is not None
-        else store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
-    )
+    wanted = features if features is not None else feature_service(store)
     response = store.get_online_features(
         features=wanted, entity_rows=[{"symbol": s} for s in symbols]
     )

@@ -28,10 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, Field
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, model_inputs
+from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml import feature_store as fs
 from rtml.settings import Settings
 from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
@@ -65,6 +63,15 @@ def json_response(body: dict[str, Any]) -> Response:
     b'{"prediction":null,"model_version":"3"}'
     """
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def finite_inputs(row: dict[str, float | None]) -> dict[str, float]:
+    """The model's inputs in a posted row: its features that are present and finite.
+
+    >>> finite_inputs({"ret_1": 0.01, "ret_5": None, "vol_15": float("inf"), "close": 101.0})
+    {'ret_1': 0.01}
+    """
+    return {n: v for n in FEATURE_NAMES if (v := row.get(n)) is not None and math.isfinite(v)}
 
 
 class Rows(BaseModel):
@@ -124,29 +131,13 @@ class Predictor:
         self.metrics = Metrics()
         self.redis_errors = fs.redis_errors()
         self.reads: SingleFlight[dict[str, list[Any]]] = SingleFlight()
-        self._service: tuple[float, Any] | None = None
-
-    SERVICE_TTL_S = 60.0
-    """How long a resolved feature service is used before it is resolved again."""
-
-    def feature_service(self) -> Any:
-        """The model's feature service, resolved at most once a minute: building it from the
-        registry costs about as much as the Redis read, and it changes only with `feast apply`."""
-        cached = self._service
-        now = time.monotonic()
-        if cached is None or now - cached[0] > self.SERVICE_TTL_S:
-            service = self.store.get_feature_service(fs.FEATURE_SERVICE, allow_cache=True)
-            cached = self._service = (now, service)
-        return cached[1]
 
     def online_row(self, symbol: str) -> dict[str, list[Any]]:
         """The symbol's online features; requests that arrive during a read share it."""
 
         def read() -> dict[str, list[Any]]:
             self.metrics.online_reads.inc()
-            return fs.online_features(
-                self.store, [symbol], self.feature_service(), with_timestamps=True
-            )
+            return fs.online_features(self.store, [symbol], with_timestamps=True)
 
         return self.reads.do(symbol, read)
 
@@ -230,10 +221,7 @@ class Predictor:
         model = self.served(symbol)
         out = [
             # a row may also carry close and volume, stored beside the features: not read
-            self._predict(
-                model,
-                model_inputs({k: v for k, v in r.items() if v is not None and math.isfinite(v)}),
-            )
+            self._predict(model, finite_inputs(r))
             for r in body.rows
         ]
         self.metrics.by_rows.inc(len(out))
@@ -255,39 +243,14 @@ class Predictor:
         return problems
 
 
-class LimitBody:
-    """Refuses a request whose declared body is over `limit` bytes with a 413, before reading it.
-
-    Plain ASGI rather than `@app.middleware("http")`, which costs every request a task and a
-    stream of its own.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
-        self.app = app
-        self.limit = limit
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = Headers(scope=scope).get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.limit:
-                self.metrics.errors.labels("too_large").inc()
-                refuse = JSONResponse(
-                    {"detail": f"request body over {self.limit} bytes"}, status_code=413
-                )
-                await refuse(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(
     settings: Settings, holder: ModelHolder | ModelRouter, store: FeatureStore
 ) -> FastAPI:
-    app = FastAPI(title="rtml predictor", version="0.1.0")
+    # a body over the limit is refused with a 413 as it arrives, declared length or not
+    app = FastAPI(title="rtml predictor", version="0.1.0", max_body_size=settings.max_body_bytes)
     predictor = app.state.predictor = Predictor(settings, holder, store)
     auth = [Depends(predictor.authorize)]
 
-    app.add_middleware(LimitBody, limit=settings.max_body_bytes, metrics=predictor.metrics)
     app.get("/predict/{symbol:path}", dependencies=auth)(predictor.for_symbol)
     app.post("/predict", dependencies=auth)(predictor.for_rows)
 

@@ -342,7 +342,7 @@ class MonitorService:
                 ex = parse_example(raw)
                 m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
             else:
-                symbol, ts, x = parse_features(raw)
+                symbol, ts, x = parse_features(raw, ("close",))
                 m.on_price(symbol, ts, x.get("close"))
         except BadRecord as exc:
             m.reject(topic)

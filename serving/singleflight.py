@@ -38,8 +38,6 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._calls: dict[Hashable, _Call[T]] = {}
-        self.calls = 0
-        """Calls made: with coalescing, fewer than the requests served."""
 
     def do(self, key: Hashable, fn: Callable[[], T]) -> T:
         with self._lock:
@@ -47,7 +45,6 @@ class SingleFlight(Generic[T]):
             leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
-                self.calls += 1
             else:
                 call.waiters += 1
         if not leader:
@@ -56,7 +53,7 @@ class SingleFlight(Generic[T]):
                 raise call.error
             return call.result  # type: ignore[return-value]
         try:
-            call.result = fn()
+            result = call.result = fn()
         except BaseException as exc:
             call.error = exc
             raise
@@ -64,10 +61,10 @@ class SingleFlight(Generic[T]):
             with self._lock:
                 del self._calls[key]
             call.done.set()
-        return call.result
+        return result
 
     def waiting(self, key: Hashable) -> int:
-        """Requests waiting on the call in flight for `key`."""
+        """Requests waiting on the call in flight for `key` (what a test synchronises on)."""
         with self._lock:
             call = self._calls.get(key)
             return call.waiters if call is not None else 0

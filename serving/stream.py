@@ -12,11 +12,12 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipelines.features import model_inputs
+from pipelines.features import FEATURE_NAMES
 from pipelines.trades import BadRecord
 from rtml.kafka import (
     Topics,
@@ -33,7 +34,8 @@ from serving.model_holder import ModelHolder, ModelRouter
 log = logging.getLogger(__name__)
 
 
-def parse_features(raw: bytes) -> tuple[str, float, dict[str, float]]:
+def parse_features(raw: bytes, names: Iterable[str]) -> tuple[str, float, dict[str, float]]:
+    """A `features` record's symbol, time and the finite values of `names` it carries."""
     try:
         record = orjson.loads(raw)
         symbol, ts, values = record["symbol"], float(record["ts"]), record["features"]
@@ -43,7 +45,12 @@ def parse_features(raw: bytes) -> tuple[str, float, dict[str, float]]:
         raise BadRecord("wrong_type", "symbol must be a string and features an object")
     if not math.isfinite(ts):
         raise BadRecord("not_finite", f"ts must be finite, got {ts!r}")
-    x = {k: float(v) for k, v in values.items() if type(v) in (float, int) and v - v == 0}
+    x = {
+        n: float(v)
+        for n in names
+        # bool is an int to Python, but not a feature value
+        if isinstance(v := values.get(n), float | int) and not isinstance(v, bool) and v - v == 0
+    }
     return symbol, ts, x
 
 
@@ -71,7 +78,7 @@ class StreamingPredictor:
                 log.warning("consumer error: %s", error)
             return
         try:
-            symbol, ts, x = parse_features(msg.value() or b"")
+            symbol, ts, x = parse_features(msg.value() or b"", FEATURE_NAMES)
             model = self.holder.for_symbol(symbol)
             if model is None:
                 raise BadRecord("unrouted", f"no model serves {symbol!r} (see RTML_SHARDS)")
@@ -81,7 +88,7 @@ class StreamingPredictor:
             origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
             dead_letter(producer, self.topics.features, str(exc), msg.value(), origin=origin)
             return
-        prediction = float(model.learner.predict_one(model_inputs(x)))
+        prediction = float(model.learner.predict_one(x))
         record = {
             "symbol": symbol,
             "ts": ts,
