@@ -43,14 +43,14 @@ test-unit: install
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy rtml pipelines serving tests
+	$(BIN)/mypy rtml bench tests
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 bench: install
-	$(BIN)/python -m rtml.bench
+	$(BIN)/python -m bench
 
 run-trainer: install
 	$(BIN)/rtml train

@@ -11,7 +11,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.data_format import ParquetFormat
 from feast.types import Float64
 
-from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.settings import Settings
 
 _settings = Settings()

@@ -25,8 +25,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from pipelines.features import Candle
-from pipelines.trades import BadRecord, Trade
+from rtml.pipelines.features import Candle
+from rtml.pipelines.trades import BadRecord, Trade
 
 
 @dataclass(slots=True)

@@ -26,10 +26,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipelines.features import WARMUP
-from pipelines.processor import FeatureProcessor, Outputs
-from pipelines.sink import FeatureSink
-from pipelines.trades import BadRecord, parse_trade
 from rtml import feature_store as fs
 from rtml.kafka import (
     Topics,
@@ -39,6 +35,10 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.pipelines.features import WARMUP
+from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.sink import FeatureSink
+from rtml.pipelines.trades import BadRecord, parse_trade
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from pipelines.feature_pipeline import PipelineStats
-from pipelines.processor import FeatureProcessor, FeatureRow, Outputs
-from pipelines.sink import FeatureSink
-from pipelines.trades import BadRecord, Trade
 from rtml import feature_store as fs
 from rtml.kafka import dead_letter, encode
+from rtml.pipelines.feature_pipeline import PipelineStats
+from rtml.pipelines.processor import FeatureProcessor, FeatureRow, Outputs
+from rtml.pipelines.sink import FeatureSink
+from rtml.pipelines.trades import BadRecord, Trade
 from rtml.settings import Settings
 
 if TYPE_CHECKING:

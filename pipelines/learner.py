@@ -5,7 +5,7 @@ no change), then learned, so the metrics are honest out-of-sample errors. An exa
 before the newest one learned for its symbol is skipped: the feature pipeline delivers at least
 once, and the warm start has already learned everything up to its cutoff.
 
->>> from pipelines.models import build_model
+>>> from rtml.pipelines.models import build_model
 >>> learner = Learner(build_model("linear"), window=3)
 >>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
 ...     "features": {"ret_1": 0.01}, "target": 0.02}))
@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 from river import drift
 
-from pipelines.processor import Example
-from pipelines.trades import BadRecord
+from rtml.pipelines.processor import Example
+from rtml.pipelines.trades import BadRecord
 
 _NUMBER = (float, int)
 

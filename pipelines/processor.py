@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.candles import CandleBuilder
-from pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
-from pipelines.trades import Trade
+from rtml.pipelines.candles import CandleBuilder
+from rtml.pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
+from rtml.pipelines.trades import Trade
 
 
 def to_datetime(ts: float) -> datetime:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
-from pipelines.processor import Example, FeatureRow, Outputs
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.processor import Example, FeatureRow, Outputs
 from rtml.settings import Settings
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.trades import BadRecord, Trade, parse_trade, parse_ts
 from rtml.errors import ConfigError
+from rtml.pipelines.trades import BadRecord, Trade, parse_trade, parse_ts
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ Trade(symbol='BTC/USD', trade_id='1', price=10.0, size=2.0, side='buy', ts=5.0)
 >>> parse_trade(b'{"symbol":"BTC/USD","trade_id":1,"price":-1,"size":2,"side":"buy","ts":5}')
 Traceback (most recent call last):
 ...
-pipelines.trades.BadRecord: non_positive: price must be > 0, got -1
+rtml.pipelines.trades.BadRecord: non_positive: price must be > 0, got -1
 """
 
 from __future__ import annotations

@@ -33,12 +33,6 @@ from confluent_kafka import (
 )
 from tqdm import tqdm
 
-from pipelines.features import FEATURE_NAMES
-from pipelines.gate import GateDecision, gate
-from pipelines.learner import Learner, parse_example
-from pipelines.models import build_model
-from pipelines.processor import Example
-from pipelines.trades import BadRecord
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ConfigError
@@ -51,6 +45,12 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.gate import GateDecision, gate
+from rtml.pipelines.learner import Learner, parse_example
+from rtml.pipelines.models import build_model
+from rtml.pipelines.processor import Example
+from rtml.pipelines.trades import BadRecord
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)

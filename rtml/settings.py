@@ -25,7 +25,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# feature_repo/ installs inside the package, so a non-editable install finds its Feast repo
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class Settings(BaseSettings):
@@ -73,7 +74,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = 10000
 
     # Feast
-    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    feature_repo: Path = PACKAGE_DIR / "feature_repo"
     feast_project: str = "rtml"
 
     # Market data and labels

@@ -29,11 +29,11 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, Field
 
-from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml import feature_store as fs
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.serving.model_holder import ModelHolder, ModelRouter, Served, models_for
+from rtml.serving.singleflight import SingleFlight
 from rtml.settings import Settings
-from serving.model_holder import ModelHolder, ModelRouter, Served, models_for
-from serving.singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from feast import FeatureStore

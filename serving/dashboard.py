@@ -17,9 +17,9 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from rtml.serving.app import require_token
+from rtml.serving.monitor import MonitorCollector, MonitorService
 from rtml.settings import Settings
-from serving.app import require_token
-from serving.monitor import MonitorCollector, MonitorService
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from river import drift
 
-from pipelines.learner import RollingMean, parse_example
-from pipelines.trades import BadRecord
 from rtml.kafka import (
     Topics,
     commit_stored,
@@ -43,8 +41,10 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.pipelines.learner import RollingMean, parse_example
+from rtml.pipelines.trades import BadRecord
+from rtml.serving.stream import parse_features
 from rtml.settings import Settings
-from serving.stream import parse_features
 
 log = logging.getLogger(__name__)
 

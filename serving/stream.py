@@ -17,8 +17,6 @@ from collections.abc import Iterable
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipelines.features import FEATURE_NAMES
-from pipelines.trades import BadRecord
 from rtml.kafka import (
     Topics,
     commit_stored,
@@ -28,8 +26,10 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.trades import BadRecord
+from rtml.serving.model_holder import ModelHolder, ModelRouter
 from rtml.settings import Settings
-from serving.model_holder import ModelHolder, ModelRouter
 
 log = logging.getLogger(__name__)
 

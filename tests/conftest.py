@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from rtml.app.stack import Stack, free_port
 from rtml.settings import Settings
-from rtml.stack import Stack, free_port
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,11 @@ import uuid
 import pandas as pd
 import pytest
 
-from pipelines.features import FEATURE_NAMES, WARMUP
-from pipelines.feed import backfill
-from pipelines.processor import FeatureProcessor, Outputs
-from pipelines.sources import SyntheticMarket
 from rtml import feature_store as fs
+from rtml.pipelines.features import FEATURE_NAMES, WARMUP
+from rtml.pipelines.feed import backfill
+from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.sources import SyntheticMarket
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

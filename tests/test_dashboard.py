@@ -18,12 +18,14 @@ import mlflow
 import pytest
 import uvicorn
 
+from rtml.app.stack import free_port
 from rtml.kafka import Topics, dlq, encode, ensure_topics, make_producer
-from rtml.settings import PROJECT_ROOT, Settings
-from rtml.stack import free_port
-from serving.dashboard import create_dashboard_app
-from serving.monitor import MonitorService
+from rtml.serving.dashboard import create_dashboard_app
+from rtml.serving.monitor import MonitorService
+from rtml.settings import Settings
 from tests.kafka_helpers import drain
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration
 

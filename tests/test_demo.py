@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from rtml import registry
-from rtml.demo import Demo
+from rtml.app.demo import Demo
+from rtml.app.stack import free_port
 from rtml.settings import Settings
-from rtml.stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -29,20 +29,20 @@ import pytest
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
-from pipelines.feature_pipeline import FeaturePipeline
-from pipelines.feed import backfill, publish
-from pipelines.processor import FeatureProcessor
-from pipelines.sources import SyntheticMarket
-from pipelines.trades import Trade
-from pipelines.trainer import Trainer
 from rtml import feature_store as fs
 from rtml import registry
+from rtml.app.stack import KAFKA, MLFLOW, Stack, free_port
 from rtml.kafka import Topics, dlq, encode, ensure_topics, make_consumer, make_producer
+from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.feed import backfill, publish
+from rtml.pipelines.processor import FeatureProcessor
+from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.trades import Trade
+from rtml.pipelines.trainer import Trainer
+from rtml.serving.app import create_app
+from rtml.serving.model_holder import ModelHolder
+from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
-from rtml.stack import KAFKA, MLFLOW, Stack, free_port
-from serving.app import create_app
-from serving.model_holder import ModelHolder
-from serving.stream import StreamingPredictor
 from tests.kafka_helpers import drain
 from tests.test_predictor import _redis
 from tests.test_trainer import _env, _history_and_stream, _produce, _shard
@@ -415,7 +415,7 @@ def test_sigterm_makes_the_trainer_checkpoint_what_it_learned_and_exit_0(
     ensure_topics(local, [topics.examples], partitions=1)
     ensure_topics(local, topics.with_dlqs())
     warm, records = _history_and_stream(local)
-    proc = subprocess.Popen([sys.executable, "-m", "rtml.cli", "train"], env=_env(local))
+    proc = subprocess.Popen([sys.executable, "-m", "rtml.app.cli", "train"], env=_env(local))
     try:
         _until(lambda: registry.alias_version(local, registry.CANDIDATE) is not None, 90, "v1")
         _produce(local, records)

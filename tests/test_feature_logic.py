@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from pipelines.candles import CandleBuilder
-from pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
-from pipelines.processor import FeatureProcessor, Outputs
-from pipelines.sources import SyntheticMarket
-from pipelines.trades import BadRecord, Trade, parse_trade
+from rtml.pipelines.candles import CandleBuilder
+from rtml.pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
+from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.trades import BadRecord, Trade, parse_trade
 
 GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}
 

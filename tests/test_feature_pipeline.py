@@ -12,12 +12,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.feature_pipeline import FeaturePipeline
-from pipelines.features import FEATURE_NAMES
-from pipelines.feed import publish
-from pipelines.sources import SyntheticMarket
 from rtml import feature_store as fs
 from rtml.kafka import Topics, ensure_topics, make_producer
+from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.feed import publish
+from rtml.pipelines.sources import SyntheticMarket
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
 

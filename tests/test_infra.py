@@ -18,11 +18,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from rtml.cli import cli
-from rtml.settings import PROJECT_ROOT, Settings
-from serving.app import Metrics, create_app
-from serving.model_holder import ModelHolder
-from serving.monitor import Monitor, MonitorCollector, Prediction
+from rtml.app.cli import cli
+from rtml.serving.app import Metrics, create_app
+from rtml.serving.model_holder import ModelHolder
+from rtml.serving.monitor import Monitor, MonitorCollector, Prediction
+from rtml.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 INFRA = PROJECT_ROOT / "infra"
 K8S = INFRA / "k8s"

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.learner import Learner, parse_example
-from pipelines.models import MODELS, build_model
-from pipelines.processor import Example
-from pipelines.trades import BadRecord
-from pipelines.trainer import warm_start
 from rtml.errors import ConfigError
+from rtml.pipelines.learner import Learner, parse_example
+from rtml.pipelines.models import MODELS, build_model
+from rtml.pipelines.processor import Example
+from rtml.pipelines.trades import BadRecord
+from rtml.pipelines.trainer import warm_start
 from rtml.settings import Settings
 
 

@@ -8,8 +8,8 @@ import random
 import orjson
 import pytest
 
-from pipelines.trades import BadRecord
-from serving.monitor import ALL, Monitor, MonitorCollector, Prediction, parse_prediction
+from rtml.pipelines.trades import BadRecord
+from rtml.serving.monitor import ALL, Monitor, MonitorCollector, Prediction, parse_prediction
 
 
 def _p(symbol: str, ts: float, prediction: float, version: int = 1) -> Prediction:

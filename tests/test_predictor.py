@@ -14,19 +14,19 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from pipelines.features import FEATURE_NAMES, model_inputs
-from pipelines.learner import Learner
-from pipelines.models import build_model
-from pipelines.processor import Example, FeatureRow
-from pipelines.sink import FeatureSink
 from rtml import feature_store as fs
 from rtml import registry
+from rtml.app.stack import free_port, redis_binary
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.pipelines.features import FEATURE_NAMES, model_inputs
+from rtml.pipelines.learner import Learner
+from rtml.pipelines.models import build_model
+from rtml.pipelines.processor import Example, FeatureRow
+from rtml.pipelines.sink import FeatureSink
+from rtml.serving.app import create_app
+from rtml.serving.model_holder import ModelHolder
+from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
-from rtml.stack import free_port, redis_binary
-from serving.app import create_app
-from serving.model_holder import ModelHolder
-from serving.stream import StreamingPredictor
 from tests.kafka_helpers import drain
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml import registry
 from rtml.feature_store import (
     FEATURE_SERVICE,
@@ -19,6 +18,7 @@ from rtml.feature_store import (
     online_features,
     open_store,
 )
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

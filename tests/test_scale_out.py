@@ -10,19 +10,19 @@ from collections import Counter
 import pytest
 from fastapi.testclient import TestClient
 
-from pipelines.features import FEATURE_NAMES
-from pipelines.learner import Learner
-from pipelines.models import build_model
-from pipelines.processor import Example, FeatureProcessor, FeatureRow
-from pipelines.sources import SyntheticMarket
-from pipelines.trainer import Trainer
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.learner import Learner
+from rtml.pipelines.models import build_model
+from rtml.pipelines.processor import Example, FeatureProcessor, FeatureRow
+from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.trainer import Trainer
+from rtml.serving.app import create_app
+from rtml.serving.model_holder import ModelHolder, ModelRouter
+from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
-from serving.app import create_app
-from serving.model_holder import ModelHolder, ModelRouter
-from serving.stream import StreamingPredictor
 from tests.kafka_helpers import drain
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from serving.singleflight import SingleFlight
+from rtml.serving.singleflight import SingleFlight
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from pipelines import kraken
-from pipelines.candles import CandleBuilder
-from pipelines.processor import FeatureProcessor
-from pipelines.sources import REGIMES, SyntheticMarket, paced, replay
-from pipelines.trades import BadRecord, Trade
 from rtml.errors import ConfigError
+from rtml.pipelines import kraken
+from rtml.pipelines.candles import CandleBuilder
+from rtml.pipelines.processor import FeatureProcessor
+from rtml.pipelines.sources import REGIMES, SyntheticMarket, paced, replay
+from rtml.pipelines.trades import BadRecord, Trade
 
 
 def test_replay_trades_with_a_column_mapping_and_bad_rows(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, free_port
 from rtml.settings import Settings
-from rtml.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, free_port
 
 pytestmark = pytest.mark.integration
 

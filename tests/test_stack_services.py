@@ -9,9 +9,9 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message
 
+from rtml.app.stack import SERVICES, Stack
 from rtml.kafka import encode, ensure_topics, make_consumer, make_producer
 from rtml.settings import Settings
-from rtml.stack import SERVICES, Stack
 
 pytestmark = pytest.mark.integration
 

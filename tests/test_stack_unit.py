@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, _port_is_free
 from rtml.errors import ServiceError
 from rtml.settings import Settings
-from rtml.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, _port_is_free
 
 
 def test_alive_sees_running_and_zombie_processes() -> None:

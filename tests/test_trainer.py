@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from pipelines.feed import backfill
-from pipelines.processor import FeatureProcessor
-from pipelines.sources import SyntheticMarket
-from pipelines.trainer import Trainer, retrain
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.pipelines.feed import backfill
+from rtml.pipelines.processor import FeatureProcessor
+from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.trainer import Trainer, retrain
+from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
-from serving.model_holder import ModelHolder
 from tests.kafka_helpers import drain
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ def _trainer_processes() -> Any:
     """Trainer processes forked from a server that has imported rtml once: a kill and a
     restart cost milliseconds, not the seconds of a fresh interpreter's imports."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pipelines.trainer", "tests.test_trainer"])
+    context.set_forkserver_preload(["rtml.pipelines.trainer", "tests.test_trainer"])
     return context
 
 
@@ -208,7 +208,7 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     try:
         assert holder.current is not None and holder.current.version == last
         rolled = subprocess.run(
-            [sys.executable, "-m", "rtml.cli", "rollback"],
+            [sys.executable, "-m", "rtml.app.cli", "rollback"],
             env=_env(local),
             timeout=120,
             check=False,

@@ -45,7 +45,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.pass_obj
 def up(settings: Settings) -> None:
     """Start the embedded stack (or reuse what is healthy), apply Feast, create topics."""
-    from rtml.stack import Stack
+    from rtml.app.stack import Stack
 
     stack = Stack(settings)
     report = stack.up(progress=click.echo)
@@ -63,7 +63,7 @@ def up(settings: Settings) -> None:
 @click.pass_obj
 def down(settings: Settings) -> None:
     """Stop the services that `rtml up` started; external ones are left alone."""
-    from rtml.stack import Stack
+    from rtml.app.stack import Stack
 
     stopped = Stack(settings).down()
     click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -73,7 +73,7 @@ def down(settings: Settings) -> None:
 @click.pass_obj
 def status(settings: Settings) -> None:
     """Show each service, its address and health, and how long the last `up` took."""
-    from rtml.stack import Stack
+    from rtml.app.stack import Stack
 
     stack = Stack(settings)
     rows = stack.status()
@@ -100,7 +100,7 @@ def feast_apply(settings: Settings) -> None:
     """Apply feature_repo/ to the configured registry and online store."""
     import time
 
-    from rtml.stack import Stack
+    from rtml.app.stack import Stack
 
     stack = Stack(settings)
     stack.wait_feast(stack.feast_apply(), time.monotonic() + settings.up_timeout_s)
@@ -117,7 +117,7 @@ def _trade_source(
     stop: threading.Event,
     start_prices: dict[str, float] | None = None,
 ) -> Iterable[Any]:
-    from pipelines import kraken, sources
+    from rtml.pipelines import kraken, sources
 
     if source == "synthetic":
         market = sources.SyntheticMarket(
@@ -180,9 +180,9 @@ def feed(
     continue_history: bool,
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
-    from pipelines.feed import publish
-    from pipelines.sources import paced
     from rtml.kafka import Topics, ensure_topics, make_producer
+    from rtml.pipelines.feed import publish
+    from rtml.pipelines.sources import paced
 
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -209,7 +209,7 @@ def feed(
 @click.pass_obj
 def features(settings: Settings, group: str, duration: float | None) -> None:
     """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
-    from pipelines.feature_pipeline import FeaturePipeline
+    from rtml.pipelines.feature_pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline(settings, group_id=group)
     install_signal_handlers(pipeline.stop)
@@ -236,7 +236,7 @@ def backfill(
     """Build the offline store from a replay file or a synthetic history, without Kafka."""
     import time
 
-    from pipelines.feed import backfill as run_backfill
+    from rtml.pipelines.feed import backfill as run_backfill
 
     candles = None
     if source == "synthetic":
@@ -253,7 +253,7 @@ def backfill(
 @click.pass_obj
 def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
-    from pipelines.trainer import Trainer
+    from rtml.pipelines.trainer import Trainer
 
     trainer = Trainer(settings.as_shard())
     install_signal_handlers(trainer.stop)
@@ -265,7 +265,7 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
 @click.pass_obj
 def retrain(settings: Settings) -> None:
     """Refit from the offline store now, register the result and put it through the gate."""
-    from pipelines.trainer import retrain as run_retrain
+    from rtml.pipelines.trainer import retrain as run_retrain
 
     version, decision = run_retrain(settings.as_shard())
     verdict = "promoted to champion" if decision.promote else "not promoted"
@@ -298,7 +298,7 @@ def rollback(settings: Settings) -> None:
 @click.pass_obj
 def serve(settings: Settings) -> None:
     """Serve predictions over HTTP from the champion model, swapping in new champions."""
-    from serving.app import serve as run_server
+    from rtml.serving.app import serve as run_server
 
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
     # place before; this one lets the finished server exit 0 instead of dying by the signal.
@@ -312,8 +312,8 @@ def serve(settings: Settings) -> None:
 @click.pass_obj
 def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
     """Predict every `features` record with the champion, onto `predictions`."""
-    from serving.model_holder import models_for
-    from serving.stream import StreamingPredictor
+    from rtml.serving.model_holder import models_for
+    from rtml.serving.stream import StreamingPredictor
 
     holder = models_for(settings)
     holder.refresh()
@@ -331,7 +331,7 @@ def predict_stream(settings: Settings, group: str, duration: float | None) -> No
 @click.pass_obj
 def monitor(settings: Settings, duration: float | None) -> None:
     """Join predictions with realized targets; serve the dashboard and /metrics."""
-    from serving.dashboard import run_monitor
+    from rtml.serving.dashboard import run_monitor
 
     click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
     install_signal_handlers(threading.Event())  # exit 0 after uvicorn's graceful shutdown
@@ -349,7 +349,7 @@ def demo(
     settings: Settings, duration: float | None, source: str, days: float, speed: float, seed: int
 ) -> None:
     """The whole loop on the embedded stack, with a status line; a summary at the end."""
-    from rtml.demo import Demo
+    from rtml.app.demo import Demo
 
     run = Demo(settings, source=source, days=days, speed=speed, seed=seed, out=click.echo)
     for line in run.report(run.run(duration)):

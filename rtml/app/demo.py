@@ -220,7 +220,7 @@ class Demo:
         return fs.history_end(self.settings)[0] is not None
 
     def prepare(self) -> None:
-        from rtml.stack import Stack
+        from rtml.app.stack import Stack
 
         self.out("== starting the embedded stack (Kafka-API broker, Redis, MLflow; feast apply)")
         Stack(self.settings).up(progress=self.out)
@@ -241,7 +241,7 @@ class Demo:
         """The replay file's first half (in file order) as history, the rest as the stream."""
         import pandas as pd
 
-        from pipelines.sources import read_table
+        from rtml.pipelines.sources import read_table
 
         frame = read_table(path)
         half = len(frame) // 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -345,9 +346,10 @@ class Stack:
         repo = self.settings.feature_repo
         for path in sorted([*repo.glob("*.py"), *repo.glob("*.yaml")]):
             digest.update(path.name.encode() + path.read_bytes())
-        features = Path(__file__).resolve().parent.parent / "pipelines" / "features.py"
-        if features.exists():
-            digest.update(features.read_bytes())
+        # the feature views' schema is read from the feature definitions' module
+        spec = importlib.util.find_spec("rtml.pipelines.features")
+        if spec is not None and spec.origin:
+            digest.update(Path(spec.origin).read_bytes())
         digest.update(json.dumps(self.settings.feast_env(), sort_keys=True).encode())
         return digest.hexdigest()
 

@@ -24,16 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.feature_pipeline import FeaturePipeline
-from pipelines.feed import publish
-from pipelines.processor import Example, FeatureProcessor
-from pipelines.sink import features_frame
-from pipelines.sources import SyntheticMarket
-from pipelines.trades import parse_trade
 from rtml import feature_store as fs
+from rtml.app.stack import Stack, free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
+from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.feed import publish
+from rtml.pipelines.processor import Example, FeatureProcessor
+from rtml.pipelines.sink import features_frame
+from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.trades import parse_trade
 from rtml.settings import Settings
-from rtml.stack import Stack, free_port
 
 
 @dataclass(frozen=True)
@@ -203,9 +203,9 @@ def bench_offline_append(settings: Settings) -> tuple[Figure, Figure]:
 def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 1000) -> Figure:
     """The trainer's loop (Kafka, parsing, metrics, drift, checkpoints to MLflow) against a bare
     River predict-then-learn loop over the same examples."""
-    from pipelines.learner import parse_example
-    from pipelines.models import build_model
-    from pipelines.trainer import Trainer
+    from rtml.pipelines.learner import parse_example
+    from rtml.pipelines.models import build_model
+    from rtml.pipelines.trainer import Trainer
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(
@@ -278,10 +278,10 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
     arrive at `rate` per second. Reference: one bare MLflow round trip in the same run (log a
     version, point the alias at it, load it back), the least any served update costs.
     """
-    from pipelines.features import FEATURE_NAMES
-    from pipelines.processor import Example
-    from pipelines.trainer import Trainer
-    from serving.model_holder import ModelHolder
+    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.pipelines.processor import Example
+    from rtml.pipelines.trainer import Trainer
+    from rtml.serving.model_holder import ModelHolder
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(
@@ -393,9 +393,9 @@ def _arrival_to_served(
 
 def _mlflow_round_trip(settings: Settings, example: Any) -> float:
     """Seconds to log one small model version, point an alias at it and load it back."""
-    from pipelines.learner import Learner
-    from pipelines.models import build_model
     from rtml import registry
+    from rtml.pipelines.learner import Learner
+    from rtml.pipelines.models import build_model
 
     name = f"{settings.model_name}-reference"
     learner = Learner(build_model("linear"))
@@ -414,13 +414,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.0) -> list[Figure]:
     """HTTP latency at a fixed request rate, beside bare Feast reads; streaming throughput."""
-    from pipelines.features import FEATURE_NAMES
-    from pipelines.learner import Learner
-    from pipelines.models import build_model
-    from pipelines.processor import Example, FeatureRow
-    from pipelines.sink import FeatureSink
     from rtml import registry
-    from serving.model_holder import ModelHolder
+    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.pipelines.learner import Learner
+    from rtml.pipelines.models import build_model
+    from rtml.pipelines.processor import Example, FeatureRow
+    from rtml.pipelines.sink import FeatureSink
+    from rtml.serving.model_holder import ModelHolder
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(
@@ -537,7 +537,7 @@ def _http_latencies(
         ),
     )
     server = subprocess.Popen(
-        [sys.executable, "-m", "rtml.cli", "serve"],
+        [sys.executable, "-m", "rtml.app.cli", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -608,9 +608,9 @@ def _wrk_percentile(out: str, label: str) -> float:
 
 
 def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:
-    from pipelines.features import FEATURE_NAMES
-    from pipelines.processor import FeatureRow
-    from serving.stream import StreamingPredictor
+    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.pipelines.processor import FeatureRow
+    from rtml.serving.stream import StreamingPredictor
 
     tag = uuid.uuid4().hex[:6]
     symbol = local.symbols[0]
@@ -651,10 +651,10 @@ def bench_drift(
     """
     import math
 
-    from pipelines.learner import Learner
-    from pipelines.models import build_model
-    from pipelines.trainer import fit, offline_examples
-    from rtml.demo import Demo
+    from rtml.app.demo import Demo
+    from rtml.pipelines.learner import Learner
+    from rtml.pipelines.models import build_model
+    from rtml.pipelines.trainer import fit, offline_examples
 
     local = settings.model_copy(update={"api_port": free_port(), "monitor_port": free_port()})
     demo = Demo(local, speed=speed, status_every=15.0, out=lambda m: print(m, file=sys.stderr))
@@ -795,7 +795,7 @@ STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m rtml.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "--only",
         default=",".join(STEPS),
