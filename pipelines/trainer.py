@@ -22,6 +22,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -110,14 +112,34 @@ def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool =
                 learner.model.learn_one(ex.features, ex.target)
 
 
-def warm_start(settings: Settings, learner: Learner) -> int:
-    """Fit on the offline store, `warm_start_epochs` passes; returns how many examples."""
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """What a fit read from the offline store: how many examples, and their time span."""
+
+    examples: int
+    start: float = math.nan  # event time of the first example's features
+    end: float = math.nan  # label time of the last one
+
+    def params(self) -> dict[str, str]:
+        def iso(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) else ""
+
+        return {
+            "dataset.feature_service": fs.FEATURE_SERVICE,
+            "dataset.examples": str(self.examples),
+            "dataset.from": iso(self.start),
+            "dataset.to": iso(self.end),
+        }
+
+
+def warm_start(settings: Settings, learner: Learner) -> Dataset:
+    """Fit on the offline store, `warm_start_epochs` passes; says what it read."""
     examples = offline_examples(settings)
     if not examples:
         log.warning("the offline store has no targets yet: starting from an untrained model")
-        return 0
+        return Dataset(0)
     fit(learner, examples, settings.warm_start_epochs)
-    return len(examples)
+    return Dataset(len(examples), examples[0].ts, max(ex.label_ts for ex in examples))
 
 
 @dataclass
@@ -130,10 +152,12 @@ class Checkpoint:
 
 
 class Uploader:
-    """Logs checkpoints as model versions off the learning thread; the queue is bounded.
+    """Uploads checkpoints to the trainer's run off the learning thread; the queue is bounded.
 
-    When MLflow is slow or away and the queue is full, the oldest waiting checkpoint is
-    dropped (only the newest is needed to resume) and counted.
+    Each checkpoint is gated; one that passes is registered as a model version (at most every
+    `register_interval_s`) and promoted, unless a person pinned the champion. When MLflow is
+    slow or away and the queue is full, the oldest waiting checkpoint is dropped (only the
+    newest is needed to resume) and counted.
     """
 
     def __init__(
@@ -141,7 +165,8 @@ class Uploader:
         settings: Settings,
         run_id: str,
         capacity: int,
-        on_promote: Callable[[Learner], None] = lambda _: None,
+        on_promote: Callable[[Any], None] = lambda _: None,
+        first_version_due: bool = False,
     ) -> None:
         self.settings = settings
         self.on_promote = on_promote
@@ -149,8 +174,11 @@ class Uploader:
         self.queue: queue.Queue[Checkpoint | None] = queue.Queue(maxsize=capacity)
         self.dropped = 0
         self.superseded = 0
-        self.uploaded: list[str] = []
-        self.decisions: list[tuple[str, bool, str]] = []
+        self.first_version_due = first_version_due  # register the first fit even if refused
+        self.uploaded: list[str] = []  # checkpoint artifacts, oldest first
+        self.registered: list[str] = []  # model versions, oldest first
+        self.decisions: list[tuple[str | None, bool, str]] = []  # (version, promoted, reason)
+        self._last_registered: float | None = None
         self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
         self._producer: Producer | None = None
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
@@ -173,14 +201,14 @@ class Uploader:
         self.queue.put(None)
         self._thread.join(timeout)
 
-    def _alert_if_diverging(self, version: str, mae: float, decision: GateDecision) -> None:
-        """One alert on `alerts` when the candidate starts diverging (it is never promoted)."""
+    def _alert_if_diverging(self, learned: int, mae: float, decision: GateDecision) -> None:
+        """One alert on `alerts` when the model starts diverging (it is never promoted)."""
         diverging = math.isinf(mae) or mae > self.settings.max_mae
         if diverging and not self.diverging:
             alert = {
                 "kind": "diverging",
                 "model": self.settings.model_name,
-                "version": version,
+                "learned": learned,
                 "rolling_mae": mae if math.isfinite(mae) else None,
                 "reason": decision.reason,
                 "ts": time.time(),
@@ -190,7 +218,11 @@ class Uploader:
             key = self.settings.model_name.encode()
             self._producer.produce(Topics.of(self.settings).alerts, key=key, value=encode(alert))
             self._producer.flush(10)
-            log.error("version %s diverges and is not served: %s", version, decision.reason)
+            log.error(
+                "the model diverges after %d examples and is not served: %s",
+                learned,
+                decision.reason,
+            )
         self.diverging = diverging
 
     def _newest_waiting(self, checkpoint: Checkpoint) -> Checkpoint:
@@ -221,18 +253,21 @@ class Uploader:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     checkpoint = self._newest_waiting(checkpoint)
-        if self.uploaded:
+        if self.registered:
             try:
                 registry.prune(self.settings, self.settings.keep_versions)
             except Exception as exc:
                 log.warning("could not prune old versions: %s", exc)
 
-    def _upload(self, cp: Checkpoint) -> None:
-        import mlflow
-        from mlflow.entities import Metric
+    def _register_due(self) -> bool:
+        """A version at most every `register_interval_s`, so a person can follow the
+        registry; the first one at once."""
+        if self._last_registered is None:
+            return True
+        return time.monotonic() - self._last_registered >= self.settings.register_interval_s
 
+    def _upload(self, cp: Checkpoint) -> None:
         learner = pickle.loads(cp.learner_bytes)
-        client = registry.client(self.settings)
         decision = gate(
             cp.metrics["rolling_mae"],
             cp.metrics["baseline_rolling_mae"],
@@ -240,38 +275,66 @@ class Uploader:
             self.settings.max_mae,
             self.settings.gate_tolerance,
         )
+        # the checkpoint first: it is what a restart resumes from, registered or not
+        state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
+        slot = "a" if len(self.uploaded) % 2 == 0 else "b"
+        artifact = registry.save_checkpoint(
+            self.settings, self.run_id, state, slot, cp.metrics, learner.learned
+        )
+        self.uploaded.append(artifact)
+        version: str | None = None
+        promoted = False
+        first = self._last_registered is None and self.first_version_due
+        if (decision.promote or first) and self._register_due():
+            version = self._register(learner, cp, decision)
+            if decision.promote:
+                promoted = self._promote(version, learner)
+        self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
+        self.decisions.append((version, promoted, decision.reason))
+        log.info(
+            "checkpoint at %d learned: %s%s%s",
+            learner.learned,
+            decision.reason,
+            f" -> version {version}" if version else "",
+            " -> champion" if promoted else "",
+        )
+
+    def _register(self, learner: Learner, cp: Checkpoint, decision: GateDecision) -> str:
         tags = {
-            "offsets": json.dumps({str(k): v for k, v in sorted(cp.offsets.items())}),
-            "examples_topic_id": cp.topic_id or "",
+            "trainer_run": self.run_id,
             "watermark": str(learner.watermark),
             "learned": str(learner.learned),
             "gate": decision.reason,
             **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
         }
-        # the order keeps the served model fresh: register, promote, then the bookkeeping
-        # (a crash in between resumes from the older candidate and relearns the same examples)
-        with mlflow.start_run(run_id=self.run_id):
-            version = registry.log_version(
-                self.settings, learner, tags=tags, feature_names=FEATURE_NAMES
-            )
-        if decision.promote:
-            registry.promote(self.settings, version)
-            self.on_promote(learner)
-        self._alert_if_diverging(version, cp.metrics["rolling_mae"], decision)
-        name = self.settings.model_name
-        client.set_registered_model_alias(name, registry.CANDIDATE, version)
-        step, now = int(cp.metrics.get("learned", 0)), int(time.time() * 1000)
-        client.log_batch(
-            self.run_id,
-            [Metric(k, v, now, step) for k, v in cp.metrics.items() if math.isfinite(v)],
+        metadata = {"trained_through": learner.watermark, "learned": learner.learned}
+        version = registry.log_version(
+            self.settings, learner.model, tags=tags, feature_names=FEATURE_NAMES, metadata=metadata
         )
-        if len(self.uploaded) % PRUNE_EVERY == 0:
+        registry.client(self.settings).set_registered_model_alias(
+            self.settings.model_name, registry.CANDIDATE, version
+        )
+        self._last_registered = time.monotonic()
+        self.registered.append(version)
+        if len(self.registered) % PRUNE_EVERY == 0:
             registry.prune(self.settings, self.settings.keep_versions)
-        self.uploaded.append(version)
-        self.decisions.append((version, decision.promote, decision.reason))
-        log.info(
-            "version %s: %s%s", version, decision.reason, " -> champion" if decision.promote else ""
-        )
+        return version
+
+    def _promote(self, version: str, learner: Learner) -> bool:
+        """Make `version` the champion unless a person pinned the current one."""
+        found = registry.decision(self.settings)
+        if found and found.get("pinned"):
+            log.info(
+                "version %s passed the gate but stays a candidate: %s pinned version %s "
+                "(`rtml promote --auto` hands the champion back to the gate)",
+                version,
+                found.get("by"),
+                found.get("version"),
+            )
+            return False
+        registry.promote(self.settings, version, by=registry.TRAINER)
+        self.on_promote(learner.model)
+        return True
 
 
 class Trainer:
@@ -284,7 +347,8 @@ class Trainer:
         self.learner: Learner | None = None
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
-        self._champion: Learner | None = None
+        self.run_id: str | None = None  # the trainer's MLflow run
+        self._champion: Any | None = None  # the champion's estimator, to score candidates
         self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
         self.other_shards = 0
@@ -295,7 +359,7 @@ class Trainer:
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
         if restored is not None:
-            self.learner, self.offsets, self.stored_topic_id = restored
+            self.learner, self.offsets, self.stored_topic_id, _ = restored
             log.info(
                 "resumed from checkpoint: %d learned, offsets %s",
                 self.learner.learned,
@@ -307,14 +371,38 @@ class Trainer:
                 window=self.settings.metrics_window,
                 drift_delta=self.settings.drift_delta,
             )
-            n = warm_start(self.settings, self.learner)
-            log.info("warm start learned %d examples from the offline store", n)
-        self._champion = registry.load_champion_learner(self.settings)
+            dataset = warm_start(self.settings, self.learner)
+            log.info("warm start learned %d examples from the offline store", dataset.examples)
+            if self.run_id is not None:
+                registry.log_params(self.settings, self.run_id, dataset.params())
+        self._champion = registry.load_champion(self.settings)
         self.drifts_at_start = self.learner.drifts
 
-    def _new_champion(self, learner: Learner) -> None:
+    def _new_champion(self, model: Any) -> None:
         # called on the uploader thread; a reference swap, read at the next checkpoint
-        self._champion = learner
+        self._champion = model
+
+    def params(self) -> dict[str, Any]:
+        """What the trainer's MLflow run records as its parameters."""
+        s = self.settings
+        return {
+            "model": s.model,
+            "model_params": json.dumps(s.model_params, sort_keys=True),
+            "symbols": ",".join(s.symbols),
+            "candle_seconds": s.candle_seconds,
+            "horizon": s.horizon,
+            "features": ",".join(FEATURE_NAMES),
+            "feature_service": fs.FEATURE_SERVICE,
+            "warm_start_epochs": s.warm_start_epochs,
+            "metrics_window": s.metrics_window,
+            "checkpoint_every": s.checkpoint_every,
+            "checkpoint_interval_s": s.checkpoint_interval_s,
+            "register_interval_s": s.register_interval_s,
+            "max_mae": s.max_mae,
+            "gate_tolerance": s.gate_tolerance,
+            "drift_delta": s.drift_delta,
+            "drift_response": s.drift_response,
+        }
 
     def _champion_mae(self) -> float | None:
         """The champion's MAE on the examples of the candidate's rolling window.
@@ -441,24 +529,23 @@ class Trainer:
             self.learner.start_challenger(fresh)
 
     def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
-        import mlflow
-
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
-        mlflow.set_tracking_uri(settings.mlflow_uri)
-        mlflow.set_experiment(settings.experiment_name)
+        run_id = self.run_id = registry.trainer_run(settings, self.params())
         self.restore_or_warm_start()
         assert self.learner is not None
-        run = mlflow.start_run(run_name="trainer")
-        mlflow.end_run()  # the uploader resumes it by id on its own thread
         self.uploader = Uploader(
-            settings, run.info.run_id, settings.checkpoint_queue, on_promote=self._new_champion
+            settings,
+            run_id,
+            settings.checkpoint_queue,
+            on_promote=self._new_champion,
+            first_version_due=registry.alias_version(settings, registry.CANDIDATE) is None,
         )
         watch = TopicWatch(settings, [self.topics.examples])
         self.topic_id = watch.remember()[self.topics.examples]
         if self.stored_topic_id and self.stored_topic_id != self.topic_id:
             self._broker_forgot(None, watch)
-        elif registry.alias_version(settings, registry.CANDIDATE) is None:
+        elif self.uploader.first_version_due:
             self.checkpoint()  # the warm-started model is the first version
         consumer = make_consumer(settings, self.group_id)
         producer = make_producer(settings)
@@ -489,13 +576,18 @@ class Trainer:
             consumer.close()
             producer.flush(10)
             self.uploader.close()
+        try:
+            registry.end_trainer_run(settings, run_id)  # a crash leaves it RUNNING, as MLflow does
+        except Exception as exc:
+            log.warning("could not mark the trainer run finished: %s", exc)
         return self.learner
 
 
-def retrain(settings: Settings) -> tuple[str, GateDecision]:
+def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]:
     """Refit a fresh model on the offline store, register it and put it through the gate.
 
-    The trainer's own stream continues untouched; this version competes only for `champion`.
+    The trainer's own stream continues untouched; this version competes only for `champion`,
+    and does not move a champion a person pinned.
     """
     import mlflow
 
@@ -504,23 +596,13 @@ def retrain(settings: Settings) -> tuple[str, GateDecision]:
         window=settings.metrics_window,
         drift_delta=settings.drift_delta,
     )
-    n = warm_start(settings, learner)
-    if n == 0:
+    dataset = warm_start(settings, learner)
+    if dataset.examples == 0:
         raise ConfigError(
             "the offline store has no labelled examples for these symbols; "
             "run `rtml backfill` or the feature pipeline first"
         )
     metrics = learner.metrics()
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(settings.experiment_name)
-    with mlflow.start_run(run_name="retrain"):
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        version = registry.log_version(
-            settings,
-            learner,
-            tags={"source": "retrain", "watermark": str(learner.watermark)},
-            feature_names=FEATURE_NAMES,
-        )
     decision = gate(
         metrics["rolling_mae"],
         metrics["baseline_rolling_mae"],
@@ -528,9 +610,22 @@ def retrain(settings: Settings) -> tuple[str, GateDecision]:
         settings.max_mae,
         settings.gate_tolerance,
     )
-    registry.client(settings).set_model_version_tag(
-        settings.model_name, version, "gate", decision.reason
-    )
-    if decision.promote:
-        registry.promote(settings, version)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(settings.experiment_name)
+    with mlflow.start_run(run_name="retrain"):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.log_params(dataset.params())
+        version = registry.log_version(
+            settings,
+            learner.model,
+            tags={
+                "source": "retrain",
+                "watermark": str(learner.watermark),
+                "gate": decision.reason,
+            },
+            feature_names=FEATURE_NAMES,
+            metadata={"trained_through": learner.watermark, "learned": learner.learned},
+        )
+    if decision.promote and not registry.pinned(settings):
+        registry.promote(settings, version, by=by)
     return version, decision

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     metrics_window: int = 500
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 30.0
+    # a checkpoint that passes the gate becomes a model version at most this often
+    register_interval_s: float = 120.0
     checkpoint_queue: int = 4
     max_mae: float = 0.05
     gate_tolerance: float = 0.05

@@ -56,7 +56,7 @@ class ModelHolder:
         if version is None or (current is not None and current.version == version):
             return False
         try:
-            learner = registry.load_version(self.settings, version, name=self.name).model
+            loaded = registry.load_version(self.settings, version, name=self.name)
         except Exception as exc:
             self.load_failures += 1
             log.error(
@@ -68,9 +68,9 @@ class ModelHolder:
             return False
         served = Served(
             version=version,
-            learner=learner,
+            learner=loaded.model,
             loaded_at=time.time(),
-            trained_through=float(getattr(learner, "watermark", float("nan"))),
+            trained_through=float(loaded.metadata.get("trained_through", float("nan"))),
             model=self.name,
         )
         self.current = served

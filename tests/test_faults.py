@@ -300,9 +300,7 @@ def test_mlflow_down_30s_trainer_keeps_learning_and_uploads_when_it_returns(
         stack.start_service(MLFLOW)
 
         def uploaded_all() -> bool:
-            version = registry.alias_version(local, registry.CANDIDATE)
-            tags = registry.client(local).get_model_version(local.model_name, str(version)).tags
-            return tags.get("learned") == str(total)
+            return registry.learned(local) == total
 
         _until(uploaded_all, 60, "the newest checkpoint to be uploaded")
         assert client.post("/predict", json=row).status_code == 200

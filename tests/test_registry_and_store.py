@@ -47,11 +47,14 @@ def test_mlflow_versions_aliases_and_load(settings: Settings) -> None:
     client.set_registered_model_alias(name, registry.CHAMPION, "1")
     frame = pd.DataFrame({"x": [1.0, 5.0], "y": [float("nan"), 1.0]})
     champion = registry.load(settings, registry.CHAMPION, name=name)
-    assert champion.predict(None, frame) == [2.0, 12.0]
+    assert champion.model.predict(None, frame) == [2.0, 12.0]
 
     client.set_registered_model_alias(name, registry.CHAMPION, "2")
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == "2"
-    assert registry.load(settings, registry.CHAMPION, name=name).predict(None, frame) == [3.0, 18.0]
+    assert registry.load(settings, registry.CHAMPION, name=name).model.predict(None, frame) == [
+        3.0,
+        18.0,
+    ]
 
 
 def test_prune_keeps_the_newest_and_every_aliased_or_recent_champion(

@@ -139,7 +139,7 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
         assert trainer.other_shards == len(examples) - trainer.learner.learned
         assert trainer.uploader is not None and trainer.uploader.uploaded
         candidate = registry.alias_version(trainer.settings, registry.CANDIDATE)
-        assert candidate == trainer.uploader.uploaded[-1]
+        assert candidate == trainer.uploader.registered[-1]
         # whether the gate promoted it depends on the data; routing must follow either way
         registry.promote(trainer.settings, candidate)
 

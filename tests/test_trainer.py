@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -42,6 +43,7 @@ def _shard(settings: Settings, **update: Any) -> Settings:
             "checkpoint_interval_s": 1.0,
             "warm_start_epochs": 2,
             "metrics_window": 200,
+            "register_interval_s": 0.0,
             **update,
         }
     )
@@ -87,11 +89,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "checkpoint_interval_s",
         "warm_start_epochs",
         "metrics_window",
+        "register_interval_s",
     )
-
-
-def _versions(settings: Settings) -> int:
-    return len(registry.client(settings).search_model_versions(f"name='{settings.model_name}'"))
 
 
 def _probe(learner: Any) -> list[float]:
@@ -129,13 +128,13 @@ def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
     rng = random.Random(seed)
     processes = _trainer_processes()
     for chunk in (records[:half], records[half:]):
-        before = _versions(local)
+        before = registry.learned(local)
         proc = processes.Process(target=_train_forever, args=(local,))
         proc.start()
-        deadline = time.monotonic() + 120
-        while _versions(local) <= before and time.monotonic() < deadline:
-            time.sleep(0.05)
         _produce(local, chunk)
+        deadline = time.monotonic() + 120  # until it checkpoints: it is up and learning
+        while registry.learned(local) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment: learning, queued or uploading
         proc.kill()  # SIGKILL
         proc.join(10)
@@ -163,13 +162,14 @@ def test_a_diverging_model_is_never_promoted(settings: Settings) -> None:
     assert trainer.uploader is not None and trainer.uploader.decisions
     assert not any(promoted for _, promoted, _ in trainer.uploader.decisions)
     assert registry.alias_version(local, registry.CHAMPION) is None
-    assert registry.alias_version(local, registry.CANDIDATE) == trainer.uploader.uploaded[-1]
+    # the first fit is registered as a candidate for a person to inspect, never promoted
+    assert registry.alias_version(local, registry.CANDIDATE) == trainer.uploader.registered[-1]
 
     # it raised one alert when it started diverging, naming the version and why
     diverging = [a for a in drain(local, Topics.of(local).alerts) if a["kind"] == "diverging"]
     assert len(diverging) == 1, diverging
     assert diverging[0]["model"] == local.model_name
-    assert diverging[0]["version"] in trainer.uploader.uploaded
+    assert diverging[0]["learned"] > 0
     assert "MAX_MAE" in diverging[0]["reason"] or diverging[0]["rolling_mae"] is None
 
 
@@ -196,7 +196,7 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     assert promoted, trainer.uploader.decisions
     assert registry.alias_version(local, registry.CHAMPION) == promoted[-1]
 
-    first, last = trainer.uploader.uploaded[0], trainer.uploader.uploaded[-1]
+    first, last = trainer.uploader.registered[0], trainer.uploader.registered[-1]
     registry.promote(local, first)
     registry.promote(local, last)
     assert registry.alias_version(local, registry.CHAMPION) == last
@@ -221,9 +221,111 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     finally:
         holder.stop()
     assert registry.alias_version(local, registry.CHAMPION) == first
+    # a rollback is a person's decision: it pins the champion, and says who made it
+    found = registry.decision(local)
+    assert found is not None and found["action"] == "rollback" and found["pinned"]
+    assert found["version"] == first and found["by"]
 
+    # a pinned champion is not moved by a retrain that passes the gate
+    version, decision = retrain(local)
+    assert registry.alias_version(local, registry.CHAMPION) == first
+    registry.auto(local)
     version, decision = retrain(local)
     tags = registry.client(local).get_model_version(local.model_name, version).tags
     assert tags["gate"] == decision.reason and tags["source"] == "retrain"
     served = registry.alias_version(local, registry.CHAMPION)
     assert (served == version) == decision.promote
+
+
+def test_a_rollback_holds_while_the_trainer_promotes_until_promote_auto(
+    settings: Settings,
+) -> None:
+    local = _shard(settings, checkpoint_every=40, checkpoint_interval_s=0.5)
+    ensure_topics(local, Topics.of(local).with_dlqs())
+    _, records = _history_and_stream(local)
+    thirds = [records[: len(records) // 3], records[len(records) // 3 : 2 * len(records) // 3]]
+    thirds.append(records[2 * len(records) // 3 :])
+    trainer = Trainer(local)
+    thread = threading.Thread(target=trainer.run, kwargs={"max_seconds": 150}, daemon=True)
+    thread.start()
+    cli = [sys.executable, "-m", "rtml.app.cli"]
+    try:
+        _produce(local, thirds[0])
+        _wait(lambda: len(registry.champion_history(local)) >= 2, 90, "two promotions")
+        rolled = subprocess.run([*cli, "rollback"], env=_env(local), timeout=120, check=False)
+        assert rolled.returncode == 0
+        pinned = registry.alias_version(local, registry.CHAMPION)
+        registered = len(trainer.uploader.registered) if trainer.uploader else 0
+
+        # the trainer goes on registering candidates that pass, but the champion stays
+        _produce(local, thirds[1])
+        checkpoints = len(trainer.uploader.uploaded) if trainer.uploader else 0
+        _wait(
+            lambda: (
+                trainer.uploader is not None
+                and len(trainer.uploader.uploaded) >= checkpoints + 3
+                and len(trainer.uploader.registered) > registered
+            ),
+            90,
+            "three more checkpoints and a new candidate",
+        )
+        assert registry.alias_version(local, registry.CHAMPION) == pinned
+        assert registry.alias_version(local, registry.CANDIDATE) != pinned
+
+        auto = subprocess.run(
+            [*cli, "promote", "--auto"], env=_env(local), timeout=120, check=False
+        )
+        assert auto.returncode == 0
+        _produce(local, thirds[2])
+        _wait(
+            lambda: registry.alias_version(local, registry.CHAMPION) != pinned,
+            90,
+            "the gate to promote again",
+        )
+        found = registry.decision(local)
+        assert found is not None and found["by"] == registry.TRAINER and not found["pinned"]
+    finally:
+        trainer.stop.set()
+        thread.join(60)
+
+
+def test_the_trainer_run_carries_its_params_and_is_resumed_not_duplicated(
+    settings: Settings,
+) -> None:
+    local = _shard(settings)
+    ensure_topics(local, Topics.of(local).with_dlqs())
+    _history_and_stream(local)
+    seen: list[str] = []
+
+    def status() -> None:
+        run = registry._trainer_run(local)
+        if run is not None:
+            seen.append(run.info.status)
+
+    first = Trainer(local)
+    thread = threading.Thread(target=first.run, kwargs={"max_seconds": 8}, daemon=True)
+    thread.start()
+    _wait(lambda: registry.learned(local) is not None, 60, "a checkpoint")
+    status()
+    thread.join(60)
+    Trainer(local).run(max_seconds=2)
+    client = registry.client(local)
+    experiment = client.get_experiment_by_name(local.experiment_name)
+    assert experiment is not None
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`{registry.TRAINER_TAG}` = '{local.model_name}'"
+    )
+    assert len(runs) == 1  # resumed, not duplicated
+    assert seen == ["RUNNING"]  # while it trained
+    assert runs[0].info.status == "FINISHED"  # after a clean stop
+    params = runs[0].data.params
+    assert params["model"] == local.model and params["feature_service"]
+    assert params["symbols"] == ",".join(local.symbols)
+    assert int(params["dataset.examples"]) > 0 and params["dataset.from"] < params["dataset.to"]
+
+
+def _wait(condition: Any, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)

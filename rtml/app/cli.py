@@ -84,6 +84,30 @@ def status(settings: Settings) -> None:
         click.echo(f"last up took {float(last['seconds']):.1f} s")  # type: ignore[arg-type]
     if not all(s.healthy for s in rows):
         raise SystemExit(1)
+    _model_status(settings)
+
+
+def _model_status(settings: Settings) -> None:
+    """The champion of each model and who decided it."""
+    import time
+
+    from rtml import registry
+
+    names = [
+        settings.model_copy(update={"shard": shard}).as_shard() for shard in settings.shards
+    ] or [settings]
+    for local in names:
+        champion = registry.alias_version(local, registry.CHAMPION)
+        candidate = registry.alias_version(local, registry.CANDIDATE)
+        found = registry.decision(local) or {}
+        line = f"model {local.model_name}: champion {champion or 'none (predictors serve nothing)'}"
+        line += f", candidate {candidate or 'none'}"
+        if found:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(found["at"])))
+            line += f"; {found['action']} by {found['by']} at {when}"
+            if found.get("pinned"):
+                line += ", pinned (`rtml promote --auto` hands it back to the gate)"
+        click.echo(line)
 
 
 @cli.command()
@@ -273,25 +297,43 @@ def retrain(settings: Settings) -> None:
 
 
 @cli.command()
-@click.argument("version")
+@click.argument("version", required=False)
+@click.option("--auto", "auto", is_flag=True, help="Hand the champion back to the trainer's gate.")
 @click.pass_obj
-def promote(settings: Settings, version: str) -> None:
-    """Make VERSION the champion that predictors serve."""
+def promote(settings: Settings, version: str | None, auto: bool) -> None:
+    """Make VERSION the champion that predictors serve, pinned until `promote --auto`."""
     from rtml import registry
 
     settings = settings.as_shard()
-    registry.promote(settings, version)
-    click.echo(f"champion of {settings.model_name} is version {version}")
+    if auto == (version is not None):
+        raise click.UsageError("give a VERSION to pin, or --auto to hand control to the gate")
+    if auto:
+        kept = registry.auto(settings)
+        click.echo(
+            f"the trainer's gate chooses the champion of {settings.model_name} again "
+            f"(version {kept or 'none'} until it promotes another)"
+        )
+        return
+    assert version is not None
+    registry.promote(settings, version, by=registry.person(), pin=True)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
 
 
 @cli.command()
 @click.pass_obj
 def rollback(settings: Settings) -> None:
-    """Move the champion back to the previous champion."""
+    """Move the champion back to the previous champion, pinned until `promote --auto`."""
     from rtml import registry
 
     settings = settings.as_shard()
-    click.echo(f"champion of {settings.model_name} is version {registry.rollback(settings)}")
+    version = registry.rollback(settings)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
 
 
 @cli.command()
@@ -356,12 +398,40 @@ def demo(
         click.echo(line)
 
 
+_SERVICES = {
+    "mlflow": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "requests": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "urllib3": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "confluent_kafka": ("Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+    "redis": ("Redis", "REDIS_URL"),
+}
+
+
+def _service_error(exc: BaseException) -> str | None:
+    """One line for a failure of a service rtml talks to; None for anything else."""
+    root = type(exc).__module__.split(".")[0]
+    if root not in _SERVICES:
+        return None
+    name, variable = _SERVICES[root]
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"{name} failed: {detail[:300]}. Is it running? `rtml status` shows the embedded stack "
+        f"(`rtml up` starts it); for an external {name}, check {variable}."
+    )
+
+
 def main() -> None:
     try:
         cli()
     except RtmlError as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from exc
+    except Exception as exc:
+        message = _service_error(exc)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        raise SystemExit(3) from exc
 
 
 if __name__ == "__main__":

@@ -291,7 +291,7 @@ class Demo:
             if candidate is not None:
                 # the gate had no champion to compare with and refused the first fit: serve it
                 self.out(f"   the gate did not pass version {candidate}; serving it to start")
-                registry.promote(self.settings, candidate)
+                registry.promote(self.settings, candidate, by="demo")
                 return candidate
             time.sleep(1.0)
         raise ServiceError(
@@ -311,11 +311,9 @@ class Demo:
     def status_line(self) -> str:
         elapsed = time.monotonic() - self.started_at
         parts = [f"[{elapsed:5.0f} s]"]
-        client = registry.client(self.settings)
-        candidate = registry.alias_version(self.settings, registry.CANDIDATE)
-        if candidate is not None:
-            tags = client.get_model_version(self.settings.model_name, candidate).tags
-            parts.append(f"learned {int(tags.get('learned', 0)):,}")
+        learned = registry.learned(self.settings)
+        if learned is not None:
+            parts.append(f"learned {learned:,}")
         parts.append(f"champion v{registry.alias_version(self.settings, registry.CHAMPION)}")
         try:
             state = self.monitor_state()
