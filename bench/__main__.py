@@ -28,6 +28,7 @@ from rtml import feature_store as fs
 from rtml.app.stack import Stack, free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
 from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.feed import publish
 from rtml.pipelines.processor import Example, FeatureProcessor
 from rtml.pipelines.sink import features_frame
@@ -291,6 +292,7 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
             "model_name": f"stale-{tag}",
             "checkpoint_every": 10_000,
             "checkpoint_interval_s": 0.5,
+            "register_interval_s": 0.0,  # the loop's own latency: each checkpoint a version
             "gate_tolerance": 10.0,  # measure the path, not the gate's judgement
             "max_mae": 1.0,
             "metrics_window": 50,
@@ -401,7 +403,13 @@ def _mlflow_round_trip(settings: Settings, example: Any) -> float:
     learner = Learner(build_model("linear"))
     learner.step(example)
     began = time.perf_counter()
-    version = registry.log_version(settings, learner, name=name)
+    version = registry.log_version(
+        settings,
+        learner.model,
+        name=name,
+        feature_names=FEATURE_NAMES,
+        metadata={"trained_through": learner.watermark},
+    )
     registry.client(settings).set_registered_model_alias(name, registry.CHAMPION, version)
     registry.load_version(settings, version, name=name)
     return time.perf_counter() - began
@@ -434,7 +442,7 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
     for t in range(500):
         x = {n: (t % 7) / 100 for n in FEATURE_NAMES}
         learner.step(Example("S", float(t), float(t + 300), x, x["ret_1"]))
-    registry.promote(local, registry.log_version(local, learner))
+    registry.promote(local, registry.log_version(local, learner.model))
     symbol = local.symbols[0]
     row = FeatureRow(symbol, time.time(), {n: 0.01 for n in [*FEATURE_NAMES, "close", "volume"]})
     store = fs.open_store(local)

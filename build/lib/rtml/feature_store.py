@@ -1,0 +1,136 @@
+"""The one wrapper around Feast: open the store from settings, write online, append offline.
+
+Offline rows are written as append-only parquet parts (a temporary file, then an atomic rename)
+into the directories that feature_repo's FileSources read: Feast's own offline push rewrites
+the whole file on every call, so its cost grows with history.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rtml.errors import ConfigError
+from rtml.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+FEATURE_VIEW = "candle_features"
+PUSH_SOURCE = "candle_features_push"
+FEATURE_SERVICE = "price_change_model"
+FEATURES_DATASET = "features"
+TARGETS_DATASET = "targets"
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore on the registry and online store named by `settings`."""
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+    if not settings.feast_registry_path.exists():
+        raise ConfigError(
+            f"no Feast registry at {settings.feast_registry_path}. "
+            "Run `rtml up` (or `rtml feast-apply`) to apply feature_repo/ first."
+        )
+    config = RepoConfig(
+        project=settings.feast_project,
+        provider="local",
+        registry=str(settings.feast_registry_path),
+        online_store={"type": "redis", "connection_string": settings.feast_redis_connection},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=settings.feature_repo,
+    )
+    return FeatureStore(config=config)
+
+
+def append_parquet(directory: Path, frame: pd.DataFrame) -> Path | None:
+    """Write `frame` as a new part in `directory`, visible to readers only once complete."""
+    if frame.empty:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"part-{pd.Timestamp.now(tz='UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
+    tmp = directory / f".{name}.tmp"
+    final = directory / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    tmp.replace(final)
+    return final
+
+
+def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every complete part in `directory` as one frame (empty when there are none)."""
+    parts = sorted(directory.glob("*.parquet")) if directory.exists() else []
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+
+
+def history_end(settings: Settings) -> tuple[float | None, dict[str, float] | None]:
+    """Where the offline store ends: the next candle's start and each symbol's last close."""
+    frame = read_parquet_dir(
+        settings.offline_dir / FEATURES_DATASET, columns=["symbol", "event_timestamp", "close"]
+    )
+    if not frame.empty:
+        frame = frame[frame["symbol"].isin(settings.symbols)]
+    if frame.empty:
+        return None, None
+    last = frame.sort_values("event_timestamp").groupby("symbol").tail(1)
+    start = float(last["event_timestamp"].max().timestamp())  # features are stamped at the close
+    return start, {str(s): float(c) for s, c in zip(last["symbol"], last["close"], strict=True)}
+
+
+SERVICE_TTL_S = 60.0
+"""How long a resolved feature service is used before the registry is asked again."""
+
+_services: weakref.WeakKeyDictionary[FeatureStore, tuple[float, Any]] = weakref.WeakKeyDictionary()
+
+
+def feature_service(store: FeatureStore) -> Any:
+    """The model's feature service, resolved at most once a minute per store.
+
+    Feast builds it from the registry's protos on every `get_feature_service`, cache or not,
+    which costs more than the Redis read it drives. It changes only with `feast apply`: a
+    reader sees the change within `SERVICE_TTL_S` of its store's registry cache seeing it.
+    """
+    now = time.monotonic()
+    cached = _services.get(store)
+    if cached is None or now - cached[0] > SERVICE_TTL_S:
+        service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
+        cached = _services[store] = (now, service)
+    return cached[1]
+
+
+def online_features(
+    store: FeatureStore,
+    symbols: list[str],
+    features: Any | None = None,
+    with_timestamps: bool = False,
+) -> dict[str, list[Any]]:
+    """Online features (by default the model's feature service) for `symbols`, as column lists.
+
+    With `with_timestamps`, each feature `f` has a column `f__ts` of epoch seconds.
+    """
+    wanted = features if features is not None else feature_service(store)
+    response = store.get_online_features(
+        features=wanted, entity_rows=[{"symbol": s} for s in symbols]
+    )
+    result: dict[str, list[Any]] = response.to_dict(include_event_timestamps=with_timestamps)
+    return result
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable online store raises: worth a retry or a 503, not a crash."""
+    import redis
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError)

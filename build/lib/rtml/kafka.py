@@ -1,0 +1,264 @@
+"""The one wrapper around Kafka clients: shared configuration, topic creation, JSON records.
+
+The same configuration works on the embedded broker and on Apache Kafka or Redpanda. Records
+are JSON objects keyed by symbol, so each symbol's events stay ordered within one partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from rtml.errors import ServiceError
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def dlq(topic: str) -> str:
+    """The dead-letter topic of `topic`, where its rejected records go with their reason."""
+    return f"{topic}.dlq"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """rtml's topic names, each behind the settings' optional prefix.
+
+    >>> Topics.of(Settings(topic_prefix="dev.")).trades
+    'dev.trades'
+    """
+
+    trades: str
+    features: str
+    examples: str
+    predictions: str
+    alerts: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Topics:
+        p = settings.topic_prefix
+        return cls(p + "trades", p + "features", p + "examples", p + "predictions", p + "alerts")
+
+    def with_dlqs(self) -> list[str]:
+        names = [self.trades, self.features, self.examples, self.predictions, self.alerts]
+        return [*names, *(dlq(n) for n in names)]
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Configuration every client shares: address and security."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        password = settings.kafka_sasl_password
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    return config
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    return {
+        **client_config(settings),
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "none",
+        **overrides,
+    }
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    """A consumer that commits only what the caller has fully processed.
+
+    Partition EOF events tell a caller it has caught up: the embedded broker's watermark
+    offsets are not reliable enough to compute lag from.
+    """
+    return {
+        **client_config(settings),
+        "group.id": group_id,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        **overrides,
+    }
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def ensure_topics(
+    settings: Settings, names: Iterable[str], partitions: int | None = None, timeout: float = 10.0
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AdminClient(client_config(settings))
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ServiceError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer ({exc}). "
+            "Start the embedded stack with `rtml up`, or set KAFKA_BOOTSTRAP_SERVERS."
+        ) from exc
+    wanted = [
+        NewTopic(
+            name,
+            num_partitions=partitions or settings.kafka_partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
+        for name in dict.fromkeys(names)
+        if name not in existing
+    ]
+    if not wanted:
+        return
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ServiceError(f"could not create topic {name}: {exc}") from exc
+
+
+class TopicWatch:
+    """Notices when the broker has forgotten topics: each one's id changed, or it is gone.
+
+    An embedded broker keeps nothing across a restart, and a topic deleted and re-created on
+    a real cluster looks the same. Offsets held in memory or in a checkpoint then point past
+    records that do not exist, and a consumer fetching there waits silently for them. Topic
+    ids (KIP-516) tell a topic's incarnations apart.
+    """
+
+    def __init__(self, settings: Settings, topics: Iterable[str], every_s: float = 2.0) -> None:
+        self.topics = list(dict.fromkeys(topics))
+        self.every_s = every_s
+        self.ids: dict[str, str | None] = {}
+        self._admin = AdminClient(client_config(settings))
+        self._next = 0.0
+
+    def look(self, timeout: float = 2.0) -> dict[str, str | None]:
+        """Each topic's id now, None for a missing one; raises KafkaException if unreachable."""
+        from confluent_kafka import TopicCollection
+
+        futures = self._admin.describe_topics(TopicCollection(self.topics), request_timeout=timeout)
+        ids: dict[str, str | None] = {}
+        for name, future in futures.items():
+            try:
+                ids[name] = str(future.result(timeout).topic_id)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                ids[name] = None
+        return ids
+
+    def remember(self, timeout: float = 30.0) -> dict[str, str | None]:
+        """Take the ids as they are now as the reference; returns them.
+
+        Topics created a moment ago can fail a describe for a while: it is retried.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ids = self.look(timeout=5.0)
+                break
+            except (KafkaException, TimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"Kafka could not describe {self.topics}: {exc}") from exc
+                log.info("describing topics failed (%s); retrying", exc)
+                time.sleep(0.5)
+        self._next = time.monotonic() + self.every_s
+        return self.ids
+
+    def changed(self, now: bool = False) -> list[str]:
+        """The topics that are not what they were at the last look, at most every `every_s`
+        unless `now`.
+
+        Nothing is reported while the broker cannot be reached: the change shows once it is back.
+        """
+        if not now and time.monotonic() < self._next:
+            return []
+        self._next = time.monotonic() + self.every_s
+        try:
+            current = self.look()
+        except (KafkaException, TimeoutError):
+            return []
+        changed = [t for t in self.topics if t in self.ids and current.get(t) != self.ids[t]]
+        self.ids.update(current)
+        return changed
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(record)
+
+
+def dead_letter(
+    producer: Producer,
+    topic: str,
+    reason: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    origin: str = "",
+) -> None:
+    """Send a rejected record to `topic`'s DLQ with its reason and where it came from."""
+    raw = (value or b"").decode("utf-8", errors="replace")
+    record = {"reason": reason, "origin": origin, "raw": raw}
+    producer.produce(dlq(topic), key=key, value=encode(record))
+
+
+def commit_stored(consumer: Consumer) -> None:
+    """Commit the offsets stored so far; a batch of only end-of-partition events stores none."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:
+            # e.g. a broker that restarted and forgot the group: the next commit carries them
+            log.warning("could not commit offsets (%s); retrying with the next batch", exc)
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every JSON record of `topic` (all partitions), read until each partition reports its end.
+
+    For reports and tests; a fresh consumer group each time, so it commits nothing that matters.
+    """
+    import uuid
+
+    consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
+    consumer.subscribe([topic])
+    records: list[dict[str, Any]] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                assignment = {tp.partition for tp in consumer.assignment()}
+                if assignment and assignment <= at_end:
+                    break
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+                continue
+            at_end.discard(msg.partition() or 0)
+            records.append(orjson.loads(msg.value() or b"null"))
+    finally:
+        consumer.close()
+    return records

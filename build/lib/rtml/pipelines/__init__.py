@@ -1,0 +1,1 @@
+"""Feature and training pipelines: market data to features and labels, features to models."""

@@ -1,0 +1,188 @@
+"""Event-time tumbling-window OHLCV candles per symbol, closed by a watermark.
+
+Each symbol has its own watermark: the newest event time seen of that symbol minus the allowed
+lateness. Topics are keyed by symbol, so a symbol's trades arrive in order while partitions
+interleave freely; one shared watermark would call a slow partition's trades late. A window
+[start, end) closes once its symbol's watermark reaches `end`; a trade for a window that has
+closed is late, and a trade id seen before is a duplicate: both raise BadRecord so the caller
+can dead-letter them.
+A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
+the previous close and zero volume, so "5 candles ago" always means 5 windows ago.
+
+>>> b = CandleBuilder(seconds=60, allowed_lateness=0)
+>>> b.add(Trade("X", "1", 10.0, 1.0, "buy", 5.0))
+[]
+>>> b.add(Trade("X", "2", 12.0, 1.0, "sell", 30.0))
+[]
+>>> [(c.start, c.open, c.high, c.close, c.volume, c.trades) for c in b.add(
+...     Trade("X", "3", 11.0, 2.0, "buy", 61.0))]
+[(0.0, 10.0, 12.0, 12.0, 2.0, 2)]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from rtml.pipelines.features import Candle
+from rtml.pipelines.trades import BadRecord, Trade
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    open: float
+    high: float
+    low: float
+    close: float
+    last_ts: float
+    volume: float = 0.0
+    notional: float = 0.0
+    trades: int = 0
+    # The first (partition, offset) of each partition that fed this window: replaying from
+    # there rebuilds the window after a restart.
+    first_positions: dict[int, int] = field(default_factory=dict)
+
+
+class CandleBuilder:
+    """Builds candles of every symbol from trades in any order within the allowed lateness."""
+
+    def __init__(self, seconds: int, allowed_lateness: float, dedup_capacity: int = 50_000):
+        self.seconds = seconds
+        self.allowed_lateness = allowed_lateness
+        self.dedup_capacity = dedup_capacity
+        self._watermark: dict[str, float] = {}
+        self._earliest: dict[str, float] = {}
+        self._open: dict[str, dict[float, _Window]] = {}
+        self._closed_until: dict[str, float] = {}
+        self._last_close: dict[str, float] = {}
+        self._seen: dict[str, tuple[set[str], deque[str]]] = {}
+
+    def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
+        """Add one trade; returns the candles that closed because of it, oldest first."""
+        start = float(math.floor(trade.ts / self.seconds) * self.seconds)
+        closed_until = self._closed_until.get(trade.symbol, -math.inf)
+        if start + self.seconds <= closed_until:
+            raise BadRecord(
+                "late",
+                f"{trade.symbol}@{trade.ts}: its window [{start}, {start + self.seconds}) closed "
+                f"(watermark {self.watermark(trade.symbol)})",
+            )
+        self._remember(trade)
+        windows = self._open.setdefault(trade.symbol, {})
+        w = windows.get(start)
+        if w is None:
+            w = windows[start] = _Window(
+                start, trade.price, trade.price, trade.price, trade.price, trade.ts
+            )
+        w.high = max(w.high, trade.price)
+        w.low = min(w.low, trade.price)
+        if trade.ts >= w.last_ts:
+            w.close, w.last_ts = trade.price, trade.ts
+        w.volume += trade.size
+        w.notional += trade.size * trade.price
+        w.trades += 1
+        if position is not None:
+            partition, offset = position
+            w.first_positions.setdefault(partition, offset)
+        mark = max(self.watermark(trade.symbol), trade.ts - self.allowed_lateness)
+        self._watermark[trade.symbol] = mark
+        if mark < self._earliest_end(trade.symbol, start):
+            return []
+        return self._close_ready(trade.symbol)
+
+    def _earliest_end(self, symbol: str, start: float) -> float:
+        """The end of `symbol`'s oldest open window, cached: most trades close nothing."""
+        cached = self._earliest.get(symbol, math.inf)
+        if start + self.seconds < cached:
+            cached = self._earliest[symbol] = start + self.seconds
+        return cached
+
+    def watermark(self, symbol: str) -> float:
+        return self._watermark.get(symbol, -math.inf)
+
+    def _close_ready(self, symbol: str) -> list[Candle]:
+        windows = self._open.get(symbol, {})
+        mark = self.watermark(symbol)
+        closed: list[Candle] = []
+        for start in sorted(s for s in windows if s + self.seconds <= mark):
+            closed.extend(self._close(symbol, windows.pop(start)))
+        self._earliest[symbol] = min(windows, default=math.inf) + self.seconds
+        return closed
+
+    def _remember(self, trade: Trade) -> None:
+        ids, order = self._seen.setdefault(trade.symbol, (set(), deque()))
+        if trade.trade_id in ids:
+            raise BadRecord("duplicate", f"{trade.symbol} trade_id {trade.trade_id} seen before")
+        ids.add(trade.trade_id)
+        order.append(trade.trade_id)
+        if len(order) > self.dedup_capacity:
+            ids.discard(order.popleft())
+
+    def advance(self, watermark: float) -> list[Candle]:
+        """Move every symbol's watermark to at least `watermark`; returns what that closes."""
+        closed: list[Candle] = []
+        for symbol in self._open:
+            self._watermark[symbol] = max(self.watermark(symbol), watermark)
+            closed.extend(self._close_ready(symbol))
+        closed.sort(key=lambda c: (c.end, c.symbol))
+        return closed
+
+    def _close(self, symbol: str, w: _Window) -> list[Candle]:
+        out = []
+        prev_end = self._closed_until.get(symbol)
+        prev_close = self._last_close.get(symbol)
+        if prev_end is not None and prev_close is not None:
+            for gap_start in range(int(prev_end), int(w.start), self.seconds):
+                out.append(
+                    Candle(
+                        symbol,
+                        float(gap_start),
+                        float(gap_start + self.seconds),
+                        prev_close,
+                        prev_close,
+                        prev_close,
+                        prev_close,
+                        0.0,
+                        prev_close,
+                        0,
+                    )
+                )
+        out.append(
+            Candle(
+                symbol,
+                w.start,
+                w.start + self.seconds,
+                w.open,
+                w.high,
+                w.low,
+                w.close,
+                w.volume,
+                w.notional / w.volume,
+                w.trades,
+            )
+        )
+        self._closed_until[symbol] = w.start + self.seconds
+        self._last_close[symbol] = w.close
+        return out
+
+    def open_positions(self) -> dict[int, int]:
+        """Per partition, the lowest offset feeding a window that is still open."""
+        lowest: dict[int, int] = {}
+        for windows in self._open.values():
+            for w in windows.values():
+                for partition, offset in w.first_positions.items():
+                    lowest[partition] = min(offset, lowest.get(partition, offset))
+        return lowest
+
+    def forget_positions(self) -> None:
+        """The input topic was lost with its offsets: open windows keep their trades only."""
+        for windows in self._open.values():
+            for w in windows.values():
+                w.first_positions.clear()
+
+    def restore(self, symbol: str, closed_until: float, last_close: float) -> None:
+        """Resume a symbol after a restart: windows before `closed_until` are closed."""
+        self._closed_until[symbol] = closed_until
+        self._last_close[symbol] = last_close

@@ -1,0 +1,125 @@
+"""The one feature function: candles in, features out, used live and by backfill alike.
+
+`compute_features` looks only at candles that have closed at or before the one it describes,
+so it can run the moment a candle closes, and the same code builds history offline.
+
+>>> cs = [Candle("BTC/USD", 60.0 * i, 60.0 * (i + 1), 100 + i, 101 + i, 99 + i, 100.5 + i,
+...              10.0, 100.2 + i, 5) for i in range(WARMUP)]
+>>> f = compute_features(cs)
+>>> sorted(f) == sorted(FEATURE_NAMES + EXTRA_COLUMNS)
+True
+>>> round(f["ret_1"], 6)
+0.008734
+>>> compute_features(cs[1:]) is None
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+LOOKBACK = 15
+WARMUP = LOOKBACK + 1
+"""Closed candles needed before a symbol has features: returns over LOOKBACK need one more."""
+
+FEATURE_NAMES: list[str] = [
+    "ret_1",
+    "ret_5",
+    "ret_15",
+    "vol_15",
+    "range_pct",
+    "volume_z",
+    "vwap_dist",
+    "rsi_14",
+]
+"""What the model sees."""
+
+EXTRA_COLUMNS: list[str] = ["close", "volume"]
+"""Stored beside the features for monitoring and dashboards; the model does not see them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """An OHLCV candle of one symbol over the event-time window [start, end) in epoch seconds."""
+
+    symbol: str
+    start: float
+    end: float
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float
+    trades: int
+
+
+def _ret(candles: Sequence[Candle], lag: int) -> float:
+    return candles[-1].close / candles[-1 - lag].close - 1.0
+
+
+def _std(xs: Sequence[float]) -> float:
+    n = len(xs)
+    mean = sum(xs) / n
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+
+
+def _rsi(candles: Sequence[Candle], period: int = 14) -> float:
+    """Relative strength index over `period` closes, scaled to [-1, 1] (0 is neutral)."""
+    gains = losses = 0.0
+    for prev, cur in zip(candles[-period - 1 : -1], candles[-period:], strict=True):
+        change = cur.close - prev.close
+        if change > 0:
+            gains += change
+        else:
+            losses -= change
+    if gains + losses == 0:
+        return 0.0
+    return (gains - losses) / (gains + losses)
+
+
+def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
+    """Features of the newest candle in `history` (oldest first), or None before WARMUP candles.
+
+    Only the last WARMUP candles are read, so callers keep a bounded window.
+    """
+    if len(history) < WARMUP:
+        return None
+    window = list(history)[-WARMUP:]
+    last = window[-1]
+    one_step = [cur.close / prev.close - 1.0 for prev, cur in pairwise(window)]
+    volumes = [c.volume for c in window[1:]]
+    vol_std = _std(volumes)
+    return {
+        "ret_1": _ret(window, 1),
+        "ret_5": _ret(window, 5),
+        "ret_15": _ret(window, 15),
+        "vol_15": _std(one_step),
+        "range_pct": (last.high - last.low) / last.close,
+        "volume_z": (last.volume - sum(volumes) / len(volumes)) / vol_std if vol_std > 0 else 0.0,
+        "vwap_dist": last.close / last.vwap - 1.0 if last.vwap > 0 else 0.0,
+        "rsi_14": _rsi(window, 14),
+        "close": last.close,
+        "volume": last.volume,
+    }
+
+
+def model_inputs(values: Mapping[str, float]) -> dict[str, float]:
+    """What the model reads of a feature row: FEATURE_NAMES only, never the extra columns.
+
+    Training (examples, the offline store's feature service) and serving (HTTP rows, the
+    feature service's online read, streaming records parsed for FEATURE_NAMES) all read
+    FEATURE_NAMES and nothing else, so they agree on the model's inputs.
+
+    >>> model_inputs({"ret_1": 0.01, "close": 101.0})
+    {'ret_1': 0.01}
+    """
+    return {n: values[n] for n in FEATURE_NAMES if n in values}
+
+
+def target_return(close_t: float, close_t_plus_h: float) -> float:
+    """The label of the candle closing at t: its simple return to the close H candles later."""
+    return close_t_plus_h / close_t - 1.0

@@ -1,0 +1,147 @@
+"""Trades to candles, features and labelled examples: the pure step both runners share.
+
+The live feature pipeline feeds it trades from Kafka; backfill feeds it trades from a file or
+the simulator. Neither does anything the other does not, so training and serving see the same
+features.
+
+A label for the candle closing at t is made only when candle t+H closes, and an example pairs
+it with the features of t, known at t: nothing from the future leaks into a feature.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from rtml.pipelines.candles import CandleBuilder
+from rtml.pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
+from rtml.pipelines.trades import Trade
+
+
+def to_datetime(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRow:
+    """Features of `symbol`'s candle that closed at `ts` (epoch seconds)."""
+
+    symbol: str
+    ts: float
+    values: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "ts": self.ts, "features": self.values}
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """Features of the candle closing at `ts` with its target, known at `label_ts` = ts + H."""
+
+    symbol: str
+    ts: float
+    label_ts: float
+    features: dict[str, float]
+    target: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "ts": self.ts,
+            "label_ts": self.label_ts,
+            "features": self.features,
+            "target": self.target,
+        }
+
+
+@dataclass
+class Outputs:
+    candles: list[Candle] = field(default_factory=list)
+    features: list[FeatureRow] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.candles.extend(other.candles)
+        self.features.extend(other.features)
+        self.examples.extend(other.examples)
+
+    def __bool__(self) -> bool:
+        return bool(self.candles or self.features or self.examples)
+
+
+@dataclass
+class _SymbolState:
+    history: deque[Candle]
+    # (close time, close price, features or None during warm-up) of the last H candles
+    pending: deque[tuple[float, float, dict[str, float] | None]]
+
+
+class FeatureProcessor:
+    """Stateful per symbol; feed it trades (or closed candles) in arrival order."""
+
+    def __init__(self, candle_seconds: int, allowed_lateness: float, horizon: int) -> None:
+        self.horizon = horizon
+        self.builder = CandleBuilder(candle_seconds, allowed_lateness)
+        self._state: dict[str, _SymbolState] = {}
+
+    def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:
+        """Raises BadRecord for late and duplicate trades."""
+        candles = self.builder.add(trade, position)
+        return self.on_candles(candles) if candles else Outputs()
+
+    def flush(self, watermark: float) -> Outputs:
+        """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""
+        return self.on_candles(self.builder.advance(watermark))
+
+    def on_candles(self, candles: list[Candle]) -> Outputs:
+        out = Outputs(candles=list(candles))
+        for candle in candles:
+            state = self._state.get(candle.symbol)
+            if state is None:
+                state = self._state[candle.symbol] = _SymbolState(
+                    deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
+                )
+            state.history.append(candle)
+            values = compute_features(state.history)
+            if values is not None:
+                out.features.append(FeatureRow(candle.symbol, candle.end, values))
+            state.pending.append((candle.end, candle.close, values))
+            if len(state.pending) == self.horizon + 1:
+                ts, close, features = state.pending[0]
+                if features is not None:
+                    out.examples.append(
+                        Example(
+                            candle.symbol,
+                            ts,
+                            candle.end,
+                            model_inputs(features),
+                            target_return(close, candle.close),
+                        )
+                    )
+        return out
+
+    def restore(self, symbol: str, rows: list[tuple[float, dict[str, float]]]) -> None:
+        """Resume `symbol` from its newest stored feature rows (oldest first).
+
+        Rows carry each candle's close and volume, which is all the history that features and
+        labels read of past candles.
+        """
+        if not rows:
+            return
+        seconds = self.builder.seconds
+        state = self._state[symbol] = _SymbolState(
+            deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
+        )
+        for ts, values in rows[-WARMUP:]:
+            close = values["close"]
+            state.history.append(
+                Candle(
+                    symbol, ts - seconds, ts, close, close, close, close, values["volume"], close, 0
+                )
+            )
+        for ts, values in rows[-self.horizon :]:
+            state.pending.append((ts, values["close"], values))
+        last_ts, last = rows[-1]
+        self.builder.restore(symbol, last_ts, last["close"])

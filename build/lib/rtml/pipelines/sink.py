@@ -1,0 +1,145 @@
+"""Where the feature pipeline's outputs go: Feast online, the offline parquet parts, Kafka."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pandas as pd
+
+from rtml import feature_store as fs
+from rtml.kafka import Topics, encode
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.processor import Example, FeatureRow, Outputs
+from rtml.settings import Settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FEATURE_COLUMNS = ["symbol", "event_timestamp", "created", *FEATURE_NAMES, *EXTRA_COLUMNS]
+TARGET_COLUMNS = ["symbol", "event_timestamp", "created", "target_return"]
+
+
+def features_frame(rows: Iterable[FeatureRow]) -> pd.DataFrame:
+    """Feature rows in the offline/online schema; `created` is the candle's close time too."""
+    records = [
+        {"symbol": r.symbol, "event_timestamp": r.ts, "created": r.ts, **r.values} for r in rows
+    ]
+    frame = pd.DataFrame.from_records(records, columns=FEATURE_COLUMNS)
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    return frame
+
+
+def targets_frame(examples: Iterable[Example]) -> pd.DataFrame:
+    """Labels: event_timestamp is the labelled candle's close, created is when it became known."""
+    records = [
+        {
+            "symbol": e.symbol,
+            "event_timestamp": e.ts,
+            "created": e.label_ts,
+            "target_return": e.target,
+        }
+        for e in examples
+    ]
+    frame = pd.DataFrame.from_records(records, columns=TARGET_COLUMNS)
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    return frame
+
+
+def retrying(
+    what: str,
+    action: Callable[[], T],
+    stop: threading.Event | None = None,
+    retry_on: tuple[type[BaseException], ...] = (ConnectionError, OSError),
+    max_backoff_s: float = 5.0,
+) -> T:
+    """Run `action` until it succeeds, backing off; gives up only when `stop` is set."""
+    backoff = 0.1
+    attempt = 0
+    while True:
+        try:
+            return action()
+        except retry_on as exc:
+            attempt += 1
+            if stop is not None and stop.is_set():
+                raise
+            log.warning(
+                "%s failed (attempt %d): %s; retrying in %.1f s", what, attempt, exc, backoff
+            )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+
+
+class FeatureSink:
+    """Online and Kafka writes happen at once; offline rows are buffered into parquet parts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: FeatureStore | None,
+        producer: Producer | None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics.of(settings)
+        self.store = store
+        self.producer = producer
+        self.stop = stop
+        self._features: list[FeatureRow] = []
+        self._examples: list[Example] = []
+
+    def write(self, out: Outputs) -> None:
+        if out.features:
+            self.write_online(out.features)
+            self._features.extend(out.features)
+        self._examples.extend(out.examples)
+        if self.producer is not None:
+            for row in out.features:
+                self.producer.produce(
+                    self.topics.features, key=row.symbol.encode(), value=encode(row.to_json())
+                )
+            for ex in out.examples:
+                self.producer.produce(
+                    self.topics.examples, key=ex.symbol.encode(), value=encode(ex.to_json())
+                )
+            self.producer.poll(0)
+
+    def write_online(self, rows: list[FeatureRow]) -> None:
+        if self.store is None:
+            return
+        latest = {r.symbol: r for r in rows}  # rows arrive oldest first; Redis keeps the newest
+        frame = features_frame(latest.values())
+        store = self.store
+        retrying(
+            "online feature write",
+            lambda: store.push(fs.PUSH_SOURCE, frame, to=_online()),
+            self.stop,
+            retry_on=fs.redis_errors(),
+        )
+
+    @property
+    def pending_offline(self) -> int:
+        return len(self._features) + len(self._examples)
+
+    def flush_offline(self) -> None:
+        """Append buffered rows as new parquet parts: durable before offsets are committed."""
+        offline = self.settings.offline_dir
+        fs.append_parquet(offline / fs.FEATURES_DATASET, features_frame(self._features))
+        fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(self._examples))
+        self._features.clear()
+        self._examples.clear()
+
+
+def _online() -> Any:
+    from feast.data_source import PushMode
+
+    return PushMode.ONLINE

@@ -1,0 +1,247 @@
+"""Where trades come from: a simulated market, a replay file, or a live exchange feed."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rtml.errors import ConfigError
+from rtml.pipelines.trades import BadRecord, Trade, parse_trade, parse_ts
+
+
+@dataclass(frozen=True, slots=True)
+class Regime:
+    """How the market's returns behave for a stretch of candles.
+
+    A candle's log return is a fresh shock of standard deviation `volatility` plus
+    `persistence` times a sum over the last `MEMORY` candles: with positive persistence
+    (momentum, a trending market) the sum of their returns, so moves continue; with negative
+    persistence (mean reversion, a range-bound market) the sum of their shocks, so each shock
+    is given back over the candles that follow.
+    """
+
+    name: str
+    persistence: float
+    volatility: float
+    volume_scale: float
+
+
+MEMORY = 5
+"""Candles of the past a regime's persistence acts on."""
+
+REGIMES = (
+    Regime("calm-momentum", 0.18, 0.0010, 1.0),
+    Regime("calm-reversion", -0.2, 0.0015, 1.0),
+    Regime("volatile-momentum", 0.18, 0.0015, 2.5),
+    Regime("volatile-reversion", -0.2, 0.0025, 2.5),
+)
+"""Momentum and reversion in calm and volatile markets. Reversion has the larger shocks, so
+the size of recent moves alone does not tell the regimes apart: a model must learn which one
+it is in."""
+
+
+class SyntheticMarket:
+    """A seeded multi-symbol market whose regimes switch: concept drift by construction.
+
+    The regime is market-wide (every symbol switches at once, as crypto markets tend to move
+    together); each symbol draws its own noise. Within a regime a candle's return depends on
+    the symbol's recent returns (momentum or mean reversion) and volume rises with volatility,
+    so recent returns and volume predict the next returns; when the regime switches, that
+    relation flips or changes scale. Regimes last `min_regime`..`max_regime` candles. Trades
+    arrive at random times inside each candle and their path ends at the candle's close.
+    `start_prices` continues a stored history.
+
+    >>> m = SyntheticMarket(["A", "B"], seed=7, start_ts=0, trades_per_candle=4)
+    >>> first = list(m.candles_of_trades(2))
+    >>> len({t.symbol for t in first}) == 2 and all(t.price > 0 for t in first)
+    True
+    >>> [t.ts for t in first] == sorted(t.ts for t in first)
+    True
+    >>> list(SyntheticMarket(["A", "B"], seed=7, start_ts=0, trades_per_candle=4)
+    ...      .candles_of_trades(2)) == first
+    True
+    >>> [name for _, name in m.regime_log] == [m.regime.name]
+    True
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        seed: int = 0,
+        candle_seconds: int = 60,
+        start_ts: float | None = None,
+        trades_per_candle: int = 20,
+        min_regime: int = 240,
+        max_regime: int = 600,
+        start_price: float = 100.0,
+        start_prices: Mapping[str, float] | None = None,
+    ) -> None:
+        self.symbols = list(symbols)
+        self.candle_seconds = candle_seconds
+        now = time.time() if start_ts is None else start_ts
+        self.start_ts = math.floor(now / candle_seconds) * candle_seconds
+        self.trades_per_candle = trades_per_candle
+        self.min_regime, self.max_regime = min_regime, max_regime
+        self._rng = random.Random(seed)
+        prices = start_prices or {}
+        self._log_price = {
+            s: math.log(prices.get(s, start_price * (1 + i))) for i, s in enumerate(self.symbols)
+        }
+        self._returns = {s: deque([0.0] * MEMORY, maxlen=MEMORY) for s in self.symbols}
+        self._shocks = {s: deque([0.0] * MEMORY, maxlen=MEMORY) for s in self.symbols}
+        self.regime: Regime = REGIMES[0]
+        self._regime_left = 0
+        self._next_id = dict.fromkeys(self.symbols, 0)
+        self.candle_index = 0
+        self.regime_log: list[tuple[float, str]] = []
+        """(start time, regime name) at every switch, for plots."""
+
+    def _switch_if_due(self, ts: float) -> None:
+        if self._regime_left <= 0:
+            current = self.regime if self.regime_log else None
+            self.regime = self._rng.choice([r for r in REGIMES if r != current])
+            self._regime_left = self._rng.randint(self.min_regime, self.max_regime)
+            self.regime_log.append((ts, self.regime.name))
+        self._regime_left -= 1
+
+    def _candle_trades(self, symbol: str, start: float) -> list[Trade]:
+        rng = self._rng
+        regime = self.regime
+        returns, shocks = self._returns[symbol], self._shocks[symbol]
+        shock = rng.gauss(0.0, regime.volatility)
+        past = returns if regime.persistence > 0 else shocks
+        ret = shock + regime.persistence * sum(past)
+        returns.append(ret)
+        shocks.append(shock)
+        n = max(1, int(rng.expovariate(1.0 / self.trades_per_candle)) + 1)
+        times = sorted(start + rng.random() * self.candle_seconds for _ in range(n))
+        open_log = self._log_price[symbol]
+        trades = []
+        prev = open_log
+        for i, ts in enumerate(times):
+            drift = open_log + ret * (i + 1) / n
+            noise = rng.gauss(0.0, regime.volatility * 0.2) if i < n - 1 else 0.0
+            log_p = drift + noise
+            size = rng.lognormvariate(0.0, 0.5) * regime.volume_scale * (1 + 200 * abs(ret))
+            self._next_id[symbol] += 1
+            trades.append(
+                Trade(
+                    symbol,
+                    str(self._next_id[symbol]),
+                    round(math.exp(log_p), 6),
+                    round(size, 6),
+                    "buy" if log_p >= prev else "sell",
+                    round(ts, 6),
+                )
+            )
+            prev = log_p
+        self._log_price[symbol] = open_log + ret
+        return trades
+
+    def candles_of_trades(self, candles: int | None = None) -> Iterator[Trade]:
+        """Trades of all symbols in event-time order, for `candles` windows (None: forever)."""
+        produced = 0
+        while candles is None or produced < candles:
+            start = self.start_ts + self.candle_index * self.candle_seconds
+            self._switch_if_due(start)
+            batch: list[Trade] = []
+            for symbol in self.symbols:
+                batch.extend(self._candle_trades(symbol, start))
+            batch.sort(key=lambda t: t.ts)
+            yield from batch
+            self.candle_index += 1
+            produced += 1
+
+
+TRADE_COLUMNS = ("symbol", "trade_id", "price", "size", "side", "ts")
+CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise ConfigError(f"replay file {path} does not exist")
+    if path.suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".gz"):
+        return pd.read_csv(path)
+    raise ConfigError(f"replay file {path}: use .csv or .parquet")
+
+
+def replay(
+    path: Path, columns: dict[str, str] | None = None, candle_seconds: int = 60
+) -> Iterator[Trade | BadRecord]:
+    """Trades from a CSV or Parquet file of trades or of OHLCV candles.
+
+    Trades need the columns `symbol, trade_id, price, size, side, ts`; candles need
+    `symbol, ts, open, high, low, close, volume` where `ts` is the candle's start. `ts` is epoch
+    seconds or ISO-8601. `columns` maps these names to the file's own (e.g. {"size": "qty"}).
+    A candle becomes four trades (open, high, low, close) inside its window, so the candle
+    builder reproduces its OHLC and volume. Bad rows are yielded as BadRecord, not dropped.
+    """
+    frame = read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
+    if set(TRADE_COLUMNS) <= set(frame.columns):
+        records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
+        for record in records:
+            try:
+                yield parse_trade(record)
+            except BadRecord as exc:
+                yield exc
+        return
+    if not set(CANDLE_COLUMNS) <= set(frame.columns):
+        raise ConfigError(
+            f"{path}: columns {sorted(frame.columns)} are neither trades {TRADE_COLUMNS} nor "
+            f"candles {CANDLE_COLUMNS}; map yours with --column NAME=FILE_COLUMN"
+        )
+    frame = frame.sort_values("ts", kind="stable")
+    rows: list[dict[str, Any]] = frame[list(CANDLE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
+    for i, row in enumerate(rows):
+        try:
+            start = parse_ts(row["ts"])
+        except BadRecord as exc:
+            yield exc
+            continue
+        quarter = candle_seconds / 4
+        prices = (row["open"], row["high"], row["low"], row["close"])
+        for j, price in enumerate(prices):
+            record = {
+                "symbol": row["symbol"],
+                "trade_id": f"c{i}-{j}",
+                "price": price,
+                "size": row["volume"] / 4,
+                "side": "buy",
+                "ts": start + j * quarter,
+            }
+            try:
+                yield parse_trade(record)
+            except BadRecord as exc:
+                yield exc
+
+
+def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:
+    """Yield trades at `speed` times their event-time pace (0: as fast as possible).
+
+    Bad records pass straight through, for the caller to dead-letter.
+    """
+    if speed <= 0:
+        yield from trades
+        return
+    first_event: float | None = None
+    began = time.monotonic()
+    for trade in trades:
+        if isinstance(trade, BadRecord):
+            yield trade
+            continue
+        if first_event is None:
+            first_event = trade.ts
+        wait = (trade.ts - first_event) / speed - (time.monotonic() - began)
+        if wait > 0:
+            time.sleep(wait)
+        yield trade

@@ -1,0 +1,119 @@
+"""Raw trades: the record every source produces to the `trades` topic, and its validation.
+
+A trade on the wire is a JSON object::
+
+    {"symbol": "BTC/USD", "trade_id": "42", "price": 64000.5, "size": 0.01,
+     "side": "buy", "ts": 1767225600.25}
+
+`ts` is the exchange's event time in epoch seconds (an ISO-8601 string is accepted too).
+
+>>> parse_trade(b'{"symbol":"BTC/USD","trade_id":1,"price":10,"size":2,"side":"buy","ts":5}')
+Trade(symbol='BTC/USD', trade_id='1', price=10.0, size=2.0, side='buy', ts=5.0)
+>>> parse_trade(b'{"symbol":"BTC/USD","trade_id":1,"price":-1,"size":2,"side":"buy","ts":5}')
+Traceback (most recent call last):
+...
+rtml.pipelines.trades.BadRecord: non_positive: price must be > 0, got -1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from rtml.errors import RtmlError
+
+SIDES = ("buy", "sell")
+FIELDS = ("symbol", "trade_id", "price", "size", "side", "ts")
+
+
+class BadRecord(RtmlError):
+    """A record that cannot be processed; `kind` names the class of problem for counters."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    symbol: str
+    trade_id: str
+    price: float
+    size: float
+    side: str
+    ts: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(record: dict[str, Any], field: str, positive: bool) -> float:
+    value = record[field]
+    kind = type(value)
+    if (kind is float or kind is int) and math.isfinite(value) and (value > 0 or not positive):
+        return float(value)  # the common case, checked cheaply
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadRecord("wrong_type", f"{field} must be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRecord("wrong_type", f"{field} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise BadRecord("not_finite", f"{field} must be finite, got {value!r}")
+    if positive and number <= 0:
+        raise BadRecord("non_positive", f"{field} must be > 0, got {value!r}")
+    return number
+
+
+def parse_ts(value: Any) -> float:
+    if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise BadRecord(
+                "wrong_type", f"ts is not ISO-8601 or epoch seconds: {value!r}"
+            ) from None
+    return _number({"ts": value}, "ts", positive=True)
+
+
+def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
+    """Validate one trade; raises BadRecord naming what is wrong."""
+    if isinstance(raw, dict):
+        record = raw
+    else:
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # orjson is strict; the standard parser also reads NaN and Infinity, so a record
+            # carrying them is reported as not finite rather than as not JSON
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRecord("not_json", str(exc)) from None
+    if not isinstance(record, dict):
+        raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
+    try:
+        symbol, side, trade_id = record["symbol"], record["side"], record["trade_id"]
+        record["price"], record["size"], record["ts"]
+    except KeyError:
+        missing = [f for f in FIELDS if f not in record]
+        raise BadRecord("missing_field", f"missing {', '.join(missing)}") from None
+    if type(symbol) is not str or not symbol:
+        raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r}")
+    if side not in SIDES:
+        raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r}")
+    if type(trade_id) is not str and type(trade_id) is not int:
+        raise BadRecord("wrong_type", f"trade_id must be a string or integer, got {trade_id!r}")
+    return Trade(
+        symbol=symbol,
+        trade_id=str(trade_id),
+        price=_number(record, "price", positive=True),
+        size=_number(record, "size", positive=True),
+        side=side,
+        ts=parse_ts(record["ts"]),
+    )

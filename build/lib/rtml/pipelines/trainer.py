@@ -1,0 +1,631 @@
+"""The trainer: warm start from Feast, learn from `examples`, checkpoint to MLflow, gate.
+
+It is the single writer of its model. Each checkpoint holds the whole learner (model, what it
+learned, metrics) with the next offset of every partition, taken at one instant of the
+single-threaded loop; uploads run on a background thread with a bounded queue so learning
+never waits on MLflow. On start it restores the newest checkpoint (alias `candidate`) and
+assigns the partitions at its offsets: after a crash, what was learned since that checkpoint is
+learned again from the same records, once. Checkpoints also name the `examples` topic's id: when
+the broker has forgotten that topic (a restarted embedded broker, a re-created topic), the
+trainer learns what it missed from the offline store and reads the new topic from its start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from tqdm import tqdm
+
+from rtml import feature_store as fs
+from rtml import registry
+from rtml.errors import ConfigError
+from rtml.kafka import (
+    Topics,
+    TopicWatch,
+    dead_letter,
+    encode,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.gate import GateDecision, gate
+from rtml.pipelines.learner import Learner, parse_example
+from rtml.pipelines.models import build_model
+from rtml.pipelines.processor import Example
+from rtml.pipelines.trades import BadRecord
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 10  # uploads between prunings of old versions
+
+
+def offline_examples(settings: Settings, after: Mapping[str, float] | None = None) -> list[Example]:
+    """The offline store's targets joined point-in-time to their features, in time order.
+
+    `after` keeps, per symbol, only the examples whose event time is past the given one.
+    """
+    targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
+    if not targets.empty:
+        targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
+    if after and not targets.empty:
+        since = targets["symbol"].map(after).fillna(-math.inf).astype(float)
+        stamps = targets["event_timestamp"].map(lambda t: t.timestamp())
+        targets = targets[stamps > since]
+    if targets.empty:
+        return []
+    targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
+    store = fs.open_store(settings)
+    service = store.get_feature_service(fs.FEATURE_SERVICE)
+    frame = store.get_historical_features(
+        # `created` would clash with the feature sources' own created-timestamp column
+        entity_df=targets[["symbol", "event_timestamp", "target_return", "created"]].rename(
+            columns={"created": "label_time"}
+        ),
+        features=service,
+    ).to_df()
+    frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
+    names = [f.name for projection in service.feature_view_projections for f in projection.features]
+    rows = frame[["symbol", "event_timestamp", "label_time", "target_return", *names]].to_dict(
+        "records"
+    )
+    return [
+        Example(
+            str(r["symbol"]),
+            r["event_timestamp"].timestamp(),
+            r["label_time"].timestamp(),
+            {n: float(r[n]) for n in names if r[n] is not None and math.isfinite(r[n])},
+            float(r["target_return"]),
+        )
+        for r in rows
+    ]
+
+
+def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool = True) -> None:
+    """The first pass predicts before learning (progressive metrics); further passes only learn."""
+    for epoch in range(epochs):
+        desc = f"warm start {epoch + 1}/{epochs}"
+        for ex in tqdm(examples, desc=desc, disable=not progress):
+            if epoch == 0:
+                learner.step(ex)
+            else:
+                learner.model.learn_one(ex.features, ex.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """What a fit read from the offline store: how many examples, and their time span."""
+
+    examples: int
+    start: float = math.nan  # event time of the first example's features
+    end: float = math.nan  # label time of the last one
+
+    def params(self) -> dict[str, str]:
+        def iso(ts: float) -> str:
+            return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) else ""
+
+        return {
+            "dataset.feature_service": fs.FEATURE_SERVICE,
+            "dataset.examples": str(self.examples),
+            "dataset.from": iso(self.start),
+            "dataset.to": iso(self.end),
+        }
+
+
+def warm_start(settings: Settings, learner: Learner) -> Dataset:
+    """Fit on the offline store, `warm_start_epochs` passes; says what it read."""
+    examples = offline_examples(settings)
+    if not examples:
+        log.warning("the offline store has no targets yet: starting from an untrained model")
+        return Dataset(0)
+    fit(learner, examples, settings.warm_start_epochs)
+    return Dataset(len(examples), examples[0].ts, max(ex.label_ts for ex in examples))
+
+
+@dataclass
+class Checkpoint:
+    learner_bytes: bytes
+    offsets: dict[int, int]
+    metrics: dict[str, float]
+    champion_rolling_mae: float | None
+    topic_id: str | None = None  # the incarnation of `examples` the offsets belong to
+
+
+class Uploader:
+    """Uploads checkpoints to the trainer's run off the learning thread; the queue is bounded.
+
+    Each checkpoint is gated; one that passes is registered as a model version (at most every
+    `register_interval_s`) and promoted, unless a person pinned the champion. When MLflow is
+    slow or away and the queue is full, the oldest waiting checkpoint is dropped (only the
+    newest is needed to resume) and counted.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_id: str,
+        capacity: int,
+        on_promote: Callable[[Any], None] = lambda _: None,
+        first_version_due: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.on_promote = on_promote
+        self.run_id = run_id
+        self.queue: queue.Queue[Checkpoint | None] = queue.Queue(maxsize=capacity)
+        self.dropped = 0
+        self.superseded = 0
+        self.first_version_due = first_version_due  # register the first fit even if refused
+        self.uploaded: list[str] = []  # checkpoint artifacts, oldest first
+        self.registered: list[str] = []  # model versions, oldest first
+        self.decisions: list[tuple[str | None, bool, str]] = []  # (version, promoted, reason)
+        self._last_registered: float | None = None
+        self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
+        self._producer: Producer | None = None
+        self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
+        self._thread.start()
+
+    def submit(self, checkpoint: Checkpoint) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(checkpoint)
+                return
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                    self.dropped += 1
+                    log.warning("checkpoint queue full: dropped the oldest waiting checkpoint")
+                except queue.Empty:
+                    pass
+
+    def close(self, timeout: float = 60.0) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout)
+
+    def _alert_if_diverging(self, learned: int, mae: float, decision: GateDecision) -> None:
+        """One alert on `alerts` when the model starts diverging (it is never promoted)."""
+        diverging = math.isinf(mae) or mae > self.settings.max_mae
+        if diverging and not self.diverging:
+            alert = {
+                "kind": "diverging",
+                "model": self.settings.model_name,
+                "learned": learned,
+                "rolling_mae": mae if math.isfinite(mae) else None,
+                "reason": decision.reason,
+                "ts": time.time(),
+            }
+            if self._producer is None:
+                self._producer = make_producer(self.settings)
+            key = self.settings.model_name.encode()
+            self._producer.produce(Topics.of(self.settings).alerts, key=key, value=encode(alert))
+            self._producer.flush(10)
+            log.error(
+                "the model diverges after %d examples and is not served: %s",
+                learned,
+                decision.reason,
+            )
+        self.diverging = diverging
+
+    def _newest_waiting(self, checkpoint: Checkpoint) -> Checkpoint:
+        """The newest checkpoint queued behind `checkpoint` supersedes it: a whole learner
+        with its offsets. Uploading only the newest keeps the served model fresh when
+        uploads are slower than checkpoints."""
+        while True:
+            try:
+                waiting = self.queue.get_nowait()
+            except queue.Empty:
+                return checkpoint
+            if waiting is None:
+                self.queue.put(None)  # close once the newest is up
+                return checkpoint
+            self.superseded += 1
+            checkpoint = waiting
+
+    def _work(self) -> None:
+        while (first := self.queue.get()) is not None:
+            checkpoint = self._newest_waiting(first)
+            backoff = 0.5
+            while True:
+                try:
+                    self._upload(checkpoint)
+                    break
+                except Exception as exc:
+                    log.warning("checkpoint upload failed (%s); retrying in %.1f s", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    checkpoint = self._newest_waiting(checkpoint)
+        if self.registered:
+            try:
+                registry.prune(self.settings, self.settings.keep_versions)
+            except Exception as exc:
+                log.warning("could not prune old versions: %s", exc)
+
+    def _register_due(self) -> bool:
+        """A version at most every `register_interval_s`, so a person can follow the
+        registry; the first one at once."""
+        if self._last_registered is None:
+            return True
+        return time.monotonic() - self._last_registered >= self.settings.register_interval_s
+
+    def _upload(self, cp: Checkpoint) -> None:
+        learner = pickle.loads(cp.learner_bytes)
+        decision = gate(
+            cp.metrics["rolling_mae"],
+            cp.metrics["baseline_rolling_mae"],
+            cp.champion_rolling_mae,
+            self.settings.max_mae,
+            self.settings.gate_tolerance,
+        )
+        # the checkpoint first: it is what a restart resumes from, registered or not
+        state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
+        slot = "a" if len(self.uploaded) % 2 == 0 else "b"
+        artifact = registry.save_checkpoint(
+            self.settings, self.run_id, state, slot, cp.metrics, learner.learned
+        )
+        self.uploaded.append(artifact)
+        version: str | None = None
+        promoted = False
+        first = self._last_registered is None and self.first_version_due
+        if (decision.promote or first) and self._register_due():
+            version = self._register(learner, cp, decision)
+            if decision.promote:
+                promoted = self._promote(version, learner)
+        self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
+        self.decisions.append((version, promoted, decision.reason))
+        log.info(
+            "checkpoint at %d learned: %s%s%s",
+            learner.learned,
+            decision.reason,
+            f" -> version {version}" if version else "",
+            " -> champion" if promoted else "",
+        )
+
+    def _register(self, learner: Learner, cp: Checkpoint, decision: GateDecision) -> str:
+        tags = {
+            "trainer_run": self.run_id,
+            "watermark": str(learner.watermark),
+            "learned": str(learner.learned),
+            "gate": decision.reason,
+            **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
+        }
+        metadata = {"trained_through": learner.watermark, "learned": learner.learned}
+        version = registry.log_version(
+            self.settings, learner.model, tags=tags, feature_names=FEATURE_NAMES, metadata=metadata
+        )
+        registry.client(self.settings).set_registered_model_alias(
+            self.settings.model_name, registry.CANDIDATE, version
+        )
+        self._last_registered = time.monotonic()
+        self.registered.append(version)
+        if len(self.registered) % PRUNE_EVERY == 0:
+            registry.prune(self.settings, self.settings.keep_versions)
+        return version
+
+    def _promote(self, version: str, learner: Learner) -> bool:
+        """Make `version` the champion unless a person pinned the current one."""
+        found = registry.decision(self.settings)
+        if found and found.get("pinned"):
+            log.info(
+                "version %s passed the gate but stays a candidate: %s pinned version %s "
+                "(`rtml promote --auto` hands the champion back to the gate)",
+                version,
+                found.get("by"),
+                found.get("version"),
+            )
+            return False
+        registry.promote(self.settings, version, by=registry.TRAINER)
+        self.on_promote(learner.model)
+        return True
+
+
+class Trainer:
+    def __init__(self, settings: Settings, group_id: str = "rtml-trainer") -> None:
+        self.settings = settings
+        self.topics = Topics.of(settings)
+        self.group_id = group_id
+        self.stop = threading.Event()
+        self.rejected: dict[str, int] = {}
+        self.learner: Learner | None = None
+        self.offsets: dict[int, int] = {}
+        self.uploader: Uploader | None = None
+        self.run_id: str | None = None  # the trainer's MLflow run
+        self._champion: Any | None = None  # the champion's estimator, to score candidates
+        self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
+        self.drifts_at_start = 0
+        self.other_shards = 0
+        self.topic_id: str | None = None  # the id of the `examples` topic being read
+        self.stored_topic_id: str | None = None  # the one the restored offsets belong to
+        self.caught_up = 0  # examples learned from the offline store after the broker forgot
+
+    def restore_or_warm_start(self) -> None:
+        restored = registry.latest_checkpoint(self.settings)
+        if restored is not None:
+            self.learner, self.offsets, self.stored_topic_id, _ = restored
+            log.info(
+                "resumed from checkpoint: %d learned, offsets %s",
+                self.learner.learned,
+                self.offsets,
+            )
+        else:
+            self.learner = Learner(
+                build_model(self.settings.model, self.settings.model_params),
+                window=self.settings.metrics_window,
+                drift_delta=self.settings.drift_delta,
+            )
+            dataset = warm_start(self.settings, self.learner)
+            log.info("warm start learned %d examples from the offline store", dataset.examples)
+            if self.run_id is not None:
+                registry.log_params(self.settings, self.run_id, dataset.params())
+        self._champion = registry.load_champion(self.settings)
+        self.drifts_at_start = self.learner.drifts
+
+    def _new_champion(self, model: Any) -> None:
+        # called on the uploader thread; a reference swap, read at the next checkpoint
+        self._champion = model
+
+    def params(self) -> dict[str, Any]:
+        """What the trainer's MLflow run records as its parameters."""
+        s = self.settings
+        return {
+            "model": s.model,
+            "model_params": json.dumps(s.model_params, sort_keys=True),
+            "symbols": ",".join(s.symbols),
+            "candle_seconds": s.candle_seconds,
+            "horizon": s.horizon,
+            "features": ",".join(FEATURE_NAMES),
+            "feature_service": fs.FEATURE_SERVICE,
+            "warm_start_epochs": s.warm_start_epochs,
+            "metrics_window": s.metrics_window,
+            "checkpoint_every": s.checkpoint_every,
+            "checkpoint_interval_s": s.checkpoint_interval_s,
+            "register_interval_s": s.register_interval_s,
+            "max_mae": s.max_mae,
+            "gate_tolerance": s.gate_tolerance,
+            "drift_delta": s.drift_delta,
+            "drift_response": s.drift_response,
+        }
+
+    def _champion_mae(self) -> float | None:
+        """The champion's MAE on the examples of the candidate's rolling window.
+
+        Scored at checkpoint time rather than per example: the learning loop stays as cheap
+        as the candidate alone.
+        """
+        champion = self._champion
+        if champion is None or not self._recent:
+            return None
+        total = 0.0
+        for ex in self._recent:
+            total += abs(ex.target - champion.predict_one(ex.features))
+        mae = total / len(self._recent)
+        return mae if math.isfinite(mae) else math.inf
+
+    def checkpoint(self) -> None:
+        assert self.learner is not None and self.uploader is not None
+        if self.learner.settle_challenger():
+            log.info("the challenger started at the last drift erred less: it is now the model")
+        metrics = self.learner.metrics()
+        self.uploader.submit(
+            Checkpoint(
+                pickle.dumps(self.learner),
+                dict(self.offsets),
+                metrics,
+                self._champion_mae(),
+                self.topic_id,
+            )
+        )
+
+    def catch_up(self) -> int:
+        """Learn what the offline store holds past what each symbol has learned.
+
+        Called when the broker has lost `examples` with the offsets into it: the examples
+        the trainer had not read yet are in the offline store, which the feature pipeline
+        writes before it commits. Returns how many were learned.
+        """
+        assert self.learner is not None
+        examples = offline_examples(self.settings, after=self.learner.last_ts)
+        learned = 0
+        for ex in tqdm(examples, desc="catching up from the offline store", disable=None):
+            if self.learner.step(ex):
+                self._recent.append(ex)
+                learned += 1
+        self.caught_up += learned
+        log.warning("caught up on %d examples from the offline store", learned)
+        return learned
+
+    def _assign(self, consumer: Consumer) -> None:
+        metadata = consumer.list_topics(self.topics.examples, timeout=10)
+        partitions = sorted(metadata.topics[self.topics.examples].partitions)
+        consumer.assign(
+            [
+                TopicPartition(self.topics.examples, p, self.offsets.get(p, OFFSET_BEGINNING))
+                for p in partitions
+            ]
+        )
+
+    def _broker_forgot(self, consumer: Consumer | None, watch: TopicWatch) -> None:
+        """`examples` is not the topic the offsets point into: start it over after catching up."""
+        log.warning(
+            "the broker no longer has the %s the offsets %s belong to (restarted or re-created): "
+            "catching up from the offline store, then reading the new topic from its start",
+            self.topics.examples,
+            self.offsets,
+        )
+        ensure_topics(self.settings, self.topics.with_dlqs())
+        self.topic_id = watch.remember()[self.topics.examples]
+        self.offsets = {}
+        self.catch_up()
+        if consumer is not None:
+            consumer.unassign()
+            self._assign(consumer)
+        self.checkpoint()
+
+    def _handle(self, msg: Message, producer: Producer) -> int:
+        """Learn one record; returns 1 if it was learned, 0 if skipped or rejected."""
+        assert self.learner is not None
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
+            return 0
+        partition, offset = msg.partition() or 0, msg.offset() or 0
+        self.offsets[partition] = offset + 1
+        try:
+            ex = parse_example(msg.value() or b"")
+        except BadRecord as exc:
+            self.rejected[exc.kind] = self.rejected.get(exc.kind, 0) + 1
+            origin = f"{self.topics.examples}[{partition}]@{offset}"
+            dead_letter(
+                producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
+            )
+            return 0
+        if self.settings.shards and ex.symbol not in self.settings.symbols:
+            self.other_shards += 1  # another shard's trainer learns it
+            return 0
+        learned = self.learner.step(ex)
+        if learned:
+            self._recent.append(ex)
+        if self.learner.drift_detected:
+            self._on_drift(ex, producer)
+        return int(learned)
+
+    def _on_drift(self, ex: Example, producer: Producer) -> None:
+        assert self.learner is not None
+        metrics = self.learner.metrics()
+        alert = {
+            "kind": "drift",
+            "symbol": ex.symbol,
+            "ts": ex.ts,
+            "label_ts": ex.label_ts,
+            "model": self.settings.model_name,
+            "rolling_mae": metrics["rolling_mae"],
+            "response": self.settings.drift_response,
+        }
+        producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
+        log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
+        fresh = build_model(self.settings.model, self.settings.model_params)
+        if self.settings.drift_response == "reset":
+            self.learner.reset_model(fresh)
+        elif self.settings.drift_response == "challenger" and self.learner.challenger is None:
+            self.learner.start_challenger(fresh)
+
+    def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
+        settings = self.settings
+        ensure_topics(settings, self.topics.with_dlqs())
+        run_id = self.run_id = registry.trainer_run(settings, self.params())
+        self.restore_or_warm_start()
+        assert self.learner is not None
+        self.uploader = Uploader(
+            settings,
+            run_id,
+            settings.checkpoint_queue,
+            on_promote=self._new_champion,
+            first_version_due=registry.alias_version(settings, registry.CANDIDATE) is None,
+        )
+        watch = TopicWatch(settings, [self.topics.examples])
+        self.topic_id = watch.remember()[self.topics.examples]
+        if self.stored_topic_id and self.stored_topic_id != self.topic_id:
+            self._broker_forgot(None, watch)
+        elif self.uploader.first_version_due:
+            self.checkpoint()  # the warm-started model is the first version
+        consumer = make_consumer(settings, self.group_id)
+        producer = make_producer(settings)
+        self._assign(consumer)
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        since, last_cp = 0, time.monotonic()
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if max_examples is not None and self.learner.learned >= max_examples:
+                    break
+                if watch.changed():
+                    self._broker_forgot(consumer, watch)
+                    since, last_cp = 0, time.monotonic()
+                for msg in consumer.consume(num_messages=500, timeout=0.2):
+                    since += self._handle(msg, producer)
+                    if since >= settings.checkpoint_every:
+                        self.checkpoint()
+                        since, last_cp = 0, time.monotonic()
+                    if max_examples is not None and self.learner.learned >= max_examples:
+                        self.stop.set()
+                        break
+                if since and time.monotonic() - last_cp >= settings.checkpoint_interval_s:
+                    self.checkpoint()
+                    since, last_cp = 0, time.monotonic()
+            if since:
+                self.checkpoint()
+        finally:
+            consumer.close()
+            producer.flush(10)
+            self.uploader.close()
+        try:
+            registry.end_trainer_run(settings, run_id)  # a crash leaves it RUNNING, as MLflow does
+        except Exception as exc:
+            log.warning("could not mark the trainer run finished: %s", exc)
+        return self.learner
+
+
+def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]:
+    """Refit a fresh model on the offline store, register it and put it through the gate.
+
+    The trainer's own stream continues untouched; this version competes only for `champion`,
+    and does not move a champion a person pinned.
+    """
+    import mlflow
+
+    learner = Learner(
+        build_model(settings.model, settings.model_params),
+        window=settings.metrics_window,
+        drift_delta=settings.drift_delta,
+    )
+    dataset = warm_start(settings, learner)
+    if dataset.examples == 0:
+        raise ConfigError(
+            "the offline store has no labelled examples for these symbols; "
+            "run `rtml backfill` or the feature pipeline first"
+        )
+    metrics = learner.metrics()
+    decision = gate(
+        metrics["rolling_mae"],
+        metrics["baseline_rolling_mae"],
+        None,
+        settings.max_mae,
+        settings.gate_tolerance,
+    )
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow.set_experiment(settings.experiment_name)
+    with mlflow.start_run(run_name="retrain"):
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.log_params(dataset.params())
+        version = registry.log_version(
+            settings,
+            learner.model,
+            tags={
+                "source": "retrain",
+                "watermark": str(learner.watermark),
+                "gate": decision.reason,
+            },
+            feature_names=FEATURE_NAMES,
+            metadata={"trained_through": learner.watermark, "learned": learner.learned},
+        )
+    if decision.promote and not registry.pinned(settings):
+        registry.promote(settings, version, by=by)
+    return version, decision

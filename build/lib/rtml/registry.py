@@ -1,0 +1,372 @@
+"""The one wrapper around MLflow: served versions in the registry, the trainer's run and its
+checkpoints, and who decided which version is the champion.
+
+What is registered is what serves: the River estimator alone, behind the pyfunc of
+`rtml/river_model.py`, with a signature, an input example and complete requirements, so a version
+loads with mlflow and river alone. The trainer's whole state (model, what it learned, metrics,
+offsets) is a checkpoint artifact of the trainer's own run, not a model version. Pickle is
+River's only serialization: a model is loaded only from the registry the settings name.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Mapping
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
+
+from rtml.errors import ConfigError
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# MLflow's client retries a refused connection for about two minutes by default; rtml's loops
+# retry on their own (the trainer's uploader, the predictor's alias poll), so each call gives
+# up within seconds and the loop carries on. The environment can still say otherwise.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+MODEL_CODE = Path(__file__).resolve().parent / "river_model.py"
+TRAINER_TAG = "rtml.trainer_of"  # run tag: the registered model a trainer run trains
+CHECKPOINT_TAG = "rtml.checkpoint"  # run tag: artifact path of the newest complete checkpoint
+DECISION_TAG = "rtml.champion_decision"  # registered-model tag: who set the champion, when
+TRAINER = "trainer"  # who decided, when the gate did
+
+
+class OnlineRegressor(Protocol):
+    def predict_one(self, x: dict[str, float]) -> float: ...
+
+
+def pip_requirements() -> list[str]:
+    """Explicit requirements (inferring them takes seconds): what unpickles the estimator and
+    runs `river_model.py`. MLflow adds its own pin."""
+    return [f"river=={version('river')}", f"pandas=={version('pandas')}"]
+
+
+def signature(feature_names: list[str]) -> ModelSignature:
+    """Optional float inputs (River skips missing features), one float output."""
+    inputs = Schema([ColSpec(DataType.double, name, required=False) for name in feature_names])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(DataType.double)]))
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+# Served versions -----------------------------------------------------------------------------
+def log_version(
+    settings: Settings,
+    model: OnlineRegressor,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    feature_names: list[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> str:
+    """Register the estimator `model` as a new version of `name`; returns the version.
+
+    `metadata` travels inside the model (MLmodel), e.g. the newest label time it learned.
+    """
+    name = name or settings.model_name
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    example = pd.DataFrame([dict.fromkeys(feature_names, 0.0)]) if feature_names else None
+    with tempfile.TemporaryDirectory(prefix="rtml-model-") as tmp:
+        estimator = Path(tmp) / "estimator.pkl"
+        estimator.write_bytes(pickle.dumps(model))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"estimator": str(estimator)},
+            pip_requirements=pip_requirements(),
+            signature=signature(feature_names) if feature_names else None,
+            input_example=example,
+            metadata=dict(metadata or {}),
+        )
+    # registering with its tags is one call; tagging afterwards would be one per tag
+    registered = mlflow.register_model(info.model_uri, name, tags=dict(tags or {}))
+    version_id = str(registered.version)
+    log.info("registered %s version %s", name, version_id)
+    return version_id
+
+
+def alias_version(settings: Settings, alias: str, name: str | None = None) -> str | None:
+    """The version `alias` points at, or None (also when the model is not registered yet)."""
+    try:
+        found = client(settings).get_model_version_by_alias(name or settings.model_name, alias)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None  # no such model or alias
+        raise  # the registry is unreachable or failing: not the same as "no version"
+    return str(found.version)
+
+
+class Loaded(NamedTuple):
+    model: Any  # the pyfunc's python model: `predict_one(x)`, `predict_row(row)`
+    metadata: dict[str, Any]  # what `log_version` was given as metadata
+
+
+def load_version(settings: Settings, version: str, name: str | None = None) -> Loaded:
+    """One version by number: an alias can move between looking it up and loading it."""
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name or settings.model_name}/{version}")
+    return Loaded(loaded.unwrap_python_model(), dict(loaded.metadata.metadata or {}))
+
+
+def load(settings: Settings, alias: str, name: str | None = None) -> Loaded:
+    """The version `alias` points at."""
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name or settings.model_name}@{alias}")
+    return Loaded(loaded.unwrap_python_model(), dict(loaded.metadata.metadata or {}))
+
+
+def load_champion(settings: Settings) -> Any | None:
+    """The champion's estimator, or None while there is none."""
+    if alias_version(settings, CHAMPION) is None:
+        return None
+    return load(settings, CHAMPION).model
+
+
+# The champion and who decided ------------------------------------------------------------------
+HISTORY_TAG = "champion_history"
+
+
+def _model_tags(settings: Settings) -> dict[str, str]:
+    try:
+        return dict(client(settings).get_registered_model(settings.model_name).tags)
+    except MlflowException as exc:
+        if _missing(exc):
+            return {}
+        raise
+
+
+def champion_history(settings: Settings) -> list[str]:
+    history: list[str] = json.loads(_model_tags(settings).get(HISTORY_TAG, "[]"))
+    return history
+
+
+def decision(settings: Settings) -> dict[str, Any] | None:
+    """Who set the champion, when, how, and whether it is pinned against the trainer's gate."""
+    raw = _model_tags(settings).get(DECISION_TAG)
+    return json.loads(raw) if raw else None
+
+
+def pinned(settings: Settings) -> bool:
+    found = decision(settings)
+    return bool(found and found.get("pinned"))
+
+
+def _decide(
+    settings: Settings, history: list[str], version: str, action: str, by: str, pin: bool
+) -> None:
+    mlflow_client = client(settings)
+    name = settings.model_name
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    record = {"version": version, "action": action, "by": by, "at": time.time(), "pinned": pin}
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
+    mlflow_client.set_registered_model_tag(name, DECISION_TAG, json.dumps(record))
+    log.info("champion of %s is now version %s (%s by %s)", name, version, action, by)
+
+
+def person() -> str:
+    """Who runs this command, for the record of who decided."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def promote(settings: Settings, version: str, by: str = TRAINER, pin: bool = False) -> None:
+    """Point `champion` at `version` and remember the move for rollback.
+
+    A person's promotion pins the champion (`pin=True`): the trainer's gate stops moving it
+    until `auto` hands control back.
+    """
+    try:
+        client(settings).get_model_version(settings.model_name, version)
+    except MlflowException as exc:
+        if _missing(exc):
+            raise ConfigError(
+                f"{settings.model_name} has no version {version}; `rtml status` lists them"
+            ) from None
+        raise
+    history = champion_history(settings)
+    if history[-1:] != [version]:
+        history.append(version)
+    _decide(settings, history, version, "promote", by, pin)
+
+
+def rollback(settings: Settings, by: str | None = None) -> str:
+    """Move `champion` back to the previous champion and pin it; returns the version served."""
+    history = champion_history(settings)
+    if len(history) < 2:
+        raise ConfigError(
+            f"{settings.model_name} has no earlier champion to roll back to; "
+            "use `rtml promote VERSION` to choose one."
+        )
+    history.pop()
+    _decide(settings, history, history[-1], "rollback", by or person(), pin=True)
+    return history[-1]
+
+
+def auto(settings: Settings, by: str | None = None) -> str | None:
+    """Hand the champion back to the trainer's gate; returns the champion it keeps for now."""
+    current = alias_version(settings, CHAMPION)
+    record = {
+        "version": current,
+        "action": "auto",
+        "by": by or person(),
+        "at": time.time(),
+        "pinned": False,
+    }
+    client(settings).set_registered_model_tag(settings.model_name, DECISION_TAG, json.dumps(record))
+    return current
+
+
+def prune(settings: Settings, keep: int) -> list[str]:
+    """Delete versions beyond the newest `keep` that no alias or recent champion points at."""
+    mlflow_client = client(settings)
+    name = settings.model_name
+    model = mlflow_client.get_registered_model(name)
+    protected = set(model.aliases.values()) | set(champion_history(settings)[-10:])
+    versions = sorted(
+        (int(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")),
+        reverse=True,
+    )
+    doomed = [str(v) for v in versions[keep:] if str(v) not in protected]
+    for number in doomed:
+        mlflow_client.delete_model_version(name, number)
+    return doomed
+
+
+# The trainer's run and its checkpoints ------------------------------------------------------------
+def _trainer_run(settings: Settings) -> Any | None:
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{TRAINER_TAG}` = '{settings.model_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trainer_run(settings: Settings, params: Mapping[str, Any]) -> str:
+    """The trainer's run for this model, resumed (status RUNNING) if it exists; returns its id.
+
+    A restarted trainer continues its run: one run per model, whose metrics span restarts.
+    `params` are logged when the run is created.
+    """
+    mlflow_client = client(settings)
+    found = _trainer_run(settings)
+    if found is not None:
+        mlflow_client.update_run(found.info.run_id, status="RUNNING")
+        log.info("resuming the trainer run %s", found.info.run_id)
+        return str(found.info.run_id)
+    experiment = mlflow.set_experiment(settings.experiment_name)
+    run = mlflow_client.create_run(
+        experiment.experiment_id,
+        run_name=f"trainer {settings.model_name}",
+        tags={TRAINER_TAG: settings.model_name},
+    )
+    mlflow_client.log_batch(
+        run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+    )
+    return str(run.info.run_id)
+
+
+def log_params(settings: Settings, run_id: str, params: Mapping[str, str]) -> None:
+    """Add `params` to a run; a resumed run that has them with other values keeps its own."""
+    try:
+        client(settings).log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    except MlflowException as exc:
+        log.warning("the run %s keeps the parameters it was started with (%s)", run_id, exc)
+
+
+def end_trainer_run(settings: Settings, run_id: str) -> None:
+    client(settings).set_terminated(run_id, "FINISHED")
+
+
+def save_checkpoint(
+    settings: Settings,
+    run_id: str,
+    state: Mapping[str, Any],
+    slot: str,
+    metrics: Mapping[str, float],
+    step: int,
+) -> str:
+    """Upload the trainer's `state` into `slot` of its run, then point the run's tag at it.
+
+    Two slots alternate: the tag moves only once an upload is complete, so a crash mid-upload
+    leaves the previous checkpoint in place. Returns the artifact path.
+    """
+    mlflow_client = client(settings)
+    with tempfile.TemporaryDirectory(prefix="rtml-checkpoint-") as tmp:
+        path = Path(tmp) / "state.pkl"
+        path.write_bytes(pickle.dumps(dict(state)))
+        mlflow_client.log_artifact(run_id, str(path), artifact_path=f"checkpoint/{slot}")
+    artifact = f"checkpoint/{slot}/state.pkl"
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, step) for k, v in metrics.items() if v - v == 0],
+        tags=[RunTag(CHECKPOINT_TAG, artifact), RunTag("rtml.learned", str(step))],
+    )
+    return artifact
+
+
+class Restored(NamedTuple):
+    learner: Any
+    offsets: dict[int, int]
+    topic_id: str | None  # the `examples` topic's id the offsets belong to
+    artifact: str  # where in the trainer's run it was read from
+
+
+def latest_checkpoint(settings: Settings) -> Restored | None:
+    """The newest checkpoint's learner and the offsets to continue from, if there is one."""
+    run = _trainer_run(settings)
+    artifact = run.data.tags.get(CHECKPOINT_TAG) if run is not None else None
+    if run is None or not artifact:
+        return None
+    with tempfile.TemporaryDirectory(prefix="rtml-checkpoint-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path=artifact,
+            dst_path=tmp,
+            tracking_uri=settings.mlflow_uri,
+        )
+        state = pickle.loads(Path(local).read_bytes())
+    offsets = {int(k): int(v) for k, v in state["offsets"].items()}
+    return Restored(state["learner"], offsets, state.get("topic_id"), artifact)
+
+
+def learned(settings: Settings) -> int | None:
+    """How many examples the trainer's newest checkpoint had learned (None: no trainer yet)."""
+    run = _trainer_run(settings)
+    value = run.data.tags.get("rtml.learned") if run is not None else None
+    return int(value) if value else None

@@ -1,0 +1,1 @@
+"""Serving: predictions over HTTP and Kafka from the champion model, and monitoring."""

@@ -1,0 +1,164 @@
+"""The served model: loaded by MLflow alias, replaced atomically when the alias moves.
+
+A background thread polls the `champion` alias. A new version is loaded completely first and
+only then swapped in, by replacing one reference: a request reads the reference once, so it
+never sees a half-loaded model. A failed load keeps the current version serving, is logged and
+counted, and is tried again at the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rtml import registry
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    version: str
+    learner: Any
+    loaded_at: float
+    trained_through: float
+    """Event time (epoch seconds) of the newest label the model had learned."""
+    model: str = ""
+    """The registered model the version belongs to."""
+
+
+class ModelHolder:
+    def __init__(
+        self,
+        settings: Settings,
+        alias: str = registry.CHAMPION,
+        on_swap: Callable[[Served], None] = lambda _: None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = name or settings.model_name
+        self.alias = alias
+        self.on_swap = on_swap
+        self.current: Served | None = None
+        self.load_failures = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> bool:
+        """Load the alias's version if it is not the one served; True when it swapped."""
+        version = registry.alias_version(self.settings, self.alias, name=self.name)
+        current = self.current
+        if version is None or (current is not None and current.version == version):
+            return False
+        try:
+            loaded = registry.load_version(self.settings, version, name=self.name)
+        except Exception as exc:
+            self.load_failures += 1
+            log.error(
+                "could not load version %s (%s); still serving %s",
+                version,
+                exc,
+                current.version if current else "nothing",
+            )
+            return False
+        served = Served(
+            version=version,
+            learner=loaded.model,
+            loaded_at=time.time(),
+            trained_through=float(loaded.metadata.get("trained_through", float("nan"))),
+            model=self.name,
+        )
+        self.current = served
+        self.on_swap(served)
+        log.info("serving %s version %s", self.name, version)
+        return True
+
+    sharded = False
+    """One model serves every symbol, so a request need not name one."""
+
+    def model_for(self, symbol: str) -> str | None:
+        """The registered model that serves `symbol`: this one, for any symbol."""
+        del symbol
+        return self.name
+
+    def for_symbol(self, symbol: str) -> Served | None:
+        """The one model serves every symbol."""
+        del symbol
+        return self.current
+
+    def missing(self) -> list[str]:
+        """Models without a loaded version."""
+        return [] if self.current is not None else [self.name]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # the registry is away: keep serving, keep polling
+                self.load_failures += 1
+                log.warning("model poll failed: %s", exc)
+            self._stop.wait(self.settings.model_poll_s)
+
+
+class ModelRouter:
+    """Model shards: one holder per shard's registered model, a symbol served by its shard's.
+
+    Has the holder's interface (`sharded`, `model_for`, `for_symbol`, `missing`,
+    `load_failures`, `refresh`, `start`, `stop`), so the API and the streaming predictor take
+    either.
+    """
+
+    def __init__(self, settings: Settings, on_swap: Callable[[Served], None] = lambda _: None):
+        self.settings = settings
+        self.routes = settings.model_routes()
+        self.holders = {
+            name: ModelHolder(settings, on_swap=on_swap, name=name)
+            for name in sorted(set(self.routes.values()))
+        }
+
+    sharded = True
+    """Each symbol has its shard's model, so a request must name its symbol."""
+
+    def model_for(self, symbol: str) -> str | None:
+        return self.routes.get(symbol)
+
+    def for_symbol(self, symbol: str) -> Served | None:
+        name = self.routes.get(symbol)
+        return self.holders[name].current if name is not None else None
+
+    def missing(self) -> list[str]:
+        return [name for h in self.holders.values() for name in h.missing()]
+
+    @property
+    def load_failures(self) -> int:
+        return sum(h.load_failures for h in self.holders.values())
+
+    def refresh(self) -> bool:
+        return any([h.refresh() for h in self.holders.values()])
+
+    def start(self) -> None:
+        for h in self.holders.values():
+            h.start()
+
+    def stop(self) -> None:
+        for h in self.holders.values():
+            h.stop()
+
+
+def models_for(settings: Settings) -> ModelHolder | ModelRouter:
+    """A router when RTML_SHARDS is set, else one holder of the model."""
+    return ModelRouter(settings) if settings.shards else ModelHolder(settings)

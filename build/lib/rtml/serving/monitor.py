@@ -1,0 +1,405 @@
+"""The monitor: predictions joined with the targets they tried to predict, error over time.
+
+The streaming predictor writes `predictions` (symbol, event time, prediction, version); the
+feature pipeline writes `examples` once a target is known, H candles later. The monitor joins
+the two by (symbol, event time), whichever arrives first, and keeps a rolling MAE per model
+version and symbol with the naive baseline (predict no change) beside it. An ADWIN detector on
+the newest version's errors raises drift alerts. Everything is exported as Prometheus metrics,
+logged to MLflow, and drawn on the dashboard.
+
+`Monitor` is pure; `MonitorService` feeds it from Kafka.
+
+>>> m = Monitor(window=2)
+>>> m.on_prediction(Prediction("X", 60.0, 0.01, 1, 0.0), arrived=100.0)
+>>> m.on_example("X", 60.0, {"close": 10.0}, 0.03)
+>>> m.joined, round(m.rolling_mae(1, "X"), 4), round(m.baseline_mae("X"), 4)
+(1, 0.02, 0.03)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from river import drift
+
+from rtml.kafka import (
+    Topics,
+    commit_stored,
+    dead_letter,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from rtml.pipelines.learner import RollingMean, parse_example
+from rtml.pipelines.trades import BadRecord
+from rtml.serving.stream import parse_features
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ALL = "*"  # the symbol label of figures over all symbols
+
+
+@dataclass(frozen=True)
+class Prediction:
+    symbol: str
+    ts: float
+    prediction: float
+    version: int
+    trained_through: float
+
+
+def parse_prediction(raw: bytes) -> Prediction:
+    """Validate a `predictions` record; raises BadRecord naming what is wrong."""
+    try:
+        r = orjson.loads(raw)
+        p = Prediction(r["symbol"], float(r["ts"]), r["prediction"], int(r["model_version"]), 0.0)
+        trained = r.get("trained_through")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BadRecord("malformed", f"predictions record: {exc!r}") from None
+    if not isinstance(p.symbol, str):
+        raise BadRecord("wrong_type", "symbol must be a string")
+    if p.prediction is None or type(p.prediction) not in (float, int):
+        raise BadRecord("no_prediction", "the model gave no finite prediction")
+    if not math.isfinite(p.prediction) or not math.isfinite(p.ts):
+        raise BadRecord("not_finite", "ts and prediction must be finite")
+    through = float(trained) if type(trained) in (float, int) else math.nan
+    return Prediction(p.symbol, p.ts, float(p.prediction), p.version, through)
+
+
+class Monitor:
+    """Joins predictions with realized targets; rolling errors, alerts, and chart series."""
+
+    def __init__(
+        self,
+        window: int = 500,
+        history: int = 2000,
+        max_pending: int = 200_000,
+        drift_delta: float = 0.002,
+    ) -> None:
+        self.window = window
+        self.max_pending = max_pending
+        self.drift_delta = drift_delta
+        # predictions waiting for their target, and targets waiting for their predictions
+        self._predictions: OrderedDict[tuple[str, float], list[Prediction]] = OrderedDict()
+        self._targets: OrderedDict[tuple[str, float], float] = OrderedDict()
+        self._mae: dict[tuple[int, str], RollingMean] = {}
+        self._baseline: dict[str, RollingMean] = {}
+        self.served = RollingMean(window)
+        """Rolling MAE of whatever was served, across versions: what users got."""
+        self._drift = drift.ADWIN(delta=drift_delta)
+        self._drift_version: int | None = None
+        self.champion: int | None = None
+        self.joined = 0
+        self.predictions = 0
+        self.examples = 0
+        self.expired = 0  # predictions whose target never came within max_pending
+        self.rejected: dict[str, int] = {}
+        self.last_record_at = math.nan
+        # series for the dashboard, each bounded by `history` points
+        self.price: dict[str, deque[tuple[float, float]]] = {}
+        self.pairs: dict[str, deque[tuple[float, float, float, int]]] = {}
+        self.mae_series: deque[tuple[float, int, float, float]] = deque(maxlen=history)
+        self.staleness: deque[tuple[float, float]] = deque(maxlen=history)
+        self.champion_changes: deque[tuple[float, int]] = deque(maxlen=history)
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
+        self._history = history
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def on_prediction(self, p: Prediction, arrived: float | None = None) -> None:
+        self.predictions += 1
+        self.last_record_at = time.time() if arrived is None else arrived
+        if self.champion != p.version and (self.champion is None or p.version > self.champion):
+            self.champion = p.version
+            self.champion_changes.append((p.ts, p.version))
+        if math.isfinite(p.trained_through):
+            self.staleness.append((p.ts, p.ts - p.trained_through))
+        key = (p.symbol, p.ts)
+        target = self._targets.pop(key, None)
+        if target is not None:
+            self._score(p, target)
+            return
+        self._predictions.setdefault(key, []).append(p)
+        while len(self._predictions) > self.max_pending:
+            _, dropped = self._predictions.popitem(last=False)
+            self.expired += len(dropped)
+
+    def on_example(self, symbol: str, ts: float, features: dict[str, float], target: float) -> None:
+        self.examples += 1
+        self.last_record_at = time.time()
+        self.on_price(symbol, ts, features.get("close"))
+        waiting = self._predictions.pop((symbol, ts), None)
+        if waiting is None:
+            self._targets[(symbol, ts)] = target
+            while len(self._targets) > self.max_pending:
+                self._targets.popitem(last=False)
+            return
+        for p in waiting:
+            self._score(p, target)
+
+    def on_price(self, symbol: str, ts: float, close: float | None) -> None:
+        if close is None or not math.isfinite(close):
+            return
+        series = self.price.setdefault(symbol, deque(maxlen=self._history))
+        if not series or ts > series[-1][0]:
+            series.append((ts, close))
+
+    def reject(self, topic: str) -> None:
+        self.rejected[topic] = self.rejected.get(topic, 0) + 1
+
+    # -- scoring ------------------------------------------------------------------------------
+    def _rolling(self, key: tuple[int, str]) -> RollingMean:
+        rolling = self._mae.get(key)
+        if rolling is None:
+            rolling = self._mae[key] = RollingMean(self.window)
+        return rolling
+
+    def _score(self, p: Prediction, target: float) -> None:
+        error = abs(target - p.prediction)
+        self.served.add(error)
+        for symbol in (p.symbol, ALL):
+            self._rolling((p.version, symbol)).add(error)
+            base = self._baseline.get(symbol)
+            if base is None:
+                base = self._baseline[symbol] = RollingMean(self.window)
+            base.add(abs(target))
+        self.joined += 1
+        self.pairs.setdefault(p.symbol, deque(maxlen=self._history)).append(
+            (p.ts, p.prediction, target, p.version)
+        )
+        self.mae_series.append(
+            (p.ts, p.version, self.rolling_mae(p.version), self.baseline_mae(ALL))
+        )
+        if p.version != self.champion:
+            return
+        if self._drift_version != p.version:  # a new champion starts a fresh detector
+            self._drift = drift.ADWIN(delta=self.drift_delta)
+            self._drift_version = p.version
+        self._drift.update(error)
+        if self._drift.drift_detected:
+            alert = {
+                "ts": p.ts,
+                "version": p.version,
+                "symbol": p.symbol,
+                "rolling_mae": self.rolling_mae(p.version),
+                "baseline_mae": self.baseline_mae(ALL),
+            }
+            self.alerts.append(alert)
+            log.warning("drift in the errors of version %s: %s", p.version, alert)
+
+    def rolling_mae(self, version: int, symbol: str = ALL) -> float:
+        rolling = self._mae.get((version, symbol))
+        return rolling.mean if rolling else math.nan
+
+    def baseline_mae(self, symbol: str = ALL) -> float:
+        rolling = self._baseline.get(symbol)
+        return rolling.mean if rolling else math.nan
+
+    @property
+    def pending(self) -> int:
+        return sum(len(v) for v in self._predictions.values())
+
+    # -- outputs ------------------------------------------------------------------------------
+    def errors_table(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "version": version,
+                "symbol": symbol,
+                "n": len(rolling.values),
+                "rolling_mae": _finite(rolling.mean),
+                "baseline_mae": _finite(self.baseline_mae(symbol)),
+            }
+            for (version, symbol), rolling in sorted(self._mae.items())
+        ]
+
+    def snapshot(self, points: int = 500) -> dict[str, Any]:
+        """Everything the dashboard draws, each series cut to its newest `points`."""
+
+        def tail(series: deque[Any]) -> list[Any]:
+            return list(series)[-points:]
+
+        return {
+            "now": time.time(),
+            "last_record_at": _finite(self.last_record_at),
+            "champion": self.champion,
+            "served_mae": _finite(self.served.mean),
+            "baseline_mae": _finite(self.baseline_mae(ALL)),
+            "counts": {
+                "predictions": self.predictions,
+                "examples": self.examples,
+                "joined": self.joined,
+                "pending": self.pending,
+                "expired": self.expired,
+                "rejected": dict(self.rejected),
+            },
+            "price": {s: tail(v) for s, v in self.price.items()},
+            "pairs": {s: tail(v) for s, v in self.pairs.items()},
+            "mae": [[t, v, _finite(m), _finite(b)] for t, v, m, b in tail(self.mae_series)],
+            "staleness": tail(self.staleness),
+            "champion_changes": list(self.champion_changes),
+            "errors": self.errors_table(),
+            "alerts": list(self.alerts),
+        }
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """Rolling errors as MLflow metric keys (`monitor.mae.v3.BTC_USD`)."""
+        out = {"monitor.joined": float(self.joined), "monitor.alerts": float(len(self.alerts))}
+        for (version, symbol), rolling in self._mae.items():
+            label = "all" if symbol == ALL else symbol.replace("/", "_")
+            if math.isfinite(rolling.mean):
+                out[f"monitor.mae.v{version}.{label}"] = rolling.mean
+        base = self.baseline_mae(ALL)
+        if math.isfinite(base):
+            out["monitor.baseline_mae.all"] = base
+        return out
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class MonitorCollector(Collector):
+    """Prometheus metrics read from the monitor at scrape time."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.monitor
+        mae = GaugeMetricFamily(
+            "rtml_monitor_rolling_mae",
+            "Rolling mean absolute error per model version and symbol",
+            labels=["version", "symbol"],
+        )
+        base = GaugeMetricFamily(
+            "rtml_monitor_baseline_rolling_mae",
+            "Rolling MAE of the naive baseline (no change)",
+            labels=["symbol"],
+        )
+        for row in m.errors_table():
+            if row["rolling_mae"] is not None:
+                mae.add_metric([str(row["version"]), row["symbol"]], row["rolling_mae"])
+        for symbol in m._baseline:
+            if math.isfinite(m.baseline_mae(symbol)):
+                base.add_metric([symbol], m.baseline_mae(symbol))
+        yield mae
+        yield base
+        yield CounterMetricFamily("rtml_monitor_joined", "Predictions scored", value=m.joined)
+        yield CounterMetricFamily(
+            "rtml_monitor_expired", "Predictions dropped before their target came", value=m.expired
+        )
+        yield CounterMetricFamily(
+            "rtml_monitor_drift_alerts", "Drift alerts raised", value=len(m.alerts)
+        )
+        rejected = CounterMetricFamily(
+            "rtml_monitor_rejected", "Records sent to a DLQ", labels=["topic"]
+        )
+        for topic, n in m.rejected.items():
+            rejected.add_metric([topic], n)
+        yield rejected
+        yield GaugeMetricFamily(
+            "rtml_monitor_pending", "Predictions waiting for their target", value=m.pending
+        )
+        if m.champion is not None:
+            yield GaugeMetricFamily(
+                "rtml_monitor_champion_version", "Newest version seen", value=m.champion
+            )
+
+
+class MonitorService:
+    """Feeds a Monitor from `predictions`, `examples` and `features`; logs to MLflow."""
+
+    def __init__(
+        self, settings: Settings, monitor: Monitor | None = None, group_id: str = "rtml-monitor"
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor or Monitor(settings.metrics_window, settings.monitor_history)
+        self.group_id = group_id
+        self.topics = Topics.of(settings)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()  # the dashboard reads while the loop writes
+        self._run_id: str | None = None
+        self._last_log = time.monotonic()
+        self._step = 0
+
+    def _handle(self, msg: Message, producer: Producer) -> None:
+        topic, raw, m = msg.topic() or "", msg.value() or b"", self.monitor
+        try:
+            if topic == self.topics.predictions:
+                m.on_prediction(parse_prediction(raw))
+            elif topic == self.topics.examples:
+                ex = parse_example(raw)
+                m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
+            else:
+                symbol, ts, x = parse_features(raw, ("close",))
+                m.on_price(symbol, ts, x.get("close"))
+        except BadRecord as exc:
+            m.reject(topic)
+            origin = f"{topic}[{msg.partition()}]@{msg.offset()} (monitor)"
+            dead_letter(producer, topic, str(exc), msg.value(), origin=origin)
+
+    def log_to_mlflow(self) -> None:
+        """Log the rolling errors to the `monitor` run; a registry outage only costs a point."""
+        import mlflow
+        from mlflow.entities import Metric as MlflowMetric
+
+        with self.lock:
+            metrics = self.monitor.mlflow_metrics()
+        self._step += 1
+        try:
+            client = mlflow.MlflowClient(self.settings.mlflow_uri)
+            if self._run_id is None:
+                experiment = client.get_experiment_by_name(self.settings.experiment_name)
+                experiment_id = (
+                    experiment.experiment_id
+                    if experiment
+                    else client.create_experiment(self.settings.experiment_name)
+                )
+                self._run_id = client.create_run(experiment_id, run_name="monitor").info.run_id
+            now = int(time.time() * 1000)
+            client.log_batch(
+                self._run_id, [MlflowMetric(k, v, now, self._step) for k, v in metrics.items()]
+            )
+        except Exception as exc:  # MLflow down must not stop monitoring
+            log.warning("could not log monitor metrics to MLflow: %s", exc)
+
+    def run(self, max_seconds: float | None = None) -> Monitor:
+        settings = self.settings
+        ensure_topics(settings, self.topics.with_dlqs())
+        consumer = make_consumer(settings, self.group_id)
+        producer = make_producer(settings)
+        consumer.subscribe([self.topics.predictions, self.topics.examples, self.topics.features])
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                batch = consumer.consume(num_messages=1000, timeout=0.2)
+                with self.lock:
+                    for msg in batch:
+                        error = msg.error()
+                        if error is None:
+                            self._handle(msg, producer)
+                            consumer.store_offsets(message=msg)
+                        elif error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", error)
+                if batch:
+                    producer.flush(30)
+                    commit_stored(consumer)
+                if time.monotonic() - self._last_log >= settings.monitor_log_interval_s:
+                    self._last_log = time.monotonic()
+                    self.log_to_mlflow()
+        finally:
+            consumer.close()
+            producer.flush(10)
+        self.log_to_mlflow()
+        return self.monitor

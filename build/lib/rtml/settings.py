@@ -1,0 +1,259 @@
+"""Typed, frozen settings: read from the environment (and `.env`) once, at the entrypoint.
+
+Every external address comes from here, so the same code runs on the embedded single-machine
+stack and on Kafka/Redpanda, Redis and an MLflow server elsewhere. The three addresses that
+have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``,
+``MLFLOW_TRACKING_URI``) are read from it; giving one marks that service as external, and
+``rtml up`` then uses it instead of starting the embedded one.
+
+>>> s = Settings(state_dir="/tmp/x", kafka_port=1234)
+>>> s.kafka_bootstrap, s.kafka_external
+('127.0.0.1:1234', False)
+>>> Settings(redis_url="redis://:pw@cache:6380/2").feast_redis_connection
+'cache:6380,db=2,password=pw,socket_timeout=1.0,socket_connect_timeout=1.0'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from rtml.errors import ConfigError
+
+# feature_repo/ installs inside the package, so a non-editable install finds its Feast repo
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class Settings(BaseSettings):
+    """All of rtml's configuration. Field ``foo`` is read from ``RTML_FOO`` unless noted."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTML_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Embedded stack
+    state_dir: Path = Path(".rtml")
+    bind_host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    redis_port: int = 16379
+    mlflow_port: int = 15000
+    up_timeout_s: float = 90.0
+
+    # External services: when given, `rtml up` does not start the embedded one.
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RTML_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "RTML_REDIS_URL")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
+    )
+
+    redis_timeout_s: float = 1.0
+
+    # Kafka clients
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = ""
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+    # Measured on the embedded broker: eager `range` assignment and short group timeouts make
+    # consumer groups settle in seconds; they are valid for Apache Kafka and Redpanda too.
+    kafka_session_timeout_ms: int = 6000
+    kafka_heartbeat_interval_ms: int = 1000
+    kafka_max_poll_interval_ms: int = 10000
+
+    # Feast
+    feature_repo: Path = PACKAGE_DIR / "feature_repo"
+    feast_project: str = "rtml"
+
+    # Market data and labels
+    symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD")
+    candle_seconds: int = 60
+    horizon: int = 5
+    allowed_lateness_s: float = 5.0
+
+    # Model registry
+    model_name: str = "rtml-price-change"
+    # Scale-out by model shards: each shard's trainer owns some symbols and registers its own
+    # model, `<model_name>-<shard>`; predictors route each symbol to its shard's champion.
+    # RTML_SHARDS='{"majors": ["BTC/USD", "ETH/USD"], "alts": ["SOL/USD"]}'
+    shards: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    shard: str | None = None  # set for a trainer: which shard it is
+    experiment_name: str = "rtml"
+
+    # Predictor
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_token: SecretStr | None = None
+    max_body_bytes: int = 1_000_000
+    max_batch_rows: int = 1000
+    model_poll_s: float = 1.0
+    api_access_log: bool = True
+
+    # Monitor and dashboard
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 8001
+    monitor_history: int = 2000
+    monitor_log_interval_s: float = 10.0
+
+    # Trainer
+    model: str = "linear"
+    model_params: dict[str, float] = Field(default_factory=dict)
+    warm_start_epochs: int = 3
+    metrics_window: int = 500
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 30.0
+    # a checkpoint that passes the gate becomes a model version at most this often
+    register_interval_s: float = 120.0
+    checkpoint_queue: int = 4
+    max_mae: float = 0.05
+    gate_tolerance: float = 0.05
+    drift_delta: float = 0.002
+    drift_response: Literal["none", "reset", "challenger"] = "none"
+    keep_versions: int = 50
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        """`RTML_API_TOKEN=` (empty) means no token, never the empty token.
+
+        >>> Settings(api_token="").api_token is None
+        True
+        """
+        return None if value == "" else value
+
+    def shard_model(self, shard: str) -> str:
+        """The registered model of `shard`."""
+        return f"{self.model_name}-{shard}"
+
+    def as_shard(self) -> Settings:
+        """A trainer's view of its shard: its symbols and its model; unchanged when unsharded.
+
+        >>> s = Settings(shards={"a": ("X/USD",), "b": ("Y/USD",)}, shard="b").as_shard()
+        >>> s.symbols, s.model_name
+        (('Y/USD',), 'rtml-price-change-b')
+        """
+        if self.shard is None:
+            return self
+        if self.shard not in self.shards:
+            raise ConfigError(
+                f"RTML_SHARD={self.shard!r} is not one of RTML_SHARDS ({sorted(self.shards)}); "
+                "set RTML_SHARDS to a JSON object of shard name -> symbols"
+            )
+        return self.model_copy(
+            update={
+                "symbols": tuple(self.shards[self.shard]),
+                "model_name": self.shard_model(self.shard),
+                "shard": None,
+            }
+        )
+
+    def model_routes(self) -> dict[str, str]:
+        """symbol -> registered model, for predictors; empty when unsharded.
+
+        >>> Settings(shards={"a": ("X/USD", "Z/USD"), "b": ("Y/USD",)}).model_routes()["Y/USD"]
+        'rtml-price-change-b'
+        """
+        routes: dict[str, str] = {}
+        for shard, symbols in self.shards.items():
+            for symbol in symbols:
+                if symbol in routes:
+                    raise ConfigError(f"{symbol} is in more than one of RTML_SHARDS")
+                routes[symbol] = self.shard_model(shard)
+        return routes
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir.resolve()
+
+    @property
+    def kafka_external(self) -> bool:
+        return self.kafka_bootstrap_servers is not None
+
+    @property
+    def redis_external(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def mlflow_external(self) -> bool:
+        return self.mlflow_tracking_uri is not None
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"{self.bind_host}:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://{self.bind_host}:{self.redis_port}/0"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+    @property
+    def feast_redis_connection(self) -> str:
+        """The Redis URL in Feast's ``host:port,key=value`` connection-string form."""
+        url = urlparse(self.redis)
+        parts = [f"{url.hostname or 'localhost'}:{url.port or 6379}"]
+        db = url.path.lstrip("/")
+        if db and db != "0":
+            parts.append(f"db={db}")
+        if url.password:
+            parts.append(f"password={url.password}")
+        if url.scheme == "rediss":
+            parts.append("ssl=true")
+        # without timeouts a Redis that stops answering would hang every read
+        parts.append(f"socket_timeout={self.redis_timeout_s}")
+        parts.append(f"socket_connect_timeout={self.redis_timeout_s}")
+        return ",".join(parts)
+
+    @property
+    def offline_dir(self) -> Path:
+        """Where the offline store's append-only parquet parts live."""
+        return self.state / "offline"
+
+    @property
+    def feast_registry_path(self) -> Path:
+        return self.state / "feast" / "registry.db"
+
+    def as_env(self, *names: str) -> dict[str, str]:
+        """The `RTML_*` variables that give a child process these settings' `names`.
+
+        >>> env = Settings(symbols=("A/USD",), kafka_port=9, api_access_log=False).as_env(
+        ...     "symbols", "kafka_port", "api_access_log")
+        >>> env["RTML_SYMBOLS"], env["RTML_KAFKA_PORT"], env["RTML_API_ACCESS_LOG"]
+        ('["A/USD"]', '9', 'false')
+        """
+        env = {}
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, tuple | dict):
+                text = json.dumps(list(value) if isinstance(value, tuple) else value)
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, Path):
+                text = str(value.resolve())
+            else:
+                text = str(value)
+            env[f"RTML_{name.upper()}"] = text
+        return env
+
+    def feast_env(self) -> dict[str, str]:
+        """The variables ``feature_repo/feature_store.yaml`` and its definitions read."""
+        return {
+            "RTML_STATE_DIR": str(self.state),
+            "RTML_FEAST_REGISTRY": str(self.feast_registry_path),
+            "RTML_FEAST_REDIS": self.feast_redis_connection,
+            "RTML_FEAST_PROJECT": self.feast_project,
+        }
