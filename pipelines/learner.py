@@ -23,21 +23,17 @@ import math
 from collections import deque
 from typing import Any
 
-import orjson
 from river import drift
 
 from rtml.pipelines.processor import Example
-from rtml.pipelines.trades import BadRecord
+from rtml.pipelines.trades import BadRecord, decode_object
 
 _NUMBER = (float, int)
 
 
 def parse_example(raw: bytes | dict[str, Any]) -> Example:
     """Validate an `examples` record; raises BadRecord naming what is wrong."""
-    try:
-        record = orjson.loads(raw) if isinstance(raw, bytes) else raw
-    except orjson.JSONDecodeError as exc:
-        raise BadRecord("not_json", str(exc)) from None
+    record = decode_object(raw) if isinstance(raw, bytes) else raw
     if not isinstance(record, dict):
         raise BadRecord("not_json", "expected a JSON object")
     try:

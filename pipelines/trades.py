@@ -52,17 +52,69 @@ class Trade:
         return asdict(self)
 
 
+MAX_RECORD_BYTES = 64 * 1024
+"""No rtml record comes near this (a trade is ~100 bytes, an example ~400); a larger value is
+refused before it is parsed, so its cost is bounded."""
+MAX_INT_DIGITS = 30
+"""Integers are bounded before Python builds them: a 400-digit number cannot become a float."""
+_INT_BOUND = 10**MAX_INT_DIGITS
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadRecord("out_of_range", f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def decode_object(raw: bytes | str) -> dict[str, Any]:
+    """The JSON object in `raw`, or BadRecord: the one guard every consumer decodes through.
+
+    >>> decode_object(b'{"a": 1}')
+    {'a': 1}
+    >>> decode_object(b'[' * 5000 + b']' * 5000)
+    Traceback (most recent call last):
+    ...
+    rtml.pipelines.trades.BadRecord: too_deep: JSON nested deeper than the parser allows
+    >>> decode_object(b'{"price": 1' + b'0' * 400 + b'}')
+    Traceback (most recent call last):
+    ...
+    rtml.pipelines.trades.BadRecord: out_of_range: an integer of 401 digits
+    """
+    if len(raw) > MAX_RECORD_BYTES:
+        raise BadRecord("too_large", f"{len(raw)} bytes; a record is at most {MAX_RECORD_BYTES}")
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson is strict (no NaN, no integer beyond 64 bits, nesting up to 1024); the standard
+        # parser reads NaN and Infinity, so a record carrying them is reported as not finite
+        # rather than as not JSON, with integers and depth still bounded
+        try:
+            record = json.loads(raw, parse_int=_bounded_int)
+        except RecursionError:
+            raise BadRecord("too_deep", "JSON nested deeper than the parser allows") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRecord("not_json", str(exc)[:200]) from None
+    if not isinstance(record, dict):
+        raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
 def _number(record: dict[str, Any], field: str, positive: bool) -> float:
     value = record[field]
     kind = type(value)
-    if (kind is float or kind is int) and math.isfinite(value) and (value > 0 or not positive):
-        return float(value)  # the common case, checked cheaply
+    if kind is float and math.isfinite(value) and (value > 0 or not positive):
+        return value  # the common case, checked cheaply
+    if kind is int:
+        if not -_INT_BOUND < value < _INT_BOUND:  # a source's dict is bounded as text is
+            raise BadRecord("out_of_range", f"{field} is an integer beyond {MAX_INT_DIGITS} digits")
+        if value > 0 or not positive:
+            return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise BadRecord("wrong_type", f"{field} must be a number, got {type(value).__name__}")
     try:
         number = float(value)
     except ValueError:
-        raise BadRecord("wrong_type", f"{field} must be a number, got {value!r}") from None
+        raise BadRecord("wrong_type", f"{field} must be a number, got {value!r:.80}") from None
     if not math.isfinite(number):
         raise BadRecord("not_finite", f"{field} must be finite, got {value!r}")
     if positive and number <= 0:
@@ -83,18 +135,7 @@ def parse_ts(value: Any) -> float:
 
 def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
     """Validate one trade; raises BadRecord naming what is wrong."""
-    if isinstance(raw, dict):
-        record = raw
-    else:
-        try:
-            record = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            # orjson is strict; the standard parser also reads NaN and Infinity, so a record
-            # carrying them is reported as not finite rather than as not JSON
-            try:
-                record = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise BadRecord("not_json", str(exc)) from None
+    record = raw if isinstance(raw, dict) else decode_object(raw)
     if not isinstance(record, dict):
         raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
     try:
@@ -104,11 +145,11 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         missing = [f for f in FIELDS if f not in record]
         raise BadRecord("missing_field", f"missing {', '.join(missing)}") from None
     if type(symbol) is not str or not symbol:
-        raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r}")
+        raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r:.80}")
     if side not in SIDES:
-        raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r}")
+        raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r:.80}")
     if type(trade_id) is not str and type(trade_id) is not int:
-        raise BadRecord("wrong_type", f"trade_id must be a string or integer, got {trade_id!r}")
+        raise BadRecord("wrong_type", f"trade_id must be a string or integer, got {trade_id!r:.80}")
     return Trade(
         symbol=symbol,
         trade_id=str(trade_id),

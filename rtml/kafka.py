@@ -207,6 +207,10 @@ def encode(record: Mapping[str, Any]) -> bytes:
     return orjson.dumps(record)
 
 
+DLQ_RAW_BYTES = 16 * 1024
+"""How much of a rejected value its dead-letter record keeps (JSON escaping may double it)."""
+
+
 def dead_letter(
     producer: Producer,
     topic: str,
@@ -216,9 +220,27 @@ def dead_letter(
     key: bytes | None = None,
     origin: str = "",
 ) -> None:
-    """Send a rejected record to `topic`'s DLQ with its reason and where it came from."""
-    raw = (value or b"").decode("utf-8", errors="replace")
-    record = {"reason": reason, "origin": origin, "raw": raw}
+    """Send a rejected record to `topic`'s DLQ with its reason and where it came from.
+
+    The DLQ record carries the first `DLQ_RAW_BYTES` of the raw value (and its full size), so
+    it always fits the broker's message limit, however large or escape-heavy the original.
+
+    >>> class Sink:
+    ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
+    >>> sink = Sink()
+    >>> dead_letter(sink, "t", "too_large: ...", b'"' * 600_000, origin="t[0]@7")
+    >>> len(sink.sent["raw"]), sink.sent["raw_bytes"], sink.sent["raw_truncated"]
+    (16384, 600000, True)
+    """
+    data = value or b""
+    raw = data[:DLQ_RAW_BYTES].decode("utf-8", errors="replace")
+    record = {
+        "reason": reason[:1000],
+        "origin": origin,
+        "raw": raw,
+        "raw_bytes": len(data),
+        "raw_truncated": len(data) > DLQ_RAW_BYTES,
+    }
     producer.produce(dlq(topic), key=key, value=encode(record))
 
 

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,7 +41,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.learner import RollingMean, parse_example
-from rtml.pipelines.trades import BadRecord
+from rtml.pipelines.trades import BadRecord, decode_object
 from rtml.serving.stream import parse_features
 from rtml.settings import Settings
 
@@ -62,19 +61,19 @@ class Prediction:
 
 def parse_prediction(raw: bytes) -> Prediction:
     """Validate a `predictions` record; raises BadRecord naming what is wrong."""
+    r = decode_object(raw)
     try:
-        r = orjson.loads(raw)
         p = Prediction(r["symbol"], float(r["ts"]), r["prediction"], int(r["model_version"]), 0.0)
         trained = r.get("trained_through")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BadRecord("malformed", f"predictions record: {exc!r}") from None
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise BadRecord("malformed", f"predictions record: {exc!r:.200}") from None
     if not isinstance(p.symbol, str):
         raise BadRecord("wrong_type", "symbol must be a string")
     if p.prediction is None or type(p.prediction) not in (float, int):
         raise BadRecord("no_prediction", "the model gave no finite prediction")
     if not math.isfinite(p.prediction) or not math.isfinite(p.ts):
         raise BadRecord("not_finite", "ts and prediction must be finite")
-    through = float(trained) if type(trained) in (float, int) else math.nan
+    through = float(trained) if type(trained) is float or type(trained) is int else math.nan
     return Prediction(p.symbol, p.ts, float(p.prediction), p.version, through)
 
 

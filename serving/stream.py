@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from rtml.kafka import (
@@ -27,7 +26,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.trades import BadRecord
+from rtml.pipelines.trades import BadRecord, decode_object
 from rtml.serving.model_holder import ModelHolder, ModelRouter
 from rtml.settings import Settings
 
@@ -36,10 +35,10 @@ log = logging.getLogger(__name__)
 
 def parse_features(raw: bytes, names: Iterable[str]) -> tuple[str, float, dict[str, float]]:
     """A `features` record's symbol, time and the finite values of `names` it carries."""
+    record = decode_object(raw)
     try:
-        record = orjson.loads(raw)
         symbol, ts, values = record["symbol"], float(record["ts"]), record["features"]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BadRecord("malformed", f"features record: {exc!r}") from None
     if not isinstance(symbol, str) or not isinstance(values, dict):
         raise BadRecord("wrong_type", "symbol must be a string and features an object")

@@ -147,7 +147,7 @@ def test_bad_predictions_go_to_the_dlq_with_reasons(
     topic = service.topics.predictions
     dead = drain(service.settings, dlq(topic))
     assert len(dead) == 2 == service.monitor.rejected[topic]
-    assert {r["reason"].split(":")[0] for r in dead} == {"malformed", "no_prediction"}
+    assert {r["reason"].split(":")[0] for r in dead} == {"not_json", "no_prediction"}
     assert all("(monitor)" in r["origin"] for r in dead)
 
 

@@ -330,16 +330,24 @@ def _example(symbol: str, ts: float) -> dict[str, Any]:
 
 POISON_EXAMPLES: list[tuple[str, bytes]] = [
     ("not_json", b"{nope"),
-    ("not_json", b'{"symbol": "X", "target": 1e999}'),  # JSON cannot carry an infinity
+    ("missing_field", b'{"symbol": "X", "target": 1e999}'),
+    # cheap records that once crash-looped the trainer: bounded before they are parsed
+    ("out_of_range", b'{"symbol": "X", "ts": 1' + b"0" * 400 + b"}"),
+    ("too_deep", b'{"a":' * 5000 + b"1" + b"}" * 5000),
+    ("too_large", b'"' * 600_000),
     ("missing_field", json.dumps({"symbol": "X", "ts": 1.0}).encode()),
     ("wrong_type", json.dumps({**_example("X", 1.0), "target": "up"}).encode()),
     ("leak", json.dumps({**_example("X", 1.0), "label_ts": 0.5}).encode()),
 ]
 
 POISON_FEATURES: dict[str, bytes] = {
-    "malformed": b"[1, 2",
+    "not_json": b"[1, 2",
+    "malformed": json.dumps({"symbol": "X", "ts": 1.0}).encode(),
     "wrong_type": json.dumps({"symbol": 7, "ts": 1.0, "features": {}}).encode(),
     "not_finite": json.dumps({"symbol": "X", "ts": "inf", "features": {}}).encode(),
+    "out_of_range": b'{"symbol": "X", "ts": 1' + b"0" * 400 + b', "features": {}}',
+    "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    "too_large": b'"' * 600_000,
 }
 
 

@@ -167,3 +167,34 @@ def test_features_are_finite_on_a_long_synthetic_run() -> None:
     for row in out.features:
         assert set(FEATURE_NAMES) <= set(row.values)
         assert all(math.isfinite(v) for v in row.values.values())
+
+
+HOSTILE = {
+    "out_of_range": b'{"symbol": "X", "price": 1' + b"0" * 400 + b"}",
+    "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+    "too_large": b"[" * 50_000 + b"]" * 50_000,
+    "not_json": b'"' * 60_000,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_every_parser_bounds_hostile_records_with_a_class(kind: str) -> None:
+    from rtml.pipelines.learner import parse_example
+    from rtml.serving.monitor import parse_prediction
+    from rtml.serving.stream import parse_features
+
+    parsers = [parse_trade, parse_example, parse_prediction, lambda raw: parse_features(raw, [])]
+    for parse in parsers:
+        with pytest.raises(BadRecord) as caught:
+            parse(HOSTILE[kind])
+        assert caught.value.kind == kind, (parse, caught.value)
+    for big in (b'"' * 600_000, b"x" * 1_100_000):
+        with pytest.raises(BadRecord, match="too_large"):
+            parse_trade(big)
+
+
+def test_a_source_dict_with_a_huge_integer_is_out_of_range() -> None:
+    record = {"symbol": "X", "trade_id": 1, "price": 10**400, "size": 1, "side": "buy", "ts": 1}
+    with pytest.raises(BadRecord) as caught:
+        parse_trade(record)
+    assert caught.value.kind == "out_of_range"

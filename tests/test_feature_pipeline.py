@@ -54,6 +54,12 @@ def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
         "duplicate": json.dumps(first_half[-1].to_json()).encode(),
         # another symbol's trade on good's partition: it could overtake its own partition
         "misrouted": json.dumps({**other.to_json(), "trade_id": "m"}).encode(),
+        # cheap records that once crash-looped the pipeline
+        "out_of_range": json.dumps({**good, "trade_id": "o"})
+        .replace(json.dumps(good["price"]), "1" + "0" * 400, 1)
+        .encode(),
+        "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
+        "too_large": b'"' * 600_000,
     }
     for value in poison.values():
         producer.produce(topics.trades, key=good["symbol"].encode(), value=value)

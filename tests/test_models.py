@@ -137,7 +137,7 @@ def test_a_challenger_that_errs_less_takes_over() -> None:
 
 def test_warm_start_on_an_empty_offline_store_learns_nothing(tmp_path: Path) -> None:
     learner = Learner(build_model("linear"))
-    assert warm_start(Settings(state_dir=tmp_path), learner) == 0
+    assert warm_start(Settings(state_dir=tmp_path), learner).examples == 0
     assert learner.learned == 0
 
 

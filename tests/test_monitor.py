@@ -76,7 +76,7 @@ def test_parse_prediction_rejects_each_kind_of_bad_record() -> None:
     good = {"symbol": "A", "ts": 60, "prediction": 0.1, "model_version": 3, "trained_through": 0}
     assert parse_prediction(orjson.dumps(good)).version == 3
     cases = {
-        b"not json": "malformed",
+        b"not json": "not_json",
         orjson.dumps({**good, "model_version": "x"}): "malformed",
         orjson.dumps({k: v for k, v in good.items() if k != "ts"}): "malformed",
         orjson.dumps({**good, "symbol": 5}): "wrong_type",
