@@ -22,7 +22,9 @@ the previous close and zero volume, so "5 candles ago" always means 5 windows ag
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtml.pipelines.features import Candle
@@ -48,10 +50,21 @@ class _Window:
 class CandleBuilder:
     """Builds candles of every symbol from trades in any order within the allowed lateness."""
 
-    def __init__(self, seconds: int, allowed_lateness: float, dedup_capacity: int = 50_000):
+    def __init__(
+        self,
+        seconds: int,
+        allowed_lateness: float,
+        dedup_capacity: int = 50_000,
+        max_future_s: float = math.inf,
+        clock: Callable[[], float] = time.time,
+    ):
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
+        # how far past both its symbol's watermark and the clock a trade may be: one trade
+        # from the year 2286 must not drag a symbol's watermark (and its gap-filling) there
+        self.max_future_s = max_future_s
+        self.clock = clock
         self._watermark: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
         self._open: dict[str, dict[float, _Window]] = {}
@@ -63,6 +76,16 @@ class CandleBuilder:
         """Add one trade; returns the candles that closed because of it, oldest first."""
         start = float(math.floor(trade.ts / self.seconds) * self.seconds)
         closed_until = self._closed_until.get(trade.symbol, -math.inf)
+        if trade.ts > self.watermark(trade.symbol) + self.max_future_s:
+            # checked against the clock only when the watermark says "too far": replays run
+            # ahead of the clock, a live feed back after a long silence runs ahead of the mark
+            horizon = max(self.watermark(trade.symbol), closed_until, self.clock())
+            if trade.ts > horizon + self.max_future_s:
+                raise BadRecord(
+                    "future",
+                    f"{trade.symbol}@{trade.ts}: more than {self.max_future_s:g} s ahead of both "
+                    f"its watermark and the clock (RTML_MAX_FUTURE_S)",
+                )
         if start + self.seconds <= closed_until:
             raise BadRecord(
                 "late",

@@ -93,8 +93,12 @@ class FeaturePipeline:
         self.topics = Topics.of(settings)
         self.stats = PipelineStats()
         self.processor = FeatureProcessor(
-            settings.candle_seconds, settings.allowed_lateness_s, settings.horizon
+            settings.candle_seconds,
+            settings.allowed_lateness_s,
+            settings.horizon,
+            settings.max_future_s,
         )
+        self.symbols = frozenset(settings.symbols)
         self._last: dict[int, int] = {}
 
     def run(self, max_seconds: float | None = None) -> PipelineStats:
@@ -169,6 +173,12 @@ class FeaturePipeline:
         self.stats.trades += 1
         try:
             trade = parse_trade(msg.value() or b"")
+            if trade.symbol not in self.symbols:
+                # a window opened for it would never close and pin the commit behind it
+                raise BadRecord(
+                    "unknown_symbol",
+                    f"{trade.symbol!r:.60} is not in RTML_SYMBOLS; add it there to build it",
+                )
             key = msg.key()
             if key is not None and key != trade.symbol.encode():
                 # each symbol's watermark assumes its trades share one partition; a trade on

@@ -66,7 +66,10 @@ def backfill(
     newest features of each symbol are written online at the end so serving can start.
     """
     processor = FeatureProcessor(
-        settings.candle_seconds, settings.allowed_lateness_s, settings.horizon
+        settings.candle_seconds,
+        settings.allowed_lateness_s,
+        settings.horizon,
+        settings.max_future_s,
     )
     sink = FeatureSink(settings, store=None, producer=None)
     stats = PipelineStats()

@@ -10,6 +10,7 @@ it with the features of t, known at t: nothing from the future leaks into a feat
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,9 +82,15 @@ class _SymbolState:
 class FeatureProcessor:
     """Stateful per symbol; feed it trades (or closed candles) in arrival order."""
 
-    def __init__(self, candle_seconds: int, allowed_lateness: float, horizon: int) -> None:
+    def __init__(
+        self,
+        candle_seconds: int,
+        allowed_lateness: float,
+        horizon: int,
+        max_future_s: float = math.inf,
+    ) -> None:
         self.horizon = horizon
-        self.builder = CandleBuilder(candle_seconds, allowed_lateness)
+        self.builder = CandleBuilder(candle_seconds, allowed_lateness, max_future_s=max_future_s)
         self._state: dict[str, _SymbolState] = {}
 
     def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:

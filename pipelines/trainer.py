@@ -355,6 +355,8 @@ class Trainer:
         self.topic_id: str | None = None  # the id of the `examples` topic being read
         self.stored_topic_id: str | None = None  # the one the restored offsets belong to
         self.caught_up = 0  # examples learned from the offline store after the broker forgot
+        # every configured symbol: this shard's are learned, other shards' are skipped
+        self.known_symbols = frozenset(settings.symbols).union(*settings.shards.values())
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -490,7 +492,7 @@ class Trainer:
         partition, offset = msg.partition() or 0, msg.offset() or 0
         self.offsets[partition] = offset + 1
         try:
-            ex = parse_example(msg.value() or b"")
+            ex = self._admit(parse_example(msg.value() or b""))
         except BadRecord as exc:
             self.rejected[exc.kind] = self.rejected.get(exc.kind, 0) + 1
             origin = f"{self.topics.examples}[{partition}]@{offset}"
@@ -498,7 +500,7 @@ class Trainer:
                 producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
             )
             return 0
-        if self.settings.shards and ex.symbol not in self.settings.symbols:
+        if ex.symbol not in self.settings.symbols:
             self.other_shards += 1  # another shard's trainer learns it
             return 0
         learned = self.learner.step(ex)
@@ -507,6 +509,29 @@ class Trainer:
         if self.learner.drift_detected:
             self._on_drift(ex, producer)
         return int(learned)
+
+    def _admit(self, ex: Example) -> Example:
+        """Event-time sanity: the symbol is configured, the label time is not far ahead.
+
+        An example from the year 2286 would otherwise become every later example's "seen
+        before" and the model's `trained_through`.
+        """
+        if ex.symbol not in self.known_symbols:
+            raise BadRecord(
+                "unknown_symbol",
+                f"{ex.symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to learn it",
+            )
+        assert self.learner is not None
+        bound = self.settings.max_future_s
+        if ex.label_ts > self.learner.watermark + bound:
+            horizon = max(self.learner.watermark, time.time())
+            if ex.label_ts > horizon + bound:
+                raise BadRecord(
+                    "future",
+                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is more than {bound:g} s "
+                    "ahead of both what was learned and the clock (RTML_MAX_FUTURE_S)",
+                )
+        return ex
 
     def _on_drift(self, ex: Example, producer: Producer) -> None:
         assert self.learner is not None

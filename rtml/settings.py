@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     candle_seconds: int = 60
     horizon: int = 5
     allowed_lateness_s: float = 5.0
+    # an event time this far past both its symbol's watermark and the clock is `future`
+    max_future_s: float = 7 * 86400.0
 
     # Model registry
     model_name: str = "rtml-price-change"

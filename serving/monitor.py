@@ -326,6 +326,7 @@ class MonitorService:
         self.monitor = monitor or Monitor(settings.metrics_window, settings.monitor_history)
         self.group_id = group_id
         self.topics = Topics.of(settings)
+        self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.stop = threading.Event()
         self.lock = threading.Lock()  # the dashboard reads while the loop writes
         self._run_id: str | None = None
@@ -336,17 +337,29 @@ class MonitorService:
         topic, raw, m = msg.topic() or "", msg.value() or b"", self.monitor
         try:
             if topic == self.topics.predictions:
-                m.on_prediction(parse_prediction(raw))
+                prediction = parse_prediction(raw)
+                self._known(prediction.symbol)
+                m.on_prediction(prediction)
             elif topic == self.topics.examples:
                 ex = parse_example(raw)
+                self._known(ex.symbol)
                 m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
             else:
                 symbol, ts, x = parse_features(raw, ("close",))
+                self._known(symbol)
                 m.on_price(symbol, ts, x.get("close"))
         except BadRecord as exc:
             m.reject(topic)
             origin = f"{topic}[{msg.partition()}]@{msg.offset()} (monitor)"
-            dead_letter(producer, topic, str(exc), msg.value(), origin=origin)
+            if topic == self.topics.predictions:
+                dead_letter(producer, topic, str(exc), msg.value(), key=msg.key(), origin=origin)
+            else:  # the trainer and the streaming predictor dead-letter their own topics' records
+                log.debug("skipped %s: %s", origin, exc)
+
+    def _known(self, symbol: str) -> None:
+        """The monitor keeps state per symbol: only for configured ones."""
+        if symbol not in self.symbols:
+            raise BadRecord("unknown_symbol", f"{symbol!r:.60} is not in RTML_SYMBOLS")
 
     def log_to_mlflow(self) -> None:
         """Log the rolling errors to the `monitor` run; a registry outage only costs a point."""

@@ -69,6 +69,7 @@ class StreamingPredictor:
         self.rejected = 0
         self.rejected_by: Counter[str] = Counter()  # by the BadRecord's kind
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
+        self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
 
     def _handle(self, msg: Message, producer: Producer) -> None:
         error = msg.error()
@@ -78,6 +79,11 @@ class StreamingPredictor:
             return
         try:
             symbol, ts, x = parse_features(msg.value() or b"", FEATURE_NAMES)
+            if symbol not in self.symbols:
+                raise BadRecord(
+                    "unknown_symbol",
+                    f"{symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to serve it",
+                )
             model = self.holder.for_symbol(symbol)
             if model is None:
                 raise BadRecord("unrouted", f"no model serves {symbol!r} (see RTML_SHARDS)")
@@ -85,7 +91,14 @@ class StreamingPredictor:
             self.rejected += 1
             self.rejected_by[exc.kind] += 1
             origin = f"{self.topics.features}[{msg.partition()}]@{msg.offset()}"
-            dead_letter(producer, self.topics.features, str(exc), msg.value(), origin=origin)
+            dead_letter(
+                producer,
+                self.topics.features,
+                str(exc),
+                msg.value(),
+                key=msg.key(),
+                origin=origin,
+            )
             return
         prediction = float(model.learner.predict_one(x))
         record = {

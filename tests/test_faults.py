@@ -348,6 +348,9 @@ POISON_FEATURES: dict[str, bytes] = {
     "out_of_range": b'{"symbol": "X", "ts": 1' + b"0" * 400 + b', "features": {}}',
     "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
     "too_large": b'"' * 600_000,
+    "unknown_symbol": json.dumps(
+        {"symbol": "NOT/CONFIGURED", "ts": START, "features": {"ret_1": 0.0}}
+    ).encode(),
 }
 
 
@@ -361,15 +364,22 @@ def test_poison_examples_reach_the_trainers_dlq_with_their_reasons(settings: Set
     ensure_topics(local, topics.with_dlqs())
     good = [encode(_example(local.symbols[0], START + 60 * i)) for i in range(30)]
     producer = make_producer(local)
-    poison = [value for _, value in POISON_EXAMPLES]
+    cases = [
+        *POISON_EXAMPLES,
+        ("unknown_symbol", encode(_example("NOT/CONFIGURED", START))),
+        # an example from the year 2283 must not make every later one "seen before"
+        ("future", encode(_example(local.symbols[0], 9.9e9))),
+    ]
+    poison = [value for _, value in cases]
     for value in [*good[:15], *poison, *good[15:]]:
         producer.produce(topics.examples, key=b"k", value=value)
     producer.flush(10)
     trainer = Trainer(local)
     learner = trainer.run(max_seconds=60, max_examples=len(good))
     assert learner.learned == len(good)
-    expected = Counter(kind for kind, _ in POISON_EXAMPLES)
+    expected = Counter(kind for kind, _ in cases)
     assert trainer.rejected == expected
+    assert learner.watermark < 9.9e9  # trained_through is not dragged into the future
     reasons = _dlq_reasons(local, topics.examples)
     assert Counter(r.partition(":")[0] for r in reasons) == expected, reasons
 

@@ -198,3 +198,23 @@ def test_a_source_dict_with_a_huge_integer_is_out_of_range() -> None:
     with pytest.raises(BadRecord) as caught:
         parse_trade(record)
     assert caught.value.kind == "out_of_range"
+
+
+def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -> None:
+    now = 1_000_000.0
+    b = CandleBuilder(seconds=60, allowed_lateness=0, max_future_s=86_400, clock=lambda: now)
+    assert b.add(Trade("X", "1", 10.0, 1.0, "buy", now - 30)) == []
+    with pytest.raises(BadRecord) as caught:
+        b.add(Trade("X", "2", 10.0, 1.0, "buy", 9.9e9))  # the year 2283
+    assert caught.value.kind == "future"
+    assert b.watermark("X") == now - 30
+    closed = b.add(Trade("X", "3", 11.0, 1.0, "buy", now + 45))
+    assert [c.close for c in closed] == [10.0]  # the next real trade closes the window as usual
+    # a replay may run ahead of the clock, and a feed back from a long silence ahead of its
+    # watermark: neither is refused
+    for i, step in enumerate((0.9, 1.8, 2.7)):  # each within a day of the watermark
+        b.add(Trade("X", f"r{i}", 11.0, 1.0, "buy", now + step * 86_400))
+    assert b.watermark("X") == now + 2.7 * 86_400
+    quiet = CandleBuilder(60, 0, max_future_s=86_400, clock=lambda: now + 30 * 86_400)
+    quiet.add(Trade("Y", "1", 10.0, 1.0, "buy", now))
+    quiet.add(Trade("Y", "2", 10.0, 1.0, "buy", now + 30 * 86_400))

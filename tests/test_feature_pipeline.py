@@ -60,6 +60,11 @@ def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
         .encode(),
         "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
         "too_large": b'"' * 600_000,
+        # valid-looking trades that once bent the pipeline's state
+        "unknown_symbol": json.dumps(
+            {**good, "trade_id": "u", "symbol": "NOT/CONFIGURED"}
+        ).encode(),
+        "future": json.dumps({**good, "trade_id": "f", "ts": 9.9e9}).encode(),  # year 2283
     }
     for value in poison.values():
         producer.produce(topics.trades, key=good["symbol"].encode(), value=value)

@@ -60,6 +60,9 @@ INITIAL = "initial"
 """The alias of the demo's initial fit."""
 
 
+MAX_DEMO_SYMBOLS = 200
+
+
 @dataclass
 class Child:
     name: str
@@ -224,6 +227,8 @@ class Demo:
 
         self.out("== starting the embedded stack (Kafka-API broker, Redis, MLflow; feast apply)")
         Stack(self.settings).up(progress=self.out)
+        if self.source != "synthetic":
+            self.take_symbols(Path(self.source))
         if self._has_history():
             self.out("== the offline store already has a history: no backfill")
             return
@@ -236,6 +241,24 @@ class Demo:
             args = ["backfill", "--source", str(history)]
             self.source = str(stream)
         subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
+
+    def take_symbols(self, path: Path) -> None:
+        """Serve the symbols the replay file holds: the pipeline, trainer and predictors refuse
+        symbols that are not configured."""
+        from rtml.pipelines.sources import read_table
+
+        frame = read_table(path)
+        if "symbol" not in frame.columns:
+            return
+        symbols = tuple(sorted(str(s) for s in frame["symbol"].dropna().unique()))
+        if len(symbols) > MAX_DEMO_SYMBOLS:
+            raise ServiceError(
+                f"{path} holds {len(symbols)} symbols; the demo serves at most "
+                f"{MAX_DEMO_SYMBOLS}: filter the file first"
+            )
+        if symbols and set(symbols) != set(self.settings.symbols):
+            self.out(f"   symbols from {path.name}: {', '.join(symbols)}")
+            self.settings = self.settings.model_copy(update={"symbols": symbols})
 
     def split_replay(self, path: Path) -> tuple[Path, Path]:
         """The replay file's first half (in file order) as history, the rest as the stream."""
