@@ -304,6 +304,7 @@ class Uploader:
             "trainer_run": self.run_id,
             "watermark": str(learner.watermark),
             "learned": str(learner.learned),
+            "symbols": ",".join(sorted(learner.last_ts))[:5000],
             "gate": decision.reason,
             **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
         }

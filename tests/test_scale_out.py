@@ -151,7 +151,10 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
         for symbol in symbols:
             served = router.for_symbol(symbol)
             assert served is not None and served.version == champion
-            assert set(served.learner.last_ts) == set(symbols)
+            assert served.model == local.shard_model(shard)
+            # the version records the symbols its model learned: none of another shard's
+            tags = registry.client(local).get_model_version(served.model, champion).tags
+            assert set(filter(None, tags["symbols"].split(","))) <= set(symbols)
     assert router.for_symbol("DOGE/USD") is None
 
     client = TestClient(create_app(local, router, fs.open_store(local)))
