@@ -167,6 +167,7 @@ class Uploader:
         capacity: int,
         on_promote: Callable[[Any], None] = lambda _: None,
         first_version_due: bool = False,
+        last_checkpoint: str | None = None,
     ) -> None:
         self.settings = settings
         self.on_promote = on_promote
@@ -179,6 +180,8 @@ class Uploader:
         self.registered: list[str] = []  # model versions, oldest first
         self.decisions: list[tuple[str | None, bool, str]] = []  # (version, promoted, reason)
         self._last_registered: float | None = None
+        # the slot the run's checkpoint tag points at is never the one being overwritten
+        self._last_slot = "a" if last_checkpoint and "/a/" in last_checkpoint else "b"
         self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
         self._producer: Producer | None = None
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
@@ -277,10 +280,11 @@ class Uploader:
         )
         # the checkpoint first: it is what a restart resumes from, registered or not
         state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
-        slot = "a" if len(self.uploaded) % 2 == 0 else "b"
+        slot = "b" if self._last_slot == "a" else "a"
         artifact = registry.save_checkpoint(
             self.settings, self.run_id, state, slot, cp.metrics, learner.learned
         )
+        self._last_slot = slot
         self.uploaded.append(artifact)
         version: str | None = None
         promoted = False
@@ -349,6 +353,7 @@ class Trainer:
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
         self.run_id: str | None = None  # the trainer's MLflow run
+        self.restored_from: str | None = None  # the checkpoint artifact it resumed from
         self._champion: Any | None = None  # the champion's estimator, to score candidates
         self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
@@ -362,7 +367,7 @@ class Trainer:
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
         if restored is not None:
-            self.learner, self.offsets, self.stored_topic_id, _ = restored
+            self.learner, self.offsets, self.stored_topic_id, self.restored_from = restored
             log.info(
                 "resumed from checkpoint: %d learned, offsets %s",
                 self.learner.learned,
@@ -378,7 +383,15 @@ class Trainer:
             log.info("warm start learned %d examples from the offline store", dataset.examples)
             if self.run_id is not None:
                 registry.log_params(self.settings, self.run_id, dataset.params())
-        self._champion = registry.load_champion(self.settings)
+        try:
+            self._champion = registry.load_champion(self.settings)
+        except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError) as exc:
+            # a version logged by an older rtml, whose pickle names classes that moved
+            log.warning(
+                "the champion cannot be loaded (%s); candidates are gated without it until "
+                "one is promoted (`rtml promote VERSION` to choose one)",
+                exc,
+            )
         self.drifts_at_start = self.learner.drifts
 
     def _new_champion(self, model: Any) -> None:
@@ -566,6 +579,7 @@ class Trainer:
             settings.checkpoint_queue,
             on_promote=self._new_champion,
             first_version_due=registry.alias_version(settings, registry.CANDIDATE) is None,
+            last_checkpoint=self.restored_from,
         )
         watch = TopicWatch(settings, [self.topics.examples])
         self.topic_id = watch.remember()[self.topics.examples]
