@@ -29,7 +29,7 @@ from rtml.app.stack import Stack, free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
 from rtml.pipelines.feature_pipeline import FeaturePipeline
 from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.feed import publish
+from rtml.pipelines.feed import backfill, publish
 from rtml.pipelines.processor import Example, FeatureProcessor
 from rtml.pipelines.sink import features_frame
 from rtml.pipelines.sources import SyntheticMarket
@@ -789,6 +789,77 @@ def _plot_drift(
     plt.close(fig)
 
 
+def _warm_start_child(env: dict[str, str], out: Any) -> None:
+    """One warm start in a fresh process, so its peak RSS is its own."""
+    import os
+    import resource
+
+    os.environ.update(env)
+    from rtml.pipelines.learner import Learner
+    from rtml.pipelines.models import build_model
+    from rtml.pipelines.trainer import warm_start
+
+    settings = Settings()
+    learner = Learner(build_model(settings.model, settings.model_params))
+    began = time.perf_counter()
+    dataset = warm_start(settings, learner)
+    seconds = time.perf_counter() - began
+    out.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, dataset.examples))
+
+
+def bench_warm_start(settings: Settings, days: tuple[int, ...] = (1, 4, 16)) -> list[Figure]:
+    """Warm start (point-in-time join from Feast, then the fit) on 1, 4 and 16 days of
+    1-minute candles for 3 symbols; each size has its own symbols and time span."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    measured: dict[int, tuple[float, float, int]] = {}
+    for n in days:
+        local = settings.model_copy(update={"symbols": tuple(f"W{n}{c}" for c in "ABC")})
+        start = 1_600_000_020.0 + n * 40 * 86_400  # spans never overlap
+        market = SyntheticMarket(local.symbols, seed=n, start_ts=start, trades_per_candle=2)
+        backfill(local, market.candles_of_trades(n * 1440), write_online=False)
+        env = local.as_env("state_dir", "kafka_port", "redis_port", "mlflow_port", "symbols")
+        queue = context.Queue()
+        child = context.Process(target=_warm_start_child, args=(env, queue))
+        child.start()
+        measured[n] = queue.get(timeout=3600)
+        child.join(60)
+        seconds, rss, examples = measured[n]
+        print(f"  {n} days: {examples} examples, {seconds:.1f} s, {rss:.0f} MB", file=sys.stderr)
+    small, middle, large = (measured[n] for n in days)
+    scale = f"{days[2]}d vs {days[1]}d"
+    return [
+        Figure(
+            f"warm start seconds, {days[2]} days of 1-min candles x 3 symbols",
+            large[0],
+            "s",
+            f"{days[1]} days",
+            middle[0],
+            large[0] / middle[0],
+            f"{scale} <= 5 (linear is 4)",
+        ),
+        Figure(
+            f"warm start peak RSS, {days[2]} days of 1-min candles x 3 symbols",
+            large[1],
+            "MB",
+            f"{days[1]} days",
+            middle[1],
+            large[1] / middle[1],
+            f"{scale} <= 5, and <= 1,536 MB",
+        ),
+        Figure(
+            f"warm start seconds, {days[1]} days",
+            middle[0],
+            "s",
+            f"{days[0]} day",
+            small[0],
+            middle[0] / small[0],
+            "for the record (linear is 4)",
+        ),
+    ]
+
+
 STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
     "processor": lambda _: [bench_processor(600)],
     "pipeline": lambda s: [bench_kafka_pipeline(s, 600)],
@@ -797,6 +868,7 @@ STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
     "predictor": bench_predictor,
     "staleness": bench_staleness,
     "drift": bench_drift,
+    "warm-start": bench_warm_start,
 }
 
 

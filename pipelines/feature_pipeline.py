@@ -52,12 +52,14 @@ class PipelineStats:
     examples: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     topics_recreated: int = 0  # times the broker had forgotten topics
+    already_stored: int = 0  # rows a backfill found in the offline store and did not write
 
     def line(self) -> str:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        stored = f", already stored {self.already_stored}" if self.already_stored else ""
         return (
             f"trades {self.trades}, candles {self.candles}, features {self.features}, "
-            f"examples {self.examples}, rejected: {bad}"
+            f"examples {self.examples}{stored}, rejected: {bad}"
         )
 
 

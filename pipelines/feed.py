@@ -74,8 +74,18 @@ def backfill(
     sink = FeatureSink(settings, store=None, producer=None)
     stats = PipelineStats()
     latest: dict[str, FeatureRow] = {}
+    # idempotent: a row whose (symbol, event time) the store holds is not written again, so
+    # the same history twice gives the same offline store (the first write of a key wins)
+    stored_features = fs.stored_keys(settings.offline_dir / fs.FEATURES_DATASET)
+    stored_targets = fs.stored_keys(settings.offline_dir / fs.TARGETS_DATASET)
 
     def take(out: Outputs) -> None:
+        if stored_features or stored_targets:
+            features = [r for r in out.features if (r.symbol, r.ts) not in stored_features]
+            examples = [e for e in out.examples if (e.symbol, e.ts) not in stored_targets]
+            stats.already_stored += len(out.features) - len(features)
+            stats.already_stored += len(out.examples) - len(examples)
+            out = Outputs(out.candles, features, examples)
         sink.write(out)
         stats.candles += len(out.candles)
         stats.features += len(out.features)

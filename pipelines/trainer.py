@@ -75,17 +75,15 @@ def offline_examples(settings: Settings, after: Mapping[str, float] | None = Non
     if targets.empty:
         return []
     targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
-    store = fs.open_store(settings)
-    service = store.get_feature_service(fs.FEATURE_SERVICE)
-    frame = store.get_historical_features(
+    log.info("joining %d targets point-in-time with their features", len(targets))
+    frame, names = fs.historical_features(
+        fs.open_store(settings),
         # `created` would clash with the feature sources' own created-timestamp column
-        entity_df=targets[["symbol", "event_timestamp", "target_return", "created"]].rename(
+        targets[["symbol", "event_timestamp", "target_return", "created"]].rename(
             columns={"created": "label_time"}
         ),
-        features=service,
-    ).to_df()
+    )
     frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
-    names = [f.name for projection in service.feature_view_projections for f in projection.features]
     rows = frame[["symbol", "event_timestamp", "label_time", "target_return", *names]].to_dict(
         "records"
     )

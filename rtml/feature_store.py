@@ -31,6 +31,7 @@ PUSH_SOURCE = "candle_features_push"
 FEATURE_SERVICE = "price_change_model"
 FEATURES_DATASET = "features"
 TARGETS_DATASET = "targets"
+OFFLINE_DATASETS = (FEATURES_DATASET, TARGETS_DATASET)
 
 
 def open_store(settings: Settings) -> FeatureStore:
@@ -76,6 +77,15 @@ def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.Da
     return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
 
 
+def stored_keys(directory: Path) -> set[tuple[str, float]]:
+    """Every (symbol, event time in epoch seconds) the parts in `directory` hold."""
+    frame = read_parquet_dir(directory, columns=["symbol", "event_timestamp"])
+    if frame.empty:
+        return set()
+    seconds = (frame["event_timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    return set(zip(frame["symbol"].astype(str), seconds.astype(float), strict=True))
+
+
 def history_end(settings: Settings) -> tuple[float | None, dict[str, float] | None]:
     """Where the offline store ends: the next candle's start and each symbol's last close."""
     frame = read_parquet_dir(
@@ -109,6 +119,74 @@ def feature_service(store: FeatureStore) -> Any:
         service = store.get_feature_service(FEATURE_SERVICE, allow_cache=True)
         cached = _services[store] = (now, service)
     return cached[1]
+
+
+def historical_features(
+    store: FeatureStore, entities: pd.DataFrame, service: Any | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """`entities` (`symbol`, `event_timestamp`, any other columns) with the feature service's
+    features as of each row's event time; returns the frame (in event-time order) and the
+    feature names.
+
+    Feast's point-in-time semantics: the newest feature row at or before the event time and
+    within its view's ttl, the newest `created` among rows of one event time; none found
+    leaves NaN. Each view's rows in the entities' time span are read once through Feast's
+    offline store (`pull_all_from_table_or_query`, which every offline store implements) and
+    joined as of each event time, so time and memory grow linearly with the history. The
+    `file` store's own `get_historical_features` merges every entity row with every feature
+    row of its key first: quadratic, out of memory after a few days of minute candles.
+    """
+    from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+    service = service if service is not None else feature_service(store)
+    offline = get_offline_store_from_config(store.config.offline_store)
+    out = entities.assign(
+        event_timestamp=pd.to_datetime(entities["event_timestamp"], utc=True).astype(
+            "datetime64[ns, UTC]"
+        )
+    ).sort_values("event_timestamp", kind="stable", ignore_index=True)
+    first, last = out["event_timestamp"].min(), out["event_timestamp"].max()
+    names: list[str] = []
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        source = view.batch_source
+        if source is None:
+            raise ConfigError(f"feature view {view.name} has no batch source to read history")
+        columns = [f.name for f in projection.features]
+        ttl = pd.Timedelta(view.ttl) if view.ttl else None
+        rows = offline.pull_all_from_table_or_query(
+            config=store.config,
+            data_source=source,
+            join_key_columns=["symbol"],
+            feature_name_columns=columns,
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column or None,
+            start_date=(first - ttl if ttl is not None else first - pd.Timedelta(days=36500)),
+            end_date=last,
+        ).to_df()
+        stamp = source.timestamp_field
+        order = (
+            [stamp, source.created_timestamp_column] if source.created_timestamp_column else [stamp]
+        )
+        rows = (
+            rows.assign(
+                **{stamp: pd.to_datetime(rows[stamp], utc=True).astype("datetime64[ns, UTC]")}
+            )
+            .sort_values(order, kind="stable")
+            .drop_duplicates(["symbol", stamp], keep="last")
+            .rename(columns={stamp: "_feature_ts"})[["symbol", "_feature_ts", *columns]]
+        )
+        out = pd.merge_asof(
+            out,
+            rows,
+            left_on="event_timestamp",
+            right_on="_feature_ts",
+            by="symbol",
+            direction="backward",
+            tolerance=ttl,
+        ).drop(columns=["_feature_ts"])
+        names.extend(columns)
+    return out, names
 
 
 def online_features(

@@ -24,12 +24,32 @@ from rtml.settings import Settings
 log = logging.getLogger(__name__)
 
 
+SECURITY_HEADERS = {
+    # the page holds the bearer token: only its own script runs, data is fetched from here only
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the token may be in the page's query string
+}
+
+
 def create_dashboard_app(service: MonitorService) -> FastAPI:
     settings = service.settings
     app = FastAPI(title="rtml monitor", version="0.1.0")
     registry = CollectorRegistry()
     registry.register(MonitorCollector(service.monitor))
-    page = resources.files("rtml.serving").joinpath("static/dashboard.html").read_text()
+    static = resources.files("rtml.serving").joinpath("static")
+    page = static.joinpath("dashboard.html").read_text()
+    script = static.joinpath("dashboard.js").read_text()
+    style = static.joinpath("dashboard.css").read_text()
+
+    @app.middleware("http")
+    async def protect(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     def authorize(request: Request) -> None:
         require_token(settings, request)
@@ -40,10 +60,19 @@ def create_dashboard_app(service: MonitorService) -> FastAPI:
     def dashboard() -> str:
         return page
 
+    @app.get("/dashboard.js")
+    def dashboard_script() -> Response:
+        return Response(script, media_type="text/javascript")
+
+    @app.get("/dashboard.css")
+    def dashboard_style() -> Response:
+        return Response(style, media_type="text/css")
+
     @app.get("/api/state", dependencies=auth)
     def state(points: int = 500) -> dict[str, Any]:
         with service.lock:
-            return service.monitor.snapshot(points=max(1, min(points, 10_000)))
+            snapshot = service.monitor.snapshot(points=max(1, min(points, 10_000)))
+        return {**snapshot, "decision": service.decision}
 
     @app.get("/metrics", dependencies=auth)
     def prometheus() -> Response:

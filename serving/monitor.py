@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -57,6 +58,16 @@ class Prediction:
     prediction: float
     version: int
     trained_through: float
+    model: str = ""  # the registered model the version belongs to (shards have several)
+
+
+def metric_label(symbol: str) -> str:
+    """`symbol` as part of an MLflow metric key, which allows letters, digits and ``_-. /``.
+
+    >>> metric_label("BTC/USD"), metric_label("<img src=x onerror=alert(1)>")
+    ('BTC_USD', '_img_src_x_onerror_alert_1__')
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", symbol)[:100]
 
 
 def parse_prediction(raw: bytes) -> Prediction:
@@ -74,7 +85,9 @@ def parse_prediction(raw: bytes) -> Prediction:
     if not math.isfinite(p.prediction) or not math.isfinite(p.ts):
         raise BadRecord("not_finite", "ts and prediction must be finite")
     through = float(trained) if type(trained) is float or type(trained) is int else math.nan
-    return Prediction(p.symbol, p.ts, float(p.prediction), p.version, through)
+    model = r.get("model")
+    name = model[:200] if isinstance(model, str) else ""
+    return Prediction(p.symbol, p.ts, float(p.prediction), p.version, through, name)
 
 
 class Monitor:
@@ -86,20 +99,30 @@ class Monitor:
         history: int = 2000,
         max_pending: int = 200_000,
         drift_delta: float = 0.002,
+        max_versions: int = 8,
     ) -> None:
         self.window = window
         self.max_pending = max_pending
         self.drift_delta = drift_delta
+        self.max_versions = max_versions
+        """Versions kept in the errors table and the metrics: the most recently served ones."""
         # predictions waiting for their target, and targets waiting for their predictions
         self._predictions: OrderedDict[tuple[str, float], list[Prediction]] = OrderedDict()
         self._targets: OrderedDict[tuple[str, float], float] = OrderedDict()
-        self._mae: dict[tuple[int, str], RollingMean] = {}
+        # per (model, version, symbol): the version's errors and, over the same examples, the
+        # naive baseline's
+        self._mae: dict[tuple[str, int, str], RollingMean] = {}
+        self._mae_baseline: dict[tuple[str, int, str], RollingMean] = {}
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # oldest served first
         self._baseline: dict[str, RollingMean] = {}
         self.served = RollingMean(window)
         """Rolling MAE of whatever was served, across versions: what users got."""
         self._drift = drift.ADWIN(delta=drift_delta)
-        self._drift_version: int | None = None
+        self._drift_version: tuple[str, int] | None = None
         self.champion: int | None = None
+        self.champion_model = ""
+        self._registry_says = False  # the champion came from the registry, not from guessing
+        self._newest_ts = -math.inf  # event time of the newest prediction
         self.joined = 0
         self.predictions = 0
         self.examples = 0
@@ -118,10 +141,12 @@ class Monitor:
     # -- inputs ---------------------------------------------------------------------------------
     def on_prediction(self, p: Prediction, arrived: float | None = None) -> None:
         self.predictions += 1
+        self._newest_ts = max(self._newest_ts, p.ts)
         self.last_record_at = time.time() if arrived is None else arrived
-        if self.champion != p.version and (self.champion is None or p.version > self.champion):
-            self.champion = p.version
-            self.champion_changes.append((p.ts, p.version))
+        # without the registry's word, the newest version seen is taken for the champion (an
+        # older one is a replica not yet swapped); the registry's word also covers rollbacks
+        if not self._registry_says and (self.champion is None or p.version > self.champion):
+            self.set_champion(p.version, p.model, p.ts)
         if math.isfinite(p.trained_through):
             self.staleness.append((p.ts, p.ts - p.trained_through))
         key = (p.symbol, p.ts)
@@ -154,21 +179,45 @@ class Monitor:
         if not series or ts > series[-1][0]:
             series.append((ts, close))
 
+    def set_champion(self, version: int, model: str = "", ts: float | None = None) -> None:
+        """The version predictors serve now; `ts` marks the change on the charts."""
+        if (model, version) != (self.champion_model, self.champion):
+            self.champion, self.champion_model = version, model
+            at = ts if ts is not None else self._newest_ts
+            if math.isfinite(at):
+                self.champion_changes.append((at, version))
+
+    def champion_from_registry(self, version: int, model: str = "") -> None:
+        self._registry_says = True
+        self.set_champion(version, model)
+
     def reject(self, topic: str) -> None:
         self.rejected[topic] = self.rejected.get(topic, 0) + 1
 
     # -- scoring ------------------------------------------------------------------------------
-    def _rolling(self, key: tuple[int, str]) -> RollingMean:
-        rolling = self._mae.get(key)
-        if rolling is None:
-            rolling = self._mae[key] = RollingMean(self.window)
-        return rolling
+    def _keep(self, version: tuple[str, int]) -> None:
+        """Remember `version` as just served; forget the least recently served beyond
+        `max_versions` (never the champion), so tables and metric labels stay bounded."""
+        self._seen[version] = None
+        self._seen.move_to_end(version)
+        while len(self._seen) > self.max_versions:
+            oldest = next(v for v in self._seen if v != (self.champion_model, self.champion))
+            del self._seen[oldest]
+            for key in [k for k in self._mae if k[:2] == oldest]:
+                del self._mae[key]
+                del self._mae_baseline[key]
 
     def _score(self, p: Prediction, target: float) -> None:
         error = abs(target - p.prediction)
         self.served.add(error)
+        self._keep((p.model, p.version))
         for symbol in (p.symbol, ALL):
-            self._rolling((p.version, symbol)).add(error)
+            key = (p.model, p.version, symbol)
+            if key not in self._mae:
+                self._mae[key] = RollingMean(self.window)
+                self._mae_baseline[key] = RollingMean(self.window)
+            self._mae[key].add(error)
+            self._mae_baseline[key].add(abs(target))
             base = self._baseline.get(symbol)
             if base is None:
                 base = self._baseline[symbol] = RollingMean(self.window)
@@ -178,27 +227,28 @@ class Monitor:
             (p.ts, p.prediction, target, p.version)
         )
         self.mae_series.append(
-            (p.ts, p.version, self.rolling_mae(p.version), self.baseline_mae(ALL))
+            (p.ts, p.version, self.rolling_mae(p.version, model=p.model), self.baseline_mae(ALL))
         )
-        if p.version != self.champion:
+        if (p.model, p.version) != (self.champion_model, self.champion):
             return
-        if self._drift_version != p.version:  # a new champion starts a fresh detector
+        if self._drift_version != (p.model, p.version):  # a new champion: a fresh detector
             self._drift = drift.ADWIN(delta=self.drift_delta)
-            self._drift_version = p.version
+            self._drift_version = (p.model, p.version)
         self._drift.update(error)
         if self._drift.drift_detected:
             alert = {
                 "ts": p.ts,
+                "model": p.model,
                 "version": p.version,
                 "symbol": p.symbol,
-                "rolling_mae": self.rolling_mae(p.version),
+                "rolling_mae": self.rolling_mae(p.version, model=p.model),
                 "baseline_mae": self.baseline_mae(ALL),
             }
             self.alerts.append(alert)
             log.warning("drift in the errors of version %s: %s", p.version, alert)
 
-    def rolling_mae(self, version: int, symbol: str = ALL) -> float:
-        rolling = self._mae.get((version, symbol))
+    def rolling_mae(self, version: int, symbol: str = ALL, model: str = "") -> float:
+        rolling = self._mae.get((model, version, symbol))
         return rolling.mean if rolling else math.nan
 
     def baseline_mae(self, symbol: str = ALL) -> float:
@@ -211,15 +261,25 @@ class Monitor:
 
     # -- outputs ------------------------------------------------------------------------------
     def errors_table(self) -> list[dict[str, Any]]:
+        """Each recently served version beside the naive baseline over the same examples: the
+        champion first, then the others, most recently served first."""
+        champion = (self.champion_model, self.champion)
+        order = {v: i for i, v in enumerate(reversed(self._seen))}
+
+        def rank(key: tuple[str, int, str]) -> tuple[bool, int, bool, str]:
+            version = key[:2]
+            return (version != champion, order.get(version, len(order)), key[2] != ALL, key[2])
+
         return [
             {
+                "model": model,
                 "version": version,
                 "symbol": symbol,
-                "n": len(rolling.values),
-                "rolling_mae": _finite(rolling.mean),
-                "baseline_mae": _finite(self.baseline_mae(symbol)),
+                "n": len(self._mae[(model, version, symbol)].values),
+                "rolling_mae": _finite(self._mae[(model, version, symbol)].mean),
+                "baseline_mae": _finite(self._mae_baseline[(model, version, symbol)].mean),
             }
-            for (version, symbol), rolling in sorted(self._mae.items())
+            for model, version, symbol in sorted(self._mae, key=rank)
         ]
 
     def snapshot(self, points: int = 500) -> dict[str, Any]:
@@ -232,6 +292,7 @@ class Monitor:
             "now": time.time(),
             "last_record_at": _finite(self.last_record_at),
             "champion": self.champion,
+            "champion_model": self.champion_model,
             "served_mae": _finite(self.served.mean),
             "baseline_mae": _finite(self.baseline_mae(ALL)),
             "counts": {
@@ -254,10 +315,11 @@ class Monitor:
     def mlflow_metrics(self) -> dict[str, float]:
         """Rolling errors as MLflow metric keys (`monitor.mae.v3.BTC_USD`)."""
         out = {"monitor.joined": float(self.joined), "monitor.alerts": float(len(self.alerts))}
-        for (version, symbol), rolling in self._mae.items():
-            label = "all" if symbol == ALL else symbol.replace("/", "_")
+        for (model, version, symbol), rolling in self._mae.items():
+            label = "all" if symbol == ALL else metric_label(symbol)
+            name = f"{metric_label(model)}.v{version}" if model else f"v{version}"
             if math.isfinite(rolling.mean):
-                out[f"monitor.mae.v{version}.{label}"] = rolling.mean
+                out[f"monitor.mae.{name}.{label}"] = rolling.mean
         base = self.baseline_mae(ALL)
         if math.isfinite(base):
             out["monitor.baseline_mae.all"] = base
@@ -278,8 +340,8 @@ class MonitorCollector(Collector):
         m = self.monitor
         mae = GaugeMetricFamily(
             "rtml_monitor_rolling_mae",
-            "Rolling mean absolute error per model version and symbol",
-            labels=["version", "symbol"],
+            "Rolling mean absolute error per model version and symbol (recently served only)",
+            labels=["model", "version", "symbol"],
         )
         base = GaugeMetricFamily(
             "rtml_monitor_baseline_rolling_mae",
@@ -288,7 +350,9 @@ class MonitorCollector(Collector):
         )
         for row in m.errors_table():
             if row["rolling_mae"] is not None:
-                mae.add_metric([str(row["version"]), row["symbol"]], row["rolling_mae"])
+                mae.add_metric(
+                    [row["model"], str(row["version"]), row["symbol"]], row["rolling_mae"]
+                )
         for symbol in m._baseline:
             if math.isfinite(m.baseline_mae(symbol)):
                 base.add_metric([symbol], m.baseline_mae(symbol))
@@ -323,13 +387,16 @@ class MonitorService:
         self, settings: Settings, monitor: Monitor | None = None, group_id: str = "rtml-monitor"
     ) -> None:
         self.settings = settings
-        self.monitor = monitor or Monitor(settings.metrics_window, settings.monitor_history)
+        self.monitor = monitor or Monitor(
+            settings.metrics_window, settings.monitor_history, drift_delta=settings.drift_delta
+        )
         self.group_id = group_id
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.stop = threading.Event()
         self.lock = threading.Lock()  # the dashboard reads while the loop writes
         self._run_id: str | None = None
+        self.decision: dict[str, Any] | None = None  # who set the champion, when
         self._last_log = time.monotonic()
         self._step = 0
 
@@ -386,8 +453,23 @@ class MonitorService:
         except Exception as exc:  # MLflow down must not stop monitoring
             log.warning("could not log monitor metrics to MLflow: %s", exc)
 
+    def read_decision(self) -> None:
+        """Who set the champion and when, from the registry, for the dashboard."""
+        from rtml import registry
+
+        try:
+            self.decision = registry.decision(self.settings)
+            champion = registry.alias_version(self.settings, registry.CHAMPION)
+        except Exception as exc:  # MLflow down must not stop monitoring
+            log.warning("could not read the champion's decision from MLflow: %s", exc)
+            return
+        if champion is not None and not self.settings.shards:
+            with self.lock:
+                self.monitor.champion_from_registry(int(champion), self.settings.model_name)
+
     def run(self, max_seconds: float | None = None) -> Monitor:
         settings = self.settings
+        self.read_decision()
         ensure_topics(settings, self.topics.with_dlqs())
         consumer = make_consumer(settings, self.group_id)
         producer = make_producer(settings)
@@ -410,6 +492,7 @@ class MonitorService:
                 if time.monotonic() - self._last_log >= settings.monitor_log_interval_s:
                     self._last_log = time.monotonic()
                     self.log_to_mlflow()
+                    self.read_decision()
         finally:
             consumer.close()
             producer.flush(10)

@@ -52,3 +52,21 @@ def test_backfill_writes_offline_history_and_latest_online(settings: Settings) -
     stamps = mine[mine["symbol"] == local.symbols[0]]["event_timestamp"]
     diffs = stamps.sort_values().diff().dropna()
     assert len(diffs) == candles - WARMUP and (diffs == pd.Timedelta(seconds=60)).all()
+
+
+def test_backfill_twice_over_the_same_span_writes_each_row_once(settings: Settings) -> None:
+    local = settings.model_copy(update={"symbols": (f"D{uuid.uuid4().hex[:6]}",)})
+
+    def run() -> int:
+        market = SyntheticMarket(local.symbols, seed=7, start_ts=1_700_000_040)
+        return backfill(local, market.candles_of_trades(80), write_online=False).already_stored
+
+    assert run() == 0
+    first = {name: fs.read_parquet_dir(local.offline_dir / name) for name in fs.OFFLINE_DATASETS}
+    assert run() > 0  # everything it built was there already
+    for name in fs.OFFLINE_DATASETS:
+        frame = fs.read_parquet_dir(local.offline_dir / name)
+        mine = frame[frame["symbol"].isin(local.symbols)]
+        assert not mine.duplicated(["symbol", "event_timestamp"]).any(), name
+        before = first[name][first[name]["symbol"].isin(local.symbols)]
+        assert len(mine) == len(before) > 0, name

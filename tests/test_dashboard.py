@@ -26,6 +26,7 @@ from rtml.settings import Settings
 from tests.kafka_helpers import drain
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INJECTION = "<img src=x onerror=alert(1)>"
 
 pytestmark = pytest.mark.integration
 
@@ -93,9 +94,11 @@ def monitored(stack_settings: Settings, stack: object) -> Iterator[tuple[Monitor
     tag = uuid.uuid4().hex[:6]
     settings = stack_settings.model_copy(
         update={
-            "symbols": (f"M{tag}/USD", f"N{tag}/USD"),
+            # a configured symbol is still data: the page must render it as text
+            "symbols": (f"M{tag}/USD", f"N{tag}/USD", INJECTION),
             "topic_prefix": f"m{tag}.",
             "experiment_name": f"monitor-{tag}",
+            "model_name": f"monitor-{tag}",  # no champion in the registry: seen from predictions
             "monitor_log_interval_s": 1.0,
             "metrics_window": 50,
         }
@@ -204,6 +207,11 @@ def test_dashboard_renders_non_empty_charts_in_chromium(
             assert len(points.split()) >= 10, f"{chart}/{name} has {points!r}"
     assert re.search(r'<b id="champion">2</b>', dom)
     assert "v2" in dom  # the champion change is marked
+    # the symbol arrived through Kafka: it is an option's text, never markup
+    assert ">&lt;img src=x onerror=alert(1)&gt;</option>" in dom
+    assert "<img" not in dom
+    assert "No drift alerts yet" in dom or 'class="alert"' in dom
+    assert "event time (UTC)" in dom and "rolling MAE (return)" in dom  # labelled axes
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
@@ -211,3 +219,19 @@ def test_dashboard_renders_non_empty_charts_in_chromium(
         [*flags, f"--screenshot={shot}", f"{url}/"], capture_output=True, timeout=120, check=True
     )
     assert shot.stat().st_size > 10_000
+
+
+def test_the_page_allows_only_its_own_script(monitored: tuple[MonitorService, str, int]) -> None:
+    _, url, _ = monitored
+    page = httpx.get(f"{url}/", timeout=10)
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert page.headers["referrer-policy"] == "no-referrer"
+    # no inline script or style for the policy to have to allow
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page.text) == []
+    assert "style=" not in page.text and "<style" not in page.text
+    for asset, kind in (("dashboard.js", "javascript"), ("dashboard.css", "css")):
+        answer = httpx.get(f"{url}/{asset}", timeout=10)
+        assert answer.status_code == 200 and kind in answer.headers["content-type"]
+    assert "innerHTML" not in httpx.get(f"{url}/dashboard.js", timeout=10).text
+    assert "decision" in httpx.get(f"{url}/api/state", timeout=10).json()  # who set the champion

@@ -29,12 +29,17 @@ def test_joins_in_either_order_and_scores_each_version() -> None:
     assert m.baseline_mae("A") == pytest.approx((0.02 + 0.02 + 0.01) / 3)
     assert m.served.mean == pytest.approx((0.010 + 0.010 + 0.010) / 3)  # whatever was served
     assert m.pending == 0
+    # the champion (newest version, without the registry's word) first
     assert [(r["version"], r["symbol"], r["n"]) for r in m.errors_table()] == [
-        (1, ALL, 1),
-        (1, "A", 1),
         (2, ALL, 2),
         (2, "A", 2),
+        (1, ALL, 1),
+        (1, "A", 1),
     ]
+    # each version beside the naive baseline over the examples that version served
+    baselines = {(r["version"], r["symbol"]): r["baseline_mae"] for r in m.errors_table()}
+    assert baselines[(1, "A")] == pytest.approx(0.02)
+    assert baselines[(2, "A")] == pytest.approx((0.02 + 0.01) / 2)
 
 
 def test_rolling_window_forgets_old_errors() -> None:
@@ -108,6 +113,39 @@ def test_snapshot_and_exports_carry_the_rolling_errors() -> None:
         tuple(sorted(s.labels.items())): s.value
         for s in families["rtml_monitor_rolling_mae"].samples
     }
-    assert samples[(("symbol", "BTC/USD"), ("version", "4"))] == pytest.approx(0.02)
+    assert samples[(("model", ""), ("symbol", "BTC/USD"), ("version", "4"))] == pytest.approx(0.02)
     assert families["rtml_monitor_joined"].samples[0].value == 6
     assert not math.isnan(m.baseline_mae("BTC/USD"))
+
+
+def test_a_rollback_the_registry_reports_moves_the_champion_back() -> None:
+    m = Monitor()
+    for ts, version in [(60, 1), (120, 2), (180, 3)]:
+        m.on_prediction(_p("A", ts, 0.0, version))
+    assert m.champion == 3
+    m.champion_from_registry(2)  # `rtml rollback`: the registry's word wins over guessing
+    m.on_prediction(_p("A", 240, 0.0, 2))
+    m.on_prediction(_p("A", 250, 0.0, 3))  # a replica not yet swapped back
+    assert m.champion == 2
+    assert [v for _, v in m.champion_changes] == [1, 2, 3, 2]
+
+
+def test_versions_are_keyed_by_model_and_bounded_to_the_recently_served() -> None:
+    m = Monitor(window=10, max_versions=3)
+    for i, (model, version) in enumerate([("a", 1), ("b", 1), ("a", 2), ("a", 3), ("a", 4)]):
+        m.on_prediction(Prediction("A", 60.0 * i, 0.1 * (i + 1), version, 0.0, model))
+        m.on_example("A", 60.0 * i, {}, 0.0)
+    assert m.rolling_mae(1, model="a") != m.rolling_mae(1, model="b")  # shards do not collide
+    kept = {(r["model"], r["version"]) for r in m.errors_table()}
+    assert len(kept) == 3 and ("a", 4) in kept  # the oldest served were forgotten
+    assert m.errors_table()[0]["version"] == m.champion == 4
+    labels = {tuple(s.labels.values()) for f in MonitorCollector(m).collect() for s in f.samples}
+    assert all(label != ("a", "1", ALL) for label in labels)  # metric labels bounded too
+
+
+def test_the_monitor_service_honours_the_drift_delta() -> None:
+    from rtml.serving.monitor import MonitorService
+    from rtml.settings import Settings
+
+    service = MonitorService(Settings(drift_delta=0.123))
+    assert service.monitor.drift_delta == 0.123

@@ -15,6 +15,7 @@ from rtml.feature_store import (
     FEATURES_DATASET,
     PUSH_SOURCE,
     append_parquet,
+    historical_features,
     online_features,
     open_store,
 )
@@ -122,3 +123,51 @@ def test_feast_point_in_time_join_from_parquet_directory(settings: Settings) -> 
         .sort_values("event_timestamp")
     )
     assert list(joined["ret_1"]) == [100.0, 102.0, 102.0]
+
+
+def test_historical_features_match_feasts_point_in_time_join(settings: Settings) -> None:
+    """rtml's linear join gives what Feast's own `get_historical_features` gives."""
+    store = open_store(settings)
+    symbols = [f"PIT{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    times = [t0 + timedelta(minutes=m) for m in range(20)]
+    late = t0 + timedelta(hours=3)
+    directory = settings.offline_dir / FEATURES_DATASET
+    for i, symbol in enumerate(symbols):
+        append_parquet(directory, _feature_rows(symbol, times, base=10.0 * (i + 1)))
+        # a gap of hours, then one more row
+        append_parquet(directory, _feature_rows(symbol, [late], base=-5.0))
+    # the row at t5 written again later with other values: the newest `created` wins
+    again = _feature_rows(symbols[0], [times[5]], base=77.0)
+    again["created"] = times[5] + timedelta(hours=2)
+    append_parquet(directory, again)
+
+    probes = [
+        t0 - timedelta(minutes=1),  # before any row: nothing
+        times[5],  # exactly a row's time (written twice)
+        times[7] + timedelta(seconds=30),  # between rows: the row at t7
+        times[19] + timedelta(minutes=59),  # within the one-hour ttl of t19
+        times[19] + timedelta(minutes=61),  # beyond it: nothing
+        late,
+    ]
+    entities = pd.DataFrame(
+        {
+            "symbol": [s for s in symbols for _ in probes],
+            "event_timestamp": [t for _ in symbols for t in probes],
+            "target": [float(i) for i in range(len(symbols) * len(probes))],
+        }
+    )
+    service = store.get_feature_service(FEATURE_SERVICE)
+    theirs = store.get_historical_features(entity_df=entities, features=service).to_df()
+    ours, names = historical_features(store, entities, service)
+    assert sorted(names) == sorted(FEATURE_NAMES)
+
+    def canonical(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.assign(event_timestamp=pd.to_datetime(frame["event_timestamp"], utc=True))
+        columns = ["symbol", "event_timestamp", "target", *FEATURE_NAMES]
+        return frame[columns].sort_values(["symbol", "event_timestamp"], ignore_index=True)
+
+    pd.testing.assert_frame_equal(canonical(ours), canonical(theirs), check_dtype=False)
+    first = canonical(ours)[lambda f: f["symbol"] == symbols[0]]
+    assert first["ret_1"].isna().tolist() == [True, False, False, False, True, False]
+    assert first["ret_1"].iloc[1] == 77.0  # the rewrite of t5
