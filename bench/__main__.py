@@ -455,7 +455,7 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
     b50, b99 = _percentile(bare, 0.5) * 1e3, _percentile(bare, 0.99) * 1e3
     figures = []
     for run in runs:
-        at = f"at {run.offered:.0f} req/s offered, {run.achieved:.0f} served"
+        at = f"at {run.offered:.0f} req/s offered, {run.achieved:.0f} served ({run.placement})"
         figures += [
             Figure(
                 f"HTTP /predict p50 {at}",
@@ -490,33 +490,39 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
     ]
 
 
-WRK_SCRIPT = """
--- paces each connection so that all of them together offer about RATE requests/s; exponential
--- gaps make the arrivals Poisson, as from independent clients, instead of bursts in lockstep
-local rate, connections = tonumber(os.getenv("RTML_RATE")), tonumber(os.getenv("RTML_CONNECTIONS"))
-math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-function delay() return -math.log(1 - math.random()) * 1000 * connections / rate end
-"""
-
-
 @dataclass(frozen=True)
-class WrkRun:
+class HttpRun:
     offered: float
     achieved: float
     p50: float
     p99: float
+    placement: str  # which CPUs the server and the load generator ran on
+
+
+def _placement() -> tuple[set[int] | None, set[int] | None, str]:
+    """The server's CPUs and the load generator's: apart when the machine has two or more."""
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None, "server and load share 1 CPU"
+    server, load = set(cpus[:-1]), {cpus[-1]}
+    return server, load, f"server on CPU {sorted(server)}, load on CPU {sorted(load)}"
 
 
 def _http_latencies(
     local: Settings, store: Any, symbol: str, seconds: float, rates: list[float]
-) -> tuple[list[WrkRun], list[float]]:
-    """Latency of `rtml serve` in its own process, loaded by wrk in another, at each rate;
-    with the latencies of bare Feast reads in this process, in seconds."""
+) -> tuple[list[HttpRun], list[float]]:
+    """Latency of `rtml serve` in its own process, loaded by the open-loop generator of
+    `bench/loadgen.py` in another, at each rate; with the latencies of bare Feast reads in
+    this process, in seconds."""
+    import multiprocessing
     import os
-    import shutil
     import subprocess
 
     import httpx
+
+    from bench import loadgen
 
     bare = []
     for _ in range(2000):
@@ -524,12 +530,7 @@ def _http_latencies(
         fs.online_features(store, [symbol], with_timestamps=True)
         bare.append(time.perf_counter() - began)
 
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise RuntimeError(
-            "the HTTP benchmark needs wrk as its load generator: `apt-get install wrk` "
-            "(Debian/Ubuntu) or `brew install wrk`"
-        )
+    server_cpus, load_cpus, placement = _placement()
     port = free_port()
     server_settings = local.model_copy(update={"api_port": port, "api_access_log": False})
     env = dict(
@@ -550,6 +551,9 @@ def _http_latencies(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    if server_cpus:
+        os.sched_setaffinity(server.pid, server_cpus)  # before it has loaded anything
+    runs = []
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -562,57 +566,29 @@ def _http_latencies(
             time.sleep(0.2)
         for _ in range(200):  # warm up
             httpx.get(f"{url}/predict/{symbol}").raise_for_status()
-        runs = [_wrk(wrk, env, f"{url}/predict/{symbol}", seconds, rate) for rate in rates]
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1) as pool:
+            for rate in rates:
+                run = pool.apply(
+                    loadgen.run,
+                    (f"{url}/predict/{symbol}", rate, seconds),
+                    {"cpus": load_cpus},
+                )
+                if run.failed:
+                    raise RuntimeError(f"{run.failed} requests failed under load at {rate}/s")
+                runs.append(
+                    HttpRun(
+                        run.offered,
+                        run.achieved,
+                        _percentile(run.latencies, 0.5),
+                        _percentile(run.latencies, 0.99),
+                        placement,
+                    )
+                )
     finally:
         server.terminate()
         server.wait(30)
     return runs, bare
-
-
-def _wrk(wrk: str, env: dict[str, str], url: str, seconds: float, rate: float) -> WrkRun:
-    import subprocess
-
-    # wrk is closed-loop per connection: each waits for its answer, then `delay()`, then sends.
-    # Many connections each sending rarely keep the offered rate close to `rate` while the
-    # server is slow (8 connections at 7 ms gave 347 of 500).
-    connections = 50
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
-        script.write(WRK_SCRIPT)
-        script.flush()
-        out = subprocess.run(
-            [
-                wrk,
-                "-t2",
-                f"-c{connections}",
-                f"-d{int(seconds)}s",
-                "--latency",
-                "-s",
-                script.name,
-                url,
-            ],
-            env={**env, "RTML_RATE": str(rate), "RTML_CONNECTIONS": str(connections)},
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=seconds + 60,
-        ).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError(f"requests failed under load:\n{out}")
-    achieved = float(out.split("Requests/sec:")[1].split()[0])
-    return WrkRun(rate, achieved, _wrk_percentile(out, "50%"), _wrk_percentile(out, "99%"))
-
-
-def _wrk_percentile(out: str, label: str) -> float:
-    """A latency percentile from wrk's --latency table, in seconds."""
-    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == label:
-            value = parts[1]
-            for unit in ("us", "ms", "s"):
-                if value.endswith(unit):
-                    return float(value[: -len(unit)]) * units[unit]
-    raise RuntimeError(f"no {label} latency in wrk's output:\n{out}")
 
 
 def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:

@@ -53,7 +53,29 @@ def open_store(settings: Settings) -> FeatureStore:
         entity_key_serialization_version=3,
         repo_path=settings.feature_repo,
     )
-    return FeatureStore(config=config)
+    store = FeatureStore(config=config)
+    _single_attempt(store)
+    return store
+
+
+def _single_attempt(store: FeatureStore) -> None:
+    """One attempt per Redis call, bounded by the connection string's timeouts.
+
+    redis-py retries a failed call 3 times with exponential backoff (3 to 9 s in all), and
+    Feast builds its client from a connection string that cannot say otherwise. rtml's loops
+    retry on their own (the feature sink with backoff), and a prediction request must fail
+    within the timeout, so the client makes one attempt.
+    """
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        online = store._get_provider().online_store
+        if isinstance(online, RedisOnlineStore):
+            online._get_client(store.config.online_store).set_retry(Retry(NoBackoff(), 0))
+    except AttributeError as exc:  # another Feast's internals: keep its client as it is
+        log.warning("could not bound the Redis client's retries: %s", exc)
 
 
 def append_parquet(directory: Path, frame: pd.DataFrame) -> Path | None:

@@ -27,10 +27,11 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, Field
 
 from rtml import feature_store as fs
+from rtml import registry
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.trades import BadRecord, decode_object
 from rtml.serving.model_holder import ModelHolder, ModelRouter, Served, models_for
 from rtml.serving.singleflight import SingleFlight
 from rtml.settings import Settings
@@ -51,8 +52,16 @@ def require_token(settings: Settings, request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
 
+MODEL_INPUTS = frozenset(FEATURE_NAMES)
 KNOWN_COLUMNS = frozenset(FEATURE_NAMES + EXTRA_COLUMNS)
 """What a feature row may hold: the features, and the columns stored beside them."""
+
+
+STALENESS = (
+    "staleness_s: event time of these features minus the newest label time the model learned "
+    "(trained_through), so a replay at any speed reads the same; feature_age_s: wall-clock "
+    "now minus the features' event time, negative while a replay runs ahead of the clock"
+)
 
 
 def json_response(body: dict[str, Any]) -> Response:
@@ -65,17 +74,66 @@ def json_response(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def finite_inputs(row: dict[str, float | None]) -> dict[str, float]:
-    """The model's inputs in a posted row: its features that are present and finite.
+class BadInput(Exception):
+    """A request body that is refused: `status` and a message naming the field."""
 
-    >>> finite_inputs({"ret_1": 0.01, "ret_5": None, "vol_15": float("inf"), "close": 101.0})
-    {'ret_1': 0.01}
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_rows(raw: bytes, max_rows: int) -> list[dict[str, float]]:
+    """The model inputs of a `POST /predict` body, strictly: each value is a finite JSON
+    number or null (a missing feature). Booleans, strings, NaN and Infinity are refused with
+    the field named; so are unknown columns, and nesting or integers no row needs.
+
+    >>> parse_rows(b'{"rows": [{"ret_1": 0.01, "ret_5": null, "close": 101}]}', 10)
+    [{'ret_1': 0.01}]
+    >>> parse_rows(b'{"rows": [{"ret_1": true}]}', 10)
+    Traceback (most recent call last):
+    ...
+    rtml.serving.app.BadInput: rows[0].ret_1 must be a number or null, got true
+    >>> parse_rows(b'{"rows": [{"ret_1": 0.1}, {"vol_15": NaN}]}', 10)
+    Traceback (most recent call last):
+    ...
+    rtml.serving.app.BadInput: rows[1].vol_15 must be finite, got NaN
     """
-    return {n: v for n in FEATURE_NAMES if (v := row.get(n)) is not None and math.isfinite(v)}
-
-
-class Rows(BaseModel):
-    rows: list[dict[str, float | None]] = Field(min_length=1)
+    try:
+        body = decode_object(raw)
+    except BadRecord as exc:
+        raise BadInput(422, f"the body must be a JSON object: {exc}") from None
+    rows = body.get("rows")
+    extra = sorted(set(body) - {"rows"})
+    if extra:
+        raise BadInput(422, f'unknown fields {extra[:5]}; the body is {{"rows": [...]}}')
+    if not isinstance(rows, list) or not rows:
+        raise BadInput(422, "rows must be a non-empty list of feature objects")
+    if len(rows) > max_rows:
+        raise BadInput(413, f"at most {max_rows} rows per request")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadInput(422, f"rows[{i}] must be an object of feature values")
+        unknown = sorted(set(row) - KNOWN_COLUMNS)
+        if unknown:
+            raise BadInput(
+                422, f"unknown features {unknown[:10]}; the model reads {', '.join(FEATURE_NAMES)}"
+            )
+        x = {}
+        for name, value in row.items():
+            kind = type(value)
+            if value is None:
+                continue
+            if kind is not float and kind is not int:
+                shown = orjson.dumps(value)[:40].decode(errors="replace")
+                raise BadInput(422, f"rows[{i}].{name} must be a number or null, got {shown}")
+            if not math.isfinite(value):
+                shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+                raise BadInput(422, f"rows[{i}].{name} must be finite, got {shown}")
+            if name in MODEL_INPUTS:  # close and volume may ride along; the model reads neither
+                x[name] = float(value)
+        out.append(x)
+    return out
 
 
 class Metrics:
@@ -199,36 +257,37 @@ class Predictor:
             {
                 "symbol": symbol,
                 "prediction": prediction,
-                "model": model.model,
-                "model_version": model.version,
+                **self._model_fields(model),
+                "features": x,
                 "feature_timestamp": feature_ts,
-                "staleness_s": now - feature_ts,
-                "trained_through": model.trained_through,
+                "feature_age_s": now - feature_ts,
+                "staleness_s": feature_ts - model.trained_through,
+                "staleness": STALENESS,
             }
         )
 
-    def for_rows(self, body: Rows, symbol: str | None = None) -> Response:
+    async def for_rows(self, request: Request, symbol: str | None = None) -> Response:
+        """The body is read only here, after the token was checked, and parsed strictly."""
         began = time.perf_counter()
-        if len(body.rows) > self.settings.max_batch_rows:
-            self.metrics.errors.labels("too_large").inc()
-            raise HTTPException(413, f"at most {self.settings.max_batch_rows} rows per request")
-        unknown = sorted({k for r in body.rows for k in r} - KNOWN_COLUMNS)
-        if unknown:
-            self.metrics.errors.labels("unknown_feature").inc()
-            raise HTTPException(
-                422, f"unknown features {unknown[:10]}; the model reads {', '.join(FEATURE_NAMES)}"
-            )
+        try:
+            rows = parse_rows(await request.body(), self.settings.max_batch_rows)
+        except BadInput as exc:
+            self.metrics.errors.labels("too_large" if exc.status == 413 else "bad_input").inc()
+            raise HTTPException(exc.status, str(exc)) from None
         model = self.served(symbol)
-        out = [
-            # a row may also carry close and volume, stored beside the features: not read
-            self._predict(model, finite_inputs(r))
-            for r in body.rows
-        ]
+        out = [self._predict(model, x) for x in rows]
         self.metrics.by_rows.inc(len(out))
         self.metrics.rows_latency.observe(time.perf_counter() - began)
-        return json_response(
-            {"predictions": out, "model": model.model, "model_version": model.version}
-        )
+        return json_response({"predictions": out, **self._model_fields(model)})
+
+    @staticmethod
+    def _model_fields(model: Served) -> dict[str, Any]:
+        return {
+            "model": model.model,
+            "model_version": model.version,
+            "model_alias": registry.CHAMPION,
+            "trained_through": model.trained_through,
+        }
 
     def readiness(self) -> list[str]:
         problems = [f"no version of {name} loaded" for name in self.holder.missing()]

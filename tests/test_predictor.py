@@ -95,7 +95,14 @@ def test_predict_reads_online_features_and_names_the_version(
     x = {n: _features(symbol, 0, 0.01).values[n] for n in FEATURE_NAMES}
     assert body["prediction"] == pytest.approx(holder.current.learner.predict_one(x))
     assert body["model_version"] == holder.current.version
-    assert 25 < body["staleness_s"] < 120
+    # the answer explains itself: which model, the features it used and their event time
+    assert (body["model"], body["model_alias"]) == (shard.model_name, "champion")
+    assert body["features"] == pytest.approx(x)
+    assert 25 < body["feature_age_s"] < 120  # written 30 s ago, wall clock
+    assert body["staleness_s"] == pytest.approx(
+        body["feature_timestamp"] - holder.current.trained_through
+    )
+    assert "event time" in body["staleness"]
     assert client.get("/readyz").status_code == 200
     client.get(f"/predict/{symbol}").raise_for_status()
     metrics = client.get("/metrics").text
@@ -126,6 +133,21 @@ def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder])
     assert client.post("/predict", content=big).status_code == 413
     ok = client.post("/predict", json={"rows": [{"ret_1": 0.01, "vol_15": None}]})
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+    assert ok.json()["model_alias"] == "champion"
+    # strict: booleans and strings are not numbers, non-finite values are named, not dropped
+    strict = {
+        b'{"rows": [{"ret_1": true}]}': "rows[0].ret_1 must be a number or null, got true",
+        b'{"rows": [{"ret_1": "0.5"}]}': 'rows[0].ret_1 must be a number or null, got "0.5"',
+        b'{"rows": [{"ret_1": 0.1}, {"vol_15": NaN}]}': "rows[1].vol_15 must be finite, got NaN",
+        b'{"rows": [{"rsi_14": -Infinity}]}': "rows[0].rsi_14 must be finite, got -Infinity",
+        b'{"rows": [{"ret_1": 0.1}], "extra": 1}': "unknown fields ['extra']",
+        b"[" * 5000 + b"]" * 5000: "the body must be a JSON object",
+        b"{oops": "the body must be a JSON object",
+    }
+    for raw, message in strict.items():
+        answer = client.post("/predict", content=raw)
+        assert answer.status_code == 422, (raw[:40], answer.text)
+        assert message in answer.json()["detail"], (raw[:40], answer.text)
 
 
 def test_token_is_enforced_when_set(shard: Settings) -> None:
@@ -135,6 +157,8 @@ def test_token_is_enforced_when_set(shard: Settings) -> None:
     client = TestClient(create_app(secured, holder, fs.open_store(secured)))
     symbol = shard.symbols[0]
     assert client.get(f"/predict/{symbol}").status_code == 401
+    # the token is checked before the body is read: a malformed body without it gets 401
+    assert client.post("/predict", content=b"{oops").status_code == 401
     wrong = client.get(f"/predict/{symbol}", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     good = client.get(f"/predict/{symbol}", headers={"Authorization": "Bearer s3cret"})
@@ -226,8 +250,13 @@ def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -
     try:
         proc.terminate()  # saves its data on the way down
         proc.wait(10)
-        down = client.get(path)
-        assert down.status_code == 503 and "Redis" in down.json()["detail"]
+        down_at = time.monotonic()
+        while time.monotonic() - down_at < 30:  # a 30 s outage: every request answered fast
+            began = time.monotonic()
+            down = client.get(path)
+            assert time.monotonic() - began < local.redis_timeout_s + 0.5
+            assert down.status_code == 503 and "Redis" in down.json()["detail"]
+            time.sleep(0.5)
         assert client.get("/readyz").status_code == 503
         proc = _redis(port, tmp_path)
         back = time.monotonic()

@@ -277,13 +277,15 @@ def test_a_rollback_holds_while_the_trainer_promotes_until_promote_auto(
         )
         assert auto.returncode == 0
         _produce(local, thirds[2])
+        # the alias moves first, then the record of who moved it: wait for the record
         _wait(
-            lambda: registry.alias_version(local, registry.CHAMPION) != pinned,
+            lambda: (registry.decision(local) or {}).get("by") == registry.TRAINER,
             90,
             "the gate to promote again",
         )
         found = registry.decision(local)
-        assert found is not None and found["by"] == registry.TRAINER and not found["pinned"]
+        assert found is not None and not found["pinned"] and found["version"] != pinned
+        assert registry.alias_version(local, registry.CHAMPION) == found["version"]
     finally:
         trainer.stop.set()
         thread.join(60)
