@@ -58,9 +58,10 @@ run-trainer: install
 run-predictor: install
 	$(BIN)/rtml serve
 
-# make demo [DURATION=120] [SOURCE=trades.csv]: the whole loop; Ctrl-C stops it cleanly
+# make demo [DURATION=120] [SOURCE=trades.csv] [SPEED=600]: the whole loop; Ctrl-C stops it
 demo: install
-	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE))
+	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE)) \
+		$(if $(SPEED),--speed $(SPEED))
 
 
 clean: down

@@ -7,7 +7,8 @@ interleave freely; one shared watermark would call a slow partition's trades lat
 closed is late, and a trade id seen before is a duplicate: both raise BadRecord so the caller
 can dead-letter them.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
-the previous close and zero volume, so "5 candles ago" always means 5 windows ago.
+the previous close and zero volume, so "5 candles ago" always means 5 windows ago; with the
+`skip` gap policy (markets with sessions) it is left empty.
 
 >>> b = CandleBuilder(seconds=60, allowed_lateness=0)
 >>> b.add(Trade("X", "1", 10.0, 1.0, "buy", 5.0))
@@ -29,6 +30,12 @@ from dataclasses import dataclass, field
 
 from rtml.pipelines.features import Candle
 from rtml.pipelines.trades import BadRecord, Trade
+
+GAP_POLICIES = ("flat", "skip")
+"""What a window without trades becomes: `flat`, a candle at the previous close with no volume
+(markets that trade around the clock, so "5 candles ago" is 5 windows ago); `skip`, nothing
+(markets with sessions: weekends and holidays produce no candle, and H counts candles that
+exist)."""
 
 
 @dataclass(slots=True)
@@ -57,7 +64,11 @@ class CandleBuilder:
         dedup_capacity: int = 50_000,
         max_future_s: float = math.inf,
         clock: Callable[[], float] = time.time,
+        gap_policy: str = "flat",
     ):
+        if gap_policy not in GAP_POLICIES:
+            raise ValueError(f"gap policy {gap_policy!r} is not one of {GAP_POLICIES}")
+        self.gap_policy = gap_policy
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
@@ -156,7 +167,7 @@ class CandleBuilder:
         out = []
         prev_end = self._closed_until.get(symbol)
         prev_close = self._last_close.get(symbol)
-        if prev_end is not None and prev_close is not None:
+        if prev_end is not None and prev_close is not None and self.gap_policy == "flat":
             for gap_start in range(int(prev_end), int(w.start), self.seconds):
                 out.append(
                     Candle(

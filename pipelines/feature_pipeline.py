@@ -99,6 +99,7 @@ class FeaturePipeline:
             settings.allowed_lateness_s,
             settings.horizon,
             settings.max_future_s,
+            settings.gap_policy,
         )
         self.symbols = frozenset(settings.symbols)
         self._last: dict[int, int] = {}

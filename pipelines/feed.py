@@ -70,6 +70,7 @@ def backfill(
         settings.allowed_lateness_s,
         settings.horizon,
         settings.max_future_s,
+        settings.gap_policy,
     )
     sink = FeatureSink(settings, store=None, producer=None)
     stats = PipelineStats()

@@ -88,9 +88,12 @@ class FeatureProcessor:
         allowed_lateness: float,
         horizon: int,
         max_future_s: float = math.inf,
+        gap_policy: str = "flat",
     ) -> None:
         self.horizon = horizon
-        self.builder = CandleBuilder(candle_seconds, allowed_lateness, max_future_s=max_future_s)
+        self.builder = CandleBuilder(
+            candle_seconds, allowed_lateness, max_future_s=max_future_s, gap_policy=gap_policy
+        )
         self._state: dict[str, _SymbolState] = {}
 
     def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:

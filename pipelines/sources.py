@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -208,7 +210,10 @@ def replay(
         except BadRecord as exc:
             yield exc
             continue
-        quarter = candle_seconds / 4
+        # the four trades stay inside the window the candle starts in, even for a start that
+        # is not on a window boundary (a session opening at 09:30, a zone offset)
+        window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds
+        quarter = (window_end - start) / 4
         prices = (row["open"], row["high"], row["low"], row["close"])
         for j, price in enumerate(prices):
             record = {
@@ -223,6 +228,51 @@ def replay(
                 yield parse_trade(record)
             except BadRecord as exc:
                 yield exc
+
+
+@dataclass(frozen=True)
+class CandleProfile:
+    """What a candle file says about itself."""
+
+    seconds: int  # the most common step between a symbol's consecutive candles
+    gaps: float  # the share of steps longer than that: closed sessions, weekends, holidays
+
+    @property
+    def gap_policy(self) -> str:
+        return "skip" if self.gaps > 0.01 else "flat"
+
+
+def _ts_or_none(value: Any) -> float | None:
+    try:
+        return parse_ts(value)
+    except BadRecord:
+        return None  # replay yields it as a bad record; it says nothing of the candle length
+
+
+def candle_profile(path: Path, columns: dict[str, str] | None = None) -> CandleProfile | None:
+    """The candle length and the gaps of a candle file; None for a file of trades.
+
+    >>> import tempfile
+    >>> days = ["2024-01-0%d" % d for d in (1, 2, 3, 4, 5, 8, 9)]  # Mon-Fri, Mon, Tue
+    >>> rows = ["symbol,ts,open,high,low,close,volume", *(f"X,{d},1,1,1,1,1" for d in days)]
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    ...     _ = f.write(chr(10).join(rows))
+    >>> candle_profile(Path(f.name))
+    CandleProfile(seconds=86400, gaps=0.16666666666666666)
+    """
+    frame = read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
+    if set(TRADE_COLUMNS) <= set(frame.columns) or not set(CANDLE_COLUMNS) <= set(frame.columns):
+        return None
+    steps: list[float] = []
+    for _, rows in frame.groupby("symbol", sort=False):
+        stamps = sorted({ts for v in rows["ts"] if (ts := _ts_or_none(v)) is not None})
+        steps.extend(b - a for a, b in itertools.pairwise(stamps))
+    if not steps:
+        return None
+    seconds = int(statistics.mode(round(step) for step in steps))
+    if seconds <= 0:
+        return None
+    return CandleProfile(seconds, sum(step > seconds * 1.5 for step in steps) / len(steps))
 
 
 def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -123,9 +123,18 @@ def _number(record: dict[str, Any], field: str, positive: bool) -> float:
 
 
 def parse_ts(value: Any) -> float:
+    """Epoch seconds from epoch seconds or ISO-8601; a time without a zone is UTC, whatever
+    the machine's zone.
+
+    >>> parse_ts("2018-01-02"), parse_ts("2018-01-02T00:00:00-05:00"), parse_ts(1514851200)
+    (1514851200.0, 1514869200.0, 1514851200.0)
+    """
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return moment.timestamp()
         except ValueError:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or epoch seconds: {value!r}"

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     candle_seconds: int = 60
     horizon: int = 5
     allowed_lateness_s: float = 5.0
+    # a window without trades: `flat` candle at the last close (24/7 markets), or `skip` it
+    # (markets with sessions: H then counts candles that exist)
+    gap_policy: Literal["flat", "skip"] = "flat"
     # an event time this far past both its symbol's watermark and the clock is `future`
     max_future_s: float = 7 * 86400.0
 

@@ -376,7 +376,9 @@ class MonitorCollector(Collector):
         )
         if m.champion is not None:
             yield GaugeMetricFamily(
-                "rtml_monitor_champion_version", "Newest version seen", value=m.champion
+                "rtml_monitor_champion_version",
+                "The champion version being served",
+                value=m.champion,
             )
 
 

@@ -62,3 +62,14 @@ def test_promote_and_rollback_of_what_does_not_exist(settings: Settings, tmp_pat
     assert "no version 99999" in line and "rtml status" in line
     line = _one_line(_rtml(env, "rollback", cwd=tmp_path))
     assert "no earlier champion" in line and "rtml promote VERSION" in line
+
+
+def test_a_candle_file_unlike_the_settings_is_refused_with_what_to_set(tmp_path: Path) -> None:
+    daily = tmp_path / "daily.csv"
+    days = [f"2024-01-{d:02d}" for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)]  # weekdays
+    daily.write_text(
+        "symbol,ts,open,high,low,close,volume\n"
+        + "".join(f"IDX,{d},1,2,0.5,1.5,100\n" for d in days)
+    )
+    line = _one_line(_rtml(_env(tmp_path), "backfill", "--source", str(daily), cwd=tmp_path))
+    assert "RTML_CANDLE_SECONDS=86400" in line and "RTML_GAP_POLICY=skip" in line

@@ -138,7 +138,7 @@ def test_monitor_joins_every_prediction_and_ranks_the_versions(
     assert m.rolling_mae(2) < m.rolling_mae(1) / 2
     assert m.rolling_mae(2) < m.baseline_mae()
     text = httpx.get(f"{url}/metrics").text
-    assert re.search(r'rtml_monitor_rolling_mae\{symbol="\*",version="2"\} \d', text)
+    assert re.search(r'rtml_monitor_rolling_mae\{model="",symbol="\*",version="2"\} \d', text)
     assert f"rtml_monitor_joined_total {float(expected)}" in text
     assert 'rtml_monitor_rejected_total{topic="' in text
 

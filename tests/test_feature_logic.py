@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
 from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.sources import SyntheticMarket, candle_profile, replay
 from rtml.pipelines.trades import BadRecord, Trade, parse_trade
 
 GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}
@@ -218,3 +220,57 @@ def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -
     quiet = CandleBuilder(60, 0, max_future_s=86_400, clock=lambda: now + 30 * 86_400)
     quiet.add(Trade("Y", "1", 10.0, 1.0, "buy", now))
     quiet.add(Trade("Y", "2", 10.0, 1.0, "buy", now + 30 * 86_400))
+
+
+def _weekday_candles(path: Path, days: int, zone: str = "") -> list[tuple[float, float]]:
+    """A daily candle file of one symbol, Monday to Friday only; returns (start, close)."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
+    rows, out = ["symbol,ts,open,high,low,close,volume"], []
+    for i in range(days):
+        day = start + timedelta(days=i)
+        if day.weekday() >= 5:
+            continue
+        close = 100.0 + i + (i % 3) * 0.5
+        rows.append(
+            f"IDX,{day.date().isoformat()}{zone},{close - 1},{close + 1},{close - 2},{close},1000"
+        )
+        out.append((day.timestamp(), close))
+    path.write_text("\n".join(rows) + "\n")
+    return out
+
+
+@pytest.mark.parametrize("zone", ["", "T00:00:00+00:00"])
+def test_daily_candles_with_sessions_make_no_weekend_candle_and_h_counts_trading_days(
+    tmp_path: Path, zone: str
+) -> None:
+    path = tmp_path / "daily.csv"
+    days = _weekday_candles(path, 120, zone)
+    profile = candle_profile(path)
+    assert profile is not None and profile.seconds == 86_400 and profile.gap_policy == "skip"
+
+    processor = FeatureProcessor(86_400, 0, 5, gap_policy=profile.gap_policy)
+    out = Outputs()
+    for trade in replay(path, candle_seconds=86_400):
+        assert isinstance(trade, Trade)
+        out.extend(processor.on_trade(trade))
+    out.extend(processor.flush(math.inf))
+
+    starts = [c.start for c in out.candles]
+    assert starts == [start for start, _ in days]  # one candle per trading day, none other
+    assert all(datetime.fromtimestamp(s, UTC).weekday() < 5 for s in starts)
+    closes = dict(days)
+    trading = [start for start, _ in days]
+    assert out.examples
+    for ex in out.examples:
+        start = ex.ts - 86_400
+        later = trading[trading.index(start) + 5]  # 5 trading days later, weekends skipped
+        assert ex.label_ts == later + 86_400
+        assert ex.target == pytest.approx(closes[later] / closes[start] - 1)
+
+    # the same file under the flat policy invents the weekends
+    flat = FeatureProcessor(86_400, 0, 5, gap_policy="flat")
+    made = Outputs()
+    for trade in replay(path, candle_seconds=86_400):
+        assert isinstance(trade, Trade)
+        made.extend(flat.on_trade(trade))
+    assert len(made.candles) > len(out.candles)

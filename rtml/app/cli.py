@@ -163,7 +163,29 @@ def _trade_source(
             f"{bad[0]!r}: write NAME=FILE_COLUMN, e.g. size=qty", param_hint="--column"
         )
     mapping = dict(c.split("=", 1) for c in columns)
+    check_candle_file(settings, Path(source), mapping)
     return sources.replay(Path(source), mapping, settings.candle_seconds)
+
+
+def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -> None:
+    """A candle file's own candle length and sessions must be the settings', before anything
+    starts: one line saying what to set otherwise."""
+    from rtml.pipelines import sources
+
+    profile = sources.candle_profile(path, mapping)
+    if profile is None:
+        return
+    wrong = []
+    if profile.seconds != settings.candle_seconds:
+        wrong.append(f"RTML_CANDLE_SECONDS={profile.seconds}")
+    if profile.gap_policy != settings.gap_policy:
+        wrong.append(f"RTML_GAP_POLICY={profile.gap_policy}")
+    if wrong:
+        raise RtmlError(
+            f"{path} holds {profile.seconds} s candles, {profile.gaps:.0%} of them after a gap "
+            f"(sessions: {'yes' if profile.gap_policy == 'skip' else 'no'}); set "
+            f"{' and '.join(wrong)} to replay it as it is"
+        )
 
 
 _source_option = click.option(

@@ -45,6 +45,8 @@ CHILD_FIELDS = (
     "api_access_log",
     "api_port",
     "monitor_port",
+    "candle_seconds",
+    "gap_policy",
 )
 # started in this order, stopped in the reverse; the feed starts once a champion serves
 SERVICES = (
@@ -243,10 +245,19 @@ class Demo:
         subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
 
     def take_symbols(self, path: Path) -> None:
-        """Serve the symbols the replay file holds: the pipeline, trainer and predictors refuse
-        symbols that are not configured."""
-        from rtml.pipelines.sources import read_table
+        """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
+        refuse symbols that are not configured) and, for candles, their length and sessions."""
+        from rtml.pipelines.sources import candle_profile, read_table
 
+        profile = candle_profile(path)
+        if profile is not None:
+            update = {"candle_seconds": profile.seconds, "gap_policy": profile.gap_policy}
+            if update != {k: getattr(self.settings, k) for k in update}:
+                self.out(
+                    f"   {path.name}: {profile.seconds} s candles, "
+                    f"gap policy {profile.gap_policy} ({profile.gaps:.0%} after a gap)"
+                )
+                self.settings = self.settings.model_copy(update=update)
         frame = read_table(path)
         if "symbol" not in frame.columns:
             return
