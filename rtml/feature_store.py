@@ -151,10 +151,11 @@ def historical_features(
     feature names.
 
     Feast's point-in-time semantics: the newest feature row at or before the event time and
-    within its view's ttl, the newest `created` among rows of one event time; none found
-    leaves NaN. Each view's rows in the entities' time span are read once through Feast's
-    offline store (`pull_all_from_table_or_query`, which every offline store implements) and
-    joined as of each event time, so time and memory grow linearly with the history. The
+    within its view's ttl, the newest `created` among rows of one event time; an entity row
+    with none is left out, as Feast's file store leaves it out. Each view's rows in the
+    entities' time span are read once through Feast's offline store
+    (`pull_all_from_table_or_query`, which every offline store implements) and joined as of
+    each event time, so time and memory grow linearly with the history. The
     `file` store's own `get_historical_features` merges every entity row with every feature
     row of its key first: quadratic, out of memory after a few days of minute candles.
     """
@@ -176,20 +177,20 @@ def historical_features(
             raise ConfigError(f"feature view {view.name} has no batch source to read history")
         columns = [f.name for f in projection.features]
         ttl = pd.Timedelta(view.ttl) if view.ttl else None
+        created = source.created_timestamp_column or None
         rows = offline.pull_all_from_table_or_query(
             config=store.config,
             data_source=source,
             join_key_columns=["symbol"],
-            feature_name_columns=columns,
+            # `created` is read as a column, not handed over as the created-timestamp column:
+            # the file store would sort the whole source by it (a shuffle) before filtering
+            feature_name_columns=[*columns, *([created] if created else [])],
             timestamp_field=source.timestamp_field,
-            created_timestamp_column=source.created_timestamp_column or None,
             start_date=(first - ttl if ttl is not None else first - pd.Timedelta(days=36500)),
             end_date=last,
         ).to_df()
         stamp = source.timestamp_field
-        order = (
-            [stamp, source.created_timestamp_column] if source.created_timestamp_column else [stamp]
-        )
+        order = [stamp, created] if created else [stamp]
         rows = (
             rows.assign(
                 **{stamp: pd.to_datetime(rows[stamp], utc=True).astype("datetime64[ns, UTC]")}
@@ -207,6 +208,8 @@ def historical_features(
             direction="backward",
             tolerance=ttl,
         ).drop(columns=["_feature_ts"])
+        # as Feast's file store does: a row with no feature row in its ttl is left out
+        out = out.dropna(subset=columns, how="all").reset_index(drop=True)
         names.extend(columns)
     return out, names
 

@@ -169,5 +169,7 @@ def test_historical_features_match_feasts_point_in_time_join(settings: Settings)
 
     pd.testing.assert_frame_equal(canonical(ours), canonical(theirs), check_dtype=False)
     first = canonical(ours)[lambda f: f["symbol"] == symbols[0]]
-    assert first["ret_1"].isna().tolist() == [True, False, False, False, True, False]
-    assert first["ret_1"].iloc[1] == 77.0  # the rewrite of t5
+    # before any row and beyond the ttl there is no feature row: those probes are left out
+    assert first["event_timestamp"].tolist() == [probes[i] for i in (1, 2, 3, 5)]
+    assert first["ret_1"].iloc[0] == 77.0  # the rewrite of t5
+    assert first["ret_1"].iloc[1] == 10.0 + 7  # between rows: the row at t7
