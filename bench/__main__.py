@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.children import warm_start_child
 from rtml import feature_store as fs
 from rtml.app.stack import Stack, free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
@@ -765,24 +766,6 @@ def _plot_drift(
     plt.close(fig)
 
 
-def _warm_start_child(env: dict[str, str], out: Any) -> None:
-    """One warm start in a fresh process, so its peak RSS is its own."""
-    import os
-    import resource
-
-    os.environ.update(env)
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
-    from rtml.pipelines.trainer import warm_start
-
-    settings = Settings()
-    learner = Learner(build_model(settings.model, settings.model_params))
-    began = time.perf_counter()
-    dataset = warm_start(settings, learner)
-    seconds = time.perf_counter() - began
-    out.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, dataset.examples))
-
-
 def bench_warm_start(settings: Settings, days: tuple[int, ...] = (1, 4, 16)) -> list[Figure]:
     """Warm start (point-in-time join from Feast, then the fit) on 1, 4 and 16 days of
     1-minute candles for 3 symbols; each size has its own symbols and time span."""
@@ -797,7 +780,7 @@ def bench_warm_start(settings: Settings, days: tuple[int, ...] = (1, 4, 16)) -> 
         backfill(local, market.candles_of_trades(n * 1440), write_online=False)
         env = local.as_env("state_dir", "kafka_port", "redis_port", "mlflow_port", "symbols")
         queue = context.Queue()
-        child = context.Process(target=_warm_start_child, args=(env, queue))
+        child = context.Process(target=warm_start_child, args=(env, queue))
         child.start()
         measured[n] = queue.get(timeout=3600)
         child.join(60)

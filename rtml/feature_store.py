@@ -99,6 +99,30 @@ def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.Da
     return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
 
 
+def compact(directory: Path) -> tuple[int, int]:
+    """Merge the parts in `directory` into one: each (symbol, event time) once, its newest
+    `created` kept (what a point-in-time read would pick). Returns how many parts it read and
+    how many rows it wrote (-1 when there were fewer than two parts to merge).
+
+    The new part is complete before the parts it replaces are removed, and parts written
+    meanwhile (a running pipeline) are left alone, so readers never miss a row.
+    """
+    parts = sorted(directory.glob("*.parquet")) if directory.exists() else []
+    if len(parts) < 2:
+        return len(parts), -1
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    order = ["symbol", "event_timestamp", "created"] if "created" in frame else None
+    frame = (
+        frame.sort_values(order or ["symbol", "event_timestamp"], kind="stable")
+        .drop_duplicates(["symbol", "event_timestamp"], keep="last")
+        .sort_values(["event_timestamp", "symbol"], kind="stable")
+    )
+    append_parquet(directory, frame)
+    for part in parts:
+        part.unlink()
+    return len(parts), len(frame)
+
+
 def stored_keys(directory: Path) -> set[tuple[str, float]]:
     """Every (symbol, event time in epoch seconds) the parts in `directory` hold."""
     frame = read_parquet_dir(directory, columns=["symbol", "event_timestamp"])

@@ -254,16 +254,17 @@ def commit_stored(consumer: Consumer) -> None:
             log.warning("could not commit offsets (%s); retrying with the next batch", exc)
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Every JSON record of `topic` (all partitions), read until each partition reports its end.
-
-    For reports and tests; a fresh consumer group each time, so it commits nothing that matters.
-    """
+def read_messages(
+    settings: Settings, topic: str, timeout: float = 30.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of `topic` (all partitions), read until each partition reports its
+    end. For reports, tools and tests; a fresh consumer group each time, so it commits nothing
+    that matters."""
     import uuid
 
     consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
     consumer.subscribe([topic])
-    records: list[dict[str, Any]] = []
+    messages: list[tuple[bytes | None, bytes]] = []
     at_end: set[int] = set()
     deadline = time.monotonic() + timeout
     try:
@@ -280,7 +281,12 @@ def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[di
                     at_end.add(msg.partition() or 0)
                 continue
             at_end.discard(msg.partition() or 0)
-            records.append(orjson.loads(msg.value() or b"null"))
+            messages.append((msg.key(), msg.value() or b"null"))
     finally:
         consumer.close()
-    return records
+    return messages
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every JSON record of `topic` (all partitions), read until each partition reports its end."""
+    return [orjson.loads(value) for _, value in read_messages(settings, topic, timeout)]

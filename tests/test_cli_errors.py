@@ -73,3 +73,35 @@ def test_a_candle_file_unlike_the_settings_is_refused_with_what_to_set(tmp_path:
     )
     line = _one_line(_rtml(_env(tmp_path), "backfill", "--source", str(daily), cwd=tmp_path))
     assert "RTML_CANDLE_SECONDS=86400" in line and "RTML_GAP_POLICY=skip" in line
+
+
+@pytest.mark.integration
+def test_dlq_show_counts_reasons_and_replay_puts_records_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from rtml.kafka import Topics, dead_letter, ensure_topics, make_producer, read_messages
+
+    local = settings.model_copy(update={"topic_prefix": f"dlq{free_port()}."})
+    topics = Topics.of(local)
+    ensure_topics(local, topics.with_dlqs())
+    producer = make_producer(local)
+    trade = b'{"symbol": "NEW/USD", "trade_id": "1", "price": 1, "size": 1, "side": "buy", "ts": 1}'
+    dead_letter(producer, topics.trades, "unknown_symbol: not configured", trade, key=b"NEW/USD")
+    dead_letter(producer, topics.trades, "not_json: oops", b"{oops", origin="trades[0]@7")
+    dead_letter(producer, topics.trades, "too_large: big", b'"' * 100_000, origin="trades[1]@9")
+    producer.flush(10)
+    env = _env(tmp_path) | local.as_env(
+        "state_dir", "kafka_port", "redis_port", "mlflow_port", "topic_prefix"
+    )
+    shown = _rtml(env, "dlq", "show", "trades", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "3 record(s)" in shown.stdout
+    for reason in ("unknown_symbol", "not_json", "too_large"):
+        assert reason in shown.stdout
+
+    replayed = _rtml(env, "dlq", "replay", "trades", "--reason", "unknown_symbol", cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert "replayed 1 record(s)" in replayed.stdout
+    assert read_messages(local, topics.trades, timeout=30) == [(b"NEW/USD", trade)]
+    everything = _rtml(env, "dlq", "replay", "trades", cwd=tmp_path)
+    assert "1 truncated copies skipped" in everything.stdout  # 100 KB kept only its first 16

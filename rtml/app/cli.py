@@ -295,6 +295,78 @@ def backfill(
     click.echo(run_backfill(settings, items).line())
 
 
+@cli.group()
+def dlq() -> None:
+    """Dead letters: what was rejected, why and where from; replay once the cause is fixed."""
+
+
+@dlq.command("show")
+@click.argument("topic", type=click.Choice(["trades", "features", "examples", "predictions"]))
+@click.option("--last", default=5, show_default=True, help="Show the newest N records too.")
+@click.pass_obj
+def dlq_show(settings: Settings, topic: str, last: int) -> None:
+    """Count TOPIC's dead letters by reason and by origin; show the newest."""
+    from collections import Counter
+
+    from rtml.kafka import Topics, read_topic
+    from rtml.kafka import dlq as dead_letters_of
+
+    name = dead_letters_of(getattr(Topics.of(settings), topic))
+    records = read_topic(settings, name, timeout=30)
+    click.echo(f"{name}: {len(records)} record(s)")
+    reasons = Counter(str(r.get("reason", "")).split(":", 1)[0] for r in records)
+    for reason, n in reasons.most_common():
+        click.echo(f"  {n:8d}  {reason}")
+    origins = Counter(str(r.get("origin", "")).split("@", 1)[0] for r in records)
+    for origin, n in origins.most_common(10):
+        click.echo(f"  {n:8d}  from {origin}")
+    for record in records[-last:] if last > 0 else []:
+        raw = str(record.get("raw", ""))
+        click.echo(f"  {record.get('origin')}: {str(record.get('reason'))[:200]} | {raw[:120]!r}")
+
+
+@dlq.command("replay")
+@click.argument("topic", type=click.Choice(["trades", "features", "examples", "predictions"]))
+@click.option("--reason", default=None, help="Only records rejected for this reason class.")
+@click.pass_obj
+def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
+    """Produce TOPIC's dead letters back onto TOPIC, keyed as they came; for after the cause
+    is fixed (e.g. a symbol added to RTML_SYMBOLS). Truncated copies cannot be replayed."""
+    import orjson
+
+    from rtml.kafka import Topics, make_producer, read_messages
+    from rtml.kafka import dlq as dead_letters_of
+
+    target = getattr(Topics.of(settings), topic)
+    producer = make_producer(settings)
+    sent = skipped = 0
+    for key, value in read_messages(settings, dead_letters_of(target), timeout=30):
+        record = orjson.loads(value)
+        if reason is not None and str(record.get("reason", "")).split(":", 1)[0] != reason:
+            continue
+        if record.get("raw_truncated"):
+            skipped += 1
+            continue
+        producer.produce(target, key=key, value=str(record.get("raw", "")).encode())
+        sent += 1
+    producer.flush(30)
+    click.echo(f"replayed {sent} record(s) onto {target}; {skipped} truncated copies skipped")
+
+
+@cli.command()
+@click.pass_obj
+def compact(settings: Settings) -> None:
+    """Merge the offline store's parquet parts, one row per (symbol, event time)."""
+    from rtml import feature_store as fs
+
+    for name in fs.OFFLINE_DATASETS:
+        parts, rows = fs.compact(settings.offline_dir / name)
+        if rows < 0:
+            click.echo(f"{name}: {parts} part(s), nothing to merge")
+        else:
+            click.echo(f"{name}: {parts} parts merged into one of {rows} rows")
+
+
 @cli.command()
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--max-examples", type=int, default=None, help="Stop once this many are learned.")
