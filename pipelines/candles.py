@@ -82,6 +82,7 @@ class CandleBuilder:
         self._closed_until: dict[str, float] = {}
         self._last_close: dict[str, float] = {}
         self._seen: dict[str, tuple[set[str], deque[str]]] = {}
+        self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
 
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
         """Add one trade; returns the candles that closed because of it, oldest first."""
@@ -104,6 +105,7 @@ class CandleBuilder:
                 f"(watermark {self.watermark(trade.symbol)})",
             )
         self._remember(trade)
+        self._arrived[trade.symbol] = self.clock()
         windows = self._open.setdefault(trade.symbol, {})
         w = windows.get(start)
         if w is None:
@@ -153,6 +155,21 @@ class CandleBuilder:
         order.append(trade.trade_id)
         if len(order) > self.dedup_capacity:
             ids.discard(order.popleft())
+
+    def close_idle(self, idle_s: float) -> list[Candle]:
+        """Close the open windows of symbols with no trade for `idle_s` of clock time.
+
+        A symbol that stops trading (a halt, a delisting, a session's end) would otherwise keep
+        its last window open, and the commit behind it, forever.
+        """
+        now, closed = self.clock(), []
+        for symbol, windows in self._open.items():
+            if windows and now - self._arrived.get(symbol, now) >= idle_s:
+                end = max(windows) + self.seconds
+                self._watermark[symbol] = max(self.watermark(symbol), end)
+                closed.extend(self._close_ready(symbol))
+        closed.sort(key=lambda c: (c.end, c.symbol))
+        return closed
 
     def advance(self, watermark: float) -> list[Candle]:
         """Move every symbol's watermark to at least `watermark`; returns what that closes."""

@@ -126,6 +126,11 @@ class FeaturePipeline:
                     sink.write(out)
                     self._count(out)
                 if time.monotonic() - last_commit >= self.commit_interval_s:
+                    # a symbol gone quiet must not hold the commit behind its open window
+                    idle = self.processor.close_idle(2.0 * settings.candle_seconds)
+                    if idle:
+                        sink.write(idle)
+                        self._count(idle)
                     # checked right before committing: offsets into a topic the broker has
                     # forgotten must never reach the new one
                     if forgotten := watch.changed(now=True):

@@ -101,6 +101,10 @@ class FeatureProcessor:
         candles = self.builder.add(trade, position)
         return self.on_candles(candles) if candles else Outputs()
 
+    def close_idle(self, idle_s: float) -> Outputs:
+        """Close the windows of symbols that have not traded for `idle_s` (clock time)."""
+        return self.on_candles(self.builder.close_idle(idle_s))
+
     def flush(self, watermark: float) -> Outputs:
         """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""
         return self.on_candles(self.builder.advance(watermark))

@@ -274,3 +274,18 @@ def test_daily_candles_with_sessions_make_no_weekend_candle_and_h_counts_trading
         assert isinstance(trade, Trade)
         made.extend(flat.on_trade(trade))
     assert len(made.candles) > len(out.candles)
+
+
+def test_a_symbol_gone_quiet_closes_its_window_and_frees_the_commit() -> None:
+    now = [0.0]
+    b = CandleBuilder(seconds=60, allowed_lateness=0, clock=lambda: now[0])
+    b.add(Trade("X", "1", 10.0, 1.0, "buy", 1_000.0), position=(0, 5))
+    b.add(Trade("Y", "1", 20.0, 1.0, "buy", 1_000.0), position=(1, 6))
+    now[0] = 100.0
+    b.add(Trade("Y", "2", 21.0, 1.0, "buy", 1_010.0), position=(1, 7))
+    assert b.open_positions() == {0: 5, 1: 6}
+    now[0] = 130.0  # X has been silent for 130 s, Y for 30 s
+    closed = b.close_idle(120.0)
+    assert [(c.symbol, c.close) for c in closed] == [("X", 10.0)]
+    assert b.open_positions() == {1: 6}  # the commit may pass X's trade now
+    assert b.close_idle(120.0) == []
