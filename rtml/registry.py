@@ -241,7 +241,17 @@ def auto(settings: Settings, by: str | None = None) -> str | None:
         "at": time.time(),
         "pinned": False,
     }
-    client(settings).set_registered_model_tag(settings.model_name, DECISION_TAG, json.dumps(record))
+    try:
+        client(settings).set_registered_model_tag(
+            settings.model_name, DECISION_TAG, json.dumps(record)
+        )
+    except MlflowException as exc:
+        if _missing(exc):
+            raise ConfigError(
+                f"{settings.model_name} is not registered yet; the trainer's gate chooses "
+                "its champion from the start"
+            ) from None
+        raise
     return current
 
 
