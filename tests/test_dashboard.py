@@ -180,7 +180,8 @@ def test_dashboard_renders_non_empty_charts_in_chromium(
             "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
             "or point RTML_CHROMIUM at a Chrome/Chromium binary"
         )
-    _, url, _ = monitored
+    service, url, _ = monitored
+    settings_symbols = service.settings.symbols
     flags = [
         browser,
         "--headless",
@@ -212,6 +213,11 @@ def test_dashboard_renders_non_empty_charts_in_chromium(
     assert "<img" not in dom
     assert "No drift alerts yet" in dom or 'class="alert"' in dom
     assert "event time (UTC)" in dom and "rolling MAE (return)" in dom  # labelled axes
+    # the versions table: the champion's rows first, bounded, each beside its own baseline
+    body = re.search(r'<table id="errors">.*?<tbody>(.*?)</tbody>', dom, re.S)
+    assert body, "errors table missing"
+    versions = re.findall(r"<tr><td>([^<]*)</td>", body.group(1))
+    assert versions and versions[0] == "2" and len(versions) <= 8 * (len(settings_symbols) + 1)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
