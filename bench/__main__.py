@@ -642,7 +642,15 @@ def bench_drift(
     from rtml.pipelines.trainer import fit, offline_examples
 
     local = settings.model_copy(update={"api_port": free_port(), "monitor_port": free_port()})
-    demo = Demo(local, speed=speed, status_every=15.0, out=lambda m: print(m, file=sys.stderr))
+    # versions at most every 5 s of wall clock: at 300x, one per 25 minutes of market time (the
+    # default 120 s would be one per 10 hours, and the champion could not follow the regimes)
+    demo = Demo(
+        local,
+        speed=speed,
+        status_every=15.0,
+        out=lambda m: print(m, file=sys.stderr),
+        register_interval_s=5.0,
+    )
     ev = demo.run(seconds)
     for line in demo.report(ev):
         print(line, file=sys.stderr)

@@ -42,6 +42,7 @@ CHILD_FIELDS = (
     "model_name",
     "symbols",
     "checkpoint_interval_s",
+    "register_interval_s",
     "api_access_log",
     "api_port",
     "monitor_port",
@@ -145,6 +146,7 @@ class Demo:
         checkpoint_interval_s: float = 2.0,
         status_every: float = 5.0,
         out: Callable[[str], None] = print,
+        register_interval_s: float | None = None,
     ) -> None:
         self.run_id = time.strftime("%Y%m%d%H%M%S")
         self.settings = settings.model_copy(
@@ -153,6 +155,8 @@ class Demo:
                 "model_name": f"rtml-demo-{self.run_id}",
                 "checkpoint_interval_s": checkpoint_interval_s,
                 "api_access_log": False,
+                # how often a version that passes the gate is registered; RTML_'s by default
+                "register_interval_s": register_interval_s or settings.register_interval_s,
             }
         )
         self.source, self.days, self.speed, self.seed = source, days, speed, seed
