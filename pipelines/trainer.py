@@ -314,9 +314,7 @@ class Uploader:
         version = registry.log_version(
             self.settings, learner.model, tags=tags, feature_names=FEATURE_NAMES, metadata=metadata
         )
-        registry.client(self.settings).set_registered_model_alias(
-            self.settings.model_name, registry.CANDIDATE, version
-        )
+        registry.set_alias(self.settings, registry.CANDIDATE, version)
         self._last_registered = time.monotonic()
         self.registered.append(version)
         if len(self.registered) % PRUNE_EVERY == 0:

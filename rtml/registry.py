@@ -178,12 +178,26 @@ def pinned(settings: Settings) -> bool:
     return bool(found and found.get("pinned"))
 
 
+def set_alias(settings: Settings, alias: str, version: str, name: str | None = None) -> None:
+    """Point `alias` at `version`. Two writers at once (a person and the trainer) can both
+    try to create the alias and one insert collides; the alias exists by then, so setting it
+    again is an update."""
+    mlflow_client = client(settings)
+    name = name or settings.model_name
+    try:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+    except MlflowException as exc:
+        if "UNIQUE constraint" not in str(exc) and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        mlflow_client.set_registered_model_alias(name, alias, version)
+
+
 def _decide(
     settings: Settings, history: list[str], version: str, action: str, by: str, pin: bool
 ) -> None:
     mlflow_client = client(settings)
     name = settings.model_name
-    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    set_alias(settings, CHAMPION, version)
     record = {"version": version, "action": action, "by": by, "at": time.time(), "pinned": pin}
     mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
     mlflow_client.set_registered_model_tag(name, DECISION_TAG, json.dumps(record))

@@ -28,10 +28,9 @@ from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.models import build_model
 from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
+from tests.venvs import UV, fresh_venv
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
-
-UV = Path(sys.executable).parent / "uv"
 
 
 def _rows(n: int) -> list[dict[str, float]]:
@@ -56,8 +55,6 @@ def champion(stack_settings: Settings, stack: object) -> Settings:
 @pytest.fixture(scope="module")
 def clean_venv(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A virtual environment holding only what MLflow recorded for the champion."""
-    if not UV.exists():
-        pytest.skip("uv is not installed in the project's venv; run `make install`")
     uri = f"models:/{champion.model_name}@{registry.CHAMPION}"
     model_dir = Path(
         mlflow.artifacts.download_artifacts(
@@ -67,22 +64,7 @@ def clean_venv(champion: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     requirements = model_dir / "requirements.txt"
     assert "river==" in requirements.read_text()
     venv = tmp_path_factory.mktemp("clean") / "venv"
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([str(UV), "venv", "-q", "--python", base_python, str(venv)], check=True)
-    subprocess.run(
-        [
-            str(UV),
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            "-r",
-            str(requirements),
-        ],
-        check=True,
-        timeout=900,
-    )
+    fresh_venv(venv, "-r", str(requirements))
     return venv
 
 

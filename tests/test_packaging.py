@@ -5,16 +5,15 @@ from __future__ import annotations
 import ast
 import os
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from rtml.app.stack import free_port
+from tests.venvs import fresh_venv
 
 ROOT = Path(__file__).resolve().parent.parent
-UV = Path(sys.executable).parent / "uv"
 
 CORE = ("rtml.settings", "rtml.errors", "rtml.kafka", "rtml.registry", "rtml.feature_store")
 SHELL = "rtml.app"
@@ -69,26 +68,8 @@ def test_no_import_name_clashes_with_another_distribution() -> None:
 @pytest.mark.integration
 @pytest.mark.timeout(1200)
 def test_a_non_editable_install_works_from_outside_the_checkout(tmp_path: Path) -> None:
-    if not UV.exists():
-        pytest.skip("uv is not installed in the project's venv; run `make install`")
     venv = tmp_path / "venv"
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([str(UV), "venv", "-q", "--python", base_python, str(venv)], check=True)
-    subprocess.run(
-        [
-            str(UV),
-            "pip",
-            "install",
-            "-q",
-            "--python",
-            str(venv / "bin" / "python"),
-            "-c",
-            str(ROOT / "requirements.lock"),
-            str(ROOT),
-        ],
-        check=True,
-        timeout=900,
-    )
+    fresh_venv(venv, "-c", str(ROOT / "requirements.lock"), str(ROOT))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RTML_", "MLFLOW_"))}

@@ -1,1 +1,0 @@
-"""Feature and training pipelines: market data to features and labels, features to models."""

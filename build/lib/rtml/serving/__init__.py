@@ -1,1 +1,0 @@
-"""Serving: predictions over HTTP and Kafka from the champion model, and monitoring."""
