@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -167,3 +169,33 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         side=side,
         ts=parse_ts(record["ts"]),
     )
+
+
+class EventTimes:
+    """Each symbol's newest event time, with the `future` rule the candle builder applies to
+    trades: a time more than `max_future_s` past both the symbol's newest and the clock is
+    refused, so one record dated far ahead cannot become a symbol's "newest" for good.
+
+    >>> times = EventTimes(max_future_s=86_400, clock=lambda: 1_000_000.0)
+    >>> times.admit("X", 1_000_000.0 + 3_600)
+    >>> times.admit("X", 9.9e9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.pipelines.trades.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of ...
+    """
+
+    def __init__(self, max_future_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.max_future_s = max_future_s
+        self.clock = clock
+        self.newest: dict[str, float] = {}
+
+    def admit(self, symbol: str, ts: float) -> None:
+        newest = self.newest.get(symbol, -math.inf)
+        if ts > newest + self.max_future_s and ts > self.clock() + self.max_future_s:
+            raise BadRecord(
+                "future",
+                f"{symbol}@{ts} is more than {self.max_future_s:g} s ahead of both its newest "
+                "event time and the clock (RTML_MAX_FUTURE_S)",
+            )
+        if ts > newest:
+            self.newest[symbol] = ts

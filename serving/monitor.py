@@ -42,7 +42,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.learner import RollingMean, parse_example
-from rtml.pipelines.trades import BadRecord, decode_object
+from rtml.pipelines.trades import BadRecord, EventTimes, decode_object
 from rtml.serving.stream import parse_features
 from rtml.settings import Settings
 
@@ -395,6 +395,7 @@ class MonitorService:
         self.group_id = group_id
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
+        self.event_times = EventTimes(settings.max_future_s)
         self.stop = threading.Event()
         self.lock = threading.Lock()  # the dashboard reads while the loop writes
         self._run_id: str | None = None
@@ -407,15 +408,15 @@ class MonitorService:
         try:
             if topic == self.topics.predictions:
                 prediction = parse_prediction(raw)
-                self._known(prediction.symbol)
+                self._known(prediction.symbol, prediction.ts)
                 m.on_prediction(prediction)
             elif topic == self.topics.examples:
                 ex = parse_example(raw)
-                self._known(ex.symbol)
+                self._known(ex.symbol, ex.label_ts)
                 m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
             else:
                 symbol, ts, x = parse_features(raw, ("close",))
-                self._known(symbol)
+                self._known(symbol, ts)
                 m.on_price(symbol, ts, x.get("close"))
         except BadRecord as exc:
             m.reject(topic)
@@ -425,10 +426,12 @@ class MonitorService:
             else:  # the trainer and the streaming predictor dead-letter their own topics' records
                 log.debug("skipped %s: %s", origin, exc)
 
-    def _known(self, symbol: str) -> None:
-        """The monitor keeps state per symbol: only for configured ones."""
+    def _known(self, symbol: str, ts: float) -> None:
+        """The monitor keeps state per symbol and event time: only for configured symbols, and
+        not for a time far in the future (it would stay the symbol's newest)."""
         if symbol not in self.symbols:
             raise BadRecord("unknown_symbol", f"{symbol!r:.60} is not in RTML_SYMBOLS")
+        self.event_times.admit(symbol, ts)
 
     def log_to_mlflow(self) -> None:
         """Log the rolling errors to the `monitor` run; a registry outage only costs a point."""

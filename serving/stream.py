@@ -26,7 +26,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.trades import BadRecord, decode_object
+from rtml.pipelines.trades import BadRecord, EventTimes, decode_object
 from rtml.serving.model_holder import ModelHolder, ModelRouter
 from rtml.settings import Settings
 
@@ -70,6 +70,7 @@ class StreamingPredictor:
         self.rejected_by: Counter[str] = Counter()  # by the BadRecord's kind
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
+        self.event_times = EventTimes(settings.max_future_s)
 
     def _handle(self, msg: Message, producer: Producer) -> None:
         error = msg.error()
@@ -84,6 +85,7 @@ class StreamingPredictor:
                     "unknown_symbol",
                     f"{symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to serve it",
                 )
+            self.event_times.admit(symbol, ts)
             model = self.holder.for_symbol(symbol)
             if model is None:
                 raise BadRecord("unrouted", f"no model serves {symbol!r} (see RTML_SHARDS)")

@@ -398,8 +398,13 @@ def test_poison_features_reach_the_predictors_dlq_with_their_reasons(settings: S
         encode({"symbol": local.symbols[i % 2], "ts": START + 60 * i, "features": {"ret_1": 0.0}})
         for i in range(20)
     ]
+    # a features record from the year 2283 must not become the symbol's newest
+    poison = {
+        **POISON_FEATURES,
+        "future": encode({"symbol": local.symbols[0], "ts": 9.9e9, "features": {"ret_1": 0.0}}),
+    }
     producer = make_producer(local)
-    for value in [*good[:10], *POISON_FEATURES.values(), *good[10:]]:
+    for value in [*good[:10], *poison.values(), *good[10:]]:
         producer.produce(topics.features, key=b"k", value=value)
     producer.flush(10)
     holder = ModelHolder(local)
@@ -407,15 +412,15 @@ def test_poison_features_reach_the_predictors_dlq_with_their_reasons(settings: S
     predictor = StreamingPredictor(local, holder, group_id=f"poison-{uuid.uuid4().hex[:6]}")
     worker = _Worker(lambda: predictor.run(max_seconds=60))
     worker.start()
-    expected = len(good) + len(POISON_FEATURES)
+    expected = len(good) + len(poison)
     _until(lambda: predictor.predicted + predictor.rejected >= expected, 60, "every record")
     predictor.stop.set()
     worker.join(30)
     assert worker.error is None
     assert predictor.predicted == len(good)
-    assert dict(predictor.rejected_by) == dict.fromkeys(POISON_FEATURES, 1)
+    assert dict(predictor.rejected_by) == dict.fromkeys(poison, 1)
     reasons = _dlq_reasons(local, topics.features)
-    for kind in POISON_FEATURES:
+    for kind in poison:
         assert sum(r.startswith(f"{kind}:") for r in reasons) == 1, (kind, reasons)
     assert len(drain(local, topics.predictions)) == len(good)
 
