@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor demo clean lock
+.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor demo eval clean lock
 
 install: $(STAMP)
 
@@ -61,8 +61,11 @@ run-predictor: install
 # make demo [DURATION=120] [SOURCE=trades.csv] [SPEED=600]: the whole loop; Ctrl-C stops it
 demo: install
 	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE)) \
-		$(if $(SPEED),--speed $(SPEED))
+		$(if $(SPEED),--speed $(SPEED)) $(foreach c,$(COLUMNS),--column $(c))
 
+# a real market file through the whole system: SOURCE=file.csv, or Microsoft's daily candles
+eval: install
+	$(BIN)/rtml evaluate $(if $(SOURCE),$(SOURCE),--dataset msft) $(foreach c,$(COLUMNS),--column $(c))
 
 clean: down
 	rm -rf .rtml

@@ -1,9 +1,16 @@
 """The trainer's state: a River model, what it has learned, and its progressive metrics.
 
 Pure: no I/O. Every example is first predicted, scored (beside a naive baseline that predicts
-no change), then learned, so the metrics are honest out-of-sample errors. An example at or
-before the newest one learned for its symbol is skipped: the feature pipeline delivers at least
-once, and the warm start has already learned everything up to its cutoff.
+no change), then learned, so the metrics are out-of-sample errors. An example at or before the
+newest one learned for its symbol is skipped: the feature pipeline delivers at least once, and
+the warm start has already learned everything up to its cutoff.
+
+Those progressive errors are still optimistic: an example arrives when its label is known, H
+candles after its features, and by then the model has learned the H-1 examples before it, whose
+targets overlap its own. Serving never has that: it predicts when the features are new. So the
+learner also keeps snapshots of its model and scores each example with the newest snapshot
+taken before the example's feature time (`recent`, which the gate reads); the snapshots are at
+least one horizon apart, so that model is at most two horizons old.
 
 >>> from rtml.pipelines.models import build_model
 >>> learner = Learner(build_model("linear"), window=3)
@@ -20,6 +27,7 @@ False
 from __future__ import annotations
 
 import math
+import pickle
 from collections import deque
 from typing import Any
 
@@ -29,6 +37,9 @@ from rtml.pipelines.processor import Example
 from rtml.pipelines.trades import BadRecord, decode_object
 
 _NUMBER = (float, int)
+SNAPSHOTS = 8
+"""At most this many model snapshots for scoring as served, each at least one horizon after the
+last; usually three are kept, and a checkpoint holds them (a restart resumes exactly)."""
 
 
 def parse_example(raw: bytes | dict[str, Any]) -> Example:
@@ -96,6 +107,31 @@ class Learner:
         self._rolling = RollingMean(window)
         self._rolling_baseline = RollingMean(window)
         self._per_symbol: dict[str, list[float]] = {}
+        self.recent: deque[tuple[Example, float]] = deque(maxlen=window)
+        """The newest examples with the error of the prediction serving would have made."""
+        self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
+        self.snapshot(-math.inf)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "recent" not in state:  # a learner pickled by an older rtml
+            self.recent = deque(maxlen=self.window)
+            self._snapshots = deque(maxlen=SNAPSHOTS)
+            self.snapshot()
+
+    def snapshot(self, watermark: float | None = None) -> None:
+        """Keep a copy of the model as it is, for examples whose features are newer than
+        `watermark` (the newest label learned, by default)."""
+        at = self.watermark if watermark is None else watermark
+        self._snapshots.append((at, pickle.loads(pickle.dumps(self.model))))
+
+    def served_prediction(self, ex: Example) -> float | None:
+        """What the model predicted for `ex` when its features were new, or None when no
+        snapshot is that old."""
+        for watermark, model in reversed(self._snapshots):
+            if watermark <= ex.ts:
+                return float(model.predict_one(ex.features))
+        return None
 
     def start_challenger(self, model: Any) -> None:
         """Train `model` beside the current one from now on, scored on the same examples."""
@@ -132,6 +168,10 @@ class Learner:
         error = abs(ex.target - self.predict_one(ex.features))
         if not math.isfinite(error):
             error = math.inf
+        served = self.served_prediction(ex)
+        if served is not None:
+            served_error = abs(ex.target - served)
+            self.recent.append((ex, served_error if math.isfinite(served_error) else math.inf))
         self._abs_error += error
         self._abs_baseline += abs(ex.target)
         self._rolling.add(error)
@@ -152,7 +192,18 @@ class Learner:
         self.last_ts[ex.symbol] = ex.ts
         self.learned += 1
         self.watermark = max(self.watermark, ex.label_ts)
+        span = ex.label_ts - ex.ts
+        if self.watermark - self._snapshots[-1][0] >= span:
+            self.snapshot()
+        # an example arrives about one horizon after its features: a snapshot older than
+        # the one serving examples two horizons back is not needed any more
+        while len(self._snapshots) > 1 and self._snapshots[1][0] <= self.watermark - 2 * span:
+            self._snapshots.popleft()
         return True
+
+    def served_errors(self) -> tuple[list[float], list[float]]:
+        """The errors of `recent`, as served, beside the naive baseline's on the same examples."""
+        return [e for _, e in self.recent], [abs(ex.target) for ex, _ in self.recent]
 
     def metrics(self) -> dict[str, float]:
         n = max(self.learned, 1)
@@ -160,6 +211,9 @@ class Learner:
             "mae": self._abs_error / n,
             "baseline_mae": self._abs_baseline / n,
             "rolling_mae": self._rolling.mean,
+            "served_rolling_mae": (
+                sum(e for _, e in self.recent) / len(self.recent) if self.recent else math.nan
+            ),
             "baseline_rolling_mae": self._rolling_baseline.mean,
             "learned": float(self.learned),
             "drifts": float(self.drifts),

@@ -19,7 +19,6 @@ import pickle
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.gate import GateDecision, gate
+from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner, parse_example
 from rtml.pipelines.models import build_model
 from rtml.pipelines.processor import Example
@@ -108,6 +107,8 @@ def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool =
                 learner.step(ex)
             else:
                 learner.model.learn_one(ex.features, ex.target)
+    if epochs > 1:
+        learner.snapshot()  # what serving starts from is the model after every pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +146,12 @@ class Checkpoint:
     learner_bytes: bytes
     offsets: dict[int, int]
     metrics: dict[str, float]
-    champion_rolling_mae: float | None
+    errors: list[float]
+    """The candidate's errors on the newest examples, each as serving would have predicted it."""
+    naive: list[float]
+    """The naive baseline's errors on the same examples."""
+    champion: list[float] | None
+    """The champion's errors on the same examples, when there is a champion."""
     topic_id: str | None = None  # the incarnation of `examples` the offsets belong to
 
 
@@ -153,9 +159,11 @@ class Uploader:
     """Uploads checkpoints to the trainer's run off the learning thread; the queue is bounded.
 
     Each checkpoint is gated; one that passes is registered as a model version (at most every
-    `register_interval_s`) and promoted, unless a person pinned the champion. When MLflow is
-    slow or away and the queue is full, the oldest waiting checkpoint is dropped (only the
-    newest is needed to resume) and counted.
+    `register_interval_s`) and promoted, unless a person pinned the champion. A champion that
+    errs more than the naive baseline, by the gate's margin, is retired: predictors then serve
+    the baseline until a version earns the place. When MLflow is slow or away and the queue is
+    full, the oldest waiting checkpoint is dropped (only the newest is needed to resume) and
+    counted.
     """
 
     def __init__(
@@ -163,7 +171,7 @@ class Uploader:
         settings: Settings,
         run_id: str,
         capacity: int,
-        on_promote: Callable[[Any], None] = lambda _: None,
+        on_promote: Callable[[Any | None], None] = lambda _: None,
         first_version_due: bool = False,
         last_checkpoint: str | None = None,
     ) -> None:
@@ -270,11 +278,7 @@ class Uploader:
     def _upload(self, cp: Checkpoint) -> None:
         learner = pickle.loads(cp.learner_bytes)
         decision = gate(
-            cp.metrics["rolling_mae"],
-            cp.metrics["baseline_rolling_mae"],
-            cp.champion_rolling_mae,
-            self.settings.max_mae,
-            self.settings.gate_tolerance,
+            cp.errors, cp.naive, cp.champion, self.settings.max_mae, self.settings.gate_z
         )
         # the checkpoint first: it is what a restart resumes from, registered or not
         state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
@@ -291,6 +295,8 @@ class Uploader:
             version = self._register(learner, cp, decision)
             if decision.promote:
                 promoted = self._promote(version, learner)
+        elif not decision.promote and cp.champion is not None:
+            self._retire_if_failing(cp)
         self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
         self.decisions.append((version, promoted, decision.reason))
         log.info(
@@ -320,6 +326,26 @@ class Uploader:
         if len(self.registered) % PRUNE_EVERY == 0:
             registry.prune(self.settings, self.settings.keep_versions)
         return version
+
+    def _retire_if_failing(self, cp: Checkpoint) -> None:
+        """Serve the naive baseline instead of a champion that errs more than it."""
+        assert cp.champion is not None
+        if not champion_fails(cp.champion, cp.naive, self.settings.gate_z):
+            return
+        found = registry.decision(self.settings)
+        if found and found.get("pinned"):
+            return  # a person chose it; `rtml status` shows the errors
+        champion = registry.alias_version(self.settings, registry.CHAMPION)
+        if champion is None:
+            return
+        registry.retire(self.settings, by=registry.TRAINER)
+        self.on_promote(None)
+        log.warning(
+            "champion version %s errs more than the naive baseline on the newest %d examples: "
+            "retired, the baseline is served until a version beats it",
+            champion,
+            len(cp.champion),
+        )
 
     def _promote(self, version: str, learner: Learner) -> bool:
         """Make `version` the champion unless a person pinned the current one."""
@@ -351,7 +377,6 @@ class Trainer:
         self.run_id: str | None = None  # the trainer's MLflow run
         self.restored_from: str | None = None  # the checkpoint artifact it resumed from
         self._champion: Any | None = None  # the champion's estimator, to score candidates
-        self._recent: deque[Example] = deque(maxlen=settings.metrics_window)
         self.drifts_at_start = 0
         self.other_shards = 0
         self.topic_id: str | None = None  # the id of the `examples` topic being read
@@ -390,7 +415,7 @@ class Trainer:
             )
         self.drifts_at_start = self.learner.drifts
 
-    def _new_champion(self, model: Any) -> None:
+    def _new_champion(self, model: Any | None) -> None:
         # called on the uploader thread; a reference swap, read at the next checkpoint
         self._champion = model
 
@@ -411,37 +436,41 @@ class Trainer:
             "checkpoint_interval_s": s.checkpoint_interval_s,
             "register_interval_s": s.register_interval_s,
             "max_mae": s.max_mae,
-            "gate_tolerance": s.gate_tolerance,
+            "gate_z": s.gate_z,
             "drift_delta": s.drift_delta,
             "drift_response": s.drift_response,
         }
 
-    def _champion_mae(self) -> float | None:
-        """The champion's MAE on the examples of the candidate's rolling window.
+    def _champion_errors(self) -> list[float] | None:
+        """The champion's errors on the examples the candidate is gated on.
 
         Scored at checkpoint time rather than per example: the learning loop stays as cheap
         as the candidate alone.
         """
         champion = self._champion
-        if champion is None or not self._recent:
+        assert self.learner is not None
+        if champion is None:
             return None
-        total = 0.0
-        for ex in self._recent:
-            total += abs(ex.target - champion.predict_one(ex.features))
-        mae = total / len(self._recent)
-        return mae if math.isfinite(mae) else math.inf
+        out = []
+        for ex, _ in self.learner.recent:
+            error = abs(ex.target - float(champion.predict_one(ex.features)))
+            out.append(error if math.isfinite(error) else math.inf)
+        return out
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
+        errors, naive = self.learner.served_errors()
         self.uploader.submit(
             Checkpoint(
                 pickle.dumps(self.learner),
                 dict(self.offsets),
                 metrics,
-                self._champion_mae(),
+                errors,
+                naive,
+                self._champion_errors(),
                 self.topic_id,
             )
         )
@@ -457,9 +486,7 @@ class Trainer:
         examples = offline_examples(self.settings, after=self.learner.last_ts)
         learned = 0
         for ex in tqdm(examples, desc="catching up from the offline store", disable=None):
-            if self.learner.step(ex):
-                self._recent.append(ex)
-                learned += 1
+            learned += self.learner.step(ex)
         self.caught_up += learned
         log.warning("caught up on %d examples from the offline store", learned)
         return learned
@@ -514,8 +541,6 @@ class Trainer:
             self.other_shards += 1  # another shard's trainer learns it
             return 0
         learned = self.learner.step(ex)
-        if learned:
-            self._recent.append(ex)
         if self.learner.drift_detected:
             self._on_drift(ex, producer)
         return int(learned)
@@ -639,13 +664,14 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
             "run `rtml backfill` or the feature pipeline first"
         )
     metrics = learner.metrics()
-    decision = gate(
-        metrics["rolling_mae"],
-        metrics["baseline_rolling_mae"],
-        None,
-        settings.max_mae,
-        settings.gate_tolerance,
+    errors, naive = learner.served_errors()
+    champion = registry.load_champion(settings)
+    champion_errors = (
+        None
+        if champion is None
+        else [abs(ex.target - float(champion.predict_one(ex.features))) for ex, _ in learner.recent]
     )
+    decision = gate(errors, naive, champion_errors, settings.max_mae, settings.gate_z)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_experiment(settings.experiment_name)
     with mlflow.start_run(run_name="retrain"):

@@ -232,6 +232,20 @@ def promote(settings: Settings, version: str, by: str = TRAINER, pin: bool = Fal
     _decide(settings, history, version, "promote", by, pin)
 
 
+def retire(settings: Settings, by: str = TRAINER) -> None:
+    """Remove the `champion` alias: predictors serve the naive baseline until a version is
+    promoted again. Recorded like any decision; not pinned, so the gate may promote."""
+    mlflow_client = client(settings)
+    name = settings.model_name
+    current = alias_version(settings, CHAMPION)
+    if current is None:
+        return
+    mlflow_client.delete_registered_model_alias(name, CHAMPION)
+    record = {"version": None, "action": "retire", "by": by, "at": time.time(), "pinned": False}
+    mlflow_client.set_registered_model_tag(name, DECISION_TAG, json.dumps(record))
+    log.info("champion of %s (version %s) retired by %s: the baseline is served", name, current, by)
+
+
 def rollback(settings: Settings, by: str | None = None) -> str:
     """Move `champion` back to the previous champion and pin it; returns the version served."""
     history = champion_history(settings)

@@ -123,7 +123,8 @@ class Settings(BaseSettings):
     register_interval_s: float = 120.0
     checkpoint_queue: int = 4
     max_mae: float = 0.05
-    gate_tolerance: float = 0.05
+    # a candidate must beat the naive baseline and the champion by this many standard errors
+    gate_z: float = 2.0
     drift_delta: float = 0.002
     drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = 50

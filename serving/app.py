@@ -29,10 +29,9 @@ from prometheus_client import (
 )
 
 from rtml import feature_store as fs
-from rtml import registry
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.pipelines.trades import BadRecord, decode_object
-from rtml.serving.model_holder import ModelHolder, ModelRouter, Served, models_for
+from rtml.serving.model_holder import BASELINE, ModelHolder, ModelRouter, Served, models_for
 from rtml.serving.singleflight import SingleFlight
 from rtml.settings import Settings
 
@@ -60,7 +59,9 @@ KNOWN_COLUMNS = frozenset(FEATURE_NAMES + EXTRA_COLUMNS)
 STALENESS = (
     "staleness_s: event time of these features minus the newest label time the model learned "
     "(trained_through), so a replay at any speed reads the same; feature_age_s: wall-clock "
-    "now minus the features' event time, negative while a replay runs ahead of the clock"
+    "now minus the features' event time, negative while a replay runs ahead of the clock. "
+    "model 'baseline': no version has beaten the naive baseline yet, so it is served: "
+    "prediction 0, no change"
 )
 
 
@@ -161,7 +162,16 @@ class Metrics:
             "Online-store reads made: concurrent requests for one symbol share one",
             registry=self.registry,
         )
-        self.version = Gauge("rtml_model_version", "Served model version", registry=self.registry)
+        self.version = Gauge(
+            "rtml_model_version",
+            "Served model version (0 while the naive baseline is served)",
+            registry=self.registry,
+        )
+        self.baseline = Gauge(
+            "rtml_serving_baseline",
+            "1 while no version has earned champion and the naive baseline (no change) is served",
+            registry=self.registry,
+        )
         self.model_staleness = Gauge(
             "rtml_model_staleness_seconds",
             "Now minus the newest label time the served model learned",
@@ -250,8 +260,10 @@ class Predictor:
         m = self.metrics
         m.by_symbol.inc()
         m.version.set(float(model.version))
+        m.baseline.set(float(model.model == BASELINE))
         m.feature_staleness.set(now - feature_ts)
-        m.model_staleness.set(now - model.trained_through)
+        if math.isfinite(model.trained_through):
+            m.model_staleness.set(now - model.trained_through)
         m.symbol_latency.observe(time.perf_counter() - began)
         return json_response(
             {
@@ -285,7 +297,7 @@ class Predictor:
         return {
             "model": model.model,
             "model_version": model.version,
-            "model_alias": registry.CHAMPION,
+            "model_alias": model.alias,
             "trained_through": model.trained_through,
         }
 

@@ -4,6 +4,10 @@ A background thread polls the `champion` alias. A new version is loaded complete
 only then swapped in, by replacing one reference: a request reads the reference once, so it
 never sees a half-loaded model. A failed load keeps the current version serving, is logged and
 counted, and is tried again at the next poll.
+
+While the registered model has no champion (no version has beaten the naive baseline, or the
+trainer retired one that fell behind it), the holder serves the baseline itself: "no change",
+named `baseline` in every answer.
 """
 
 from __future__ import annotations
@@ -20,6 +24,17 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+BASELINE = "baseline"
+"""The model named in answers while no version has earned `champion`."""
+
+
+class NoChange:
+    """The naive baseline: the price H candles ahead is the price now."""
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        del x
+        return 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class Served:
@@ -29,7 +44,16 @@ class Served:
     trained_through: float
     """Event time (epoch seconds) of the newest label the model had learned."""
     model: str = ""
-    """The registered model the version belongs to."""
+    """The registered model the version belongs to, or `baseline`."""
+
+    @property
+    def alias(self) -> str | None:
+        return None if self.model == BASELINE else registry.CHAMPION
+
+
+def baseline() -> Served:
+    """The naive baseline as a served model (version "0": registered versions start at 1)."""
+    return Served("0", NoChange(), time.time(), float("nan"), BASELINE)
 
 
 class ModelHolder:
@@ -53,7 +77,14 @@ class ModelHolder:
         """Load the alias's version if it is not the one served; True when it swapped."""
         version = registry.alias_version(self.settings, self.alias, name=self.name)
         current = self.current
-        if version is None or (current is not None and current.version == version):
+        if version is None:
+            if current is not None and current.model == BASELINE:
+                return False
+            self.current = served = baseline()
+            self.on_swap(served)
+            log.info("%s has no %s: serving the naive baseline", self.name, self.alias)
+            return True
+        if current is not None and current.version == version and current.model == self.name:
             return False
         try:
             loaded = registry.load_version(self.settings, version, name=self.name)

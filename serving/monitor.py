@@ -43,6 +43,7 @@ from rtml.kafka import (
 )
 from rtml.pipelines.learner import RollingMean, parse_example
 from rtml.pipelines.trades import BadRecord, EventTimes, decode_object
+from rtml.serving.model_holder import BASELINE
 from rtml.serving.stream import parse_features
 from rtml.settings import Settings
 
@@ -468,9 +469,12 @@ class MonitorService:
         except Exception as exc:  # MLflow down must not stop monitoring
             log.warning("could not read the champion's decision from MLflow: %s", exc)
             return
-        if champion is not None and not self.settings.shards:
+        if not self.settings.shards:
             with self.lock:
-                self.monitor.champion_from_registry(int(champion), self.settings.model_name)
+                if champion is None:  # predictors serve the naive baseline
+                    self.monitor.champion_from_registry(0, BASELINE)
+                else:
+                    self.monitor.champion_from_registry(int(champion), self.settings.model_name)
 
     def run(self, max_seconds: float | None = None) -> Monitor:
         settings = self.settings

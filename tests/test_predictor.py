@@ -112,6 +112,39 @@ def test_predict_reads_online_features_and_names_the_version(
     assert _metric(metrics, "rtml_online_reads_total") == 2
 
 
+def test_without_a_champion_the_naive_baseline_is_served_and_named(shard: Settings) -> None:
+    """No version has earned `champion` (or it was retired): answers come from the baseline,
+    say so, and the champion's return swaps the model back in."""
+    local = shard.model_copy(update={"model_name": f"{shard.model_name}-nochamp"})
+    holder = ModelHolder(local)
+    holder.refresh()
+    symbol = local.symbols[0]
+    with TestClient(create_app(local, holder, fs.open_store(local))) as client:
+        body = client.get(f"/predict/{symbol}").json()
+        assert (body["model"], body["model_version"], body["model_alias"]) == (
+            "baseline",
+            "0",
+            None,
+        )
+        assert body["prediction"] == 0.0
+        assert body["staleness_s"] is None and body["features"]
+        assert "baseline" in body["staleness"]
+        rows = client.post("/predict", json={"rows": [body["features"]]}).json()
+        assert (rows["model"], rows["predictions"]) == ("baseline", [0.0])
+        metrics = client.get("/metrics").text
+        assert _metric(metrics, "rtml_serving_baseline") == 1
+        assert _metric(metrics, "rtml_model_version") == 0
+        version = _register(local, _learner(1.0))
+        registry.promote(local, version)
+        assert holder.refresh()
+        body = client.get(f"/predict/{symbol}").json()
+        assert (body["model"], body["model_version"]) == (local.model_name, version)
+        registry.retire(local)
+        assert holder.refresh()
+        assert client.get(f"/predict/{symbol}").json()["model"] == "baseline"
+        assert registry.decision(local)["action"] == "retire"  # type: ignore[index]
+
+
 def _metric(text: str, name: str) -> float:
     values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, f"{name} not in /metrics"

@@ -157,14 +157,18 @@ def _trade_source(
     if source == "kraken" or source.startswith(("ws://", "wss://")):
         url = kraken.KRAKEN_WS_URL if source == "kraken" else source
         return kraken.stream(settings.symbols, url=url, stop=stop)
+    mapping = column_mapping(columns)
+    check_candle_file(settings, Path(source), mapping)
+    return sources.replay(Path(source), mapping, settings.candle_seconds)
+
+
+def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
     bad = [c for c in columns if "=" not in c]
     if bad:
         raise click.BadParameter(
             f"{bad[0]!r}: write NAME=FILE_COLUMN, e.g. size=qty", param_hint="--column"
         )
-    mapping = dict(c.split("=", 1) for c in columns)
-    check_candle_file(settings, Path(source), mapping)
-    return sources.replay(Path(source), mapping, settings.candle_seconds)
+    return dict(c.split("=", 1) for c in columns)
 
 
 def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -> None:
@@ -480,18 +484,82 @@ def monitor(settings: Settings, duration: float | None) -> None:
 @click.option("--duration", type=float, default=None, help="Seconds to run [until Ctrl-C].")
 @_source_option
 @click.option("--days", default=2.0, show_default=True, help="Synthetic history to backfill.")
+@_column_option
 @click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
 @click.pass_obj
 def demo(
-    settings: Settings, duration: float | None, source: str, days: float, speed: float, seed: int
+    settings: Settings,
+    duration: float | None,
+    source: str,
+    days: float,
+    columns: tuple[str, ...],
+    speed: float,
+    seed: int,
 ) -> None:
     """The whole loop on the embedded stack, with a status line; a summary at the end."""
     from rtml.app.demo import Demo
 
-    run = Demo(settings, source=source, days=days, speed=speed, seed=seed, out=click.echo)
+    run = Demo(
+        settings,
+        source=source,
+        days=days,
+        speed=speed,
+        seed=seed,
+        out=click.echo,
+        columns=column_mapping(columns),
+    )
     for line in run.report(run.run(duration)):
         click.echo(line)
+
+
+@cli.command()
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--dataset",
+    type=click.Choice(["msft"]),
+    default=None,
+    help="A real market file from a package on the index, instead of FILE.",
+)
+@_column_option
+@click.option("--refit-every", default=60, show_default=True, help="Candles between batch refits.")
+@click.option("--speed", default=0.0, show_default=True, help="Times real time; 0: max speed.")
+@click.option(
+    "--register-interval",
+    type=float,
+    default=None,
+    help="Seconds between registered versions [RTML_REGISTER_INTERVAL_S].",
+)
+@click.pass_obj
+def evaluate(
+    settings: Settings,
+    file: Path | None,
+    dataset: str | None,
+    columns: tuple[str, ...],
+    refit_every: int,
+    speed: float,
+    register_interval: float | None,
+) -> None:
+    """Replay a market file through the whole system; score what was served beside the
+    initial fit, a periodic batch refit, and the naive and mean baselines."""
+    from rtml.app import datasets
+    from rtml.app.evaluate import evaluate_file
+
+    if (file is None) == (dataset is None):
+        raise click.UsageError("give a FILE or --dataset NAME (for example --dataset msft)")
+    if file is None:
+        assert dataset is not None
+        click.echo(f"== fetching the {dataset} dataset from its package on the index")
+        file = datasets.fetch(dataset, settings.state / "datasets")
+    evaluate_file(
+        settings,
+        file,
+        column_mapping(columns),
+        refit_every=refit_every,
+        speed=speed,
+        register_interval_s=register_interval,
+        out=click.echo,
+    )
 
 
 _SERVICES = {

@@ -86,6 +86,8 @@ class Evaluation:
     """The served model version of each example, in event-time order."""
     features: list[dict[str, float]] = field(default_factory=list)
     label_ts: list[float] = field(default_factory=list)
+    trained_through: list[float] = field(default_factory=list)
+    """The newest label time the served model had learned (NaN for the baseline)."""
 
     def mae(self, predictions: list[float]) -> float:
         errors = [abs(p - t) for p, t in zip(predictions, self.target, strict=True)]
@@ -118,21 +120,24 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
         out.target.append(float(ex["target"]))
         out.served.append(float(p["prediction"]))
         out.static.append(float(static.predict_one(ex["features"])))
-        out.versions.append(int(p["model_version"]))
+        out.versions.append(int(p["model_version"] or 0))
         out.features.append(ex["features"])
         out.label_ts.append(float(ex["label_ts"]))
+        through = p.get("trained_through")
+        out.trained_through.append(float(through) if through is not None else math.nan)
     return out
 
 
 def _span(versions: list[int]) -> str:
     """The champions a demo served, short enough for one line (all are in the MLflow UI).
 
-    >>> _span([1, 4]), _span([1, 4, 7, 9])
-    ('v1, v4', '4 versions, v1 ... v9')
+    >>> _span([0, 4]), _span([1, 4, 7, 9])
+    ('baseline, v4', '4 versions, v1 ... v9')
     """
-    if len(versions) <= 3:
-        return ", ".join(f"v{v}" for v in versions) or "none"
-    return f"{len(versions)} versions, v{versions[0]} ... v{versions[-1]}"
+    names = [f"v{v}" if v else "baseline" for v in versions]
+    if len(names) <= 3:
+        return ", ".join(names) or "none"
+    return f"{len(names)} versions, {names[0]} ... {names[-1]}"
 
 
 class Demo:
@@ -147,8 +152,12 @@ class Demo:
         status_every: float = 5.0,
         out: Callable[[str], None] = print,
         register_interval_s: float | None = None,
+        columns: dict[str, str] | None = None,
     ) -> None:
         self.run_id = time.strftime("%Y%m%d%H%M%S")
+        self.source_name = source
+        self.columns = columns or {}
+        """The replay file's column names for rtml's (`ts` -> `Date`), as the feed takes them."""
         self.settings = settings.model_copy(
             update={
                 "topic_prefix": f"demo{self.run_id}.",
@@ -170,6 +179,7 @@ class Demo:
         """Event time where the stored history ends and the demo's stream begins."""
         self.stopped_in: dict[str, float] = {}
         self.started_at = math.nan
+        self._joined, self._joined_at = -1, math.nan  # scored examples, and since when
 
     # -- processes ------------------------------------------------------------------------
 
@@ -231,6 +241,7 @@ class Demo:
     def prepare(self) -> None:
         from rtml.app.stack import Stack
 
+        self.check_source()
         self.out("== starting the embedded stack (Kafka-API broker, Redis, MLflow; feast apply)")
         Stack(self.settings).up(progress=self.out)
         if self.source != "synthetic":
@@ -248,12 +259,38 @@ class Demo:
             self.source = str(stream)
         subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
 
+    def _read(self, path: Path) -> Any:
+        from rtml.pipelines.sources import read_table
+
+        return read_table(path).rename(columns={v: k for k, v in self.columns.items()})
+
+    def check_source(self) -> None:
+        """A replay file is readable, holds trades or candles, and has rows: said before
+        anything starts."""
+        from rtml.errors import ConfigError
+        from rtml.pipelines.sources import CANDLE_COLUMNS, TRADE_COLUMNS
+
+        if self.source == "synthetic":
+            return
+        path = Path(self.source)
+        frame = self._read(path)
+        if not (set(TRADE_COLUMNS) <= set(frame.columns)) and not (
+            set(CANDLE_COLUMNS) <= set(frame.columns)
+        ):
+            raise ConfigError(
+                f"{path}: columns {sorted(map(str, frame.columns))} are neither trades "
+                f"{TRADE_COLUMNS} nor candles {CANDLE_COLUMNS}; map yours with "
+                "--column NAME=FILE_COLUMN (for example --column ts=Date)"
+            )
+        if len(frame) < 4:
+            raise ConfigError(f"{path} has {len(frame)} rows: too few to learn from")
+
     def take_symbols(self, path: Path) -> None:
         """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
         refuse symbols that are not configured) and, for candles, their length and sessions."""
-        from rtml.pipelines.sources import candle_profile, read_table
+        from rtml.pipelines.sources import candle_profile
 
-        profile = candle_profile(path)
+        profile = candle_profile(path, self.columns)
         if profile is not None:
             update = {"candle_seconds": profile.seconds, "gap_policy": profile.gap_policy}
             if update != {k: getattr(self.settings, k) for k in update}:
@@ -262,7 +299,7 @@ class Demo:
                     f"gap policy {profile.gap_policy} ({profile.gaps:.0%} after a gap)"
                 )
                 self.settings = self.settings.model_copy(update=update)
-        frame = read_table(path)
+        frame = self._read(path)
         if "symbol" not in frame.columns:
             return
         symbols = tuple(sorted(str(s) for s in frame["symbol"].dropna().unique()))
@@ -276,12 +313,11 @@ class Demo:
             self.settings = self.settings.model_copy(update={"symbols": symbols})
 
     def split_replay(self, path: Path) -> tuple[Path, Path]:
-        """The replay file's first half (in file order) as history, the rest as the stream."""
+        """The replay file's first half (in file order) as history, the rest as the stream,
+        both with rtml's column names."""
         import pandas as pd
 
-        from rtml.pipelines.sources import read_table
-
-        frame = read_table(path)
+        frame = self._read(path)
         half = len(frame) // 2
         folder = self.settings.state / f"demo-{self.run_id}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -298,7 +334,12 @@ class Demo:
         for name, args in SERVICES:
             self.spawn(name, args)
         self.out("== waiting for the initial fit (the trainer's warm start) to be registered")
-        self.first_champion = self.wait_for_champion()
+        self.first_champion = self.wait_for_first_version()
+        if registry.alias_version(self.settings, registry.CHAMPION) is None:
+            self.out(
+                f"   the gate did not promote version {self.first_champion}: the predictors "
+                "serve the naive baseline until a version beats it"
+            )
         # the initial fit, kept as the static model to compare with (the alias keeps it
         # from being pruned, and names it in the MLflow UI)
         registry.client(self.settings).set_registered_model_alias(
@@ -318,19 +359,15 @@ class Demo:
         self.spawn("feed", args)
         self.started_at = time.monotonic()
 
-    def wait_for_champion(self, timeout: float = 300.0) -> str:
+    def wait_for_first_version(self, timeout: float = 300.0) -> str:
+        """The initial fit's version, once registered (champion or not: the gate decides)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_children()
-            champion = registry.alias_version(self.settings, registry.CHAMPION)
-            if champion is not None:
-                return champion
-            candidate = registry.alias_version(self.settings, registry.CANDIDATE)
-            if candidate is not None:
-                # the gate had no champion to compare with and refused the first fit: serve it
-                self.out(f"   the gate did not pass version {candidate}; serving it to start")
-                registry.promote(self.settings, candidate, by="demo")
-                return candidate
+            for alias in (registry.CHAMPION, registry.CANDIDATE):
+                version = registry.alias_version(self.settings, alias)
+                if version is not None:
+                    return version
             time.sleep(1.0)
         raise ServiceError(
             f"no model was registered in {timeout:.0f} s; see {self.settings.state / 'logs'}"
@@ -352,7 +389,8 @@ class Demo:
         learned = registry.learned(self.settings)
         if learned is not None:
             parts.append(f"learned {learned:,}")
-        parts.append(f"champion v{registry.alias_version(self.settings, registry.CHAMPION)}")
+        champion = registry.alias_version(self.settings, registry.CHAMPION)
+        parts.append(f"champion v{champion}" if champion else "serving the naive baseline")
         try:
             state = self.monitor_state()
         except OSError:
@@ -367,15 +405,33 @@ class Demo:
         parts.append(f"scored {state['counts']['joined']:,}")
         return " | ".join(parts)
 
-    def run(self, duration: float | None) -> Evaluation:
-        """Prepare, start, print status until `duration` (or Ctrl-C), stop, score."""
+    def done(self, settle_s: float = 10.0) -> bool:
+        """The feed has replayed everything and nothing new was scored for `settle_s`."""
+        feed = next((c for c in self.children if c.name == "feed"), None)
+        if feed is None or feed.proc.poll() is None:
+            return False
+        try:
+            joined = self.monitor_state()["counts"]["joined"]
+        except OSError:
+            return False
+        now = time.monotonic()
+        if joined != self._joined:
+            self._joined, self._joined_at = joined, now
+        return now - self._joined_at >= settle_s
+
+    def run(self, duration: float | None, until_done: bool = False) -> Evaluation:
+        """Prepare, start, print status until `duration` (or Ctrl-C, or, with `until_done`,
+        the end of the replay), stop, score."""
         self.out(f"rtml demo {self.run_id}: topics {self.settings.topic_prefix}*")
         self.prepare()
+        self._joined, self._joined_at = -1, time.monotonic()
         try:
             self.start()
             next_status = time.monotonic()
             while duration is None or time.monotonic() - self.started_at < duration:
                 self.check_children()
+                if until_done and self.done():
+                    break
                 if time.monotonic() >= next_status:
                     try:
                         self.out(self.status_line())
@@ -403,8 +459,12 @@ class Demo:
             f"   MAE static (initial fit v{self.first_champion} only)        {s['static_mae']:.6f}",
             f"   MAE naive (no change)                           {s['naive_mae']:.6f}",
         ]
-        if len(versions) > 1:
-            lines.append(f"   a champion was promoted after the initial one: v{versions[-1]}")
+        baseline = sum(v == 0 for v in ev.versions)
+        if ev.versions:
+            lines.append(
+                f"   served by the naive baseline  {baseline / len(ev.versions):.0%} of the "
+                "examples (while no version had beaten it)"
+            )
         if math.isfinite(s["served_mae"]) and math.isfinite(s["static_mae"]):
             ratio = s["served_mae"] / s["static_mae"]
             ahead = "ahead of" if ratio < 1 else "behind"

@@ -100,7 +100,8 @@ function render(state) {
        "staleness (s)");
 
   const last = state.mae.length ? state.mae[state.mae.length - 1] : null;
-  document.getElementById("champion").textContent = state.champion ?? "-";
+  document.getElementById("champion").textContent = state.champion_model === "baseline"
+    ? "baseline (naive: no version has beaten it yet)" : (state.champion ?? "-");
   document.getElementById("joined").textContent = state.counts.joined;
   document.getElementById("pending").textContent = state.counts.pending;
   document.getElementById("mae").textContent = last ? fmt(last[2]) : "-";
@@ -108,14 +109,15 @@ function render(state) {
   document.getElementById("alerts").textContent = state.alerts.length;
   const decision = state.decision;
   document.getElementById("decision").textContent = decision
-    ? `${decision.action} of v${decision.version} by ${decision.by} at ${hhmm(decision.at)} UTC` +
+    ? `${decision.action}${decision.version ? ` of v${decision.version}` : ""} by ${decision.by}` +
+      ` at ${hhmm(decision.at)} UTC` +
       (decision.pinned ? " (pinned)" : "")
     : "";
   const age = state.last_record_at === null ? null : state.now - state.last_record_at;
   document.getElementById("age").textContent = age === null ? "-" : `${age.toFixed(1)} s ago`;
   document.getElementById("stale").classList.toggle("old", age !== null && age > 30);
   document.querySelector("#errors tbody").replaceChildren(...state.errors.map((r) => row([
-    r.model ? `${r.model} v${r.version}` : r.version, r.symbol === "*" ? "all" : r.symbol, r.n,
+    r.model === "baseline" ? "baseline" : r.model ? `${r.model} v${r.version}` : r.version, r.symbol === "*" ? "all" : r.symbol, r.n,
     fmt(r.rolling_mae), fmt(r.baseline_mae),
   ])));
   const alerts = state.alerts.slice(-10).reverse().map((a) => item(
