@@ -295,6 +295,7 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
             "checkpoint_interval_s": 0.5,
             "register_interval_s": 0.0,  # the loop's own latency: each checkpoint a version
             "gate_z": -1e9,  # a margin every candidate clears: measure the path, not the gate
+            "gate_z_champion": -1e9,
             "max_mae": 1.0,
             "metrics_window": 50,
         }

@@ -83,12 +83,13 @@ def gate(
     champion: Sequence[float] | None,
     max_mae: float,
     z: float,
+    z_champion: float | None = None,
 ) -> GateDecision:
     """Errors of the candidate, the naive baseline and the champion on the same examples.
 
     A candidate passes when it has at least `MIN_EXAMPLES` finite errors, its MAE is at most
-    `max_mae`, and it beats both the naive baseline and the champion by `z` block standard
-    errors.
+    `max_mae`, and it beats the naive baseline by `z` block standard errors and the champion
+    by `z_champion` (`z` by default).
     """
     if len(candidate) < MIN_EXAMPLES:
         return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
@@ -109,7 +110,7 @@ def gate(
         champion_mae = sum(champion) / len(champion)
         if not math.isfinite(champion_mae):
             return GateDecision(True, f"MAE {mae:.3g} passed; the champion's error is infinite")
-        if not vs_champion.beats(z):
+        if not vs_champion.beats(z if z_champion is None else z_champion):
             return GateDecision(
                 False,
                 f"MAE {mae:.3g} does not beat the champion's {champion_mae:.3g} "

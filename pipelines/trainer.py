@@ -437,6 +437,7 @@ class Trainer:
             "register_interval_s": s.register_interval_s,
             "max_mae": s.max_mae,
             "gate_z": s.gate_z,
+            "gate_z_champion": s.gate_z_champion,
             "drift_delta": s.drift_delta,
             "drift_response": s.drift_response,
         }
@@ -671,7 +672,9 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
         if champion is None
         else [abs(ex.target - float(champion.predict_one(ex.features))) for ex, _ in learner.recent]
     )
-    decision = gate(errors, naive, champion_errors, settings.max_mae, settings.gate_z)
+    decision = gate(
+        errors, naive, champion_errors, settings.max_mae, settings.gate_z, settings.gate_z_champion
+    )
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_experiment(settings.experiment_name)
     with mlflow.start_run(run_name="retrain"):

@@ -123,8 +123,11 @@ class Settings(BaseSettings):
     register_interval_s: float = 120.0
     checkpoint_queue: int = 4
     max_mae: float = 0.05
-    # a candidate must beat the naive baseline and the champion by this many standard errors
+    # a candidate must beat the naive baseline by this many block standard errors, and the
+    # champion by `gate_z_champion` (both versions already cleared naive: a fresher one need
+    # not clear as high a bar to follow a drifting market)
     gate_z: float = 2.0
+    gate_z_champion: float = 1.0
     drift_delta: float = 0.002
     drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = 50

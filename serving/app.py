@@ -230,8 +230,8 @@ class Predictor:
             self.metrics.errors.labels("no_model").inc()
             raise HTTPException(
                 503,
-                f"no champion of {', '.join(self.holder.missing())} yet: "
-                "run the trainer or `rtml promote`",
+                f"no model of {', '.join(self.holder.missing())} loaded yet: the registry "
+                "(MLFLOW_TRACKING_URI) has not answered; serving starts once it does",
             )
         return current
 

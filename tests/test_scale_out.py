@@ -100,6 +100,7 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
             "checkpoint_every": 200,
             "max_mae": 1.0,
             "gate_z": -1e9,  # a margin every candidate clears
+            "gate_z_champion": -1e9,
         }
     )
     topics = Topics.of(local)

@@ -102,7 +102,8 @@ def _model_status(settings: Settings) -> None:
         champion = registry.alias_version(local, registry.CHAMPION)
         candidate = registry.alias_version(local, registry.CANDIDATE)
         found = registry.decision(local) or {}
-        line = f"model {local.model_name}: champion {champion or 'none (predictors serve nothing)'}"
+        serving = champion or "none: the predictors serve the naive baseline (no change)"
+        line = f"model {local.model_name}: champion {serving}"
         line += f", candidate {candidate or 'none'}"
         if found:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(found["at"])))

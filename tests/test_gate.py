@@ -1,0 +1,96 @@
+"""The gate judges what serving would have seen, by a margin its sample supports (no services)."""
+
+from __future__ import annotations
+
+import random
+
+from rtml.pipelines.gate import champion_fails, gate, paired
+from rtml.pipelines.learner import Learner
+from rtml.pipelines.processor import Example
+
+H = 5  # candles between an example's features and its label
+STEP = 60.0
+
+
+class LastTargets:
+    """Predicts the mean of the last two targets it learned: on overlapping H-candle returns
+    that is pure leakage, not skill."""
+
+    def __init__(self) -> None:
+        self.last: list[float] = []
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        return sum(self.last) / len(self.last) if self.last else 0.0
+
+    def learn_one(self, x: dict[str, float], y: float) -> None:
+        self.last = [*self.last[-1:], y]
+
+
+def _overlapping_returns(n: int, seed: int) -> list[Example]:
+    """A random walk's H-candle changes: consecutive targets share H-1 increments, and no
+    feature says anything about the next one. Examples arrive in label order, as on `examples`."""
+    rng = random.Random(seed)
+    price = [0.0]
+    for _ in range(n + H):
+        price.append(price[-1] + rng.gauss(0, 0.001))
+    return [
+        Example("X", i * STEP, (i + H) * STEP, {"one": 1.0}, price[i + H] - price[i])
+        for i in range(n)
+    ]
+
+
+def test_scoring_as_served_takes_no_credit_for_overlapping_labels() -> None:
+    learner = Learner(LastTargets(), window=1000)
+    for ex in _overlapping_returns(3000, seed=1):
+        learner.step(ex)
+    metrics = learner.metrics()
+    # progressive validation is fooled: the model learned 4 of this target's 5 increments
+    assert metrics["rolling_mae"] < 0.8 * metrics["baseline_rolling_mae"]
+    # as served, the model had learned none of them: no better than naive
+    assert metrics["served_rolling_mae"] > 0.95 * metrics["baseline_rolling_mae"]
+    errors, naive = learner.served_errors()
+    assert len(errors) == 1000
+    decision = gate(errors, naive, None, max_mae=1.0, z=2.0)
+    assert not decision.promote and "naive" in decision.reason
+
+
+def test_a_served_prediction_comes_from_a_model_that_had_not_seen_the_label_window() -> None:
+    learner = Learner(LastTargets(), window=100)
+    for ex in _overlapping_returns(400, seed=2):
+        served = learner.served_prediction(ex)
+        assert served is not None
+        learner.step(ex)
+        # the snapshot that served it had learned only labels known at the feature time
+        used = max(w for w, _ in learner._snapshots if w <= ex.ts) if ex.ts > 0 else None
+        assert used is None or used <= ex.ts
+    # at most two horizons old, and few copies kept
+    assert len(learner._snapshots) <= 4
+    assert learner.watermark - learner._snapshots[0][0] <= 3 * H * STEP
+
+
+def test_a_candidate_no_better_than_naive_is_rarely_promoted() -> None:
+    """Errors equal to naive's plus correlated noise: the margin keeps false promotions rare."""
+    rng = random.Random(3)
+    promoted = 0
+    for _ in range(300):
+        naive = [abs(rng.gauss(0, 0.01)) for _ in range(500)]
+        noise, candidate = 0.0, []
+        for e in naive:
+            noise = 0.9 * noise + rng.gauss(0, 0.001)  # consecutive examples err together
+            candidate.append(max(0.0, e + noise))
+        promoted += gate(candidate, naive, None, max_mae=1.0, z=2.0).promote
+    assert promoted <= 300 * 0.08, promoted
+
+
+def test_a_real_edge_passes_and_a_champion_behind_naive_is_retired() -> None:
+    rng = random.Random(4)
+    naive = [abs(rng.gauss(0, 0.01)) for _ in range(500)]
+    better = [e * 0.9 for e in naive]
+    assert gate(better, naive, None, max_mae=1.0, z=2.0).promote
+    # it must also beat the champion: equal is not enough
+    assert not gate(better, naive, list(better), max_mae=1.0, z=2.0).promote
+    worse = [e * 1.1 + 0.001 for e in naive]
+    assert champion_fails(worse, naive, z=2.0)
+    assert not champion_fails(naive, naive, z=2.0)
+    p = paired(better, naive)
+    assert p.mean < 0 and p.better == p.blocks
