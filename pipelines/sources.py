@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rtml.errors import ConfigError
-from rtml.pipelines.trades import BadRecord, Trade, parse_trade, parse_ts
+from rtml.pipelines.trades import BadRecord, Trade, number, parse_trade, parse_ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +167,28 @@ TRADE_COLUMNS = ("symbol", "trade_id", "price", "size", "side", "ts")
 CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 
 
-def read_table(path: Path) -> pd.DataFrame:
+TEXT_COLUMNS = ("symbol", "trade_id", "side")
+
+
+def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A replay file with rtml's column names (`columns` maps them to the file's own).
+
+    Symbols, trade ids and sides are text even when they look like numbers (a ticker such
+    as 7203, an id column of integers)."""
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
+    mapping = dict(columns or {})
+    text = {mapping.get(name, name): str for name in TEXT_COLUMNS}
     if path.suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if path.suffix in (".csv", ".gz"):
-        return pd.read_csv(path)
-    raise ConfigError(f"replay file {path}: use .csv or .parquet")
+        frame = pd.read_parquet(path)
+        for name in set(text) & set(frame.columns):
+            if frame[name].dtype.kind in "iub":
+                frame[name] = frame[name].astype(str)
+    elif path.suffix in (".csv", ".gz"):
+        frame = pd.read_csv(path, dtype=text)  # type: ignore[arg-type]
+    else:
+        raise ConfigError(f"replay file {path}: use .csv or .parquet")
+    return frame.rename(columns={v: k for k, v in mapping.items()})
 
 
 def replay(
@@ -188,7 +202,7 @@ def replay(
     A candle becomes four trades (open, high, low, close) inside its window, so the candle
     builder reproduces its OHLC and volume. Bad rows are yielded as BadRecord, not dropped.
     """
-    frame = read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
+    frame = read_table(path, columns)
     if set(TRADE_COLUMNS) <= set(frame.columns):
         records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
         for record in records:
@@ -199,35 +213,41 @@ def replay(
         return
     if not set(CANDLE_COLUMNS) <= set(frame.columns):
         raise ConfigError(
-            f"{path}: columns {sorted(frame.columns)} are neither trades {TRADE_COLUMNS} nor "
+            f"{path}: columns {sorted(map(str, frame.columns))} are neither trades {TRADE_COLUMNS} nor "
             f"candles {CANDLE_COLUMNS}; map yours with --column NAME=FILE_COLUMN"
         )
-    frame = frame.sort_values("ts", kind="stable")
+    # in event-time order, parsed (text sorts "999" after "1000"); unreadable times first
+    frame = frame.reset_index(drop=True)
+    order = frame["ts"].map(_ts_or_none).astype(float)
+    frame = frame.loc[order.sort_values(na_position="first", kind="stable").index]
     rows: list[dict[str, Any]] = frame[list(CANDLE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
     for i, row in enumerate(rows):
+        # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
         try:
             start = parse_ts(row["ts"])
+            volume = number(row, "volume", positive=False)  # a stray header row is text
+            # the four trades stay inside the window the candle starts in, even for a start
+            # that is not on a window boundary (a session opening at 09:30, a zone offset)
+            window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds
+            quarter = (window_end - start) / 4
+            prices = (row["open"], row["high"], row["low"], row["close"])
+            trades = [
+                parse_trade(
+                    {
+                        "symbol": row["symbol"],
+                        "trade_id": f"c{i}-{j}",
+                        "price": price,
+                        "size": volume / 4,
+                        "side": "buy",
+                        "ts": start + j * quarter,
+                    }
+                )
+                for j, price in enumerate(prices)
+            ]
         except BadRecord as exc:
             yield exc
             continue
-        # the four trades stay inside the window the candle starts in, even for a start that
-        # is not on a window boundary (a session opening at 09:30, a zone offset)
-        window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds
-        quarter = (window_end - start) / 4
-        prices = (row["open"], row["high"], row["low"], row["close"])
-        for j, price in enumerate(prices):
-            record = {
-                "symbol": row["symbol"],
-                "trade_id": f"c{i}-{j}",
-                "price": price,
-                "size": row["volume"] / 4,
-                "side": "buy",
-                "ts": start + j * quarter,
-            }
-            try:
-                yield parse_trade(record)
-            except BadRecord as exc:
-                yield exc
+        yield from trades
 
 
 @dataclass(frozen=True)
@@ -260,7 +280,7 @@ def candle_profile(path: Path, columns: dict[str, str] | None = None) -> CandleP
     >>> candle_profile(Path(f.name))
     CandleProfile(seconds=86400, gaps=0.16666666666666666)
     """
-    frame = read_table(path).rename(columns={v: k for k, v in (columns or {}).items()})
+    frame = read_table(path, columns)
     if set(TRADE_COLUMNS) <= set(frame.columns) or not set(CANDLE_COLUMNS) <= set(frame.columns):
         return None
     steps: list[float] = []

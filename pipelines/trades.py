@@ -101,7 +101,8 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
-def _number(record: dict[str, Any], field: str, positive: bool) -> float:
+def number(record: dict[str, Any], field: str, positive: bool) -> float:
+    """`record[field]` as a finite float (`positive`: above zero), or BadRecord saying why."""
     value = record[field]
     kind = type(value)
     if kind is float and math.isfinite(value) and (value > 0 or not positive):
@@ -141,7 +142,7 @@ def parse_ts(value: Any) -> float:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or epoch seconds: {value!r}"
             ) from None
-    return _number({"ts": value}, "ts", positive=True)
+    return number({"ts": value}, "ts", positive=True)
 
 
 def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
@@ -164,8 +165,8 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
     return Trade(
         symbol=symbol,
         trade_id=str(trade_id),
-        price=_number(record, "price", positive=True),
-        size=_number(record, "size", positive=True),
+        price=number(record, "price", positive=True),
+        size=number(record, "size", positive=True),
         side=side,
         ts=parse_ts(record["ts"]),
     )

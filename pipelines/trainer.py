@@ -277,9 +277,8 @@ class Uploader:
 
     def _upload(self, cp: Checkpoint) -> None:
         learner = pickle.loads(cp.learner_bytes)
-        decision = gate(
-            cp.errors, cp.naive, cp.champion, self.settings.max_mae, self.settings.gate_z
-        )
+        s = self.settings
+        decision = gate(cp.errors, cp.naive, cp.champion, s.max_mae, s.gate_z, s.gate_z_champion)
         # the checkpoint first: it is what a restart resumes from, registered or not
         state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
         slot = "b" if self._last_slot == "a" else "a"

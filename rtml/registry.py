@@ -162,6 +162,17 @@ def _model_tags(settings: Settings) -> dict[str, str]:
         raise
 
 
+def registered(settings: Settings) -> bool:
+    """Whether the model has been registered at all (a version, or a refused first fit)."""
+    try:
+        client(settings).get_registered_model(settings.model_name)
+    except MlflowException as exc:
+        if _missing(exc):
+            return False
+        raise
+    return True
+
+
 def champion_history(settings: Settings) -> list[str]:
     history: list[str] = json.loads(_model_tags(settings).get(HISTORY_TAG, "[]"))
     return history

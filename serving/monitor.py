@@ -466,10 +466,12 @@ class MonitorService:
         try:
             self.decision = registry.decision(self.settings)
             champion = registry.alias_version(self.settings, registry.CHAMPION)
+            # a model not registered yet has no word on the champion: predictions tell
+            known = champion is not None or registry.registered(self.settings)
         except Exception as exc:  # MLflow down must not stop monitoring
             log.warning("could not read the champion's decision from MLflow: %s", exc)
             return
-        if not self.settings.shards:
+        if known and not self.settings.shards:
             with self.lock:
                 if champion is None:  # predictors serve the naive baseline
                     self.monitor.champion_from_registry(0, BASELINE)

@@ -38,6 +38,7 @@ def test_lag_counts_the_symbols_candles_since_the_newest_label_learned() -> None
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)  # about 3 minutes here; a fresh machine downloads and starts more
 def test_evaluate_on_real_daily_candles_serves_nothing_worse_than_naive(
     settings: Settings, tmp_path: Path
 ) -> None:

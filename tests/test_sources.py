@@ -171,3 +171,25 @@ def test_synthetic_regimes_flip_what_recent_returns_say_about_the_target() -> No
     assert len(market.regime_log) >= 4 and all(len(xs) > 1000 for xs, _ in pairs.values())
     assert statistics.correlation(*pairs[True]) > 0.5  # momentum: moves continue
     assert statistics.correlation(*pairs[False]) < -0.25  # reversion: moves are given back
+
+
+def test_replay_of_a_messy_candle_file_yields_every_row_good_or_bad(tmp_path: Path) -> None:
+    """A repeated header, a text volume, a missing price, a ticker that looks like a number,
+    epoch seconds of different lengths: every row comes back, as a trade or as a BadRecord."""
+    path = tmp_path / "messy.csv"
+    path.write_text(
+        "symbol,ts,open,high,low,close,volume\n"
+        "7203,1000,10,11,9,10.5,8\n"
+        "symbol,ts,open,high,low,close,volume\n"
+        "7203,940,10,11,9,10,four\n"
+        "7203,880,10,11,9,,4\n"
+        "7203,999,10,11,9,10,4\n"
+    )
+    items = list(replay(path, candle_seconds=60))
+    trades = [i for i in items if isinstance(i, Trade)]
+    bad = [i for i in items if isinstance(i, BadRecord)]
+    assert {t.symbol for t in trades} == {"7203"}
+    # 999 before 1000 although "999" > "1000" as text; the header row's time is unreadable
+    assert [t.ts for t in trades][::4] == [999.0, 1000.0]
+    assert sorted(b.kind for b in bad) == ["not_finite", "wrong_type", "wrong_type"]
+    assert len(items) == 2 * 4 + 3  # two whole candles, three rows refused once each

@@ -7,6 +7,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,6 @@ def status(settings: Settings) -> None:
 
 def _model_status(settings: Settings) -> None:
     """The champion of each model and who decided it."""
-    import time
 
     from rtml import registry
 
@@ -125,7 +125,6 @@ def env(settings: Settings) -> None:
 @click.pass_obj
 def feast_apply(settings: Settings) -> None:
     """Apply feature_repo/ to the configured registry and online store."""
-    import time
 
     from rtml.app.stack import Stack
 
@@ -287,7 +286,6 @@ def backfill(
     start_ts: float | None,
 ) -> None:
     """Build the offline store from a replay file or a synthetic history, without Kafka."""
-    import time
 
     from rtml.pipelines.feed import backfill as run_backfill
 
@@ -499,8 +497,14 @@ def demo(
     seed: int,
 ) -> None:
     """The whole loop on the embedded stack, with a status line; a summary at the end."""
-    from rtml.app.demo import Demo
+    from rtml.app.demo import Demo, own_stack
+    from rtml.app.stack import Stack
 
+    if source != "synthetic" and Path(source).suffix:
+        # a file: a stack of its own, so a re-run starts from the same clean split
+        folder = settings.state / "demos" / time.strftime("%Y%m%d%H%M%S")
+        settings = own_stack(settings, folder, keep_ports=True)
+        click.echo(f"== replaying {source} on a stack of its own in {folder}")
     run = Demo(
         settings,
         source=source,
@@ -510,7 +514,16 @@ def demo(
         out=click.echo,
         columns=column_mapping(columns),
     )
-    for line in run.report(run.run(duration)):
+    try:
+        evaluation = run.run(duration)
+    finally:
+        if source != "synthetic" and Path(source).suffix:
+            Stack(settings).down()
+            click.echo(
+                f"   its MLflow store stays in {settings.state}: `RTML_STATE_DIR={settings.state} "
+                "rtml up` brings that stack back"
+            )
+    for line in run.report(evaluation):
         click.echo(line)
 
 

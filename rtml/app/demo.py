@@ -66,6 +66,30 @@ INITIAL = "initial"
 MAX_DEMO_SYMBOLS = 200
 
 
+def own_stack(settings: Settings, folder: Path, keep_ports: bool = False) -> Settings:
+    """`settings` for a stack of its own in `folder`, on free ports: a replay of a file starts
+    from a clean split every time, and never mixes with another run's history. With
+    `keep_ports`, the API and the dashboard keep the user's ports when they are free."""
+    from rtml.app.stack import _port_is_free, free_port
+
+    def port(wanted: int) -> int:
+        return wanted if keep_ports and _port_is_free(settings.bind_host, wanted) else free_port()
+
+    return settings.model_copy(
+        update={
+            "state_dir": folder,
+            "kafka_port": free_port(),
+            "redis_port": free_port(),
+            "mlflow_port": free_port(),
+            "api_port": port(settings.api_port),
+            "monitor_port": port(settings.monitor_port),
+            "kafka_bootstrap_servers": None,
+            "redis_url": None,
+            "mlflow_tracking_uri": None,
+        }
+    )
+
+
 @dataclass
 class Child:
     name: str
@@ -262,7 +286,7 @@ class Demo:
     def _read(self, path: Path) -> Any:
         from rtml.pipelines.sources import read_table
 
-        return read_table(path).rename(columns={v: k for k, v in self.columns.items()})
+        return read_table(path, self.columns)
 
     def check_source(self) -> None:
         """A replay file is readable, holds trades or candles, and has rows: said before

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rtml.app.demo import Demo, Evaluation
-from rtml.app.stack import Stack, free_port
+from rtml.app.demo import Demo, Evaluation, own_stack
+from rtml.app.stack import Stack
 from rtml.pipelines.gate import paired
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
@@ -277,19 +277,7 @@ def evaluate_file(
     """Run `source` through a stack of its own; print and write the table, JSON and a PNG."""
     run_id = time.strftime("%Y%m%d%H%M%S")
     folder = settings.state / "evaluations" / run_id
-    local = settings.model_copy(
-        update={
-            "state_dir": folder,
-            "kafka_port": free_port(),
-            "redis_port": free_port(),
-            "mlflow_port": free_port(),
-            "api_port": free_port(),
-            "monitor_port": free_port(),
-            "kafka_bootstrap_servers": None,
-            "redis_url": None,
-            "mlflow_tracking_uri": None,
-        }
-    )
+    local = own_stack(settings, folder)
     out(f"== evaluating {source} in {folder} (a stack of its own; stopped at the end)")
     demo = Demo(
         local,
