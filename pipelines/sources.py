@@ -213,8 +213,9 @@ def replay(
         return
     if not set(CANDLE_COLUMNS) <= set(frame.columns):
         raise ConfigError(
-            f"{path}: columns {sorted(map(str, frame.columns))} are neither trades {TRADE_COLUMNS} nor "
-            f"candles {CANDLE_COLUMNS}; map yours with --column NAME=FILE_COLUMN"
+            f"{path}: columns {sorted(map(str, frame.columns))} are neither trades "
+            f"{TRADE_COLUMNS} nor candles {CANDLE_COLUMNS}; map yours with --column "
+            "NAME=FILE_COLUMN"
         )
     # in event-time order, parsed (text sorts "999" after "1000"); unreadable times first
     frame = frame.reset_index(drop=True)
