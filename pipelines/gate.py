@@ -15,6 +15,14 @@ True
 >>> better = [e * 0.8 for e in naive]
 >>> gate(better, naive, [e * 0.79 for e in naive], max_mae=0.05, z=2.0).promote
 False
+
+The champion is scored only on examples it has not learned from (NaN elsewhere): on the
+examples before its training cut its errors would flatter it, and no candidate could catch
+up with a champion that stopped following a drifting market.
+
+>>> unseen = [math.nan] * 60 + [e * 0.79 for e in naive[:40]]
+>>> gate(better, naive, unseen, max_mae=0.05, z=2.0).reason.split("; ")[1]
+'only 40 examples the champion has not learned from, too few to compare: it stays'
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from dataclasses import dataclass
 
 MIN_EXAMPLES = 50
 """Fewer scored examples than this decide nothing."""
+
+LATELY = (100, 250)
+"""The newest examples looked at on their own as well: a version that errs more than naive
+on the newest of them is failing now (the market turned), whatever its earlier record says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,20 +117,33 @@ def gate(
             f"MAE {mae:.3g} does not beat the naive baseline {sum(naive) / len(naive):.3g} "
             f"(difference {vs_naive.mean:.2g} +- {vs_naive.se:.2g})",
         )
+    failing = loses_lately(candidate, naive, z)
+    if failing:
+        return GateDecision(
+            False,
+            f"MAE {mae:.3g} beats the naive baseline over the window but errs more than it on "
+            f"the newest {failing} examples",
+        )
+    passed = f"MAE {mae:.3g} passed ({vs_naive.better}/{vs_naive.blocks} blocks beat naive)"
     if champion is not None:
-        vs_champion = paired(candidate, champion)
-        champion_mae = sum(champion) / len(champion)
+        theirs, ours = unseen_by(champion, candidate)
+        if len(theirs) < MIN_EXAMPLES:
+            return GateDecision(
+                False,
+                f"{passed}; only {len(theirs)} examples the champion has not learned from, "
+                "too few to compare: it stays",
+            )
+        vs_champion = paired(ours, theirs)
+        champion_mae = sum(theirs) / len(theirs)
         if not math.isfinite(champion_mae):
-            return GateDecision(True, f"MAE {mae:.3g} passed; the champion's error is infinite")
+            return GateDecision(True, f"{passed}; the champion's error is infinite")
         if not vs_champion.beats(z if z_champion is None else z_champion):
             return GateDecision(
                 False,
                 f"MAE {mae:.3g} does not beat the champion's {champion_mae:.3g} "
                 f"(difference {vs_champion.mean:.2g} +- {vs_champion.se:.2g})",
             )
-    return GateDecision(
-        True, f"MAE {mae:.3g} passed ({vs_naive.better}/{vs_naive.blocks} blocks beat naive)"
-    )
+    return GateDecision(True, passed)
 
 
 def champion_fails(champion: Sequence[float], naive: Sequence[float], z: float) -> bool:
@@ -130,6 +155,30 @@ def champion_fails(champion: Sequence[float], naive: Sequence[float], z: float) 
     >>> champion_fails([0.02 + 0.001 * (i % 3) for i in range(60)], [0.01] * 60, z=2.0)
     True
     """
-    if len(champion) < MIN_EXAMPLES:
-        return False
-    return paired(champion, naive).loses(z)
+    theirs, naive_unseen = unseen_by(champion, naive)
+    return bool(loses_lately(theirs, naive_unseen, z))
+
+
+def loses_lately(a: Sequence[float], b: Sequence[float], z: float) -> int:
+    """How many of the newest examples `a` errs more than `b` on by `z` block standard errors
+    (the newest `LATELY`, then all of them); 0 when it does not.
+
+    >>> calm, turned = [0.01] * 400, [0.03 + 0.001 * (i % 3) for i in range(100)]
+    >>> loses_lately(calm + turned, [0.01] * 400 + [0.01] * 100, z=2.0)
+    100
+    >>> loses_lately([0.01] * 500, [0.01] * 500, z=2.0)
+    0
+    """
+    if len(a) < MIN_EXAMPLES or z < 0:  # a negative margin: every version is let through
+        return 0
+    for n in (*(n for n in LATELY if n < len(a)), len(a)):
+        if paired(a[-n:], b[-n:]).loses(z):
+            return n
+    return 0
+
+
+def unseen_by(champion: Sequence[float], other: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The champion's errors and `other`'s on the examples the champion has not learned
+    from (the others are NaN in `champion`)."""
+    keep = [i for i, e in enumerate(champion) if not math.isnan(e)]
+    return [champion[i] for i in keep], [other[i] for i in keep]

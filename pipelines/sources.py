@@ -185,7 +185,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             if frame[name].dtype.kind in "iub":
                 frame[name] = frame[name].astype(str)
     elif path.suffix in (".csv", ".gz"):
-        frame = pd.read_csv(path, dtype=text)  # type: ignore[arg-type]
+        frame = pd.read_csv(path, dtype=text)
     else:
         raise ConfigError(f"replay file {path}: use .csv or .parquet")
     return frame.rename(columns={v: k for k, v in mapping.items()})

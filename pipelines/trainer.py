@@ -19,7 +19,7 @@ import pickle
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -171,7 +171,7 @@ class Uploader:
         settings: Settings,
         run_id: str,
         capacity: int,
-        on_promote: Callable[[Any | None], None] = lambda _: None,
+        on_promote: Callable[[Any | None, float], None] = lambda *_: None,
         first_version_due: bool = False,
         last_checkpoint: str | None = None,
     ) -> None:
@@ -338,7 +338,7 @@ class Uploader:
         if champion is None:
             return
         registry.retire(self.settings, by=registry.TRAINER)
-        self.on_promote(None)
+        self.on_promote(None, -math.inf)
         log.warning(
             "champion version %s errs more than the naive baseline on the newest %d examples: "
             "retired, the baseline is served until a version beats it",
@@ -359,7 +359,7 @@ class Uploader:
             )
             return False
         registry.promote(self.settings, version, by=registry.TRAINER)
-        self.on_promote(learner.model)
+        self.on_promote(learner.model, learner.watermark)
         return True
 
 
@@ -376,6 +376,7 @@ class Trainer:
         self.run_id: str | None = None  # the trainer's MLflow run
         self.restored_from: str | None = None  # the checkpoint artifact it resumed from
         self._champion: Any | None = None  # the champion's estimator, to score candidates
+        self._champion_through = -math.inf  # the newest label time it learned
         self.drifts_at_start = 0
         self.other_shards = 0
         self.topic_id: str | None = None  # the id of the `examples` topic being read
@@ -404,7 +405,9 @@ class Trainer:
             if self.run_id is not None:
                 registry.log_params(self.settings, self.run_id, dataset.params())
         try:
-            self._champion = registry.load_champion(self.settings)
+            loaded = registry.load_champion(self.settings)
+            if loaded is not None:
+                self._new_champion(loaded.model, trained_through(loaded))
         except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError) as exc:
             # a version logged by an older rtml, whose pickle names classes that moved
             log.warning(
@@ -414,9 +417,9 @@ class Trainer:
             )
         self.drifts_at_start = self.learner.drifts
 
-    def _new_champion(self, model: Any | None) -> None:
-        # called on the uploader thread; a reference swap, read at the next checkpoint
-        self._champion = model
+    def _new_champion(self, model: Any | None, through: float = -math.inf) -> None:
+        # called on the uploader thread; reference swaps, read at the next checkpoint
+        self._champion, self._champion_through = model, through
 
     def params(self) -> dict[str, Any]:
         """What the trainer's MLflow run records as its parameters."""
@@ -447,15 +450,10 @@ class Trainer:
         Scored at checkpoint time rather than per example: the learning loop stays as cheap
         as the candidate alone.
         """
-        champion = self._champion
         assert self.learner is not None
-        if champion is None:
+        if self._champion is None:
             return None
-        out = []
-        for ex, _ in self.learner.recent:
-            error = abs(ex.target - float(champion.predict_one(ex.features)))
-            out.append(error if math.isfinite(error) else math.inf)
-        return out
+        return champion_errors(self._champion, self._champion_through, self.learner.recent)
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
@@ -644,6 +642,34 @@ class Trainer:
         return self.learner
 
 
+def trained_through(loaded: registry.Loaded) -> float:
+    """The newest label time a registered version learned (-inf when it does not say)."""
+    try:
+        through = float(loaded.metadata.get("trained_through", -math.inf))
+    except (TypeError, ValueError):
+        return -math.inf
+    return through if not math.isnan(through) else -math.inf
+
+
+def champion_errors(
+    champion: Any, through: float, recent: Iterable[tuple[Example, float]]
+) -> list[float]:
+    """The champion's errors on `recent`; NaN on an example whose target overlaps a label it
+    learned (features older than `through`): there its error would flatter it.
+
+    Scored at checkpoint time rather than per example: the learning loop stays as cheap as
+    the candidate alone.
+    """
+    out = []
+    for ex, _ in recent:
+        if ex.ts < through:
+            out.append(math.nan)
+            continue
+        error = abs(ex.target - float(champion.predict_one(ex.features)))
+        out.append(error if math.isfinite(error) else math.inf)
+    return out
+
+
 def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]:
     """Refit a fresh model on the offline store, register it and put it through the gate.
 
@@ -665,14 +691,14 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
         )
     metrics = learner.metrics()
     errors, naive = learner.served_errors()
-    champion = registry.load_champion(settings)
-    champion_errors = (
+    loaded = registry.load_champion(settings)
+    theirs = (
         None
-        if champion is None
-        else [abs(ex.target - float(champion.predict_one(ex.features))) for ex, _ in learner.recent]
+        if loaded is None
+        else champion_errors(loaded.model, trained_through(loaded), learner.recent)
     )
     decision = gate(
-        errors, naive, champion_errors, settings.max_mae, settings.gate_z, settings.gate_z_champion
+        errors, naive, theirs, settings.max_mae, settings.gate_z, settings.gate_z_champion
     )
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_experiment(settings.experiment_name)

@@ -142,11 +142,11 @@ def load(settings: Settings, alias: str, name: str | None = None) -> Loaded:
     return Loaded(loaded.unwrap_python_model(), dict(loaded.metadata.metadata or {}))
 
 
-def load_champion(settings: Settings) -> Any | None:
-    """The champion's estimator, or None while there is none."""
+def load_champion(settings: Settings) -> Loaded | None:
+    """The champion, or None while there is none."""
     if alias_version(settings, CHAMPION) is None:
         return None
-    return load(settings, CHAMPION).model
+    return load(settings, CHAMPION)
 
 
 # The champion and who decided ------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from rtml.pipelines.gate import champion_fails, gate, paired
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.processor import Example
+from rtml.pipelines.trainer import champion_errors
 
 H = 5  # candles between an example's features and its label
 STEP = 60.0
@@ -94,3 +96,28 @@ def test_a_real_edge_passes_and_a_champion_behind_naive_is_retired() -> None:
     assert not champion_fails(naive, naive, z=2.0)
     p = paired(better, naive)
     assert p.mean < 0 and p.better == p.blocks
+
+
+def test_a_champion_is_scored_only_on_examples_it_has_not_learned_from() -> None:
+    """A champion that memorised the recent labels would look unbeatable on them; the gate
+    compares it with a candidate only where its error is what serving it would have seen."""
+    examples = _overlapping_returns(600, seed=5)
+    learner = Learner(LastTargets(), window=400)
+    for ex in examples[:300]:
+        learner.step(ex)
+    champion = LastTargets()  # learned every label up to example 300's
+    for ex in examples[:300]:
+        champion.learn_one(ex.features, ex.target)
+    through = examples[299].label_ts
+    for ex in examples[300:]:
+        learner.step(ex)
+    theirs = champion_errors(champion, through, learner.recent)
+    unseen = [e for e in theirs if not math.isnan(e)]
+    # only examples whose features are newer than the champion's last label count
+    assert len(unseen) == sum(ex.ts >= through for ex, _ in learner.recent) > 0
+    pairs = zip(theirs, learner.recent, strict=True)
+    assert all(math.isnan(e) for e, (ex, _) in pairs if ex.ts < through)
+    errors, naive = learner.served_errors()
+    # right after a promotion there is too little to compare, whatever the errors say
+    decision = gate(errors, naive, [math.nan] * len(errors), max_mae=1.0, z=-1e9)
+    assert not decision.promote and "too few to compare" in decision.reason
