@@ -35,7 +35,7 @@ from dataclasses import dataclass
 MIN_EXAMPLES = 50
 """Fewer scored examples than this decide nothing."""
 
-LATELY = (100, 250)
+LATELY = (100,)
 """The newest examples looked at on their own as well: a version that errs more than naive
 on the newest of them is failing now (the market turned), whatever its earlier record says."""
 
