@@ -535,17 +535,14 @@ def _http_latencies(
     server_cpus, load_cpus, placement = _placement()
     port = free_port()
     server_settings = local.model_copy(update={"api_port": port, "api_access_log": False})
-    env = dict(
-        os.environ,
-        **server_settings.as_env(
-            "state_dir",
-            "kafka_port",
-            "redis_port",
-            "mlflow_port",
-            "model_name",
-            "api_port",
-            "api_access_log",
-        ),
+    env = server_settings.child_env(
+        "state_dir",
+        "kafka_port",
+        "redis_port",
+        "mlflow_port",
+        "model_name",
+        "api_port",
+        "api_access_log",
     )
     server = subprocess.Popen(
         [sys.executable, "-m", "rtml.app.cli", "serve"],

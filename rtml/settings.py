@@ -16,6 +16,7 @@ have a conventional variable of their own (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -24,6 +25,13 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rtml.errors import ConfigError
+
+SERVICE_VARIABLES = {
+    "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", "RTML_KAFKA_BOOTSTRAP_SERVERS"),
+    "redis_url": ("REDIS_URL", "RTML_REDIS_URL"),
+    "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
+}
+"""The variables that point at external services, the usual name first."""
 
 # feature_repo/ installs inside the package, so a non-editable install finds its Feast repo
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -46,15 +54,13 @@ class Settings(BaseSettings):
 
     # External services: when given, `rtml up` does not start the embedded one.
     kafka_bootstrap_servers: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "RTML_KAFKA_BOOTSTRAP_SERVERS"),
+        default=None, validation_alias=AliasChoices(*SERVICE_VARIABLES["kafka_bootstrap_servers"])
     )
     redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "RTML_REDIS_URL")
+        default=None, validation_alias=AliasChoices(*SERVICE_VARIABLES["redis_url"])
     )
     mlflow_tracking_uri: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
+        default=None, validation_alias=AliasChoices(*SERVICE_VARIABLES["mlflow_tracking_uri"])
     )
 
     redis_timeout_s: float = 1.0
@@ -235,6 +241,28 @@ class Settings(BaseSettings):
     @property
     def feast_registry_path(self) -> Path:
         return self.state / "feast" / "registry.db"
+
+    def child_env(self, *names: str) -> dict[str, str]:
+        """This process's environment for a child that must use these settings' services:
+        the `names` as `as_env` gives them, and the service locations stated outright, so a
+        variable this process inherited or set (MLflow's `set_tracking_uri` exports
+        MLFLOW_TRACKING_URI) cannot point the child at another stack.
+
+        >>> settings = Settings(mlflow_port=9)
+        >>> os.environ["MLFLOW_TRACKING_URI"] = "http://elsewhere:5000"  # set afterwards
+        >>> env = settings.child_env("mlflow_port")
+        >>> "MLFLOW_TRACKING_URI" in env, env["RTML_MLFLOW_PORT"]
+        (False, '9')
+        >>> del os.environ["MLFLOW_TRACKING_URI"]
+        """
+        inherited = {v for aliases in SERVICE_VARIABLES.values() for v in aliases}
+        env = {k: v for k, v in os.environ.items() if k not in inherited}
+        env.update(self.as_env(*names))
+        for field, aliases in SERVICE_VARIABLES.items():
+            value = getattr(self, field)
+            if value is not None:
+                env[aliases[0]] = value
+        return env
 
     def as_env(self, *names: str) -> dict[str, str]:
         """The `RTML_*` variables that give a child process these settings' `names`.

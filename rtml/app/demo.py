@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -208,7 +207,7 @@ class Demo:
     # -- processes ------------------------------------------------------------------------
 
     def child_env(self) -> dict[str, str]:
-        return dict(os.environ, PYTHONUNBUFFERED="1", **self.settings.as_env(*CHILD_FIELDS))
+        return self.settings.child_env(*CHILD_FIELDS) | {"PYTHONUNBUFFERED": "1"}
 
     def spawn(self, name: str, args: list[str]) -> Child:
         logs = self.settings.state / "logs"
