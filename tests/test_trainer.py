@@ -17,6 +17,7 @@ import pytest
 
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
+from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.feed import backfill
 from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import SyntheticMarket
@@ -196,7 +197,12 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
     assert promoted, trainer.uploader.decisions
     assert registry.alias_version(local, registry.CHAMPION) == promoted[-1]
 
-    first, last = trainer.uploader.registered[0], trainer.uploader.registered[-1]
+    # two versions for a person to move between, whatever else the gate let through
+    first = trainer.uploader.registered[0]
+    metadata = {"trained_through": learner.watermark, "learned": learner.learned}
+    last = registry.log_version(
+        local, learner.model, feature_names=FEATURE_NAMES, metadata=metadata
+    )
     registry.promote(local, first)
     registry.promote(local, last)
     assert registry.alias_version(local, registry.CHAMPION) == last
