@@ -1,8 +1,8 @@
 """The prediction API: the champion model on online features from Feast, over HTTP.
 
-`GET /predict/{symbol}` reads the symbol's online features and predicts; `POST /predict` takes
-explicit feature rows; requests for one symbol that arrive while its online read is under way
-share that read. `/healthz` says the process is up, `/readyz` that a model is loaded and
+`GET /predict/{symbol}` reads the symbol's online features and predicts, on the event loop
+ahead of FastAPI (`FastPredict`); `POST /predict` takes explicit feature rows. `/healthz` says
+the process is up, `/readyz` that a model is loaded and
 Redis answers, `/metrics` is Prometheus text. With `RTML_API_TOKEN` set, predictions and metrics
 need `Authorization: Bearer <token>`; the probes stay open for orchestrators.
 """
