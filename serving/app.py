@@ -320,7 +320,7 @@ class Predictor:
         ).ping()
 
     def online_row(self, symbol: str) -> dict[str, list[Any]]:
-        """The symbol's online features; requests that arrive during a read share it. While
+        """The symbol's online features (callers on threads share a read under way). While
         the store is known to be down, its error at once (see `OutageBreaker`)."""
         self.breaker.check()
 
