@@ -248,12 +248,16 @@ class Settings(BaseSettings):
         variable this process inherited or set (MLflow's `set_tracking_uri` exports
         MLFLOW_TRACKING_URI) cannot point the child at another stack.
 
-        >>> settings = Settings(mlflow_port=9)
-        >>> os.environ["MLFLOW_TRACKING_URI"] = "http://elsewhere:5000"  # set afterwards
+        >>> before = os.environ.get("MLFLOW_TRACKING_URI")
+        >>> settings = Settings(mlflow_port=9, mlflow_tracking_uri=None)
+        >>> os.environ["MLFLOW_TRACKING_URI"] = "http://elsewhere:5000"  # as set_tracking_uri does
         >>> env = settings.child_env("mlflow_port")
         >>> "MLFLOW_TRACKING_URI" in env, env["RTML_MLFLOW_PORT"]
         (False, '9')
-        >>> del os.environ["MLFLOW_TRACKING_URI"]
+        >>> if before is None:
+        ...     del os.environ["MLFLOW_TRACKING_URI"]
+        ... else:
+        ...     os.environ["MLFLOW_TRACKING_URI"] = before
         """
         inherited = {v for aliases in SERVICE_VARIABLES.values() for v in aliases}
         env = {k: v for k, v in os.environ.items() if k not in inherited}
