@@ -550,15 +550,8 @@ def _http_latencies(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # the server and its online store on the server's CPUs (in production Redis has a
-    # machine of its own): the generator's core is the generator's alone
-    redis_pid = Stack(local).pid("redis")
-    everywhere = os.sched_getaffinity(0)
     if server_cpus:
         os.sched_setaffinity(server.pid, server_cpus)  # before it has loaded anything
-        if redis_pid is not None:
-            os.sched_setaffinity(redis_pid, server_cpus)
-            placement = placement.replace("server on", "server and Redis on")
     runs = []
     try:
         url = f"http://127.0.0.1:{port}"
@@ -594,8 +587,6 @@ def _http_latencies(
     finally:
         server.terminate()
         server.wait(30)
-        if server_cpus and redis_pid is not None:
-            os.sched_setaffinity(redis_pid, everywhere)
     return runs, bare
 
 
