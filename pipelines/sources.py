@@ -218,14 +218,15 @@ def replay(
             "NAME=FILE_COLUMN"
         )
     # in event-time order, parsed (text sorts "999" after "1000"); unreadable times first
+    # each time parsed once; only an unreadable one is parsed again, for its BadRecord
     frame = frame.reset_index(drop=True)
-    order = frame["ts"].map(_ts_or_none).astype(float)
-    frame = frame.loc[order.sort_values(na_position="first", kind="stable").index]
-    rows: list[dict[str, Any]] = frame[list(CANDLE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
+    frame = frame.assign(_start=frame["ts"].map(_ts_or_none).astype(float))
+    frame = frame.sort_values("_start", na_position="first", kind="stable")
+    rows: list[dict[str, Any]] = frame[[*CANDLE_COLUMNS, "_start"]].to_dict("records")  # type: ignore[assignment]
     for i, row in enumerate(rows):
         # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
         try:
-            start = parse_ts(row["ts"])
+            start = row["_start"] if not math.isnan(row["_start"]) else parse_ts(row["ts"])
             volume = number(row, "volume", positive=False)  # a stray header row is text
             # the four trades stay inside the window the candle starts in, even for a start
             # that is not on a window boundary (a session opening at 09:30, a zone offset)

@@ -153,24 +153,24 @@ def load_champion(settings: Settings) -> Loaded | None:
 HISTORY_TAG = "champion_history"
 
 
-def _model_tags(settings: Settings) -> dict[str, str]:
+def _registered_model(settings: Settings) -> Any | None:
+    """The registered model, or None while nothing was registered under its name."""
     try:
-        return dict(client(settings).get_registered_model(settings.model_name).tags)
+        return client(settings).get_registered_model(settings.model_name)
     except MlflowException as exc:
         if _missing(exc):
-            return {}
+            return None
         raise
+
+
+def _model_tags(settings: Settings) -> dict[str, str]:
+    found = _registered_model(settings)
+    return dict(found.tags) if found is not None else {}
 
 
 def registered(settings: Settings) -> bool:
     """Whether the model has been registered at all (a version, or a refused first fit)."""
-    try:
-        client(settings).get_registered_model(settings.model_name)
-    except MlflowException as exc:
-        if _missing(exc):
-            return False
-        raise
-    return True
+    return _registered_model(settings) is not None
 
 
 def champion_history(settings: Settings) -> list[str]:

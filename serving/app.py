@@ -284,11 +284,7 @@ class FastPredict:
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value
-            try:
-                check_token(predictor.settings, authorization)
-            except HTTPException:
-                predictor.metrics.errors.labels("unauthorized").inc()
-                raise
+            predictor.check_authorization(authorization)
             response = predictor.for_symbol(path[len(self.PREFIX) :])
         except HTTPException as exc:
             response = JSONResponse(
@@ -315,9 +311,10 @@ class Predictor:
         import redis
 
         timeout = self.settings.redis_timeout_s
-        redis.Redis.from_url(
+        with redis.Redis.from_url(
             self.settings.redis, socket_timeout=timeout, socket_connect_timeout=timeout
-        ).ping()
+        ) as client:
+            client.ping()
 
     def online_row(self, symbol: str) -> dict[str, list[Any]]:
         """The symbol's online features (callers on threads share a read under way). While
@@ -336,8 +333,12 @@ class Predictor:
 
     async def authorize(self, request: Request) -> None:
         """Async, so it runs on the event loop instead of taking a worker thread per request."""
+        self.check_authorization(request.headers.get("authorization", "").encode())
+
+    def check_authorization(self, given: bytes) -> None:
+        """The bearer token (when one is set), counted when it is missing or wrong."""
         try:
-            require_token(self.settings, request)
+            check_token(self.settings, given)
         except HTTPException:
             self.metrics.errors.labels("unauthorized").inc()
             raise

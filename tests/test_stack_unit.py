@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, _port_is_free
+from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, port_is_free
 from rtml.errors import ServiceError
 from rtml.settings import Settings
 
@@ -33,7 +33,7 @@ def test_port_in_use_is_reported_with_what_to_do(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        assert not _port_is_free("127.0.0.1", port)
+        assert not port_is_free("127.0.0.1", port)
         stack = Stack(Settings(state_dir=tmp_path, redis_port=port))
         with pytest.raises(ServiceError, match="RTML_REDIS_PORT"):
             stack._start(REDIS)

@@ -500,7 +500,8 @@ def demo(
     from rtml.app.demo import Demo, own_stack
     from rtml.app.stack import Stack
 
-    if source != "synthetic" and Path(source).suffix:
+    replaying = source != "synthetic" and bool(Path(source).suffix)
+    if replaying:
         # a file: a stack of its own, so a re-run starts from the same clean split
         folder = settings.state / "demos" / time.strftime("%Y%m%d%H%M%S")
         settings = own_stack(settings, folder, keep_ports=True)
@@ -517,7 +518,7 @@ def demo(
     try:
         evaluation = run.run(duration)
     finally:
-        if source != "synthetic" and Path(source).suffix:
+        if replaying:
             Stack(settings).down()
             click.echo(
                 f"   its MLflow store stays in {settings.state}: `RTML_STATE_DIR={settings.state} "

@@ -76,12 +76,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     rng = random.Random()
     for _ in range(500):
         port = rng.randrange(max(1024, low - 12000), low)
-        if _port_is_free(host, port):
+        if port_is_free(host, port):
             return port
     raise ServiceError("found no free port below the ephemeral range; free some ports")
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -251,9 +251,9 @@ class Stack:
     def _start(self, name: str) -> None:
         host, port = self.settings.bind_host, self.port(name)
         deadline = time.monotonic() + 5  # a port held by a process that is still exiting
-        while not _port_is_free(host, port) and time.monotonic() < deadline:
+        while not port_is_free(host, port) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _port_is_free(host, port):
+        if not port_is_free(host, port):
             var = f"RTML_{name.upper()}_PORT"
             raise ServiceError(
                 f"{name}: port {port} on {host} is taken by a process rtml did not start. "
