@@ -60,6 +60,7 @@ refused before it is parsed, so its cost is bounded."""
 MAX_INT_DIGITS = 30
 """Integers are bounded before Python builds them: a 400-digit number cannot become a float."""
 _INT_BOUND = 10**MAX_INT_DIGITS
+_FLOAT_BOUND = float(_INT_BOUND)
 
 
 def _bounded_int(text: str) -> int:
@@ -102,11 +103,20 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
 
 
 def number(record: dict[str, Any], field: str, positive: bool) -> float:
-    """`record[field]` as a finite float (`positive`: above zero), or BadRecord saying why."""
+    """`record[field]` as a finite float (`positive`: above zero), or BadRecord saying why.
+
+    Magnitudes are bounded as integers are (below 1e30): two finite sizes of 1e308 would sum
+    to an infinite candle volume.
+
+    >>> number({"size": 1e308}, "size", positive=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.pipelines.trades.BadRecord: out_of_range: size is beyond 1e+30 in magnitude, got 1e+308
+    """
     value = record[field]
     kind = type(value)
-    if kind is float and math.isfinite(value) and (value > 0 or not positive):
-        return value  # the common case, checked cheaply
+    if kind is float and -_FLOAT_BOUND < value < _FLOAT_BOUND and (value > 0 or not positive):
+        return value  # the common case, checked cheaply (NaN and infinities fail the bound)
     if kind is int:
         if not -_INT_BOUND < value < _INT_BOUND:  # a source's dict is bounded as text is
             raise BadRecord("out_of_range", f"{field} is an integer beyond {MAX_INT_DIGITS} digits")
@@ -120,6 +130,10 @@ def number(record: dict[str, Any], field: str, positive: bool) -> float:
         raise BadRecord("wrong_type", f"{field} must be a number, got {value!r:.80}") from None
     if not math.isfinite(number):
         raise BadRecord("not_finite", f"{field} must be finite, got {value!r}")
+    if not -_FLOAT_BOUND < number < _FLOAT_BOUND:
+        raise BadRecord(
+            "out_of_range", f"{field} is beyond {_FLOAT_BOUND:g} in magnitude, got {value!r:.80}"
+        )
     if positive and number <= 0:
         raise BadRecord("non_positive", f"{field} must be > 0, got {value!r}")
     return number
