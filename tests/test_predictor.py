@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -297,6 +298,51 @@ def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -
             assert time.monotonic() - back < 5, status.json()
             time.sleep(0.1)
     finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _reads(client: TestClient) -> float:
+    text = client.get("/metrics").text
+    return float(
+        next(
+            line for line in text.splitlines() if line.startswith("rtml_online_reads_total")
+        ).split()[1]
+    )
+
+
+def test_a_hung_redis_is_read_once_then_answered_503_without_reading_until_it_is_back(
+    shard: Settings, tmp_path: Path
+) -> None:
+    """Reads run on the event loop: a store that stops answering (not refusing) must cost one
+    read's timeout, not one per request."""
+    port = free_port()
+    proc = _redis(port, tmp_path)
+    local = shard.model_copy(update={"redis_port": port})
+    FeatureSink(local, fs.open_store(local), producer=None).write_online(
+        [_features(local.symbols[0], time.time(), 0.02)]
+    )
+    holder = ModelHolder(local)
+    holder.refresh()
+    client = TestClient(create_app(local, holder, fs.open_store(local)))
+    path = f"/predict/{local.symbols[0]}"
+    try:
+        assert client.get(path).status_code == 200
+        proc.send_signal(signal.SIGSTOP)  # alive, listening, silent
+        first = client.get(path)
+        assert first.status_code == 503 and "Redis" in first.json()["detail"]
+        reads = _reads(client)
+        for _ in range(10):
+            down = client.get(path)
+            assert down.status_code == 503 and "Redis" in down.json()["detail"]
+        assert _reads(client) == reads  # none of them waited on the hung store
+        proc.send_signal(signal.SIGCONT)
+        back = time.monotonic()
+        while (status := client.get(path)).status_code != 200:
+            assert time.monotonic() - back < 5, status.json()
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
 
