@@ -452,29 +452,33 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
 
     holder = ModelHolder(local)
     holder.refresh()
-    runs, bare = _http_latencies(local, store, symbol, seconds, [100.0, rate])
+    runs, bare_runs, bare = _http_latencies(local, store, symbol, seconds, [100.0, rate])
     stream_rate, bare_rate = _streaming_rate(local, holder, learner, row)
     b50, b99 = _percentile(bare, 0.5) * 1e3, _percentile(bare, 0.99) * 1e3
     figures = []
-    for run in runs:
+    for run, ref in zip(runs, bare_runs, strict=True):
         at = f"at {run.offered:.0f} req/s offered, {run.achieved:.0f} served ({run.placement})"
+        against = (
+            f"bare Feast HTTP server, {ref.achieved:.0f} served "
+            f"(a Feast read in-process: p50 {b50:.1f} ms, p99 {b99:.1f} ms)"
+        )
         figures += [
             Figure(
                 f"HTTP /predict p50 {at}",
                 run.p50 * 1e3,
                 "ms",
-                "bare Feast online read p50",
-                b50,
-                run.p50 * 1e3 / b50,
+                f"{against}, p50",
+                ref.p50 * 1e3,
+                run.p50 / ref.p50,
                 "",
             ),
             Figure(
                 f"HTTP /predict p99 {at}",
                 run.p99 * 1e3,
                 "ms",
-                "bare Feast online read p99",
-                b99,
-                run.p99 * 1e3 / b99,
+                f"{against}, p99",
+                ref.p99 * 1e3,
+                run.p99 / ref.p99,
                 "p99 <= 5 ms at 500 req/s",
             ),
         ]
@@ -514,15 +518,12 @@ def _placement() -> tuple[set[int] | None, set[int] | None, str]:
 
 def _http_latencies(
     local: Settings, store: Any, symbol: str, seconds: float, rates: list[float]
-) -> tuple[list[HttpRun], list[float]]:
-    """Latency of `rtml serve` in its own process, loaded by the open-loop generator of
+) -> tuple[list[HttpRun], list[HttpRun], list[float]]:
+    """Latency of `rtml serve` and of the bare Feast server of `bench/bare_server.py`, each in
+    its own process on the same CPUs, loaded in turn by the open-loop generator of
     `bench/loadgen.py` in another, at each rate; with the latencies of bare Feast reads in
     this process, in seconds."""
     import multiprocessing
-    import os
-    import subprocess
-
-    import httpx
 
     from bench import loadgen
 
@@ -533,6 +534,46 @@ def _http_latencies(
         bare.append(time.perf_counter() - began)
 
     server_cpus, load_cpus, placement = _placement()
+    servers = {
+        "rtml": _start_server(local, ["-m", "rtml.app.cli", "serve"], server_cpus),
+        "bare": _start_server(local, ["-m", "bench.bare_server"], server_cpus),
+    }
+    runs: dict[str, list[HttpRun]] = {name: [] for name in servers}
+    try:
+        for process, url in servers.values():
+            _wait_and_warm(process, f"{url}/predict/{symbol}")
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1) as pool:
+            for rate in rates:
+                for name, (_, url) in servers.items():
+                    run = pool.apply(
+                        loadgen.run, (f"{url}/predict/{symbol}", rate, seconds), {"cpus": load_cpus}
+                    )
+                    if run.failed:
+                        raise RuntimeError(
+                            f"{run.failed} requests to the {name} server failed at {rate}/s"
+                        )
+                    runs[name].append(
+                        HttpRun(
+                            run.offered,
+                            run.achieved,
+                            _percentile(run.latencies, 0.5),
+                            _percentile(run.latencies, 0.99),
+                            placement,
+                        )
+                    )
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(30)
+    return runs["rtml"], runs["bare"], bare
+
+
+def _start_server(local: Settings, args: list[str], cpus: set[int] | None) -> tuple[Any, str]:
+    """A server process on a free port, pinned to `cpus` before it has loaded anything."""
+    import os
+    import subprocess
+
     port = free_port()
     server_settings = local.model_copy(update={"api_port": port, "api_access_log": False})
     env = server_settings.child_env(
@@ -544,50 +585,27 @@ def _http_latencies(
         "api_port",
         "api_access_log",
     )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rtml.app.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(
+        [sys.executable, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    if server_cpus:
-        os.sched_setaffinity(server.pid, server_cpus)  # before it has loaded anything
-    runs = []
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        for _ in range(200):  # warm up
-            httpx.get(f"{url}/predict/{symbol}").raise_for_status()
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(1) as pool:
-            for rate in rates:
-                run = pool.apply(
-                    loadgen.run,
-                    (f"{url}/predict/{symbol}", rate, seconds),
-                    {"cpus": load_cpus},
-                )
-                if run.failed:
-                    raise RuntimeError(f"{run.failed} requests failed under load at {rate}/s")
-                runs.append(
-                    HttpRun(
-                        run.offered,
-                        run.achieved,
-                        _percentile(run.latencies, 0.5),
-                        _percentile(run.latencies, 0.99),
-                        placement,
-                    )
-                )
-    finally:
-        server.terminate()
-        server.wait(30)
-    return runs, bare
+    if cpus:
+        os.sched_setaffinity(process.pid, cpus)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_and_warm(process: Any, url: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    for _ in range(200):  # warm up
+        httpx.get(url).raise_for_status()
 
 
 def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:
