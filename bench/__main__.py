@@ -843,9 +843,51 @@ def bench_warm_start(settings: Settings, days: tuple[int, ...] = (1, 4, 16)) -> 
     ]
 
 
+def bench_read_back(settings: Settings, sizes: tuple[int, int] = (50_000, 200_000)) -> Figure:
+    """What a feature pipeline reads back at each assignment (`pipelines/emitted.py`): the
+    whole `features` topic, at two sizes, so the report shows how the cost grows."""
+    from rtml.pipelines.emitted import Emitted, source_header
+
+    seconds = []
+    for n in sizes:
+        tag = uuid.uuid4().hex[:6]
+        local = settings.model_copy(update={"topic_prefix": f"bench{tag}."})
+        topics = Topics.of(local)
+        ensure_topics(local, topics.with_dlqs())
+        producer = make_producer(local)
+        values = {name: 0.001 for name in [*FEATURE_NAMES, "close", "volume"]}
+        for i in range(n):
+            symbol = f"S{i % 10}"
+            record = {"symbol": symbol, "ts": 1_700_000_000.0 + 60 * (i // 10), "features": values}
+            producer.produce(
+                topics.features,
+                key=symbol.encode(),
+                value=encode(record),
+                headers=source_header((0, i)),
+            )
+            if i % 10_000 == 0:
+                producer.poll(0)
+        producer.flush(60)
+        began = time.perf_counter()
+        emitted = Emitted.read(local, topics, timeout=300)
+        seconds.append(time.perf_counter() - began)
+        if emitted.records != n:
+            raise RuntimeError(f"read back {emitted.records} of {n} records")
+    return Figure(
+        f"read back at assignment, {sizes[1]:,} features records",
+        seconds[1],
+        "s",
+        f"{sizes[0]:,} records",
+        seconds[0],
+        seconds[1] / seconds[0],
+        f"linear is {sizes[1] / sizes[0]:g}",
+    )
+
+
 STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
     "processor": lambda _: [bench_processor(600)],
     "pipeline": lambda s: [bench_kafka_pipeline(s, 600)],
+    "read-back": lambda s: [bench_read_back(s)],
     "offline": lambda s: list(bench_offline_append(s)),
     "trainer": lambda s: [bench_trainer(s, 6000)],
     "predictor": bench_predictor,

@@ -233,6 +233,19 @@ class CandleBuilder:
             for w in windows.values():
                 w.first_positions.clear()
 
+    def forget(self, symbol: str) -> None:
+        """Drop everything held for `symbol`: its partition went to another replica."""
+        for held in (
+            self._watermark,
+            self._earliest,
+            self._open,
+            self._closed_until,
+            self._last_close,
+            self._seen,
+            self._arrived,
+        ):
+            held.pop(symbol, None)
+
     def restore(self, symbol: str, closed_until: float, last_close: float) -> None:
         """Resume a symbol after a restart: windows before `closed_until` are closed."""
         self._closed_until[symbol] = closed_until

@@ -35,10 +35,11 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.features import WARMUP
+from rtml.pipelines.emitted import Emitted
+from rtml.pipelines.features import WARMUP, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sink import FeatureSink
-from rtml.pipelines.trades import BadRecord, parse_trade
+from rtml.pipelines.sink import FeatureSink, read_candles
+from rtml.pipelines.trades import BadRecord, Trade, parse_trade
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,45 +53,80 @@ class PipelineStats:
     examples: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     topics_recreated: int = 0  # times the broker had forgotten topics
+    replayed: int = 0  # trades read again after a restart or rebalance, already accounted for
+    already_emitted: int = 0  # rows a replay found on their topic and did not send again
     already_stored: int = 0  # rows a backfill found in the offline store and did not write
 
     def line(self) -> str:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
         stored = f", already stored {self.already_stored}" if self.already_stored else ""
+        if self.replayed or self.already_emitted:
+            stored += f", replayed {self.replayed} (already emitted {self.already_emitted})"
         return (
             f"trades {self.trades}, candles {self.candles}, features {self.features}, "
             f"examples {self.examples}{stored}, rejected: {bad}"
         )
 
 
-def restore(processor: FeatureProcessor, settings: Settings) -> int:
-    """Give each symbol its newest stored features back; returns how many symbols resumed."""
-    frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
-    if frame.empty:
-        return 0
-    frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(WARMUP)
-    for symbol, rows in frame.groupby("symbol", sort=False):
-        values: list[dict[str, float]] = rows.drop(  # type: ignore[assignment]
-            columns=["symbol", "event_timestamp", "created"]
-        ).to_dict("records")
-        stamps = [ts.timestamp() for ts in rows["event_timestamp"]]
-        processor.restore(str(symbol), list(zip(stamps, values, strict=True)))
-    return int(frame["symbol"].nunique())
+@dataclass
+class History:
+    """What the offline store holds to resume symbols from, read once per assignment."""
+
+    candles: dict[str, list[Candle]] = field(default_factory=dict)
+    # feature rows, for symbols stored before candles were (their close and volume suffice)
+    rows: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, settings: Settings, horizon: int) -> History:
+        history = cls()
+        frame = fs.read_parquet_dir(settings.offline_dir / fs.CANDLES_DATASET)
+        if not frame.empty:
+            # parts can repeat a candle (a replay after a crash between two writes)
+            frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
+            newest = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
+            for symbol, rows in newest.tail(WARMUP + horizon).groupby("symbol", sort=False):
+                history.candles[str(symbol)] = read_candles(rows)
+        frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
+        frame = frame[~frame["symbol"].isin(history.candles)] if not frame.empty else frame
+        if frame.empty:
+            return history
+        frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(WARMUP)
+        for symbol, rows in frame.groupby("symbol", sort=False):
+            values: list[dict[str, float]] = rows.drop(  # type: ignore[assignment]
+                columns=["symbol", "event_timestamp", "created"]
+            ).to_dict("records")
+            stamps = [ts.timestamp() for ts in rows["event_timestamp"]]
+            history.rows[str(symbol)] = list(zip(stamps, values, strict=True))
+        return history
+
+    def resume(self, processor: FeatureProcessor, symbol: str) -> None:
+        """Put `symbol` where the store left it (nothing held: a symbol never seen)."""
+        processor.forget(symbol)
+        if candles := self.candles.pop(symbol, None):
+            processor.resume(symbol, candles)
+        elif rows := self.rows.pop(symbol, None):
+            processor.restore(symbol, rows)
 
 
 class FeaturePipeline:
-    """One consumer-group member; run several to share the `trades` partitions."""
+    """One consumer-group member; run several to share the `trades` partitions.
+
+    Each assignment reads back what the topics already hold (`pipelines/emitted.py`) and the
+    offline store's newest rows; a symbol resumes from them when its first trade arrives. A
+    revoke first commits what was processed, then drops the symbols of the partitions that
+    left, so two replicas never hold one symbol's windows at once.
+    """
 
     def __init__(
         self,
         settings: Settings,
         group_id: str = "rtml-features",
-        commit_interval_s: float = 5.0,
+        commit_interval_s: float | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.group_id = group_id
-        self.commit_interval_s = commit_interval_s
+        self.commit_interval_s = commit_interval_s or settings.commit_interval_s
         self.stop = stop or threading.Event()
         self.topics = Topics.of(settings)
         self.stats = PipelineStats()
@@ -103,50 +139,153 @@ class FeaturePipeline:
         )
         self.symbols = frozenset(settings.symbols)
         self._last: dict[int, int] = {}
+        self._emitted = Emitted()
+        self._history = History()
+        self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
+        self._clients: tuple[Consumer, FeatureSink] | None = None
+        self.assignment: set[int] = set()
+        self.assignments = 0  # partitions given to this member: 1 means no rebalance since start
+        self._paused: list[TopicPartition] = []  # with their positions, during an outage
+        self._in_callback = False
+        self._out = Outputs()  # what the current batch led to, not yet sent
 
     def run(self, max_seconds: float | None = None) -> PipelineStats:
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
-        resumed = restore(self.processor, settings)
-        log.info("feature pipeline starting; %d symbols resumed from the offline store", resumed)
         consumer = make_consumer(settings, self.group_id)
-        producer = make_producer(settings)
-        sink = FeatureSink(settings, fs.open_store(settings), producer, self.stop)
-        consumer.subscribe([self.topics.trades])
+        sink = FeatureSink(settings, fs.open_store(settings), self._producer(), self.stop)
+        sink.idle = self._keep_membership
+        self._clients = (consumer, sink)
+        consumer.subscribe(
+            [self.topics.trades],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         watch = TopicWatch(settings, self.topics.with_dlqs())
         watch.remember()
         deadline = time.monotonic() + max_seconds if max_seconds else None
         last_commit = time.monotonic()
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                out = Outputs()
                 for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                    self._handle(msg, out, producer)
-                if out:
-                    sink.write(out)
-                    self._count(out)
+                    self._handle(msg, self._out, sink)
+                self._write(sink)
                 if time.monotonic() - last_commit >= self.commit_interval_s:
                     # a symbol gone quiet must not hold the commit behind its open window
-                    idle = self.processor.close_idle(2.0 * settings.candle_seconds)
-                    if idle:
-                        sink.write(idle)
-                        self._count(idle)
+                    self._out.extend(self.processor.close_idle(2.0 * settings.candle_seconds))
+                    self._write(sink)
                     # checked right before committing: offsets into a topic the broker has
                     # forgotten must never reach the new one
                     if forgotten := watch.changed(now=True):
                         self._recreate(forgotten, watch, consumer, sink)
                     else:
-                        self._commit(consumer, producer, sink)
+                        self._commit(consumer, sink)
                     last_commit = time.monotonic()
             if watch.changed(now=True):
                 sink.flush_offline()  # durable; the offsets belong to a forgotten topic
             else:
-                self._commit(consumer, producer, sink)
+                self._commit(consumer, sink)
         finally:
+            self._clients = None  # committed above: the revoke of closing only lets go
             consumer.close()
-            producer.flush(10)
+            sink.kafka.flush(10)
+        self.stats.already_emitted = sink.already_emitted
         log.info("feature pipeline stopped: %s", self.stats.line())
         return self.stats
+
+    def _producer(self) -> Producer:
+        # idempotent: a retried produce is neither duplicated nor reordered, so what a crash
+        # leaves on a topic is a prefix of each symbol's records (see pipelines/emitted.py)
+        return make_producer(self.settings, **{"enable.idempotence": True})
+
+    def _write(self, sink: FeatureSink) -> None:
+        """Send what the trades read so far led to."""
+        if self._out:
+            sink.write(self._out)
+            self._count(self._out)
+            self._out = Outputs()
+        if self._paused:
+            self._resume_partitions()
+
+    def _keep_membership(self) -> None:
+        """Called while a write waits on a service that is away (Redis): the partitions are
+        paused and the consumer goes on polling, so the group neither evicts this member nor
+        rebalances, however long the outage."""
+        if self._clients is None or self._in_callback:
+            return
+        consumer = self._clients[0]
+        if not self._paused:
+            assignment = consumer.assignment()
+            self._paused = consumer.position(assignment)
+            consumer.pause(assignment)
+            log.warning("a service is away: %d partitions paused, membership kept", len(assignment))
+        consumer.poll(0)  # paused: nothing to deliver; any stray record is read again on resume
+
+    def _resume_partitions(self) -> None:
+        """Back from an outage: each partition reads on from where it was paused."""
+        if self._clients is None:
+            return
+        consumer = self._clients[0]
+        held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        paused = [tp for tp in self._paused if (tp.topic, tp.partition) in held]
+        self._paused = []
+        consumer.resume(paused)
+        for tp in paused:
+            if tp.offset >= 0:
+                consumer.seek(tp)
+        log.info("the service is back: %d partitions resumed", len(paused))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Read back what the topics hold and the offline store's newest rows, once per
+        assignment; symbols resume from them at their first trade."""
+        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+        self.assignment = {tp.partition for tp in partitions}
+        if not partitions:
+            return
+        self.assignments += 1
+        self._emitted = Emitted.read(self.settings, self.topics)
+        self._history = History.read(self.settings, self.settings.horizon)
+        if self._clients is not None:
+            self._clients[1].emitted = self._emitted
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit what was processed, then drop what the partitions that leave held."""
+        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+        self.assignment -= {tp.partition for tp in partitions}
+        if self._clients is not None and self._last and not self._paused:
+            _, sink = self._clients
+            self._in_callback = True
+            try:
+                self._write(sink)  # a revoke can come in the middle of a batch
+                self._commit(consumer, sink)
+            finally:
+                self._in_callback = False
+        # during an outage nothing is committed: the next owner replays, and what is already
+        # on the topics is not sent again
+        self._drop({tp.partition for tp in partitions})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken without a revoke (this member was evicted): nothing may be committed
+        for them; their new owner replays them."""
+        log.warning("lost %s without a revoke", sorted(tp.partition for tp in partitions))
+        self.assignment -= {tp.partition for tp in partitions}
+        self._drop({tp.partition for tp in partitions})
+
+    def _drop(self, partitions: set[int]) -> None:
+        gone = {s for s, p in self._resumed.items() if p in partitions}
+        for symbol in gone:
+            self.processor.forget(symbol)
+            del self._resumed[symbol]
+        self._emitted.forget(gone)
+        for partition in partitions:
+            self._last.pop(partition, None)
+
+    def _resume(self, symbol: str, partition: int) -> None:
+        """`symbol`'s first trade since this member got its partition: start where the offline
+        store's newest candles left it."""
+        self._history.resume(self.processor, symbol)
+        self._resumed[symbol] = partition
 
     def _recreate(
         self, forgotten: list[str], watch: TopicWatch, consumer: Consumer, sink: FeatureSink
@@ -160,6 +299,11 @@ class FeaturePipeline:
         """
         log.warning("the broker no longer has %s as they were: creating them again", forgotten)
         sink.flush_offline()
+        # what was read back refers to the topics as they were; the broker has forgotten this
+        # producer too (an idempotent producer's sequence numbers would not be accepted)
+        self._emitted = sink.emitted = Emitted()
+        sink.kafka.flush(1)
+        sink.producer = self._producer()
         ensure_topics(self.settings, self.topics.with_dlqs())
         watch.remember()
         self.stats.topics_recreated += 1
@@ -170,15 +314,19 @@ class FeaturePipeline:
                 with contextlib.suppress(KafkaException):
                     consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
-    def _handle(self, msg: Message, out: Outputs, producer: Producer) -> None:
+    def _handle(self, msg: Message, out: Outputs, sink: FeatureSink) -> None:
         error = msg.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error)
             return
         partition, offset = msg.partition() or 0, msg.offset() or 0
+        if partition not in self.assignment:
+            return  # fetched before a revoke in the same batch: its new owner reads it
         self._last[partition] = offset
         self.stats.trades += 1
+        origin = f"{self.topics.trades}[{partition}]@{offset}"
+        trade: Trade | None = None
         try:
             trade = parse_trade(msg.value() or b"")
             if trade.symbol not in self.symbols:
@@ -196,13 +344,35 @@ class FeaturePipeline:
                     f"key {key.decode(errors='replace')!r} is not the trade's symbol "
                     f"{trade.symbol!r}: produce trades keyed by their symbol",
                 )
+            resumed_on = self._resumed.get(trade.symbol)
+            if resumed_on is not None and resumed_on != partition:
+                # a keyless trade: on a partition of its own it would make two windows of
+                # one symbol, in this replica or in two
+                raise BadRecord(
+                    "misrouted",
+                    f"{trade.symbol!r} arrived on partition {partition}, its trades on "
+                    f"{resumed_on}: produce trades keyed by their symbol",
+                )
+            if resumed_on is None:
+                self._resume(trade.symbol, partition)
             out.extend(self.processor.on_trade(trade, (partition, offset)))
         except BadRecord as exc:
-            origin = f"{self.topics.trades}[{partition}]@{offset}"
+            if (
+                exc.kind == "late"
+                and trade is not None
+                and self._emitted.counted(trade.symbol, partition, offset)
+            ):
+                # read again after a restart or a rebalance: it is in a candle already closed
+                self.stats.replayed += 1
+                return
+            key = msg.key() or origin.rsplit("@", 1)[0].encode()
+            if self._emitted.dead_lettered(key, partition, offset):
+                self.stats.replayed += 1  # its dead letter is on the DLQ already
+                return
             self.stats.rejected[exc.kind] += 1
             log.debug("rejected %s: %s", origin, exc)
             dead_letter(
-                producer, self.topics.trades, str(exc), msg.value(), key=msg.key(), origin=origin
+                sink.kafka, self.topics.trades, str(exc), msg.value(), key=key, origin=origin
             )
 
     def _count(self, out: Outputs) -> None:
@@ -210,11 +380,17 @@ class FeaturePipeline:
         self.stats.features += len(out.features)
         self.stats.examples += len(out.examples)
 
-    def _commit(self, consumer: Consumer, producer: Producer, sink: FeatureSink) -> None:
+    def _commit(self, consumer: Consumer, sink: FeatureSink) -> None:
         if not self._last:
             return
+        # first the topics, then the offline store, then the offsets: a crash between any two
+        # leaves the offline store behind the topics, never ahead, and a replay rebuilds it
+        # bounded well inside the poll interval: a broker away must not cost the membership
+        flush_s = max(1.0, self.settings.kafka_max_poll_interval_ms / 2000)
+        if (unsent := sink.kafka.flush(flush_s)) > 0:
+            log.warning("%d records not yet delivered; offsets not committed", unsent)
+            return
         sink.flush_offline()
-        producer.flush(30)
         open_positions = self.processor.builder.open_positions()
         offsets = [
             TopicPartition(self.topics.trades, p, min(open_positions.get(p, last + 1), last + 1))

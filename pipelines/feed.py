@@ -79,16 +79,18 @@ def backfill(
     # the same history twice gives the same offline store (the first write of a key wins)
     stored_features = fs.stored_keys(settings.offline_dir / fs.FEATURES_DATASET)
     stored_targets = fs.stored_keys(settings.offline_dir / fs.TARGETS_DATASET)
+    stored_candles = fs.stored_keys(settings.offline_dir / fs.CANDLES_DATASET)
 
     def take(out: Outputs) -> None:
-        if stored_features or stored_targets:
+        stats.candles += len(out.candles)
+        if stored_features or stored_targets or stored_candles:
             features = [r for r in out.features if (r.symbol, r.ts) not in stored_features]
             examples = [e for e in out.examples if (e.symbol, e.ts) not in stored_targets]
+            candles = [c for c in out.candles if (c.symbol, c.end) not in stored_candles]
             stats.already_stored += len(out.features) - len(features)
             stats.already_stored += len(out.examples) - len(examples)
-            out = Outputs(out.candles, features, examples)
+            out = Outputs(candles, features, examples)
         sink.write(out)
-        stats.candles += len(out.candles)
         stats.features += len(out.features)
         stats.examples += len(out.examples)
         latest.update((r.symbol, r) for r in out.features)

@@ -32,6 +32,8 @@ class FeatureRow:
     symbol: str
     ts: float
     values: dict[str, float]
+    # (partition, offset) of the trade whose arrival closed the candle, when one did
+    source: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"symbol": self.symbol, "ts": self.ts, "features": self.values}
@@ -99,7 +101,7 @@ class FeatureProcessor:
     def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:
         """Raises BadRecord for late and duplicate trades."""
         candles = self.builder.add(trade, position)
-        return self.on_candles(candles) if candles else Outputs()
+        return self.on_candles(candles, position) if candles else Outputs()
 
     def close_idle(self, idle_s: float) -> Outputs:
         """Close the windows of symbols that have not traded for `idle_s` (clock time)."""
@@ -109,7 +111,7 @@ class FeatureProcessor:
         """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""
         return self.on_candles(self.builder.advance(watermark))
 
-    def on_candles(self, candles: list[Candle]) -> Outputs:
+    def on_candles(self, candles: list[Candle], source: tuple[int, int] | None = None) -> Outputs:
         out = Outputs(candles=list(candles))
         for candle in candles:
             state = self._state.get(candle.symbol)
@@ -120,7 +122,7 @@ class FeatureProcessor:
             state.history.append(candle)
             values = compute_features(state.history)
             if values is not None:
-                out.features.append(FeatureRow(candle.symbol, candle.end, values))
+                out.features.append(FeatureRow(candle.symbol, candle.end, values, source))
             state.pending.append((candle.end, candle.close, values))
             if len(state.pending) == self.horizon + 1:
                 ts, close, features = state.pending[0]
@@ -135,6 +137,29 @@ class FeatureProcessor:
                         )
                     )
         return out
+
+    def forget(self, symbol: str) -> None:
+        """Drop `symbol`'s candles, windows and history (its partition moved elsewhere)."""
+        self.builder.forget(symbol)
+        self._state.pop(symbol, None)
+
+    def resume(self, symbol: str, candles: list[Candle]) -> None:
+        """Resume `symbol` from its newest stored candles (oldest first), warm-up ones too.
+
+        Its history and the features of its last H candles are computed again from them, as
+        they were when those candles closed: what comes next is what an uninterrupted run
+        would have built.
+        """
+        self.forget(symbol)
+        if not candles:
+            return
+        state = self._state[symbol] = _SymbolState(
+            deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
+        )
+        for candle in candles[-(WARMUP + self.horizon) :]:
+            state.history.append(candle)
+            state.pending.append((candle.end, candle.close, compute_features(state.history)))
+        self.builder.restore(symbol, candles[-1].end, candles[-1].close)
 
     def restore(self, symbol: str, rows: list[tuple[float, dict[str, float]]]) -> None:
         """Resume `symbol` from its newest stored feature rows (oldest first).

@@ -12,7 +12,8 @@ import pandas as pd
 
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode
-from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.emitted import Emitted, source_header
+from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
 from rtml.pipelines.processor import Example, FeatureRow, Outputs
 from rtml.settings import Settings
 
@@ -38,6 +39,65 @@ def features_frame(rows: Iterable[FeatureRow]) -> pd.DataFrame:
     return frame
 
 
+CANDLE_COLUMNS = [
+    "symbol",
+    "event_timestamp",
+    "created",
+    "start",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "trades",
+]
+
+
+def candles_frame(candles: Iterable[Candle]) -> pd.DataFrame:
+    """Closed candles; event_timestamp and created are the candle's close (its `end`)."""
+    records = [
+        {
+            "symbol": c.symbol,
+            "event_timestamp": c.end,
+            "created": c.end,
+            "start": c.start,
+            "open": c.open,
+            "high": c.high,
+            "low": c.low,
+            "close": c.close,
+            "volume": c.volume,
+            "vwap": c.vwap,
+            "trades": c.trades,
+        }
+        for c in candles
+    ]
+    frame = pd.DataFrame.from_records(records, columns=CANDLE_COLUMNS)
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    return frame
+
+
+def read_candles(frame: pd.DataFrame) -> list[Candle]:
+    """The candles of a `candles_frame` (as read back from the offline store), in its order."""
+    ends = (frame["event_timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    prices = [
+        frame[c].astype(float).tolist()
+        for c in ("start", "open", "high", "low", "close", "volume", "vwap")
+    ]
+    rows = zip(
+        frame["symbol"].astype(str).tolist(),
+        ends.astype(float).tolist(),
+        *prices,
+        frame["trades"].astype(int).tolist(),
+        strict=True,
+    )
+    return [
+        Candle(symbol, start, end, o, h, low, c, v, w, n)
+        for symbol, end, start, o, h, low, c, v, w, n in rows
+    ]
+
+
 def targets_frame(examples: Iterable[Example]) -> pd.DataFrame:
     """Labels: event_timestamp is the labelled candle's close, created is when it became known."""
     records = [
@@ -61,8 +121,12 @@ def retrying(
     stop: threading.Event | None = None,
     retry_on: tuple[type[BaseException], ...] = (ConnectionError, OSError),
     max_backoff_s: float = 5.0,
+    idle: Callable[[], None] | None = None,
 ) -> T:
-    """Run `action` until it succeeds, backing off; gives up only when `stop` is set."""
+    """Run `action` until it succeeds, backing off; gives up only when `stop` is set.
+
+    `idle` is called at least every half second while it waits (a consumer keeps its group
+    membership that way)."""
     backoff = 0.1
     attempt = 0
     while True:
@@ -75,8 +139,18 @@ def retrying(
             log.warning(
                 "%s failed (attempt %d): %s; retrying in %.1f s", what, attempt, exc, backoff
             )
-            time.sleep(backoff)
+            _wait(backoff, idle)
             backoff = min(backoff * 2, max_backoff_s)
+
+
+def _wait(seconds: float, idle: Callable[[], None] | None) -> None:
+    if idle is None:
+        time.sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        idle()
+        time.sleep(min(left, 0.5))
 
 
 class FeatureSink:
@@ -96,18 +170,34 @@ class FeatureSink:
         self.stop = stop
         self._features: list[FeatureRow] = []
         self._examples: list[Example] = []
+        self._candles: list[Candle] = []
+        # what the topics already hold (read back after a restart or a rebalance): not sent again
+        self.emitted: Emitted | None = None
+        self.already_emitted = 0
+        self.idle: Callable[[], None] | None = None  # called while a write waits on a service
 
     def write(self, out: Outputs) -> None:
         if out.features:
             self.write_online(out.features)
             self._features.extend(out.features)
         self._examples.extend(out.examples)
+        self._candles.extend(out.candles)
         if self.producer is not None:
+            emitted = self.emitted
             for row in out.features:
+                if emitted is not None and not emitted.new_feature(row):
+                    self.already_emitted += 1
+                    continue
                 self.producer.produce(
-                    self.topics.features, key=row.symbol.encode(), value=encode(row.to_json())
+                    self.topics.features,
+                    key=row.symbol.encode(),
+                    value=encode(row.to_json()),
+                    headers=source_header(row.source) if row.source else None,
                 )
             for ex in out.examples:
+                if emitted is not None and not emitted.new_example(ex):
+                    self.already_emitted += 1
+                    continue
                 self.producer.produce(
                     self.topics.examples, key=ex.symbol.encode(), value=encode(ex.to_json())
                 )
@@ -124,19 +214,30 @@ class FeatureSink:
             lambda: store.push(fs.PUSH_SOURCE, frame, to=_online()),
             self.stop,
             retry_on=fs.redis_errors(),
+            idle=self.idle,
         )
 
     @property
+    def kafka(self) -> Producer:
+        """The producer, for a sink that has one."""
+        if self.producer is None:
+            raise RuntimeError("this sink writes to no topic")
+        return self.producer
+
+    @property
     def pending_offline(self) -> int:
-        return len(self._features) + len(self._examples)
+        return len(self._features) + len(self._examples) + len(self._candles)
 
     def flush_offline(self) -> None:
         """Append buffered rows as new parquet parts: durable before offsets are committed."""
         offline = self.settings.offline_dir
         fs.append_parquet(offline / fs.FEATURES_DATASET, features_frame(self._features))
         fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(self._examples))
+        # last: a symbol resumes from its newest candle, and every row before it is stored
+        fs.append_parquet(offline / fs.CANDLES_DATASET, candles_frame(self._candles))
         self._features.clear()
         self._examples.clear()
+        self._candles.clear()
 
 
 def _online() -> Any:

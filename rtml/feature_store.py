@@ -31,7 +31,9 @@ PUSH_SOURCE = "candle_features_push"
 FEATURE_SERVICE = "price_change_model"
 FEATURES_DATASET = "features"
 TARGETS_DATASET = "targets"
-OFFLINE_DATASETS = (FEATURES_DATASET, TARGETS_DATASET)
+CANDLES_DATASET = "candles"
+"""Every closed candle, warm-up ones too: what the feature pipeline resumes a symbol from."""
+OFFLINE_DATASETS = (FEATURES_DATASET, TARGETS_DATASET, CANDLES_DATASET)
 
 
 def open_store(settings: Settings) -> FeatureStore:

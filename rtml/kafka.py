@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rtml.errors import ServiceError
@@ -224,6 +232,8 @@ def dead_letter(
 
     The DLQ record carries the first `DLQ_RAW_BYTES` of the raw value (and its full size), so
     it always fits the broker's message limit, however large or escape-heavy the original.
+    A record without a key is keyed by the partition it came from (`origin` up to the `@`), so
+    the dead letters of one partition stay in order in one DLQ partition.
 
     >>> class Sink:
     ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
@@ -241,6 +251,8 @@ def dead_letter(
         "raw_bytes": len(data),
         "raw_truncated": len(data) > DLQ_RAW_BYTES,
     }
+    if key is None and origin:
+        key = origin.rsplit("@", 1)[0].encode()
     producer.produce(dlq(topic), key=key, value=encode(record))
 
 
@@ -254,36 +266,49 @@ def commit_stored(consumer: Consumer) -> None:
             log.warning("could not commit offsets (%s); retrying with the next batch", exc)
 
 
+def scan(
+    settings: Settings,
+    topics: Iterable[str],
+    visit: Callable[[Message], None],
+    timeout: float = 30.0,
+) -> list[tuple[str, int]]:
+    """Call `visit` with every record of `topics` (all partitions), from their start until each
+    partition reports its end. Partitions are assigned, not subscribed: no group to join, and
+    nothing committed. Returns the partitions not read to their end within `timeout`."""
+    import uuid
+
+    consumer = make_consumer(settings, f"rtml-scan-{uuid.uuid4().hex[:8]}")
+    try:
+        names = list(dict.fromkeys(topics))
+        metadata = consumer.list_topics(timeout=10)
+        partitions = [
+            TopicPartition(name, p, OFFSET_BEGINNING)
+            for name in names
+            if name in metadata.topics
+            for p in metadata.topics[name].partitions
+        ]
+        consumer.assign(partitions)
+        remaining = {(tp.topic, tp.partition) for tp in partitions}
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=5000, timeout=0.2):
+                error = msg.error()
+                if error is None:
+                    visit(msg)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard((msg.topic() or "", msg.partition() or 0))
+    finally:
+        consumer.close()
+    return sorted(remaining)
+
+
 def read_messages(
     settings: Settings, topic: str, timeout: float = 30.0
 ) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) of `topic` (all partitions), read until each partition reports its
-    end. For reports, tools and tests; a fresh consumer group each time, so it commits nothing
-    that matters."""
-    import uuid
-
-    consumer = make_consumer(settings, f"read-{uuid.uuid4().hex[:8]}")
-    consumer.subscribe([topic])
+    end. For reports, tools and tests."""
     messages: list[tuple[bytes | None, bytes]] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                assignment = {tp.partition for tp in consumer.assignment()}
-                if assignment and assignment <= at_end:
-                    break
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition() or 0)
-                continue
-            at_end.discard(msg.partition() or 0)
-            messages.append((msg.key(), msg.value() or b"null"))
-    finally:
-        consumer.close()
+    scan(settings, [topic], lambda m: messages.append((m.key(), m.value() or b"null")), timeout)
     return messages
 
 

@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     gap_policy: Literal["flat", "skip"] = "flat"
     # an event time this far past both its symbol's watermark and the clock is `future`
     max_future_s: float = 7 * 86400.0
+    # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
+    commit_interval_s: float = Field(default=5.0, gt=0)
 
     # Model registry
     model_name: str = "rtml-price-change"

@@ -32,7 +32,15 @@ from fastapi.testclient import TestClient
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.app.stack import KAFKA, MLFLOW, Stack, free_port
-from rtml.kafka import Topics, dlq, encode, ensure_topics, make_consumer, make_producer
+from rtml.kafka import (
+    Topics,
+    dlq,
+    encode,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    read_topic,
+)
 from rtml.pipelines.feature_pipeline import FeaturePipeline
 from rtml.pipelines.feed import backfill, publish
 from rtml.pipelines.processor import FeatureProcessor
@@ -209,7 +217,11 @@ def test_broker_restart_is_survived_and_the_trainer_catches_up_from_the_offline_
 # --- Redis blinks under the feature pipeline -----------------------------------------------
 
 
-def test_feature_pipeline_retries_online_writes_until_redis_is_back(
+REDIS_OUTAGE_S = 30.0
+
+
+@pytest.mark.timeout(300)
+def test_feature_pipeline_waits_out_a_30s_redis_outage_in_its_group_and_loses_nothing(
     settings: Settings, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -236,15 +248,23 @@ def test_feature_pipeline_retries_online_writes_until_redis_is_back(
         features_before = pipeline.stats.features
         publish(feed, topics.trades, trades[half:])
         feed.flush(10)
-        time.sleep(2.0)  # writes fail and back off; the loop waits on the write
+        # writes fail and back off; the loop waits on the write, three times as long as the
+        # group lets a member go without polling (RTML_KAFKA_MAX_POLL_INTERVAL_MS)
+        time.sleep(REDIS_OUTAGE_S)
         assert worker.is_alive() and worker.error is None  # waiting on Redis, not crashed
         assert pipeline.stats.features <= features_before + 1  # the loop waits on the write
+        assert pipeline.assignments == 1  # it kept its partitions: no rebalance
         redis = _redis(port, tmp_path)
         _until(lambda: pipeline.stats.trades == len(trades), 60, "every trade after recovery")
         time.sleep(1.0)
         pipeline.stop.set()
         worker.join(60)
         assert worker.error is None
+        assert pipeline.assignments == 1
+        assert not pipeline.stats.rejected  # no valid trade dead-lettered for the outage
+        examples = read_topic(local, topics.examples)
+        assert len(examples) == pipeline.stats.examples > 0
+        assert len({(e["symbol"], e["ts"]) for e in examples}) == len(examples)
 
         # the online store holds the newest closed candle's features
         processor = FeatureProcessor(60, 0, local.horizon)

@@ -12,6 +12,7 @@ import pytest
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
 from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.sink import candles_frame, read_candles
 from rtml.pipelines.sources import SyntheticMarket, candle_profile, replay
 from rtml.pipelines.trades import BadRecord, Trade, parse_trade
 
@@ -156,6 +157,30 @@ def test_restored_processor_continues_exactly_like_an_uninterrupted_one() -> Non
 
     assert [r.values for r in head.features + tail.features] == [
         r.values for r in expected.features
+    ]
+    assert [(e.ts, e.target) for e in head.examples + tail.examples] == [
+        (e.ts, e.target) for e in expected.examples
+    ]
+
+
+@pytest.mark.parametrize("cut_minute", [3, WARMUP + 1, 40])
+def test_resumed_from_stored_candles_it_continues_exactly_even_in_warm_up(
+    cut_minute: int,
+) -> None:
+    trades = list(SyntheticMarket(["A"], seed=11, start_ts=0).candles_of_trades(80))
+    cut = next(i for i, t in enumerate(trades) if t.ts >= cut_minute * 60)
+    expected = _run(FeatureProcessor(60, 0, 5), trades)
+
+    head = _run(FeatureProcessor(60, 0, 5), trades[:cut])
+    resumed = FeatureProcessor(60, 0, 5)
+    stored = read_candles(candles_frame(head.candles))  # as the offline store holds them
+    assert stored == head.candles
+    resumed.resume("A", stored)
+    replay_from = next(i for i, t in enumerate(trades) if t.ts >= head.candles[-1].end)
+    tail = _run(resumed, trades[replay_from:])
+
+    assert [(r.ts, r.values) for r in head.features + tail.features] == [
+        (r.ts, r.values) for r in expected.features
     ]
     assert [(e.ts, e.target) for e in head.examples + tail.examples] == [
         (e.ts, e.target) for e in expected.examples

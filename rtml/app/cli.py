@@ -350,10 +350,80 @@ def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
         if record.get("raw_truncated"):
             skipped += 1
             continue
-        producer.produce(target, key=key, value=str(record.get("raw", "")).encode())
+        # a record that came without a key has its dead letter keyed by its partition's name
+        keyless = key == str(record.get("origin", "")).rsplit("@", 1)[0].encode()
+        producer.produce(
+            target, key=None if keyless else key, value=str(record.get("raw", "")).encode()
+        )
         sent += 1
     producer.flush(30)
     click.echo(f"replayed {sent} record(s) onto {target}; {skipped} truncated copies skipped")
+
+
+@cli.command()
+@click.argument("topic", type=click.Choice(["trades", "features", "examples", "predictions"]))
+@click.option("--group", required=True, help="The consumer group to move past the record.")
+@click.option("--partition", type=int, required=True, help="The record's partition.")
+@click.option("--offset", type=int, required=True, help="The record's offset.")
+@click.option("--reason", default="an operator skipped it", show_default=True)
+@click.pass_obj
+def skip(
+    settings: Settings, topic: str, group: str, partition: int, offset: int, reason: str
+) -> None:
+    """Dead-letter the record at TOPIC[PARTITION]@OFFSET and commit GROUP past it.
+
+    For the day a record gets through that no check knows: stop the group's consumers (a
+    group with members refuses commits from outside), run this, start them again. The record
+    lands in TOPIC's DLQ with the reason `skipped`, so `rtml dlq replay` can bring it back."""
+    import uuid
+
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from rtml.kafka import Topics, consumer_config, dead_letter, make_consumer, make_producer
+
+    name = getattr(Topics.of(settings), topic)
+    origin = f"{name}[{partition}]@{offset}"
+    reader = make_consumer(
+        settings, f"rtml-skip-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False}
+    )
+    try:
+        reader.assign([TopicPartition(name, partition, offset)])
+        msg = reader.poll(10)
+    finally:
+        reader.close()
+    if msg is None or msg.error() is not None or msg.offset() != offset:
+        raise click.ClickException(
+            f"no record at {name}[{partition}]@{offset}: check the partition and offset "
+            f"(`rtml dlq show {topic}` prints where rejected records came from)"
+        )
+    group_reader = Consumer(consumer_config(settings, group))
+    try:
+        at = group_reader.committed([TopicPartition(name, partition)], timeout=10)[0].offset
+        if at > offset:
+            click.echo(f"{group} is already past {origin} (at {at})")
+            return
+        if max(at, 0) != offset:
+            # committing past it would skip the records before it too
+            raise click.ClickException(
+                f"{group} stands at {at if at >= 0 else 'the start'} of partition {partition}, "
+                f"not at {offset}: this command skips only the record a group stands at"
+            )
+        producer = make_producer(settings)
+        dead_letter(producer, name, f"skipped: {reason}", msg.value(), key=msg.key(), origin=origin)
+        if producer.flush(30) > 0:
+            raise click.ClickException("the dead letter was not delivered; nothing was committed")
+        try:
+            group_reader.commit(
+                offsets=[TopicPartition(name, partition, offset + 1)], asynchronous=False
+            )
+        except KafkaException as exc:
+            raise click.ClickException(
+                f"could not commit {group} past {origin} ({exc}): stop the group's consumers "
+                "first, then run this again"
+            ) from exc
+    finally:
+        group_reader.close()
+    click.echo(f"dead-lettered {origin} to {name}.dlq and committed {group} at {offset + 1}")
 
 
 @cli.command()
