@@ -3,8 +3,9 @@
 Bad trades (not JSON, missing fields, wrong types, NaN/inf, non-positive price or size,
 duplicate ids, too late for their window) go to `trades.dlq` with their reason and are counted;
 the loop goes on. Offsets are committed only once everything a trade led to is durable, and
-never past the first trade of a candle that is still open, so a restart rebuilds open candles
-exactly; closed history is restored from the offline store.
+never past the first trade of a candle that is still open, so a replay rebuilds open candles
+exactly; closed history is resumed from the offline store's `candles`, and what the topics
+already hold is not sent again (`pipelines/emitted.py`).
 """
 
 from __future__ import annotations

@@ -379,6 +379,8 @@ class Trainer:
         self._champion_through = -math.inf  # the newest label time it learned
         self.drifts_at_start = 0
         self.other_shards = 0
+        self.skips: set[tuple[int, int]] = set()  # (partition, offset) an operator skipped
+        self.skipped = 0
         self.topic_id: str | None = None  # the id of the `examples` topic being read
         self.stored_topic_id: str | None = None  # the one the restored offsets belong to
         self.caught_up = 0  # examples learned from the offline store after the broker forgot
@@ -526,6 +528,9 @@ class Trainer:
             return 0
         partition, offset = msg.partition() or 0, msg.offset() or 0
         self.offsets[partition] = offset + 1
+        if (partition, offset) in self.skips:
+            self.skipped += 1  # `rtml skip --trainer` dead-lettered it
+            return 0
         try:
             ex = self._admit(parse_example(msg.value() or b""))
         except BadRecord as exc:
@@ -590,6 +595,9 @@ class Trainer:
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
         run_id = self.run_id = registry.trainer_run(settings, self.params())
+        self.skips = _positions(registry.trainer_skips(settings, run_id), self.topics.examples)
+        if self.skips:
+            log.info("passing over %d records an operator skipped", len(self.skips))
         self.restore_or_warm_start()
         assert self.learner is not None
         self.uploader = Uploader(
@@ -719,3 +727,18 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
     if decision.promote and not registry.pinned(settings):
         registry.promote(settings, version, by=by)
     return version, decision
+
+
+def _positions(origins: list[str], topic: str) -> set[tuple[int, int]]:
+    """(partition, offset) of each `topic[partition]@offset` in `origins` that names `topic`.
+
+    >>> sorted(_positions(["ex[0]@7", "other[0]@1", "ex[2]@30"], "ex"))
+    [(0, 7), (2, 30)]
+    """
+    found = set()
+    for origin in origins:
+        name, _, rest = origin.partition("[")
+        partition, _, offset = rest.partition("]@")
+        if name == topic and partition.isdigit() and offset.isdigit():
+            found.add((int(partition), int(offset)))
+    return found

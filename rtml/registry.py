@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 
-from rtml.errors import ConfigError
+from rtml.errors import ConfigError, ServiceError
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,35 @@ def _trainer_run(settings: Settings) -> Any | None:
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+SKIP_TAG = "rtml.skip"  # run tag: records (`topic[partition]@offset`) the trainer passes over
+
+
+def trainer_skips(settings: Settings, run_id: str) -> list[str]:
+    """The records an operator told this model's trainer to pass over (`rtml skip --trainer`)."""
+    value = client(settings).get_run(run_id).data.tags.get(SKIP_TAG, "")
+    return [origin for origin in value.split(",") if origin]
+
+
+def add_trainer_skip(settings: Settings, origin: str) -> bool:
+    """Tell the trainer to pass over the record at `origin`; False if it already was told.
+
+    Raises ServiceError when the model has no trainer run yet (nothing to skip for)."""
+    run = _trainer_run(settings)
+    if run is None:
+        raise ServiceError(
+            f"{settings.model_name} has no trainer run yet: start `rtml train` once, or check "
+            "RTML_MODEL_NAME and RTML_SHARD"
+        )
+    skips = trainer_skips(settings, str(run.info.run_id))
+    if origin in skips:
+        return False
+    skips.append(origin)
+    while len(",".join(skips)) > 5000:  # a tag holds 5,000 characters: the oldest go first
+        skips.pop(0)
+    client(settings).set_tag(run.info.run_id, SKIP_TAG, ",".join(skips))
+    return True
 
 
 def trainer_run(settings: Settings, params: Mapping[str, Any]) -> str:

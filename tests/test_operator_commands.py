@@ -96,3 +96,63 @@ def test_dead_letters_are_shown_replayed_once_fixed_and_a_record_can_be_skipped(
     assert [d["reason"].split(":")[0] for d in dead][-1] == "skipped"
     assert dead[-1]["origin"] == f"{topics.trades}[0]@2"
     assert json.loads(dead[-1]["raw"]) == trade
+
+
+def test_the_trainer_passes_over_a_record_an_operator_skipped(settings: Settings) -> None:
+    from rtml.kafka import encode, scan
+    from rtml.pipelines.trainer import Trainer
+    from tests.test_trainer import _shard
+
+    local = _shard(settings)
+    topics = Topics.of(local)
+    ensure_topics(local, topics.with_dlqs())
+    symbol = local.symbols[0]
+    records = [
+        encode(
+            {
+                "symbol": symbol,
+                "ts": 1_700_000_000.0 + 60 * i,
+                "label_ts": 1_700_000_300.0 + 60 * i,
+                "features": {"ret_1": 0.001 * (i % 3)},
+                "target": 0.002,
+            }
+        )
+        for i in range(30)
+    ]
+    producer = make_producer(local)
+    for value in records[:10]:
+        producer.produce(topics.examples, key=symbol.encode(), value=value)
+    producer.flush(10)
+    first = Trainer(local)  # its MLflow run holds what an operator tells it
+    assert first.run(max_seconds=60, max_examples=10).learned == 10
+    for value in records[10:]:
+        producer.produce(topics.examples, key=symbol.encode(), value=value)
+    producer.flush(10)
+    where: list[tuple[int, int]] = []
+    scan(
+        local,
+        [topics.examples],
+        lambda m: where.extend(
+            [(m.partition() or 0, m.offset() or 0)] if m.value() == records[15] else []
+        ),
+    )
+    partition, offset = where[0]
+    env = local.as_env(
+        "state_dir", "kafka_port", "redis_port", "mlflow_port", "topic_prefix", "model_name"
+    )
+    args = ["skip", "examples", "--trainer", "--partition", str(partition), "--offset", str(offset)]
+    runner = CliRunner()
+    told = runner.invoke(cli, args, env=env)
+    assert told.exit_code == 0 and "passes over it" in told.output, told.output
+    again = runner.invoke(cli, args, env=env)
+    assert again.exit_code == 0 and "already passes over" in again.output, again.output
+    refused = runner.invoke(cli, ["skip", "examples", "--partition", "0", "--offset", "0"], env=env)
+    assert refused.exit_code != 0 and "--group G, or --trainer" in refused.output
+
+    second = Trainer(local)  # resumes from the first one's checkpoint
+    assert second.run(max_seconds=60, max_examples=29).learned == 29
+    assert second.skipped == 1 and not second.rejected
+    dead = [json.loads(v) for _, v in read_messages(local, dlq(topics.examples))]
+    assert [(d["reason"].split(":")[0], d["origin"]) for d in dead] == [
+        ("skipped", f"{topics.examples}[{partition}]@{offset}")
+    ]

@@ -362,19 +362,32 @@ def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
 
 @cli.command()
 @click.argument("topic", type=click.Choice(["trades", "features", "examples", "predictions"]))
-@click.option("--group", required=True, help="The consumer group to move past the record.")
+@click.option("--group", default=None, help="The consumer group to move past the record.")
+@click.option(
+    "--trainer", is_flag=True, help="Move the trainer past it (its offsets are in its checkpoint)."
+)
 @click.option("--partition", type=int, required=True, help="The record's partition.")
 @click.option("--offset", type=int, required=True, help="The record's offset.")
 @click.option("--reason", default="an operator skipped it", show_default=True)
 @click.pass_obj
 def skip(
-    settings: Settings, topic: str, group: str, partition: int, offset: int, reason: str
+    settings: Settings,
+    topic: str,
+    group: str | None,
+    trainer: bool,
+    partition: int,
+    offset: int,
+    reason: str,
 ) -> None:
-    """Dead-letter the record at TOPIC[PARTITION]@OFFSET and commit GROUP past it.
+    """Dead-letter the record at TOPIC[PARTITION]@OFFSET and move GROUP, or the trainer, past it.
 
-    For the day a record gets through that no check knows: stop the group's consumers (a
-    group with members refuses commits from outside), run this, start them again. The record
-    lands in TOPIC's DLQ with the reason `skipped`, so `rtml dlq replay` can bring it back."""
+    For the day a record gets through that no check knows: stop the consumers, run this,
+    start them again. The record lands in TOPIC's DLQ with the reason `skipped`, so
+    `rtml dlq replay` can bring it back. A group is committed past it (a group with members
+    refuses commits from outside, so stop them first); the trainer, whose offsets live in its
+    checkpoint, is told through its MLflow run to pass over it when it reads it."""
+    if (group is None) == (not trainer) or (trainer and topic != "examples"):
+        raise click.UsageError("give --group G, or --trainer with the examples topic")
     import uuid
 
     from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -396,6 +409,10 @@ def skip(
             f"no record at {name}[{partition}]@{offset}: check the partition and offset "
             f"(`rtml dlq show {topic}` prints where rejected records came from)"
         )
+    if trainer:
+        _skip_for_trainer(settings.as_shard(), name, msg, origin, reason)
+        return
+    assert group is not None
     group_reader = Consumer(consumer_config(settings, group))
     try:
         at = group_reader.committed([TopicPartition(name, partition)], timeout=10)[0].offset
@@ -424,6 +441,23 @@ def skip(
     finally:
         group_reader.close()
     click.echo(f"dead-lettered {origin} to {name}.dlq and committed {group} at {offset + 1}")
+
+
+def _skip_for_trainer(settings: Settings, name: str, msg: Any, origin: str, reason: str) -> None:
+    from rtml import registry
+    from rtml.kafka import dead_letter, make_producer
+
+    if not registry.add_trainer_skip(settings, origin):
+        click.echo(f"the trainer of {settings.model_name} already passes over {origin}")
+        return
+    producer = make_producer(settings)
+    dead_letter(producer, name, f"skipped: {reason}", msg.value(), key=msg.key(), origin=origin)
+    if producer.flush(30) > 0:
+        raise click.ClickException("the dead letter was not delivered; run this again")
+    click.echo(
+        f"dead-lettered {origin} to {name}.dlq; the trainer of {settings.model_name} passes "
+        "over it from its next start"
+    )
 
 
 @cli.command()
