@@ -149,6 +149,10 @@ class FeaturePipeline:
         self._paused: list[TopicPartition] = []  # with their positions, during an outage
         self._in_callback = False
         self._out = Outputs()  # what the current batch led to, not yet sent
+        self._dead_letters = 0  # sent in the current batch
+        # a flush is bounded well inside the poll interval: a broker away must not cost the
+        # group membership
+        self._flush_s = max(1.0, settings.kafka_max_poll_interval_ms / 2000)
 
     def run(self, max_seconds: float | None = None) -> PipelineStats:
         settings = self.settings
@@ -202,6 +206,11 @@ class FeaturePipeline:
 
     def _write(self, sink: FeatureSink) -> None:
         """Send what the trades read so far led to."""
+        if self._dead_letters:
+            # delivered before any features record of a later trade: a replay takes a trade
+            # at or before that record's `rtml.source` as handled, dead letter included
+            sink.kafka.flush(self._flush_s)
+            self._dead_letters = 0
         if self._out:
             sink.write(self._out)
             self._count(self._out)
@@ -375,6 +384,7 @@ class FeaturePipeline:
             dead_letter(
                 sink.kafka, self.topics.trades, str(exc), msg.value(), key=key, origin=origin
             )
+            self._dead_letters += 1
 
     def _count(self, out: Outputs) -> None:
         self.stats.candles += len(out.candles)
@@ -386,9 +396,7 @@ class FeaturePipeline:
             return
         # first the topics, then the offline store, then the offsets: a crash between any two
         # leaves the offline store behind the topics, never ahead, and a replay rebuilds it
-        # bounded well inside the poll interval: a broker away must not cost the membership
-        flush_s = max(1.0, self.settings.kafka_max_poll_interval_ms / 2000)
-        if (unsent := sink.kafka.flush(flush_s)) > 0:
+        if (unsent := sink.kafka.flush(self._flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return
         sink.flush_offline()

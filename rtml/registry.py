@@ -334,23 +334,26 @@ def trainer_skips(settings: Settings, run_id: str) -> list[str]:
     return [origin for origin in value.split(",") if origin]
 
 
-def add_trainer_skip(settings: Settings, origin: str) -> bool:
-    """Tell the trainer to pass over the record at `origin`; False if it already was told.
-
-    Raises ServiceError when the model has no trainer run yet (nothing to skip for)."""
+def trainer_run_id(settings: Settings) -> str:
+    """The id of this model's trainer run; ServiceError if no trainer has run yet."""
     run = _trainer_run(settings)
     if run is None:
         raise ServiceError(
             f"{settings.model_name} has no trainer run yet: start `rtml train` once, or check "
             "RTML_MODEL_NAME and RTML_SHARD"
         )
-    skips = trainer_skips(settings, str(run.info.run_id))
+    return str(run.info.run_id)
+
+
+def add_trainer_skip(settings: Settings, run_id: str, origin: str) -> bool:
+    """Tell the trainer to pass over the record at `origin`; False if it already was told."""
+    skips = trainer_skips(settings, run_id)
     if origin in skips:
         return False
     skips.append(origin)
     while len(",".join(skips)) > 5000:  # a tag holds 5,000 characters: the oldest go first
         skips.pop(0)
-    client(settings).set_tag(run.info.run_id, SKIP_TAG, ",".join(skips))
+    client(settings).set_tag(run_id, SKIP_TAG, ",".join(skips))
     return True
 
 

@@ -447,13 +447,16 @@ def _skip_for_trainer(settings: Settings, name: str, msg: Any, origin: str, reas
     from rtml import registry
     from rtml.kafka import dead_letter, make_producer
 
-    if not registry.add_trainer_skip(settings, origin):
+    run_id = registry.trainer_run_id(settings)
+    if origin in registry.trainer_skips(settings, run_id):
         click.echo(f"the trainer of {settings.model_name} already passes over {origin}")
         return
+    # the dead letter first: if the tag then fails, running this again doubles it, never loses it
     producer = make_producer(settings)
     dead_letter(producer, name, f"skipped: {reason}", msg.value(), key=msg.key(), origin=origin)
     if producer.flush(30) > 0:
         raise click.ClickException("the dead letter was not delivered; run this again")
+    registry.add_trainer_skip(settings, run_id, origin)
     click.echo(
         f"dead-lettered {origin} to {name}.dlq; the trainer of {settings.model_name} passes "
         "over it from its next start"
