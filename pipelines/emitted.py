@@ -24,9 +24,9 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from confluent_kafka import Message
 
 from rtml.kafka import Topics, dlq, scan
 from rtml.pipelines.processor import Example, FeatureRow
@@ -89,10 +89,14 @@ class Emitted:
         trades_dlq = dlq(topics.trades)
         wanted = [topics.features, topics.examples, trades_dlq]
         began = time.monotonic()
+        symbols = frozenset(settings.symbols)
+        until = time.time() + settings.max_future_s
         unread = scan(
             settings,
             wanted,
-            lambda msg: emitted._add(msg, topics.features, topics.examples, trades_dlq),
+            lambda msg: emitted.take(
+                topics, msg.topic() or "", msg.key(), msg.value(), msg.headers(), symbols, until
+            ),
             timeout,
         )
         if unread:
@@ -111,30 +115,51 @@ class Emitted:
         )
         return emitted
 
-    def _add(self, msg: Message, features: str, examples: str, trades_dlq: str) -> None:
+    def take(
+        self,
+        topics: Topics,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Any,
+        symbols: frozenset[str],
+        until: float,
+    ) -> None:
+        """Count one record read back. What the pipeline could not have sent is left out: a
+        symbol it does not build, or a time past `until` (the clock plus RTML_MAX_FUTURE_S). A
+        stray record on `features` dated 2286 would otherwise hold back every later row of
+        its symbol.
+
+        >>> t, e = Topics.of(Settings(topic_prefix="")), Emitted()
+        >>> row = b'{"symbol": "A", "ts": 120.0}'
+        >>> e.take(t, "features", b"A", row, [("rtml.source", b"0@7")], frozenset("A"), 1e9)
+        >>> e.take(t, "features", b"A", b'{"symbol": "A", "ts": 9e9}', None, frozenset("A"), 1e9)
+        >>> e.take(t, "features", b"B", b'{"symbol": "B", "ts": 60.0}', None, frozenset("A"), 1e9)
+        >>> e.features, e.through
+        ({'A': 120.0}, {('A', 0): 7})
+        """
         self.records += 1
         try:
-            record = orjson.loads(msg.value() or b"null")
+            record = orjson.loads(value or b"null")
         except orjson.JSONDecodeError:
             return
         if not isinstance(record, dict):
             return
-        topic = msg.topic()
-        if topic == trades_dlq:
+        if topic == dlq(topics.trades):
             found = _ORIGIN.search(str(record.get("origin", "")))
-            if found:
-                key = (msg.key() or b"", int(found.group(1)))
-                self.dead[key] = max(int(found.group(2)), self.dead.get(key, -1))
+            if found and str(record.get("origin", "")).startswith(f"{topics.trades}["):
+                at = (key or b"", int(found.group(1)))
+                self.dead[at] = max(int(found.group(2)), self.dead.get(at, -1))
             return
         symbol, ts = record.get("symbol"), record.get("ts")
-        if not isinstance(symbol, str) or not isinstance(ts, int | float):
+        if symbol not in symbols or not isinstance(ts, int | float) or not ts <= until:
             return
-        newest = self.features if topic == features else self.examples
+        assert isinstance(symbol, str)
+        newest = self.features if topic == topics.features else self.examples
         newest[symbol] = max(float(ts), newest.get(symbol, -math.inf))
-        for header in msg.headers() or []:
-            name, value = header[0], header[1]
-            if name == SOURCE_HEADER and isinstance(value, bytes):
-                partition, _, offset = value.decode(errors="replace").partition("@")
+        for name, header in headers if isinstance(headers, list) else []:
+            if name == SOURCE_HEADER and isinstance(header, bytes):
+                partition, _, offset = header.decode(errors="replace").partition("@")
                 if partition.isdigit() and offset.isdigit():
-                    at = (symbol, int(partition))
-                    self.through[at] = max(int(offset), self.through.get(at, -1))
+                    where = (symbol, int(partition))
+                    self.through[where] = max(int(offset), self.through.get(where, -1))

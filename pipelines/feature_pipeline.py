@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pandas as pd
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -79,14 +80,27 @@ class History:
 
     @classmethod
     def read(cls, settings: Settings, horizon: int) -> History:
+        """The newest candles of every symbol; feature rows only for configured symbols that
+        have no candles (a store written before candles were), not read at all otherwise."""
         history = cls()
-        frame = fs.read_parquet_dir(settings.offline_dir / fs.CANDLES_DATASET)
+        directory = settings.offline_dir / fs.CANDLES_DATASET
+        wanted = WARMUP + horizon
+        # a live store: the newest candles are recent, and older parts need not be read
+        recent = pd.Timestamp.now(tz="UTC") - pd.Timedelta(
+            seconds=4 * wanted * settings.candle_seconds
+        )
+        frame = fs.read_parquet_dir(directory, since=recent)
+        counts = frame["symbol"].value_counts() if not frame.empty else pd.Series(dtype=int)
+        if any(counts.get(s, 0) < wanted for s in settings.symbols):
+            frame = fs.read_parquet_dir(directory)  # a replayed past, a gap, a new symbol
         if not frame.empty:
             # parts can repeat a candle (a replay after a crash between two writes)
             frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
             newest = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
-            for symbol, rows in newest.tail(WARMUP + horizon).groupby("symbol", sort=False):
+            for symbol, rows in newest.tail(wanted).groupby("symbol", sort=False):
                 history.candles[str(symbol)] = read_candles(rows)
+        if set(settings.symbols) <= set(history.candles):
+            return history
         frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
         frame = frame[~frame["symbol"].isin(history.candles)] if not frame.empty else frame
         if frame.empty:
@@ -335,7 +349,6 @@ class FeaturePipeline:
             return  # fetched before a revoke in the same batch: its new owner reads it
         self._last[partition] = offset
         self.stats.trades += 1
-        origin = f"{self.topics.trades}[{partition}]@{offset}"
         trade: Trade | None = None
         try:
             trade = parse_trade(msg.value() or b"")
@@ -375,7 +388,8 @@ class FeaturePipeline:
                 # read again after a restart or a rebalance: it is in a candle already closed
                 self.stats.replayed += 1
                 return
-            key = msg.key() or origin.rsplit("@", 1)[0].encode()
+            origin = f"{self.topics.trades}[{partition}]@{offset}"
+            key = msg.key() or f"{self.topics.trades}[{partition}]".encode()
             if self._emitted.dead_lettered(key, partition, offset):
                 self.stats.replayed += 1  # its dead letter is on the DLQ already
                 return

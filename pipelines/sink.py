@@ -28,15 +28,20 @@ FEATURE_COLUMNS = ["symbol", "event_timestamp", "created", *FEATURE_NAMES, *EXTR
 TARGET_COLUMNS = ["symbol", "event_timestamp", "created", "target_return"]
 
 
+def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows in the offline schema: `event_timestamp` and `created` from epoch seconds to UTC."""
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    for col in ("event_timestamp", "created"):
+        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+    return frame
+
+
 def features_frame(rows: Iterable[FeatureRow]) -> pd.DataFrame:
     """Feature rows in the offline/online schema; `created` is the candle's close time too."""
     records = [
         {"symbol": r.symbol, "event_timestamp": r.ts, "created": r.ts, **r.values} for r in rows
     ]
-    frame = pd.DataFrame.from_records(records, columns=FEATURE_COLUMNS)
-    for col in ("event_timestamp", "created"):
-        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-    return frame
+    return _frame(records, FEATURE_COLUMNS)
 
 
 CANDLE_COLUMNS = [
@@ -72,10 +77,7 @@ def candles_frame(candles: Iterable[Candle]) -> pd.DataFrame:
         }
         for c in candles
     ]
-    frame = pd.DataFrame.from_records(records, columns=CANDLE_COLUMNS)
-    for col in ("event_timestamp", "created"):
-        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-    return frame
+    return _frame(records, CANDLE_COLUMNS)
 
 
 def read_candles(frame: pd.DataFrame) -> list[Candle]:
@@ -109,10 +111,7 @@ def targets_frame(examples: Iterable[Example]) -> pd.DataFrame:
         }
         for e in examples
     ]
-    frame = pd.DataFrame.from_records(records, columns=TARGET_COLUMNS)
-    for col in ("event_timestamp", "created"):
-        frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
-    return frame
+    return _frame(records, TARGET_COLUMNS)
 
 
 def retrying(

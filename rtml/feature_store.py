@@ -93,12 +93,19 @@ def append_parquet(directory: Path, frame: pd.DataFrame) -> Path | None:
     return final
 
 
-def read_parquet_dir(directory: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every complete part in `directory` as one frame (empty when there are none)."""
+def read_parquet_dir(
+    directory: Path, columns: list[str] | None = None, since: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Every complete part in `directory` as one frame (empty when there are none); with
+    `since`, only rows whose event_timestamp is at or after it (older parts are skipped on
+    their statistics, not read)."""
     parts = sorted(directory.glob("*.parquet")) if directory.exists() else []
     if not parts:
         return pd.DataFrame(columns=columns)
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in parts], ignore_index=True)
+    filters = [("event_timestamp", ">=", since)] if since is not None else None
+    return pd.concat(
+        [pd.read_parquet(p, columns=columns, filters=filters) for p in parts], ignore_index=True
+    )
 
 
 def compact(directory: Path) -> tuple[int, int]:

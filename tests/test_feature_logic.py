@@ -314,3 +314,28 @@ def test_a_symbol_gone_quiet_closes_its_window_and_frees_the_commit() -> None:
     assert [(c.symbol, c.close) for c in closed] == [("X", 10.0)]
     assert b.open_positions() == {1: 6}  # the commit may pass X's trade now
     assert b.close_idle(120.0) == []
+
+
+def test_history_reads_recent_parts_of_a_live_store_and_all_of_a_replayed_past(
+    tmp_path: Path,
+) -> None:
+    from rtml import feature_store as fs
+    from rtml.pipelines.feature_pipeline import History
+    from rtml.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, symbols=("A",), horizon=3)
+    directory = settings.offline_dir / fs.CANDLES_DATASET
+    past = _run(
+        FeatureProcessor(60, 0, 3),
+        list(SyntheticMarket(["A"], seed=2, start_ts=0).candles_of_trades(40)),
+    )
+    fs.append_parquet(directory, candles_frame(past.candles))
+    assert History.read(settings, 3).candles["A"] == past.candles[-(WARMUP + 3) :]
+
+    now = (datetime.now(UTC).timestamp() // 60 - 30) * 60
+    live = _run(
+        FeatureProcessor(60, 0, 3),
+        list(SyntheticMarket(["A"], seed=2, start_ts=now).candles_of_trades(25)),
+    )
+    fs.append_parquet(directory, candles_frame(live.candles))
+    assert History.read(settings, 3).candles["A"] == live.candles[-(WARMUP + 3) :]

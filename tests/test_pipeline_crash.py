@@ -170,7 +170,6 @@ def _crash_and_finish(stack_settings: Settings, seed: int) -> None:
     producer.flush(10)
 
     feeder = _feed(settings, trades, chunks=60, pause_s=0.6)
-    kills = 0
     try:
         for _ in range(KILLS):
             emitted = len(read_topic(settings, topics.features))
@@ -182,7 +181,6 @@ def _crash_and_finish(stack_settings: Settings, seed: int) -> None:
             time.sleep(rng.uniform(0.0, 2 * COMMIT_S))
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            kills += 1
         feeder.join(90)
         proc = _pipeline(settings, group)  # the run that finishes the market
         # a replay re-sends, if at all, before it gets to the newest examples
@@ -191,7 +189,6 @@ def _crash_and_finish(stack_settings: Settings, seed: int) -> None:
         proc.terminate()
         proc.wait(30)
 
-    assert kills == KILLS
     _assert_each_output_once(settings, want_features, want_examples)
     dead = [value for _, value in read_messages(settings, dlq(topics.trades))]
     assert len(dead) == len(poison), dead[:3]

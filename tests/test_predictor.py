@@ -269,7 +269,10 @@ def _redis(port: int, data: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("redis did not start")
 
 
-def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -> None:
+def _served_from_own_redis(
+    shard: Settings, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], int, Settings, TestClient, str]:
+    """A Redis of the test's own with one symbol's features, and an app serving from it."""
     port = free_port()
     proc = _redis(port, tmp_path)
     local = shard.model_copy(update={"redis_port": port})
@@ -279,7 +282,11 @@ def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -
     holder = ModelHolder(local)
     holder.refresh()
     client = TestClient(create_app(local, holder, fs.open_store(local)))
-    path = f"/predict/{local.symbols[0]}"
+    return proc, port, local, client, f"/predict/{local.symbols[0]}"
+
+
+def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -> None:
+    proc, port, local, client, path = _served_from_own_redis(shard, tmp_path)
     assert client.get(path).status_code == 200
     try:
         proc.terminate()  # saves its data on the way down
@@ -316,16 +323,7 @@ def test_a_hung_redis_is_read_once_then_answered_503_without_reading_until_it_is
 ) -> None:
     """Reads run on the event loop: a store that stops answering (not refusing) must cost one
     read's timeout, not one per request."""
-    port = free_port()
-    proc = _redis(port, tmp_path)
-    local = shard.model_copy(update={"redis_port": port})
-    FeatureSink(local, fs.open_store(local), producer=None).write_online(
-        [_features(local.symbols[0], time.time(), 0.02)]
-    )
-    holder = ModelHolder(local)
-    holder.refresh()
-    client = TestClient(create_app(local, holder, fs.open_store(local)))
-    path = f"/predict/{local.symbols[0]}"
+    proc, _, _, client, path = _served_from_own_redis(shard, tmp_path)
     try:
         assert client.get(path).status_code == 200
         proc.send_signal(signal.SIGSTOP)  # alive, listening, silent
