@@ -31,10 +31,10 @@ from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_produc
 from rtml.pipelines.feature_pipeline import FeaturePipeline
 from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.feed import backfill, publish
-from rtml.pipelines.processor import Example, FeatureProcessor
+from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sink import features_frame
 from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trades import parse_trade
+from rtml.records import Example, parse_trade
 from rtml.settings import Settings
 
 
@@ -205,9 +205,9 @@ def bench_offline_append(settings: Settings) -> tuple[Figure, Figure]:
 def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 1000) -> Figure:
     """The trainer's loop (Kafka, parsing, metrics, drift, checkpoints to MLflow) against a bare
     River predict-then-learn loop over the same examples."""
-    from rtml.pipelines.learner import parse_example
     from rtml.pipelines.models import build_model
     from rtml.pipelines.trainer import Trainer
+    from rtml.records import parse_example
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(
@@ -281,8 +281,8 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
     version, point the alias at it, load it back), the least any served update costs.
     """
     from rtml.pipelines.features import FEATURE_NAMES
-    from rtml.pipelines.processor import Example
     from rtml.pipelines.trainer import Trainer
+    from rtml.records import Example
     from rtml.serving.model_holder import ModelHolder
 
     tag = uuid.uuid4().hex[:6]
@@ -428,8 +428,8 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
     from rtml.pipelines.features import FEATURE_NAMES
     from rtml.pipelines.learner import Learner
     from rtml.pipelines.models import build_model
-    from rtml.pipelines.processor import Example, FeatureRow
     from rtml.pipelines.sink import FeatureSink
+    from rtml.records import Example, FeatureRow
     from rtml.serving.model_holder import ModelHolder
 
     tag = uuid.uuid4().hex[:6]
@@ -610,7 +610,7 @@ def _wait_and_warm(process: Any, url: str) -> None:
 
 def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:
     from rtml.pipelines.features import FEATURE_NAMES
-    from rtml.pipelines.processor import FeatureRow
+    from rtml.records import FeatureRow
     from rtml.serving.stream import StreamingPredictor
 
     tag = uuid.uuid4().hex[:6]

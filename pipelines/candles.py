@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtml.pipelines.features import Candle
-from rtml.pipelines.trades import BadRecord, Trade
+from rtml.records import BadRecord, Trade
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from rtml.kafka import Topics, dlq, scan
-from rtml.pipelines.processor import Example, FeatureRow
+from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from rtml.pipelines.emitted import Emitted
 from rtml.pipelines.features import WARMUP, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
-from rtml.pipelines.trades import BadRecord, Trade, parse_trade
+from rtml.records import BadRecord, Trade, parse_trade
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from tqdm import tqdm
 from rtml import feature_store as fs
 from rtml.kafka import dead_letter, encode
 from rtml.pipelines.feature_pipeline import PipelineStats
-from rtml.pipelines.processor import FeatureProcessor, FeatureRow, Outputs
+from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink
-from rtml.pipelines.trades import BadRecord, Trade
+from rtml.records import BadRecord, FeatureRow, Trade
 from rtml.settings import Settings
 
 if TYPE_CHECKING:

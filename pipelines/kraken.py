@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 
-from rtml.pipelines.trades import BadRecord, Trade, parse_trade
+from rtml.records import BadRecord, Trade, parse_trade
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ taken before the example's feature time (`recent`, which the gate reads); the sn
 least one horizon apart, so that model is at most two horizons old.
 
 >>> from rtml.pipelines.models import build_model
+>>> from rtml.records import parse_example
 >>> learner = Learner(build_model("linear"), window=3)
 >>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
 ...     "features": {"ret_1": 0.01}, "target": 0.02}))
@@ -33,38 +34,11 @@ from typing import Any
 
 from river import drift
 
-from rtml.pipelines.processor import Example
-from rtml.pipelines.trades import BadRecord, decode_object
+from rtml.records import Example
 
-_NUMBER = (float, int)
 SNAPSHOTS = 8
 """At most this many model snapshots for scoring as served, each at least one horizon after the
 last; usually three are kept, and a checkpoint holds them (a restart resumes exactly)."""
-
-
-def parse_example(raw: bytes | dict[str, Any]) -> Example:
-    """Validate an `examples` record; raises BadRecord naming what is wrong."""
-    record = decode_object(raw) if isinstance(raw, bytes) else raw
-    if not isinstance(record, dict):
-        raise BadRecord("not_json", "expected a JSON object")
-    try:
-        symbol, ts, label_ts = record["symbol"], record["ts"], record["label_ts"]
-        features, target = record["features"], record["target"]
-    except KeyError as exc:
-        raise BadRecord("missing_field", f"missing {exc.args[0]}") from None
-    if not isinstance(symbol, str) or not isinstance(features, dict):
-        raise BadRecord("wrong_type", "symbol must be a string and features an object")
-    for v in (ts, label_ts, target):
-        if type(v) is not float and type(v) is not int:
-            raise BadRecord("wrong_type", "ts, label_ts and target must be numbers")
-        if not math.isfinite(v):
-            raise BadRecord("not_finite", "ts, label_ts and target must be finite")
-    if label_ts <= ts:
-        raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
-    # missing and non-finite features are left out, as River models expect (v - v is 0.0
-    # only for finite numbers)
-    x = {k: float(v) for k, v in features.items() if type(v) in _NUMBER and v - v == 0}
-    return Example(symbol, float(ts), float(label_ts), x, float(target))
 
 
 class RollingMean:

@@ -14,49 +14,14 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
-from rtml.pipelines.trades import Trade
+from rtml.records import Example, FeatureRow, Trade
 
 
 def to_datetime(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
-    """Features of `symbol`'s candle that closed at `ts` (epoch seconds)."""
-
-    symbol: str
-    ts: float
-    values: dict[str, float]
-    # (partition, offset) of the trade whose arrival closed the candle, when one did
-    source: tuple[int, int] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "ts": self.ts, "features": self.values}
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """Features of the candle closing at `ts` with its target, known at `label_ts` = ts + H."""
-
-    symbol: str
-    ts: float
-    label_ts: float
-    features: dict[str, float]
-    target: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "symbol": self.symbol,
-            "ts": self.ts,
-            "label_ts": self.label_ts,
-            "features": self.features,
-            "target": self.target,
-        }
 
 
 @dataclass

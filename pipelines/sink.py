@@ -14,7 +14,8 @@ from rtml import feature_store as fs
 from rtml.kafka import Topics, encode
 from rtml.pipelines.emitted import Emitted, source_header
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
-from rtml.pipelines.processor import Example, FeatureRow, Outputs
+from rtml.pipelines.processor import Outputs
+from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
 
 if TYPE_CHECKING:

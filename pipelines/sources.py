@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rtml.errors import ConfigError
-from rtml.pipelines.trades import BadRecord, Trade, number, parse_trade, parse_ts
+from rtml.records import BadRecord, Trade, number, parse_trade, parse_ts
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +227,7 @@ def replay(
         # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
         try:
             start = row["_start"] if not math.isnan(row["_start"]) else parse_ts(row["ts"])
-            volume = number(row, "volume", positive=False)  # a stray header row is text
+            volume = number(row, "volume", positive=False, text=True)  # a stray header row is text
             # the four trades stay inside the window the candle starts in, even for a start
             # that is not on a window boundary (a session opening at 09:30, a zone offset)
             window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds

@@ -19,18 +19,15 @@ import pickle
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
     Message,
     Producer,
-    TopicPartition,
 )
 from tqdm import tqdm
 
@@ -40,7 +37,6 @@ from rtml.errors import ConfigError
 from rtml.kafka import (
     Topics,
     TopicWatch,
-    dead_letter,
     encode,
     ensure_topics,
     make_consumer,
@@ -48,10 +44,10 @@ from rtml.kafka import (
 )
 from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
-from rtml.pipelines.learner import Learner, parse_example
+from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import Example
-from rtml.pipelines.trades import BadRecord
+from rtml.records import BadRecord, Example, parse_example
+from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -369,7 +365,7 @@ class Trainer:
         self.topics = Topics.of(settings)
         self.group_id = group_id
         self.stop = threading.Event()
-        self.rejected: dict[str, int] = {}
+        self.counters = Counters("trainer")
         self.learner: Learner | None = None
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
@@ -378,9 +374,11 @@ class Trainer:
         self._champion: Any | None = None  # the champion's estimator, to score candidates
         self._champion_through = -math.inf  # the newest label time it learned
         self.drifts_at_start = 0
-        self.other_shards = 0
         self.skips: set[tuple[int, int]] = set()  # (partition, offset) an operator skipped
-        self.skipped = 0
+        self.max_examples: int | None = None  # stop once the learner has learned this many
+        self._since = 0  # learned since the last checkpoint
+        self._last_checkpoint = time.monotonic()
+        self._producer: Producer | None = None
         self.topic_id: str | None = None  # the id of the `examples` topic being read
         self.stored_topic_id: str | None = None  # the one the restored offsets belong to
         self.caught_up = 0  # examples learned from the offline store after the broker forgot
@@ -459,6 +457,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
+        self._since, self._last_checkpoint = 0, time.monotonic()
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
@@ -491,17 +490,7 @@ class Trainer:
         log.warning("caught up on %d examples from the offline store", learned)
         return learned
 
-    def _assign(self, consumer: Consumer) -> None:
-        metadata = consumer.list_topics(self.topics.examples, timeout=10)
-        partitions = sorted(metadata.topics[self.topics.examples].partitions)
-        consumer.assign(
-            [
-                TopicPartition(self.topics.examples, p, self.offsets.get(p, OFFSET_BEGINNING))
-                for p in partitions
-            ]
-        )
-
-    def _broker_forgot(self, consumer: Consumer | None, watch: TopicWatch) -> None:
+    def _broker_forgot(self, source: AssignedSource | None, watch: TopicWatch) -> None:
         """`examples` is not the topic the offsets point into: start it over after catching up."""
         log.warning(
             "the broker no longer has the %s the offsets %s belong to (restarted or re-created): "
@@ -513,40 +502,50 @@ class Trainer:
         self.topic_id = watch.remember()[self.topics.examples]
         self.offsets = {}
         self.catch_up()
-        if consumer is not None:
-            consumer.unassign()
-            self._assign(consumer)
+        if source is not None:
+            source.consumer.unassign()
+            source.assign(self.offsets)
         self.checkpoint()
 
-    def _handle(self, msg: Message, producer: Producer) -> int:
-        """Learn one record; returns 1 if it was learned, 0 if skipped or rejected."""
+    @property
+    def rejected(self) -> Counter[str]:
+        return self.counters.rejected_by()
+
+    @property
+    def skipped(self) -> int:
+        """Records passed over because `rtml skip --trainer` dead-lettered them."""
+        return self.counters.done["skipped"]
+
+    @property
+    def other_shards(self) -> int:
+        """Examples of symbols another shard's trainer learns."""
+        return self.counters.done["other_shard"]
+
+    def step(self, msg: Message) -> None:
+        """Learn one `examples` record (or pass over it); checkpoint when it is time."""
         assert self.learner is not None
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
-            return 0
         partition, offset = msg.partition() or 0, msg.offset() or 0
         self.offsets[partition] = offset + 1
+        done = self.counters.done
         if (partition, offset) in self.skips:
-            self.skipped += 1  # `rtml skip --trainer` dead-lettered it
-            return 0
-        try:
-            ex = self._admit(parse_example(msg.value() or b""))
-        except BadRecord as exc:
-            self.rejected[exc.kind] = self.rejected.get(exc.kind, 0) + 1
-            origin = f"{self.topics.examples}[{partition}]@{offset}"
-            dead_letter(
-                producer, self.topics.examples, str(exc), msg.value(), key=msg.key(), origin=origin
-            )
-            return 0
+            done["skipped"] += 1
+            return
+        ex = self._admit(parse_example(msg.value() or b""))
         if ex.symbol not in self.settings.symbols:
-            self.other_shards += 1  # another shard's trainer learns it
-            return 0
-        learned = self.learner.step(ex)
+            done["other_shard"] += 1
+            return
+        if self.learner.step(ex):
+            done["learned"] += 1
+            self._since += 1
+        else:
+            done["seen_before"] += 1
         if self.learner.drift_detected:
-            self._on_drift(ex, producer)
-        return int(learned)
+            done["drifts"] += 1
+            self._on_drift(ex)
+        if self._since >= self.settings.checkpoint_every:
+            self.checkpoint()
+        if self.max_examples is not None and self.learner.learned >= self.max_examples:
+            self.stop.set()
 
     def _admit(self, ex: Example) -> Example:
         """Event-time sanity: the symbol is configured, the label time is not far ahead.
@@ -571,7 +570,7 @@ class Trainer:
                 )
         return ex
 
-    def _on_drift(self, ex: Example, producer: Producer) -> None:
+    def _on_drift(self, ex: Example) -> None:
         assert self.learner is not None
         metrics = self.learner.metrics()
         alert = {
@@ -583,7 +582,8 @@ class Trainer:
             "rolling_mae": metrics["rolling_mae"],
             "response": self.settings.drift_response,
         }
-        producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
+        assert self._producer is not None
+        self._producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
         log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
         fresh = build_model(self.settings.model, self.settings.model_params)
         if self.settings.drift_response == "reset":
@@ -614,34 +614,29 @@ class Trainer:
             self._broker_forgot(None, watch)
         elif self.uploader.first_version_due:
             self.checkpoint()  # the warm-started model is the first version
-        consumer = make_consumer(settings, self.group_id)
-        producer = make_producer(settings)
-        self._assign(consumer)
-        deadline = time.monotonic() + max_seconds if max_seconds else None
-        since, last_cp = 0, time.monotonic()
+        self.max_examples = max_examples
+        self._producer = make_producer(settings)
+        source = AssignedSource(
+            make_consumer(settings, self.group_id), self.topics.examples, self.offsets
+        )
+
+        def tick() -> None:
+            if watch.changed():
+                self._broker_forgot(source, watch)
+            if self._since and time.monotonic() - self._last_checkpoint >= interval:
+                self.checkpoint()
+
+        interval = settings.checkpoint_interval_s
+        self._last_checkpoint = time.monotonic()
+        serve_metrics(settings, self.counters)
         try:
-            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if max_examples is not None and self.learner.learned >= max_examples:
-                    break
-                if watch.changed():
-                    self._broker_forgot(consumer, watch)
-                    since, last_cp = 0, time.monotonic()
-                for msg in consumer.consume(num_messages=500, timeout=0.2):
-                    since += self._handle(msg, producer)
-                    if since >= settings.checkpoint_every:
-                        self.checkpoint()
-                        since, last_cp = 0, time.monotonic()
-                    if max_examples is not None and self.learner.learned >= max_examples:
-                        self.stop.set()
-                        break
-                if since and time.monotonic() - last_cp >= settings.checkpoint_interval_s:
-                    self.checkpoint()
-                    since, last_cp = 0, time.monotonic()
-            if since:
+            if max_examples is None or self.learner.learned < max_examples:
+                Runner(
+                    source, self._producer, self.step, self.counters, stop=self.stop, tick=tick
+                ).run(max_seconds)
+            if self._since:
                 self.checkpoint()
         finally:
-            consumer.close()
-            producer.flush(10)
             self.uploader.close()
         try:
             registry.end_trainer_run(settings, run_id)  # a crash leaves it RUNNING, as MLflow does

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from confluent_kafka import (
@@ -219,8 +219,16 @@ DLQ_RAW_BYTES = 16 * 1024
 """How much of a rejected value its dead-letter record keeps (JSON escaping may double it)."""
 
 
+class Sink(Protocol):
+    """Where records go: a Kafka producer, or memory in tests (`rtml.runner.MemorySink`)."""
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
 def dead_letter(
-    producer: Producer,
+    producer: Sink,
     topic: str,
     reason: str,
     value: bytes | None,

@@ -40,6 +40,7 @@ def create_dashboard_app(service: MonitorService) -> FastAPI:
     app = FastAPI(title="rtml monitor", version="0.1.0")
     registry = CollectorRegistry()
     registry.register(MonitorCollector(service.monitor))
+    registry.register(service.counters)  # the shared loop's: read, done, rejected by class
     static = resources.files("rtml.serving").joinpath("static")
     page = static.joinpath("dashboard.html").read_text()
     script = static.joinpath("dashboard.js").read_text()

@@ -25,41 +25,35 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Message
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from river import drift
 
 from rtml.kafka import (
     Topics,
-    commit_stored,
-    dead_letter,
     ensure_topics,
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.learner import RollingMean, parse_example
-from rtml.pipelines.trades import BadRecord, EventTimes, decode_object
+from rtml.pipelines.learner import RollingMean
+from rtml.records import (
+    BadRecord,
+    EventTimes,
+    Prediction,
+    parse_example,
+    parse_features,
+    parse_prediction,
+)
+from rtml.runner import Counters, GroupSource, Runner
 from rtml.serving.model_holder import BASELINE
-from rtml.serving.stream import parse_features
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ALL = "*"  # the symbol label of figures over all symbols
-
-
-@dataclass(frozen=True)
-class Prediction:
-    symbol: str
-    ts: float
-    prediction: float
-    version: int
-    trained_through: float
-    model: str = ""  # the registered model the version belongs to (shards have several)
 
 
 def metric_label(symbol: str) -> str:
@@ -69,26 +63,6 @@ def metric_label(symbol: str) -> str:
     ('BTC_USD', '_img_src_x_onerror_alert_1__')
     """
     return re.sub(r"[^A-Za-z0-9_.-]", "_", symbol)[:100]
-
-
-def parse_prediction(raw: bytes) -> Prediction:
-    """Validate a `predictions` record; raises BadRecord naming what is wrong."""
-    r = decode_object(raw)
-    try:
-        p = Prediction(r["symbol"], float(r["ts"]), r["prediction"], int(r["model_version"]), 0.0)
-        trained = r.get("trained_through")
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise BadRecord("malformed", f"predictions record: {exc!r:.200}") from None
-    if not isinstance(p.symbol, str):
-        raise BadRecord("wrong_type", "symbol must be a string")
-    if p.prediction is None or type(p.prediction) not in (float, int):
-        raise BadRecord("no_prediction", "the model gave no finite prediction")
-    if not math.isfinite(p.prediction) or not math.isfinite(p.ts):
-        raise BadRecord("not_finite", "ts and prediction must be finite")
-    through = float(trained) if type(trained) is float or type(trained) is int else math.nan
-    model = r.get("model")
-    name = model[:200] if isinstance(model, str) else ""
-    return Prediction(p.symbol, p.ts, float(p.prediction), p.version, through, name)
 
 
 class Monitor:
@@ -398,34 +372,41 @@ class MonitorService:
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.event_times = EventTimes(settings.max_future_s)
         self.stop = threading.Event()
+        self.counters = Counters("monitor")
         self.lock = threading.Lock()  # the dashboard reads while the loop writes
         self._run_id: str | None = None
         self.decision: dict[str, Any] | None = None  # who set the champion, when
         self._last_log = time.monotonic()
         self._step = 0
 
-    def _handle(self, msg: Message, producer: Producer) -> None:
+    def step(self, msg: Message) -> None:
         topic, raw, m = msg.topic() or "", msg.value() or b"", self.monitor
         try:
             if topic == self.topics.predictions:
                 prediction = parse_prediction(raw)
                 self._known(prediction.symbol, prediction.ts)
-                m.on_prediction(prediction)
+                with self.lock:
+                    m.on_prediction(prediction)
             elif topic == self.topics.examples:
                 ex = parse_example(raw)
                 self._known(ex.symbol, ex.label_ts)
-                m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
+                with self.lock:
+                    m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
             else:
-                symbol, ts, x = parse_features(raw, ("close",))
-                self._known(symbol, ts)
-                m.on_price(symbol, ts, x.get("close"))
-        except BadRecord as exc:
-            m.reject(topic)
-            origin = f"{topic}[{msg.partition()}]@{msg.offset()} (monitor)"
-            if topic == self.topics.predictions:
-                dead_letter(producer, topic, str(exc), msg.value(), key=msg.key(), origin=origin)
-            else:  # the trainer and the streaming predictor dead-letter their own topics' records
-                log.debug("skipped %s: %s", origin, exc)
+                row = parse_features(raw, ("close",))
+                self._known(row.symbol, row.ts)
+                with self.lock:
+                    m.on_price(row.symbol, row.ts, row.values.get("close"))
+        except BadRecord:
+            with self.lock:
+                m.reject(topic)
+            raise
+
+    def _tick(self) -> None:
+        if time.monotonic() - self._last_log >= self.settings.monitor_log_interval_s:
+            self._last_log = time.monotonic()
+            self.log_to_mlflow()
+            self.read_decision()
 
     def _known(self, symbol: str, ts: float) -> None:
         """The monitor keeps state per symbol and event time: only for configured symbols, and
@@ -482,30 +463,16 @@ class MonitorService:
         settings = self.settings
         self.read_decision()
         ensure_topics(settings, self.topics.with_dlqs())
-        consumer = make_consumer(settings, self.group_id)
-        producer = make_producer(settings)
-        consumer.subscribe([self.topics.predictions, self.topics.examples, self.topics.features])
-        deadline = time.monotonic() + max_seconds if max_seconds else None
-        try:
-            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                batch = consumer.consume(num_messages=1000, timeout=0.2)
-                with self.lock:
-                    for msg in batch:
-                        error = msg.error()
-                        if error is None:
-                            self._handle(msg, producer)
-                            consumer.store_offsets(message=msg)
-                        elif error.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error: %s", error)
-                if batch:
-                    producer.flush(30)
-                    commit_stored(consumer)
-                if time.monotonic() - self._last_log >= settings.monitor_log_interval_s:
-                    self._last_log = time.monotonic()
-                    self.log_to_mlflow()
-                    self.read_decision()
-        finally:
-            consumer.close()
-            producer.flush(10)
+        topics = [self.topics.predictions, self.topics.examples, self.topics.features]
+        Runner(
+            GroupSource(make_consumer(settings, self.group_id), topics),
+            make_producer(settings),
+            self.step,
+            self.counters,
+            stop=self.stop,
+            tick=self._tick,
+            # the trainer and the streaming predictor dead-letter their own topics' records
+            dead_letters=[self.topics.predictions],
+        ).run(max_seconds)
         self.log_to_mlflow()
         return self.monitor

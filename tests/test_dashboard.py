@@ -141,6 +141,9 @@ def test_monitor_joins_every_prediction_and_ranks_the_versions(
     assert re.search(r'rtml_monitor_rolling_mae\{model="",symbol="\*",version="2"\} \d', text)
     assert f"rtml_monitor_joined_total {float(expected)}" in text
     assert 'rtml_monitor_rejected_total{topic="' in text
+    # the shared loop's counters: what it read, by topic, and what it rejected, by class
+    assert re.search(r'rtml_records_read_total\{component="monitor",topic="[^"]+"\} [1-9]', text)
+    assert 'rtml_records_rejected_total{component="monitor",reason="no_prediction"' in text
 
 
 def test_bad_predictions_go_to_the_dlq_with_reasons(
@@ -151,7 +154,7 @@ def test_bad_predictions_go_to_the_dlq_with_reasons(
     dead = drain(service.settings, dlq(topic))
     assert len(dead) == 2 == service.monitor.rejected[topic]
     assert {r["reason"].split(":")[0] for r in dead} == {"not_json", "no_prediction"}
-    assert all("(monitor)" in r["origin"] for r in dead)
+    assert all(re.fullmatch(rf"{re.escape(topic)}\[\d+\]@\d+", r["origin"]) for r in dead)
 
 
 def test_rolling_errors_are_logged_to_mlflow(monitored: tuple[MonitorService, str, int]) -> None:

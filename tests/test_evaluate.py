@@ -12,7 +12,7 @@ from rtml.app import datasets
 from rtml.app.demo import Evaluation
 from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles
 from rtml.errors import ConfigError
-from rtml.pipelines.processor import Example
+from rtml.records import Example
 from rtml.settings import Settings
 
 

@@ -45,8 +45,8 @@ from rtml.pipelines.feature_pipeline import FeaturePipeline
 from rtml.pipelines.feed import backfill, publish
 from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trades import Trade
 from rtml.pipelines.trainer import Trainer
+from rtml.records import Trade
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor
@@ -362,9 +362,9 @@ POISON_EXAMPLES: list[tuple[str, bytes]] = [
 
 POISON_FEATURES: dict[str, bytes] = {
     "not_json": b"[1, 2",
-    "malformed": json.dumps({"symbol": "X", "ts": 1.0}).encode(),
+    "missing_field": json.dumps({"symbol": "X", "ts": 1.0}).encode(),
     "wrong_type": json.dumps({"symbol": 7, "ts": 1.0, "features": {}}).encode(),
-    "not_finite": json.dumps({"symbol": "X", "ts": "inf", "features": {}}).encode(),
+    "not_finite": b'{"symbol": "X", "ts": Infinity, "features": {}}',
     "out_of_range": b'{"symbol": "X", "ts": 1' + b"0" * 400 + b', "features": {}}',
     "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
     "too_large": b'"' * 600_000,

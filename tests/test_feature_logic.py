@@ -14,7 +14,7 @@ from rtml.pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import candles_frame, read_candles
 from rtml.pipelines.sources import SyntheticMarket, candle_profile, replay
-from rtml.pipelines.trades import BadRecord, Trade, parse_trade
+from rtml.records import BadRecord, Trade, parse_trade
 
 GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}
 
@@ -206,9 +206,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_every_parser_bounds_hostile_records_with_a_class(kind: str) -> None:
-    from rtml.pipelines.learner import parse_example
-    from rtml.serving.monitor import parse_prediction
-    from rtml.serving.stream import parse_features
+    from rtml.records import parse_example, parse_features, parse_prediction
 
     parsers = [parse_trade, parse_example, parse_prediction, lambda raw: parse_features(raw, [])]
     for parse in parsers:

@@ -7,8 +7,8 @@ import random
 
 from rtml.pipelines.gate import champion_fails, gate, paired
 from rtml.pipelines.learner import Learner
-from rtml.pipelines.processor import Example
 from rtml.pipelines.trainer import champion_errors
+from rtml.records import Example
 
 H = 5  # candles between an example's features and its label
 STEP = 60.0

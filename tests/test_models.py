@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from rtml.errors import ConfigError
-from rtml.pipelines.learner import Learner, parse_example
+from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import MODELS, build_model
-from rtml.pipelines.processor import Example
-from rtml.pipelines.trades import BadRecord
 from rtml.pipelines.trainer import warm_start
+from rtml.records import BadRecord, Example, parse_example
 from rtml.settings import Settings
 
 

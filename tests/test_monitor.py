@@ -8,7 +8,7 @@ import random
 import orjson
 import pytest
 
-from rtml.pipelines.trades import BadRecord
+from rtml.records import BadRecord
 from rtml.serving.monitor import ALL, Monitor, MonitorCollector, Prediction, parse_prediction
 
 
@@ -82,8 +82,9 @@ def test_parse_prediction_rejects_each_kind_of_bad_record() -> None:
     assert parse_prediction(orjson.dumps(good)).version == 3
     cases = {
         b"not json": "not_json",
-        orjson.dumps({**good, "model_version": "x"}): "malformed",
-        orjson.dumps({k: v for k, v in good.items() if k != "ts"}): "malformed",
+        orjson.dumps({**good, "model_version": "x"}): "wrong_type",
+        orjson.dumps({**good, "ts": "60"}): "wrong_type",
+        orjson.dumps({k: v for k, v in good.items() if k != "ts"}): "missing_field",
         orjson.dumps({**good, "symbol": 5}): "wrong_type",
         orjson.dumps({**good, "prediction": None}): "no_prediction",
     }

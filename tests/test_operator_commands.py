@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rtml.app.cli import cli
 from rtml.kafka import Topics, consumer_config, dlq, ensure_topics, make_producer, read_messages
 from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.trades import Trade
+from rtml.records import Trade
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.pipelines.features import FEATURE_NAMES, model_inputs
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import Example, FeatureRow
 from rtml.pipelines.sink import FeatureSink
+from rtml.records import Example, FeatureRow
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor

@@ -16,9 +16,10 @@ from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import Example, FeatureProcessor, FeatureRow
+from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import SyntheticMarket
 from rtml.pipelines.trainer import Trainer
+from rtml.records import Example, FeatureRow
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder, ModelRouter
 from rtml.serving.stream import StreamingPredictor

@@ -18,7 +18,7 @@ from rtml.pipelines import kraken
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import REGIMES, SyntheticMarket, paced, replay
-from rtml.pipelines.trades import BadRecord, Trade
+from rtml.records import BadRecord, Trade
 
 
 def test_replay_trades_with_a_column_mapping_and_bad_rows(tmp_path: Path) -> None:

@@ -34,8 +34,8 @@ from rtml.app.stack import Stack
 from rtml.pipelines.gate import paired
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import Example
 from rtml.pipelines.trainer import fit, offline_examples
+from rtml.records import Example
 from rtml.settings import Settings
 
 BLOCKS = 20

@@ -1,4 +1,17 @@
-"""Raw trades: the record every source produces to the `trades` topic, and its validation.
+"""The wire records: what rtml's topics carry, each parsed and validated one way.
+
+| topic | record | parser |
+| --- | --- | --- |
+| `trades` | `Trade` | `parse_trade` |
+| `features` | `FeatureRow` | `parse_features` |
+| `examples` | `Example` | `parse_example` |
+| `predictions` | `Prediction` | `parse_prediction` |
+
+Every parser decodes through `decode_object` (size, depth and integer length bounded before
+Python builds anything), reads required fields through one check (`missing_field`), numbers
+through `number` (`wrong_type`, `not_finite`, `out_of_range`, `non_positive`) and symbols
+through `symbol` (`wrong_type`). A record that fails raises `BadRecord`, whose `kind` is the
+class its dead letter and its counter carry.
 
 A trade on the wire is a JSON object::
 
@@ -12,7 +25,13 @@ Trade(symbol='BTC/USD', trade_id='1', price=10.0, size=2.0, side='buy', ts=5.0)
 >>> parse_trade(b'{"symbol":"BTC/USD","trade_id":1,"price":-1,"size":2,"side":"buy","ts":5}')
 Traceback (most recent call last):
 ...
-rtml.pipelines.trades.BadRecord: non_positive: price must be > 0, got -1
+rtml.records.BadRecord: non_positive: price must be > 0, got -1
+>>> parse_features(b'{"symbol": "X", "ts": 60, "features": {"ret_1": 0.5, "vol": NaN}}')
+FeatureRow(symbol='X', ts=60.0, values={'ret_1': 0.5}, source=None)
+>>> parse_example(b'{"symbol": "X", "ts": 60, "label_ts": 30, "features": {}, "target": 0}')
+Traceback (most recent call last):
+...
+rtml.records.BadRecord: leak: label_ts 30.0 is not after ts 60.0
 """
 
 from __future__ import annotations
@@ -20,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +49,7 @@ import orjson
 from rtml.errors import RtmlError
 
 SIDES = ("buy", "sell")
-FIELDS = ("symbol", "trade_id", "price", "size", "side", "ts")
+TRADE_FIELDS = ("symbol", "trade_id", "price", "size", "side", "ts")
 
 
 class BadRecord(RtmlError):
@@ -77,11 +96,11 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
     >>> decode_object(b'[' * 5000 + b']' * 5000)
     Traceback (most recent call last):
     ...
-    rtml.pipelines.trades.BadRecord: too_deep: JSON nested deeper than the parser allows
+    rtml.records.BadRecord: too_deep: JSON nested deeper than the parser allows
     >>> decode_object(b'{"price": 1' + b'0' * 400 + b'}')
     Traceback (most recent call last):
     ...
-    rtml.pipelines.trades.BadRecord: out_of_range: an integer of 401 digits
+    rtml.records.BadRecord: out_of_range: an integer of 401 digits
     """
     if len(raw) > MAX_RECORD_BYTES:
         raise BadRecord("too_large", f"{len(raw)} bytes; a record is at most {MAX_RECORD_BYTES}")
@@ -102,8 +121,11 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
     return record
 
 
-def number(record: dict[str, Any], field: str, positive: bool) -> float:
+def number(record: dict[str, Any], field: str, positive: bool, text: bool = False) -> float:
     """`record[field]` as a finite float (`positive`: above zero), or BadRecord saying why.
+
+    A number written as text ("64000.5") is read only with `text`: exchanges and files send
+    prices that way, while rtml's own records carry JSON numbers.
 
     Magnitudes are bounded as integers are (below 1e30): two finite sizes of 1e308 would sum
     to an infinite candle volume.
@@ -111,7 +133,7 @@ def number(record: dict[str, Any], field: str, positive: bool) -> float:
     >>> number({"size": 1e308}, "size", positive=True)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rtml.pipelines.trades.BadRecord: out_of_range: size is beyond 1e+30 in magnitude, got 1e+308
+    rtml.records.BadRecord: out_of_range: size is beyond 1e+30 in magnitude, got 1e+308
     """
     value = record[field]
     kind = type(value)
@@ -122,7 +144,7 @@ def number(record: dict[str, Any], field: str, positive: bool) -> float:
             raise BadRecord("out_of_range", f"{field} is an integer beyond {MAX_INT_DIGITS} digits")
         if value > 0 or not positive:
             return float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str if text else int | float):
         raise BadRecord("wrong_type", f"{field} must be a number, got {type(value).__name__}")
     try:
         number = float(value)
@@ -156,7 +178,7 @@ def parse_ts(value: Any) -> float:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or epoch seconds: {value!r}"
             ) from None
-    return number({"ts": value}, "ts", positive=True)
+    return number({"ts": value}, "ts", positive=True, text=True)
 
 
 def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
@@ -168,10 +190,10 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         symbol, side, trade_id = record["symbol"], record["side"], record["trade_id"]
         record["price"], record["size"], record["ts"]
     except KeyError:
-        missing = [f for f in FIELDS if f not in record]
-        raise BadRecord("missing_field", f"missing {', '.join(missing)}") from None
+        _required(record, TRADE_FIELDS)
+        raise
     if type(symbol) is not str or not symbol:
-        raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r:.80}")
+        _symbol(record)
     if side not in SIDES:
         raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r:.80}")
     if type(trade_id) is not str and type(trade_id) is not int:
@@ -179,8 +201,8 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
     return Trade(
         symbol=symbol,
         trade_id=str(trade_id),
-        price=number(record, "price", positive=True),
-        size=number(record, "size", positive=True),
+        price=number(record, "price", positive=True, text=True),
+        size=number(record, "size", positive=True, text=True),
         side=side,
         ts=parse_ts(record["ts"]),
     )
@@ -196,7 +218,7 @@ class EventTimes:
     >>> times.admit("X", 9.9e9)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rtml.pipelines.trades.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of ...
+    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of ...
     """
 
     def __init__(self, max_future_s: float, clock: Callable[[], float] = time.time) -> None:
@@ -214,3 +236,140 @@ class EventTimes:
             )
         if ts > newest:
             self.newest[symbol] = ts
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRow:
+    """Features of `symbol`'s candle that closed at `ts` (epoch seconds)."""
+
+    symbol: str
+    ts: float
+    values: dict[str, float]
+    # (partition, offset) of the trade whose arrival closed the candle, when one did
+    source: tuple[int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "ts": self.ts, "features": self.values}
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """Features of the candle closing at `ts` with its target, known at `label_ts` = ts + H."""
+
+    symbol: str
+    ts: float
+    label_ts: float
+    features: dict[str, float]
+    target: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "ts": self.ts,
+            "label_ts": self.label_ts,
+            "features": self.features,
+            "target": self.target,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A `predictions` record: the version that made it and the newest label time it learned."""
+
+    symbol: str
+    ts: float
+    prediction: float
+    version: int
+    trained_through: float
+    model: str = ""  # the registered model the version belongs to (shards have several)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "ts": self.ts,
+            "prediction": self.prediction if math.isfinite(self.prediction) else None,
+            "model": self.model,
+            "model_version": str(self.version),
+            "trained_through": self.trained_through,
+        }
+
+
+def _required(record: dict[str, Any], fields: tuple[str, ...]) -> None:
+    if missing := [f for f in fields if f not in record]:
+        raise BadRecord("missing_field", f"missing {', '.join(missing)}")
+
+
+def _symbol(record: dict[str, Any]) -> str:
+    symbol = record["symbol"]
+    if type(symbol) is not str or not symbol:
+        raise BadRecord("wrong_type", f"symbol must be a non-empty string, got {symbol!r:.80}")
+    return symbol
+
+
+def _object(record: dict[str, Any], field: str) -> dict[str, Any]:
+    value = record[field]
+    if not isinstance(value, dict):
+        raise BadRecord("wrong_type", f"{field} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _values(values: dict[str, Any], names: Iterable[str] | None) -> dict[str, float]:
+    """The finite numbers among `values` (of `names`, or all); the rest are left out, as River
+    models expect of missing values. bool is an int to Python, but not a feature value; v - v
+    is 0.0 only for a finite number."""
+    keys = values if names is None else names
+    return {
+        n: float(v)
+        for n in keys
+        if (type(v := values.get(n)) is float or type(v) is int) and v - v == 0
+    }
+
+
+FEATURES_FIELDS = ("symbol", "ts", "features")
+EXAMPLE_FIELDS = ("symbol", "ts", "label_ts", "features", "target")
+PREDICTION_FIELDS = ("symbol", "ts", "prediction", "model_version")
+
+
+def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow:
+    """Validate a `features` record; its values are the finite ones of `names` (or all)."""
+    record = decode_object(raw)
+    _required(record, FEATURES_FIELDS)
+    symbol = _symbol(record)
+    ts = number(record, "ts", positive=True)
+    return FeatureRow(symbol, ts, _values(_object(record, "features"), names))
+
+
+def parse_example(raw: bytes | dict[str, Any]) -> Example:
+    """Validate an `examples` record; raises BadRecord naming what is wrong."""
+    record = decode_object(raw) if isinstance(raw, bytes) else raw
+    if not isinstance(record, dict):
+        raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
+    _required(record, EXAMPLE_FIELDS)
+    symbol = _symbol(record)
+    features = _object(record, "features")
+    ts, label_ts = number(record, "ts", positive=True), number(record, "label_ts", positive=True)
+    target = number(record, "target", positive=False)
+    if label_ts <= ts:
+        raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
+    return Example(symbol, ts, label_ts, _values(features, None), target)
+
+
+def parse_prediction(raw: bytes) -> Prediction:
+    """Validate a `predictions` record; raises BadRecord naming what is wrong."""
+    record = decode_object(raw)
+    _required(record, PREDICTION_FIELDS)
+    symbol = _symbol(record)
+    ts = number(record, "ts", positive=True)
+    if record["prediction"] is None:
+        raise BadRecord("no_prediction", "the model gave no finite prediction")
+    prediction = number(record, "prediction", positive=False)
+    version = record["model_version"]  # rtml writes it as a string, as the registry does
+    if type(version) is str and version.isdigit() and len(version) <= MAX_INT_DIGITS:
+        version = int(version)
+    if type(version) is not int or not 0 <= version < _INT_BOUND:
+        raise BadRecord("wrong_type", f"model_version must be a whole number, got {version!r:.80}")
+    trained = record.get("trained_through")
+    through = float(trained) if type(trained) is float or type(trained) is int else math.nan
+    model = record.get("model")
+    name = model[:200] if isinstance(model, str) else ""
+    return Prediction(symbol, ts, prediction, version, through, name)

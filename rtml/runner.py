@@ -1,0 +1,434 @@
+"""The one consume → guard → step → dead-letter → commit loop that rtml's consumers share.
+
+A component hands the runner a step: one record in, its effects done (learned, predicted,
+produced), or `BadRecord` raised when the record cannot be used. The runner owns the rest:
+
+- batched consumption, and the one size guard before any parsing;
+- a dead letter for every rejected record: its class, its key (or its partition's name), where
+  it came from and a bounded copy of its value (`rtml.kafka.dead_letter`). An exception that is
+  not a `BadRecord` is a bug the record found: it is logged with its traceback and
+  dead-lettered as `error`, and the loop goes on;
+- counters of what was read, done and rejected, by topic and class (`Counters`), exported as
+  Prometheus metrics by every component (`serve_metrics`);
+- commits of only what was processed, after what it led to is delivered: at most every
+  `commit_interval_s`, and before partitions leave in a rebalance or the loop stops;
+- a clean stop: `stop` set (SIGTERM) ends the batch, flushes, commits, closes.
+
+Source and sink are injectable: `MemorySource` and `MemorySink` test the cadence, the DLQ
+routing and the revoke handling without a broker (tests/test_runner.py). The feature pipeline
+keeps its own loop around its windows (it commits behind open candles and reads back what the
+topics hold), and shares the guard, the dead letters and the counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from rtml.kafka import Sink, dead_letter
+from rtml.records import MAX_RECORD_BYTES, BadRecord
+from rtml.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Position = tuple[str, int]
+"""(topic, partition)"""
+Rebalance = Callable[[list[Position]], None]
+
+
+class Counters:
+    """What one component read (by topic), did (by outcome) and rejected (by topic and class).
+
+    Plain integers, written by the loop and read at scrape time (`collect`).
+
+    >>> c = Counters("trainer")
+    >>> c.reject("examples", "future"); c.reject("examples", "future"); c.done["learned"] += 3
+    >>> c.rejected_by("examples"), c.line()
+    (Counter({'future': 2}), 'learned 3, rejected: examples future 2')
+    """
+
+    def __init__(self, component: str) -> None:
+        self.component = component
+        self.read: Counter[str] = Counter()
+        self.done: Counter[str] = Counter()
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (topic, class)
+
+    def reject(self, topic: str, kind: str) -> None:
+        self.rejected[topic, kind] += 1
+
+    def rejected_by(self, topic: str | None = None) -> Counter[str]:
+        """Rejections by class, of one topic or of all."""
+        out: Counter[str] = Counter()
+        for (t, kind), n in self.rejected.items():
+            if topic is None or t == topic:
+                out[kind] += n
+        return out
+
+    def total_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def line(self) -> str:
+        done = ", ".join(f"{k} {v}" for k, v in sorted(self.done.items()))
+        bad = ", ".join(f"{t} {k} {v}" for (t, k), v in sorted(self.rejected.items())) or "none"
+        return f"{done}, rejected: {bad}" if done else f"rejected: {bad}"
+
+    def collect(self) -> Iterator[Metric]:
+        """The counters as Prometheus metric families, labelled by component."""
+        c = self.component
+        read = CounterMetricFamily(
+            "rtml_records_read", "Records read, by topic", labels=["component", "topic"]
+        )
+        for topic, n in sorted(self.read.items()):
+            read.add_metric([c, topic], n)
+        done = CounterMetricFamily(
+            "rtml_records_done", "What records led to, by outcome", labels=["component", "outcome"]
+        )
+        for outcome, n in sorted(self.done.items()):
+            done.add_metric([c, outcome], n)
+        rejected = CounterMetricFamily(
+            "rtml_records_rejected",
+            "Records sent to a dead-letter topic (or only counted), by topic and class",
+            labels=["component", "topic", "reason"],
+        )
+        for (topic, kind), n in sorted(self.rejected.items()):
+            rejected.add_metric([c, topic, kind], n)
+        yield from (read, done, rejected)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected at scrape time only: the labels are not known up front
+
+
+def serve_metrics(settings: Settings, *collectors: Any) -> int | None:
+    """Export `collectors` on `RTML_METRICS_PORT` (on `RTML_BIND_HOST`) for a component
+    without an HTTP API of its own; returns the port, or None when it is not set. Port 0
+    takes a free one. A port in use is reported and the component runs on without metrics."""
+    port = settings.metrics_port
+    if port is None:
+        return None
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in collectors:
+        registry.register(collector)
+    try:
+        server, _ = start_http_server(port, addr=settings.bind_host, registry=registry)
+    except OSError as exc:
+        log.warning(
+            "metrics are not exported: port %s on %s is taken (%s). Give each process its own "
+            "RTML_METRICS_PORT (0 picks a free one and logs it)",
+            port,
+            settings.bind_host,
+            exc,
+        )
+        return None
+    bound = int(server.server_port)
+    log.info("metrics on http://%s:%d/metrics", settings.bind_host, bound)
+    return bound
+
+
+class Source(Protocol):
+    """Where records come from: a consumer group, partitions assigned by hand, or memory."""
+
+    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None: ...
+
+    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]: ...
+
+    def commit(self, offsets: dict[Position, int]) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class GroupSource:
+    """A consumer-group member: partitions come and go with the group's rebalances."""
+
+    def __init__(self, consumer: Consumer, topics: Iterable[str]) -> None:
+        self.consumer = consumer
+        self.topics = list(topics)
+
+    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+        def positions(parts: list[TopicPartition]) -> list[Position]:
+            return [(tp.topic, tp.partition) for tp in parts]
+
+        self.consumer.subscribe(
+            self.topics,
+            on_assign=lambda _, parts: on_assign(positions(parts)),
+            on_revoke=lambda _, parts: on_revoke(positions(parts)),
+            on_lost=lambda _, parts: on_lost(positions(parts)),
+        )
+
+    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]:
+        return self.consumer.consume(num_messages=num_messages, timeout=timeout)
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:  # e.g. a restarted broker that forgot the group
+            log.warning("could not commit %s (%s); the next commit carries them", offsets, exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class AssignedSource(GroupSource):
+    """Partitions assigned by hand from offsets the component keeps itself (the trainer's are
+    in its checkpoint): nothing is committed to the group."""
+
+    def __init__(self, consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
+        super().__init__(consumer, [topic])
+        self.offsets = offsets
+
+    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+        self.assign()
+        on_assign([(self.topics[0], p) for p in self.partitions()])
+
+    def partitions(self) -> list[int]:
+        topic = self.topics[0]
+        return sorted(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+
+    def assign(self, offsets: dict[int, int] | None = None) -> None:
+        """(Re-)assign every partition of the topic, each from its offset in `offsets`."""
+        if offsets is not None:
+            self.offsets = offsets
+        topic, start = self.topics[0], self.offsets
+        self.consumer.assign(
+            [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in self.partitions()]
+        )
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        return True
+
+
+class MemorySource:
+    """Records from memory, for tests: `batches` are handed out one per `consume`; a
+    `rebalance` acts as the group's would, from inside the next `consume`. Once the batches
+    run out it sets `drained`, which a test passes as the runner's `stop`."""
+
+    def __init__(
+        self,
+        batches: Iterable[Sequence[Message]],
+        partitions: Iterable[Position],
+        drained: threading.Event | None = None,
+    ) -> None:
+        self.batches = [list(b) for b in batches]
+        self.partitions = list(partitions)
+        self.drained = drained or threading.Event()
+        self.committed: list[dict[Position, int]] = []
+        self.closed = False
+        self._events: list[tuple[int, str, list[Position]]] = []
+        self._callbacks: dict[str, Rebalance] = {}
+        self._consumed = 0
+
+    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+        self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+        on_assign(list(self.partitions))
+
+    def rebalance(self, before: int, event: str, partitions: list[Position]) -> None:
+        """`event` ("assign", "revoke" or "lost") happens before batch number `before` (from 0)
+        is handed out, inside that `consume` call as librdkafka's callbacks are."""
+        self._events.append((before, event, partitions))
+
+    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]:
+        for due in [e for e in self._events if e[0] <= self._consumed]:
+            self._events.remove(due)
+            self._callbacks[due[1]](due[2])
+        if not self.batches:
+            self.drained.set()
+            return []
+        self._consumed += 1
+        return self.batches.pop(0)
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        self.committed.append(dict(offsets))
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class MemorySink:
+    """Produced records in memory, for tests: `sent` lists (topic, key, value); `flushes`
+    counts the flushes, `pending` what was produced since the last one."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+        self.flushes = 0
+        self.pending = 0
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
+        self.sent.append((topic, key, value))
+        self.pending += 1
+
+    def flush(self, timeout: float) -> int:
+        self.flushes += 1
+        self.pending = 0
+        return 0
+
+    def on(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+        return [(k, v) for t, k, v in self.sent if t == topic]
+
+
+Step = Callable[[Message], None]
+
+
+class Runner:
+    """Runs `step` over every record of `source` until `stop` is set or the time is up.
+
+    `tick` is called once per loop turn (periodic work: checkpoints, topic watches); `ready`
+    returning False leaves records unread for a moment (nothing to serve with yet).
+    `on_assign`/`on_revoke` tell the component which partitions it holds; a revoke comes after
+    the runner has delivered and committed what the leaving partitions led to. Rejects of a
+    topic not in `dead_letters` are counted only: another component owns that topic's DLQ.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        step: Step,
+        counters: Counters,
+        *,
+        stop: threading.Event | None = None,
+        commit_interval_s: float = 1.0,
+        batch_size: int = 1000,
+        poll_s: float = 0.2,
+        flush_s: float = 30.0,
+        tick: Callable[[], None] | None = None,
+        ready: Callable[[], bool] | None = None,
+        on_assign: Rebalance | None = None,
+        on_revoke: Rebalance | None = None,
+        dead_letters: Iterable[str] | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.step = step
+        self.counters = counters
+        self.stop = stop or threading.Event()
+        self.commit_interval_s = commit_interval_s
+        self.batch_size = batch_size
+        self.poll_s = poll_s
+        self.flush_s = flush_s
+        self.tick = tick
+        self.ready = ready
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        # the topics whose rejects this component dead-letters (None: all it reads); a topic
+        # read by several components is dead-lettered by its owner only, and counted by all
+        self.dead_letters = None if dead_letters is None else frozenset(dead_letters)
+        self.assignment: set[Position] = set()
+        self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
+        self.commits = 0
+
+    # -- rebalances ------------------------------------------------------------------------
+
+    def _assigned(self, partitions: list[Position]) -> None:
+        log.info("%s: assigned %s", self.counters.component, sorted(partitions))
+        self.assignment.update(partitions)
+        if self.on_assign:
+            self.on_assign(partitions)
+
+    def _revoked(self, partitions: list[Position]) -> None:
+        log.info("%s: revoked %s", self.counters.component, sorted(partitions))
+        self.commit()  # what the leaving partitions led to, before their new owner reads on
+        self._dropped(partitions)
+
+    def _lost(self, partitions: list[Position]) -> None:
+        log.warning("%s: lost %s without a revoke", self.counters.component, sorted(partitions))
+        self._dropped(partitions)  # their new owner has them: nothing may be committed
+
+    def _dropped(self, partitions: list[Position]) -> None:
+        self.assignment.difference_update(partitions)
+        for position in partitions:
+            self.processed.pop(position, None)
+        if self.on_revoke:
+            self.on_revoke(partitions)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, max_seconds: float | None = None) -> None:
+        deadline = time.monotonic() + max_seconds if max_seconds else None
+        self.source.start(self._assigned, self._revoked, self._lost)
+        last_commit = time.monotonic()
+        try:
+            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                if self.tick is not None:
+                    self.tick()
+                if self.ready is not None and not self.ready():
+                    self.stop.wait(self.poll_s)
+                    continue
+                self.handle(self.source.consume(self.batch_size, self.poll_s))
+                if self.processed and time.monotonic() - last_commit >= self.commit_interval_s:
+                    self.commit()
+                    last_commit = time.monotonic()
+            self.commit()
+        finally:
+            self.source.close()
+            self.sink.flush(10)
+
+    def handle(self, batch: Sequence[Message]) -> None:
+        """Step through one batch; each record is processed, rejected, or (end of partition,
+        a partition that has left) passed over."""
+        counters, processed, assignment = self.counters, self.processed, self.assignment
+        for msg in batch:
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("%s: consumer error: %s", counters.component, error)
+                continue
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            position = (topic, partition)
+            if position not in assignment:
+                continue  # fetched before a revoke in this batch: its new owner reads it
+            counters.read[topic] += 1
+            value = msg.value()
+            try:
+                if value is not None and len(value) > MAX_RECORD_BYTES:
+                    raise BadRecord(
+                        "too_large", f"{len(value)} bytes; a record is at most {MAX_RECORD_BYTES}"
+                    )
+                self.step(msg)
+            except BadRecord as exc:
+                self.reject(msg, exc.kind, str(exc))
+            except Exception as exc:  # a bug this record found: it must not stop the loop
+                log.exception("%s: %s[%d]@%d failed", counters.component, topic, partition, offset)
+                self.reject(msg, "error", f"error: {type(exc).__name__}: {exc}")
+            processed[position] = offset + 1
+            if self.stop.is_set():
+                break  # the rest of the batch is read again at the next start
+
+    def reject(self, msg: Message, kind: str, reason: str) -> None:
+        topic = msg.topic() or ""
+        self.counters.reject(topic, kind)
+        origin = f"{topic}[{msg.partition()}]@{msg.offset()}"
+        log.debug("%s: rejected %s: %s", self.counters.component, origin, reason)
+        if self.dead_letters is not None and topic not in self.dead_letters:
+            return
+        dead_letter(self.sink, topic, reason, msg.value(), key=msg.key(), origin=origin)
+
+    def commit(self) -> None:
+        """Deliver what was produced, then commit what led to it; nothing is committed while
+        deliveries are outstanding (the next commit carries it)."""
+        if not self.processed:
+            return
+        if (unsent := self.sink.flush(self.flush_s)) > 0:
+            log.warning("%d records not yet delivered; offsets not committed", unsent)
+            return
+        if self.source.commit(dict(self.processed)):
+            self.processed.clear()
+            self.commits += 1

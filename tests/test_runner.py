@@ -1,0 +1,230 @@
+"""The shared consumer loop with in-memory source and sink: commit cadence, dead-letter routing,
+revokes and stops. No broker: what the loop decides is checked record by record."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Sequence
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from rtml.kafka import DLQ_RAW_BYTES
+from rtml.records import MAX_RECORD_BYTES, BadRecord
+from rtml.runner import Counters, MemorySink, MemorySource, Position, Runner, serve_metrics
+from rtml.settings import Settings
+
+T = "examples"
+
+
+def msg(partition: int, offset: int, value: bytes = b"ok", key: bytes | None = b"k") -> Message:
+    return Message(topic=T, partition=partition, offset=offset, key=key, value=value)
+
+
+def eof(partition: int) -> Message:
+    return Message(topic=T, partition=partition, error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+class Step:
+    """Rejects values starting with b"bad", fails on b"bug", records what it saw."""
+
+    def __init__(self, sink: MemorySink, stop_at: tuple[int, int] | None = None) -> None:
+        self.sink = sink
+        self.seen: list[tuple[int, int]] = []
+        self.stop_at = stop_at
+        self.runner: Runner | None = None
+
+    def __call__(self, m: Message) -> None:
+        value = m.value() or b""
+        if value.startswith(b"bad"):
+            raise BadRecord("wrong_type", value.decode())
+        if value == b"bug":
+            raise ZeroDivisionError("a bug this record found")
+        self.seen.append((m.partition() or 0, m.offset() or 0))
+        self.sink.produce("out", value=value, key=m.key())
+        if self.stop_at == self.seen[-1]:
+            assert self.runner is not None
+            self.runner.stop.set()
+
+
+class CheckedSource(MemorySource):
+    """Fails the test if offsets are committed while produced records are undelivered."""
+
+    def __init__(self, sink: MemorySink, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.sink = sink
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        assert self.sink.pending == 0, "committed before what the records led to was delivered"
+        return super().commit(offsets)
+
+
+def run(
+    batches: Sequence[Sequence[Message]],
+    partitions: Sequence[int] = (0, 1),
+    stop_at: tuple[int, int] | None = None,
+    commit_interval_s: float = 0.0,
+    **kwargs: object,
+) -> tuple[Runner, CheckedSource, MemorySink, Step]:
+    sink = MemorySink()
+    drained = threading.Event()
+    source = CheckedSource(sink, batches, [(T, p) for p in partitions], drained)
+    step = Step(sink, stop_at)
+    runner = Runner(
+        source,
+        sink,
+        step,
+        Counters("test"),
+        stop=drained,
+        commit_interval_s=commit_interval_s,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    step.runner = runner
+    runner.run(max_seconds=30)
+    return runner, source, sink, step
+
+
+def test_offsets_are_committed_after_delivery_and_only_for_what_was_processed() -> None:
+    runner, source, sink, step = run(
+        [[msg(0, 0), msg(1, 0), msg(0, 1)], [eof(0), eof(1)], [msg(1, 1)]]
+    )
+    assert step.seen == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    # one commit per batch that processed records (interval 0); an end-of-partition batch
+    # commits nothing
+    assert source.committed == [{(T, 0): 2, (T, 1): 1}, {(T, 1): 2}]
+    assert len(sink.on("out")) == 4 and source.closed
+    assert runner.counters.read[T] == 4
+
+
+def test_commits_wait_for_the_interval_and_the_stop_commits_the_rest() -> None:
+    _, source, _, _ = run([[msg(0, 0)], [msg(0, 1)], [msg(0, 2)]], commit_interval_s=3600)
+    assert source.committed == [{(T, 0): 3}]
+
+
+def test_rejects_go_to_their_topics_dlq_with_class_key_and_origin_and_the_loop_goes_on() -> None:
+    huge = b'"' * 600_000
+    runner, source, sink, step = run(
+        [[msg(0, 0), msg(0, 1, b"bad one"), msg(1, 0, b"bug", key=None), msg(0, 2, huge)]]
+    )
+    assert step.seen == [(0, 0)]  # the huge record never reached the step
+    dead = [(k, orjson.loads(v or b"")) for k, v in sink.on(f"{T}.dlq")]
+    assert [(k, d["reason"].partition(":")[0], d["origin"]) for k, d in dead] == [
+        (b"k", "wrong_type", f"{T}[0]@1"),
+        (f"{T}[1]".encode(), "error", f"{T}[1]@0"),  # keyless: keyed by its partition
+        (b"k", "too_large", f"{T}[0]@2"),
+    ]
+    assert "ZeroDivisionError" in dead[1][1]["reason"]
+    assert dead[2][1]["raw_bytes"] == len(huge) > MAX_RECORD_BYTES
+    assert len(dead[2][1]["raw"]) == DLQ_RAW_BYTES
+    assert runner.counters.rejected == {(T, "wrong_type"): 1, (T, "error"): 1, (T, "too_large"): 1}
+    assert source.committed == [{(T, 0): 3, (T, 1): 1}]  # rejected records are passed
+
+
+def test_a_topic_owned_by_another_component_is_counted_not_dead_lettered() -> None:
+    runner, _, sink, _ = run([[msg(0, 0, b"bad")]], dead_letters=["predictions"])
+    assert sink.on(f"{T}.dlq") == []
+    assert runner.counters.rejected_by(T) == {"wrong_type": 1}
+
+
+def test_a_revoke_commits_first_and_records_of_a_partition_gone_are_left_to_its_new_owner() -> None:
+    sink = MemorySink()
+    drained = threading.Event()
+    batches = [[msg(0, 0), msg(1, 0)], [msg(0, 1), msg(1, 1)], [msg(0, 2)]]
+    source = CheckedSource(sink, batches, [(T, 0), (T, 1)], drained)
+    step = Step(sink)
+    revoked: list[list[Position]] = []
+
+    def on_revoke(partitions: list[Position]) -> None:
+        # by the time the component hears of it, what partition 1 led to is committed
+        revoked.append(partitions)
+        assert source.committed and source.committed[-1].get((T, 1)) == 1
+
+    runner = Runner(
+        source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600, on_revoke=on_revoke
+    )
+    source.rebalance(1, "revoke", [(T, 1)])
+    runner.run(max_seconds=30)
+    assert revoked == [[(T, 1)]]
+    assert step.seen == [(0, 0), (1, 0), (0, 1), (0, 2)]  # (1, 1) fetched, but gone
+    assert source.committed == [{(T, 0): 1, (T, 1): 1}, {(T, 0): 3}]
+    assert runner.assignment == {(T, 0)}
+
+
+def test_lost_partitions_are_dropped_without_a_commit() -> None:
+    sink = MemorySink()
+    drained = threading.Event()
+    source = CheckedSource(sink, [[msg(0, 0), msg(1, 0)], [msg(0, 1)]], [(T, 0), (T, 1)], drained)
+    runner = Runner(source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=3600)
+    source.rebalance(1, "lost", [(T, 1)])
+    runner.run(max_seconds=30)
+    assert source.committed == [{(T, 0): 2}]  # nothing for partition 1: its new owner has it
+
+
+def test_a_stop_mid_batch_commits_only_what_was_processed() -> None:
+    _, source, _, step = run([[msg(0, 0), msg(0, 1), msg(0, 2)]], stop_at=(0, 1))
+    assert step.seen == [(0, 0), (0, 1)]
+    assert source.committed == [{(T, 0): 2}]  # (0, 2) is read again at the next start
+
+
+class FailingSource(CheckedSource):
+    def __init__(self, *args: object, fails: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fails = fails
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        if self.fails:
+            self.fails -= 1
+            return False
+        return super().commit(offsets)
+
+
+class StuckSink(MemorySink):
+    def __init__(self, stuck: int) -> None:
+        super().__init__()
+        self.stuck = stuck
+
+    def flush(self, timeout: float) -> int:
+        if self.stuck:
+            self.stuck -= 1
+            return self.pending
+        return super().flush(timeout)
+
+
+@pytest.mark.parametrize("cause", ["commit fails", "deliveries outstanding"])
+def test_a_commit_not_made_is_carried_by_the_next_one(cause: str) -> None:
+    sink = StuckSink(stuck=1 if cause == "deliveries outstanding" else 0)
+    drained = threading.Event()
+    batches = [[msg(0, 0)], [msg(0, 1)]]
+    fails = 1 if cause == "commit fails" else 0
+    source = FailingSource(sink, batches, [(T, 0)], drained, fails=fails)
+    runner = Runner(source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0)
+    runner.run(max_seconds=30)
+    assert source.committed == [{(T, 0): 2}]
+
+
+def test_nothing_is_read_until_the_component_is_ready() -> None:
+    sink = MemorySink()
+    drained = threading.Event()
+    source = MemorySource([[msg(0, 0)]], [(T, 0)], drained)
+    step = Step(sink)
+    Runner(source, sink, step, Counters("t"), stop=drained, ready=lambda: False).run(0.5)
+    assert step.seen == [] and source.batches  # left unread
+
+
+def test_counters_are_exported_on_the_metrics_port() -> None:
+    counters = Counters("trainer")
+    counters.read["examples"] += 3
+    counters.done["learned"] += 2
+    counters.reject("examples", "future")
+    port = serve_metrics(Settings(metrics_port=0), counters)
+    assert port is not None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'rtml_records_read_total{component="trainer",topic="examples"} 3.0' in text
+    assert 'rtml_records_done_total{component="trainer",outcome="learned"} 2.0' in text
+    assert (
+        'rtml_records_rejected_total{component="trainer",reason="future",topic="examples"} 1.0'
+        in text
+    )
+    assert serve_metrics(Settings(), counters) is None  # unset: no port
