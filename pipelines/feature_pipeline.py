@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -27,6 +28,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from prometheus_client.core import Metric
 
 from rtml import feature_store as fs
 from rtml.kafka import (
@@ -42,6 +44,7 @@ from rtml.pipelines.features import WARMUP, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
 from rtml.records import BadRecord, Trade, parse_trade
+from rtml.runner import Counters, serve_metrics
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,21 @@ class PipelineStats:
     replayed: int = 0  # trades read again after a restart or rebalance, already accounted for
     already_emitted: int = 0  # rows a replay found on their topic and did not send again
     already_stored: int = 0  # rows a backfill found in the offline store and did not write
+
+    def counters(self, topic: str) -> Counters:
+        """The figures as the shared loop's counters (what `/metrics` exports)."""
+        counters = Counters("features")
+        counters.read[topic] = self.trades
+        counters.done.update(
+            candles=self.candles,
+            features=self.features,
+            examples=self.examples,
+            replayed=self.replayed,
+            topics_recreated=self.topics_recreated,
+        )
+        for kind, n in self.rejected.items():
+            counters.rejected[topic, kind] = n
+        return counters
 
     def line(self) -> str:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
@@ -159,6 +177,7 @@ class FeaturePipeline:
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
         self._clients: tuple[Consumer, FeatureSink] | None = None
         self.assignment: set[int] = set()
+        self.metrics_port: int | None = None  # where `collect` is served, with RTML_METRICS_PORT
         self.assignments = 0  # partitions given to this member: 1 means no rebalance since start
         self._paused: list[TopicPartition] = []  # with their positions, during an outage
         self._in_callback = False
@@ -171,6 +190,8 @@ class FeaturePipeline:
     def run(self, max_seconds: float | None = None) -> PipelineStats:
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
+        metrics = serve_metrics(settings, self)
+        self.metrics_port = metrics.port
         consumer = make_consumer(settings, self.group_id)
         sink = FeatureSink(settings, fs.open_store(settings), self._producer(), self.stop)
         sink.idle = self._keep_membership
@@ -207,11 +228,19 @@ class FeaturePipeline:
                 self._commit(consumer, sink)
         finally:
             self._clients = None  # committed above: the revoke of closing only lets go
+            metrics.close()
             consumer.close()
             sink.kafka.flush(10)
         self.stats.already_emitted = sink.already_emitted
         log.info("feature pipeline stopped: %s", self.stats.line())
         return self.stats
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus metrics at scrape time, from the pipeline's figures."""
+        return self.stats.counters(self.topics.trades).collect()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
     def _producer(self) -> Producer:
         # idempotent: a retried produce is neither duplicated nor reordered, so what a crash

@@ -366,6 +366,7 @@ class Trainer:
         self.group_id = group_id
         self.stop = threading.Event()
         self.counters = Counters("trainer")
+        self.metrics_port: int | None = None  # with RTML_METRICS_PORT
         self.learner: Learner | None = None
         self.offsets: dict[int, int] = {}
         self.uploader: Uploader | None = None
@@ -628,7 +629,8 @@ class Trainer:
 
         interval = settings.checkpoint_interval_s
         self._last_checkpoint = time.monotonic()
-        serve_metrics(settings, self.counters)
+        metrics = serve_metrics(settings, self.counters)
+        self.metrics_port = metrics.port
         try:
             if max_examples is None or self.learner.learned < max_examples:
                 Runner(
@@ -637,6 +639,7 @@ class Trainer:
             if self._since:
                 self.checkpoint()
         finally:
+            metrics.close()
             self.uploader.close()
         try:
             registry.end_trainer_run(settings, run_id)  # a crash leaves it RUNNING, as MLflow does

@@ -112,13 +112,28 @@ class Counters:
         return iter(())  # collected at scrape time only: the labels are not known up front
 
 
-def serve_metrics(settings: Settings, *collectors: Any) -> int | None:
+class MetricsServer:
+    """Where a headless component's metrics are served (`port` None: nowhere); `close` stops
+    serving."""
+
+    def __init__(self, server: Any = None) -> None:
+        self._server = server
+        self.port: int | None = int(server.server_port) if server is not None else None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def serve_metrics(settings: Settings, *collectors: Any) -> MetricsServer:
     """Export `collectors` on `RTML_METRICS_PORT` (on `RTML_BIND_HOST`) for a component
-    without an HTTP API of its own; returns the port, or None when it is not set. Port 0
-    takes a free one. A port in use is reported and the component runs on without metrics."""
+    without an HTTP API of its own; nowhere when it is not set. Port 0 takes a free one. A
+    port in use is reported and the component runs on without metrics."""
     port = settings.metrics_port
     if port is None:
-        return None
+        return MetricsServer()
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
@@ -134,10 +149,10 @@ def serve_metrics(settings: Settings, *collectors: Any) -> int | None:
             settings.bind_host,
             exc,
         )
-        return None
-    bound = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", settings.bind_host, bound)
-    return bound
+        return MetricsServer()
+    served = MetricsServer(server)
+    log.info("metrics on http://%s:%d/metrics", settings.bind_host, served.port)
+    return served
 
 
 class Source(Protocol):

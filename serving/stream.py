@@ -37,6 +37,7 @@ class StreamingPredictor:
         self.topics = Topics.of(settings)
         self.stop = threading.Event()
         self.counters = Counters("predict-stream")
+        self.metrics_port: int | None = None  # with RTML_METRICS_PORT
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.event_times = EventTimes(settings.max_future_s)
@@ -89,8 +90,9 @@ class StreamingPredictor:
     def run(self, max_seconds: float | None = None) -> int:
         ensure_topics(self.settings, self.topics.with_dlqs())
         self._producer = make_producer(self.settings)
-        serve_metrics(self.settings, self.counters)
-        Runner(
+        metrics = serve_metrics(self.settings, self.counters)
+        self.metrics_port = metrics.port
+        runner = Runner(
             GroupSource(make_consumer(self.settings, self.group_id), [self.topics.features]),
             self._producer,
             self.step,
@@ -99,6 +101,10 @@ class StreamingPredictor:
             ready=lambda: not self.holder.missing(),  # nothing to serve yet: leave records unread
             on_assign=self._assigned,
             on_revoke=self._revoked,
-        ).run(max_seconds)
+        )
+        try:
+            runner.run(max_seconds)
+        finally:
+            metrics.close()
         log.info("streaming predictor stopped: %s", self.counters.line())
         return self.predicted

@@ -218,13 +218,17 @@ def test_counters_are_exported_on_the_metrics_port() -> None:
     counters.read["examples"] += 3
     counters.done["learned"] += 2
     counters.reject("examples", "future")
-    port = serve_metrics(Settings(metrics_port=0), counters)
-    assert port is not None
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    served = serve_metrics(Settings(metrics_port=0), counters)
+    assert served.port is not None
+    url = f"http://127.0.0.1:{served.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     assert 'rtml_records_read_total{component="trainer",topic="examples"} 3.0' in text
     assert 'rtml_records_done_total{component="trainer",outcome="learned"} 2.0' in text
     assert (
         'rtml_records_rejected_total{component="trainer",reason="future",topic="examples"} 1.0'
         in text
     )
-    assert serve_metrics(Settings(), counters) is None  # unset: no port
+    served.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
+    assert serve_metrics(Settings(), counters).port is None  # unset: nowhere
