@@ -49,6 +49,10 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+ONLINE_EVERY_S = 0.2
+"""Online writes at most this often under load (each carries every symbol's newest row): a
+Feast write costs milliseconds whatever its size. At live rates a batch ends every poll."""
+
 
 @dataclass
 class PipelineStats:
@@ -193,7 +197,13 @@ class FeaturePipeline:
         metrics = serve_metrics(settings, self)
         self.metrics_port = metrics.port
         consumer = make_consumer(settings, self.group_id)
-        sink = FeatureSink(settings, fs.open_store(settings), self._producer(), self.stop)
+        sink = FeatureSink(
+            settings,
+            fs.open_store(settings),
+            self._producer(),
+            self.stop,
+            online_every_s=ONLINE_EVERY_S,
+        )
         sink.idle = self._keep_membership
         self._clients = (consumer, sink)
         consumer.subscribe(
@@ -258,6 +268,7 @@ class FeaturePipeline:
             sink.write(self._out)
             self._count(self._out)
             self._out = Outputs()
+        sink.flush_online(due_only=True)
         if self._paused:
             self._resume_partitions()
 
@@ -442,6 +453,7 @@ class FeaturePipeline:
         if (unsent := sink.kafka.flush(self._flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return
+        sink.flush_online()
         sink.flush_offline()
         open_positions = self.processor.builder.open_positions()
         offsets = [

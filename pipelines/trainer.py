@@ -186,6 +186,7 @@ class Uploader:
         self._last_slot = "a" if last_checkpoint and "/a/" in last_checkpoint else "b"
         self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
         self._producer: Producer | None = None
+        self._busy = False  # a checkpoint is being uploaded
         self._thread = threading.Thread(target=self._work, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
@@ -201,6 +202,11 @@ class Uploader:
                     log.warning("checkpoint queue full: dropped the oldest waiting checkpoint")
                 except queue.Empty:
                     pass
+
+    def idle(self) -> bool:
+        """Nothing waiting or uploading: a checkpoint submitted now is uploaded at once. One
+        submitted while busy would only be superseded by the next, its pickling wasted."""
+        return not self._busy and self.queue.empty()
 
     def close(self, timeout: float = 60.0) -> None:
         self.queue.put(None)
@@ -247,6 +253,7 @@ class Uploader:
 
     def _work(self) -> None:
         while (first := self.queue.get()) is not None:
+            self._busy = True
             checkpoint = self._newest_waiting(first)
             backoff = 0.5
             while True:
@@ -258,6 +265,7 @@ class Uploader:
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
                     checkpoint = self._newest_waiting(checkpoint)
+            self._busy = False
         if self.registered:
             try:
                 registry.prune(self.settings, self.settings.keep_versions)
@@ -544,7 +552,11 @@ class Trainer:
             done["drifts"] += 1
             self._on_drift(ex)
         if self._since >= self.settings.checkpoint_every:
-            self.checkpoint()
+            assert self.uploader is not None
+            # while an upload is under way, learning goes on and the checkpoint waits for it
+            # (the time-based one in `tick` does not): every pickled checkpoint is uploaded
+            if self.uploader.idle():
+                self.checkpoint()
         if self.max_examples is not None and self.learner.learned >= self.max_examples:
             self.stop.set()
 

@@ -60,7 +60,7 @@ class BadRecord(RtmlError):
         self.kind = kind
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Trade:
     symbol: str
     trade_id: str
@@ -238,7 +238,7 @@ class EventTimes:
             self.newest[symbol] = ts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FeatureRow:
     """Features of `symbol`'s candle that closed at `ts` (epoch seconds)."""
 
@@ -252,7 +252,7 @@ class FeatureRow:
         return {"symbol": self.symbol, "ts": self.ts, "features": self.values}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Example:
     """Features of the candle closing at `ts` with its target, known at `label_ts` = ts + H."""
 
@@ -272,7 +272,7 @@ class Example:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prediction:
     """A `predictions` record: the version that made it and the newest label time it learned."""
 
@@ -295,8 +295,10 @@ class Prediction:
 
 
 def _required(record: dict[str, Any], fields: tuple[str, ...]) -> None:
-    if missing := [f for f in fields if f not in record]:
-        raise BadRecord("missing_field", f"missing {', '.join(missing)}")
+    for field in fields:
+        if field not in record:
+            missing = [f for f in fields if f not in record]
+            raise BadRecord("missing_field", f"missing {', '.join(missing)}")
 
 
 def _symbol(record: dict[str, Any]) -> str:

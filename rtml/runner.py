@@ -310,6 +310,7 @@ class Runner:
     `on_assign`/`on_revoke` tell the component which partitions it holds; a revoke comes after
     the runner has delivered and committed what the leaving partitions led to. Rejects of a
     topic not in `dead_letters` are counted only: another component owns that topic's DLQ.
+    With `outcome`, each record the step took is counted as that (e.g. "predicted").
     """
 
     def __init__(
@@ -329,6 +330,7 @@ class Runner:
         on_assign: Rebalance | None = None,
         on_revoke: Rebalance | None = None,
         dead_letters: Iterable[str] | None = None,
+        outcome: str | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -346,6 +348,7 @@ class Runner:
         # the topics whose rejects this component dead-letters (None: all it reads); a topic
         # read by several components is dead-lettered by its owner only, and counted by all
         self.dead_letters = None if dead_letters is None else frozenset(dead_letters)
+        self.outcome = outcome  # what a record stepped through without a reject counts as
         self.assignment: set[Position] = set()
         self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
         self.commits = 0
@@ -398,8 +401,11 @@ class Runner:
 
     def handle(self, batch: Sequence[Message]) -> None:
         """Step through one batch; each record is processed, rejected, or (end of partition,
-        a partition that has left) passed over."""
+        a partition that has left) passed over. Counts are added once per batch."""
         counters, processed, assignment = self.counters, self.processed, self.assignment
+        step, stop = self.step, self.stop
+        read: dict[str, int] = {}
+        done = 0
         for msg in batch:
             error = msg.error()
             if error is not None:
@@ -410,22 +416,26 @@ class Runner:
             position = (topic, partition)
             if position not in assignment:
                 continue  # fetched before a revoke in this batch: its new owner reads it
-            counters.read[topic] += 1
+            read[topic] = read.get(topic, 0) + 1
             value = msg.value()
             try:
                 if value is not None and len(value) > MAX_RECORD_BYTES:
                     raise BadRecord(
                         "too_large", f"{len(value)} bytes; a record is at most {MAX_RECORD_BYTES}"
                     )
-                self.step(msg)
+                step(msg)
+                done += 1
             except BadRecord as exc:
                 self.reject(msg, exc.kind, str(exc))
             except Exception as exc:  # a bug this record found: it must not stop the loop
                 log.exception("%s: %s[%d]@%d failed", counters.component, topic, partition, offset)
                 self.reject(msg, "error", f"error: {type(exc).__name__}: {exc}")
             processed[position] = offset + 1
-            if self.stop.is_set():
+            if stop.is_set():
                 break  # the rest of the batch is read again at the next start
+        counters.read.update(read)
+        if self.outcome is not None and done:
+            counters.done[self.outcome] += done
 
     def reject(self, msg: Message, kind: str, reason: str) -> None:
         topic = msg.topic() or ""

@@ -79,7 +79,6 @@ class StreamingPredictor:
         self._producer.produce(
             self.topics.predictions, key=row.symbol.encode(), value=encode(prediction.to_json())
         )
-        self.counters.done["predicted"] += 1
 
     def _assigned(self, partitions: list[Position]) -> None:
         self.assignment.update(p for _, p in partitions)
@@ -101,6 +100,7 @@ class StreamingPredictor:
             ready=lambda: not self.holder.missing(),  # nothing to serve yet: leave records unread
             on_assign=self._assigned,
             on_revoke=self._revoked,
+            outcome="predicted",
         )
         try:
             runner.run(max_seconds)
