@@ -128,7 +128,7 @@ class MetricsServer:
 
 
 def serve_metrics(settings: Settings, *collectors: Any) -> MetricsServer:
-    """Export `collectors` on `RTML_METRICS_PORT` (on `RTML_BIND_HOST`) for a component
+    """Export `collectors` on `RTML_METRICS_HOST:RTML_METRICS_PORT` for a component
     without an HTTP API of its own; nowhere when it is not set. Port 0 takes a free one. A
     port in use is reported and the component runs on without metrics."""
     port = settings.metrics_port
@@ -140,18 +140,18 @@ def serve_metrics(settings: Settings, *collectors: Any) -> MetricsServer:
     for collector in collectors:
         registry.register(collector)
     try:
-        server, _ = start_http_server(port, addr=settings.bind_host, registry=registry)
+        server, _ = start_http_server(port, addr=settings.metrics_host, registry=registry)
     except OSError as exc:
         log.warning(
             "metrics are not exported: port %s on %s is taken (%s). Give each process its own "
             "RTML_METRICS_PORT (0 picks a free one and logs it)",
             port,
-            settings.bind_host,
+            settings.metrics_host,
             exc,
         )
         return MetricsServer()
     served = MetricsServer(server)
-    log.info("metrics on http://%s:%d/metrics", settings.bind_host, served.port)
+    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, served.port)
     return served
 
 

@@ -95,9 +95,9 @@ class Settings(BaseSettings):
     max_future_s: float = 7 * 86400.0
     # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
     commit_interval_s: float = Field(default=5.0, gt=0)
-    # Prometheus metrics of the headless consumers (features, train, predict-stream), on
-    # RTML_BIND_HOST; unset: none. 0 takes a free port and logs it. The API and the monitor
-    # serve theirs on /metrics.
+    # Prometheus metrics of the headless consumers (features, train, predict-stream); unset:
+    # none. 0 takes a free port and logs it. The API and the monitor serve theirs on /metrics.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     # Model registry

@@ -19,9 +19,11 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rtml.app.cli import cli
+from rtml.records import Prediction
+from rtml.runner import Counters
 from rtml.serving.app import Metrics, create_app
 from rtml.serving.model_holder import ModelHolder
-from rtml.serving.monitor import Monitor, MonitorCollector, Prediction
+from rtml.serving.monitor import Monitor, MonitorCollector
 from rtml.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +77,18 @@ def _check_env_names(env: dict[str, Any], where: str) -> None:
 
 
 def _metric_names() -> dict[str, set[str]]:
-    """Every series name the API and the monitor export, with its label names."""
+    """Every series name the API, the monitor and the consumers export, with its labels."""
     monitor = Monitor()
     monitor.on_prediction(Prediction("X", 60.0, 0.1, 1, 0.0))
     monitor.on_example("X", 60.0, {"ret_1": 0.0}, 0.2)
     monitor.reject("features")
     registry = CollectorRegistry()
     registry.register(MonitorCollector(monitor))
+    counters = Counters("trainer")  # what every consumer's loop exports
+    counters.read["examples"] += 1
+    counters.done["learned"] += 1
+    counters.reject("examples", "future")
+    registry.register(counters)
     api = Metrics()
     api.errors.labels("redis").inc()
     api.latency.labels("symbol").observe(0.001)
@@ -199,14 +206,24 @@ def test_prometheus_scrapes_the_services_where_they_listen(
     config = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
     services = compose["services"]
     assert "api_token" in services["prometheus"]["secrets"]
-    targets = set()
+    targets: set[str] = set()
+    discovered: set[str] = set()
     for job in config["scrape_configs"]:
-        assert job["authorization"]["credentials_file"] == "/run/secrets/api_token"
-        for static in job["static_configs"]:
+        for static in job.get("static_configs", []):  # the API and the monitor: token needed
+            assert job["authorization"]["credentials_file"] == "/run/secrets/api_token"
             targets.update(static["targets"])
+        for dns in job.get("dns_sd_configs", []):  # each replica of the headless consumers
+            discovered.update(f"{name}:{dns['port']}" for name in dns["names"])
     api = _settings_from(services["predictor"]["environment"], monkeypatch)
     monitor = _settings_from(services["monitor"]["environment"], monkeypatch)
     assert targets == {f"predictor:{api.api_port}", f"monitor:{monitor.monitor_port}"}
+    consumers = set()
+    for name, service in services.items():
+        if service.get("command", [None])[0] in ("features", "train", "predict-stream"):
+            settings = _settings_from(service["environment"], monkeypatch)
+            assert settings.metrics_host == "0.0.0.0", name
+            consumers.add(f"{name}:{settings.metrics_port}")
+    assert discovered == consumers
 
 
 def test_grafana_dashboard_queries_metrics_that_rtml_exports() -> None:
@@ -320,6 +337,11 @@ def test_k8s_workloads_select_their_pods_and_run_real_commands(
             if container["args"][0] == "serve":
                 assert settings.api_host == "0.0.0.0"
                 assert {p["containerPort"] for p in container["ports"]} == {settings.api_port}
+            if container["args"][0] in ("features", "train", "predict-stream"):
+                assert settings.metrics_host == "0.0.0.0", name
+                assert {p["containerPort"] for p in container["ports"]} == {settings.metrics_port}
+                annotations = pod["metadata"]["annotations"]
+                assert annotations["prometheus.io/port"] == str(settings.metrics_port), name
         for volume in pod["spec"].get("volumes", []):
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
