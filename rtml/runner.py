@@ -208,10 +208,11 @@ class AssignedSource(GroupSource):
     def __init__(self, consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
         super().__init__(consumer, [topic])
         self.offsets = offsets
+        self._on_assign: Rebalance | None = None
 
     def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
+        self._on_assign = on_assign
         self.assign()
-        on_assign([(self.topics[0], p) for p in self.partitions()])
 
     def partitions(self) -> list[int]:
         topic = self.topics[0]
@@ -221,10 +222,12 @@ class AssignedSource(GroupSource):
         """(Re-)assign every partition of the topic, each from its offset in `offsets`."""
         if offsets is not None:
             self.offsets = offsets
-        topic, start = self.topics[0], self.offsets
+        topic, start, partitions = self.topics[0], self.offsets, self.partitions()
         self.consumer.assign(
-            [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in self.partitions()]
+            [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in partitions]
         )
+        if self._on_assign is not None:
+            self._on_assign([(topic, p) for p in partitions])
 
     def commit(self, offsets: dict[Position, int]) -> bool:
         return True
@@ -331,6 +334,7 @@ class Runner:
         on_revoke: Rebalance | None = None,
         dead_letters: Iterable[str] | None = None,
         outcome: str | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -349,6 +353,7 @@ class Runner:
         # read by several components is dead-lettered by its owner only, and counted by all
         self.dead_letters = None if dead_letters is None else frozenset(dead_letters)
         self.outcome = outcome  # what a record stepped through without a reject counts as
+        self.on_reject = on_reject  # told (topic, class) of every reject, the guard's too
         self.assignment: set[Position] = set()
         self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
         self.commits = 0
@@ -440,6 +445,8 @@ class Runner:
     def reject(self, msg: Message, kind: str, reason: str) -> None:
         topic = msg.topic() or ""
         self.counters.reject(topic, kind)
+        if self.on_reject is not None:
+            self.on_reject(topic, kind)
         origin = f"{topic}[{msg.partition()}]@{msg.offset()}"
         log.debug("%s: rejected %s: %s", self.counters.component, origin, reason)
         if self.dead_letters is not None and topic not in self.dead_letters:

@@ -381,26 +381,26 @@ class MonitorService:
 
     def step(self, msg: Message) -> None:
         topic, raw, m = msg.topic() or "", msg.value() or b"", self.monitor
-        try:
-            if topic == self.topics.predictions:
-                prediction = parse_prediction(raw)
-                self._known(prediction.symbol, prediction.ts)
-                with self.lock:
-                    m.on_prediction(prediction)
-            elif topic == self.topics.examples:
-                ex = parse_example(raw)
-                self._known(ex.symbol, ex.label_ts)
-                with self.lock:
-                    m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
-            else:
-                row = parse_features(raw, ("close",))
-                self._known(row.symbol, row.ts)
-                with self.lock:
-                    m.on_price(row.symbol, row.ts, row.values.get("close"))
-        except BadRecord:
+        if topic == self.topics.predictions:
+            prediction = parse_prediction(raw)
+            self._known(prediction.symbol, prediction.ts)
             with self.lock:
-                m.reject(topic)
-            raise
+                m.on_prediction(prediction)
+        elif topic == self.topics.examples:
+            ex = parse_example(raw)
+            self._known(ex.symbol, ex.label_ts)
+            with self.lock:
+                m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
+        else:
+            row = parse_features(raw, ("close",))
+            self._known(row.symbol, row.ts)
+            with self.lock:
+                m.on_price(row.symbol, row.ts, row.values.get("close"))
+
+    def _rejected(self, topic: str, kind: str) -> None:
+        del kind
+        with self.lock:
+            self.monitor.reject(topic)
 
     def _tick(self) -> None:
         if time.monotonic() - self._last_log >= self.settings.monitor_log_interval_s:
@@ -473,6 +473,7 @@ class MonitorService:
             tick=self._tick,
             # the trainer and the streaming predictor dead-letter their own topics' records
             dead_letters=[self.topics.predictions],
+            on_reject=self._rejected,
         ).run(max_seconds)
         self.log_to_mlflow()
         return self.monitor

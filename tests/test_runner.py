@@ -123,9 +123,15 @@ def test_rejects_go_to_their_topics_dlq_with_class_key_and_origin_and_the_loop_g
 
 
 def test_a_topic_owned_by_another_component_is_counted_not_dead_lettered() -> None:
-    runner, _, sink, _ = run([[msg(0, 0, b"bad")]], dead_letters=["predictions"])
+    told: list[tuple[str, str]] = []
+    runner, _, sink, _ = run(
+        [[msg(0, 0, b"bad"), msg(0, 1, b'"' * 600_000)]],
+        dead_letters=["predictions"],
+        on_reject=lambda topic, kind: told.append((topic, kind)),
+    )
     assert sink.on(f"{T}.dlq") == []
-    assert runner.counters.rejected_by(T) == {"wrong_type": 1}
+    assert runner.counters.rejected_by(T) == {"wrong_type": 1, "too_large": 1}
+    assert told == [(T, "wrong_type"), (T, "too_large")]  # the guard's reject too
 
 
 def test_a_revoke_commits_first_and_records_of_a_partition_gone_are_left_to_its_new_owner() -> None:
