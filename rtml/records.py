@@ -11,7 +11,8 @@ Every parser decodes through `decode_object` (size, depth and integer length bou
 Python builds anything), reads required fields through one check (`missing_field`), numbers
 through `number` (`wrong_type`, `not_finite`, `out_of_range`, `non_positive`) and symbols
 through `symbol` (`wrong_type`). A record that fails raises `BadRecord`, whose `kind` is the
-class its dead letter and its counter carry.
+class its dead letter and its counter carry. Records are slotted dataclasses, not frozen ones:
+building a frozen one costs about 0.7 µs more, once per record on the hot paths.
 
 A trade on the wire is a JSON object::
 
