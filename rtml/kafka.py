@@ -6,6 +6,7 @@ are JSON objects keyed by symbol, so each symbol's events stay ordered within on
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -239,7 +240,8 @@ def dead_letter(
     """Send a rejected record to `topic`'s DLQ with its reason and where it came from.
 
     The DLQ record carries the first `DLQ_RAW_BYTES` of the raw value (and its full size), so
-    it always fits the broker's message limit, however large or escape-heavy the original.
+    it always fits the broker's message limit, however large or escape-heavy the original. A
+    value that is not UTF-8 is kept exactly as well (`raw_base64`), for `rtml dlq replay`.
     A record without a key is keyed by the partition it came from (`origin` up to the `@`), so
     the dead letters of one partition stay in order in one DLQ partition.
 
@@ -251,17 +253,40 @@ def dead_letter(
     (16384, 600000, True)
     """
     data = value or b""
-    raw = data[:DLQ_RAW_BYTES].decode("utf-8", errors="replace")
-    record = {
+    head = data[:DLQ_RAW_BYTES]
+    record: dict[str, Any] = {
         "reason": reason[:1000],
         "origin": origin,
-        "raw": raw,
+        "raw": head.decode("utf-8", errors="replace"),
         "raw_bytes": len(data),
         "raw_truncated": len(data) > DLQ_RAW_BYTES,
     }
+    if len(data) <= DLQ_RAW_BYTES:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError:  # `raw` is lossy for people; this is the exact value
+            record["raw_base64"] = base64.b64encode(data).decode()
     if key is None and origin:
         key = origin.rsplit("@", 1)[0].encode()
     producer.produce(dlq(topic), key=key, value=encode(record))
+
+
+def replay_value(dead: Mapping[str, Any]) -> bytes | None:
+    """The exact value a dead-letter record was made from, or None when only a truncated copy
+    was kept.
+
+    >>> class Sink:
+    ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
+    >>> sink = Sink()
+    >>> dead_letter(sink, "t", "not_json: ...", b"\\xff\\xfe{", origin="t[0]@7")
+    >>> sink.sent["raw"], replay_value(sink.sent)
+    ('\ufffd\ufffd{', b'\\xff\\xfe{')
+    """
+    if dead.get("raw_truncated"):
+        return None
+    if "raw_base64" in dead:
+        return base64.b64decode(str(dead["raw_base64"]))
+    return str(dead.get("raw", "")).encode()
 
 
 def commit_stored(consumer: Consumer) -> None:
