@@ -289,16 +289,6 @@ def replay_value(dead: Mapping[str, Any]) -> bytes | None:
     return str(dead.get("raw", "")).encode()
 
 
-def commit_stored(consumer: Consumer) -> None:
-    """Commit the offsets stored so far; a batch of only end-of-partition events stores none."""
-    try:
-        consumer.commit(asynchronous=False)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError._NO_OFFSET:
-            # e.g. a broker that restarted and forgot the group: the next commit carries them
-            log.warning("could not commit offsets (%s); retrying with the next batch", exc)
-
-
 def scan(
     settings: Settings,
     topics: Iterable[str],

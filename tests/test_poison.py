@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 import urllib.request
 import uuid
@@ -35,6 +34,7 @@ from rtml.records import BadRecord, Example, parse_example, parse_features
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
+from tests.test_faults import _until, _Worker
 
 pytestmark = pytest.mark.integration
 
@@ -93,27 +93,6 @@ def _features_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("wrong_type", json.dumps({**good, "symbol": 7}).encode()),
         ("not_finite", json.dumps({**good, "ts": math.nan}).encode()),
     ]
-
-
-class _Worker(threading.Thread):
-    def __init__(self, target: Callable[[], Any]) -> None:
-        super().__init__(daemon=True)
-        self._target_fn = target
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._target_fn()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-
-
-def _until(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting: {what()}")
-        time.sleep(0.2)
 
 
 def _rejected_on(port: int | None, component: str) -> Counter[str]:
