@@ -539,7 +539,8 @@ class Trainer:
         if (partition, offset) in self.skips:
             done["skipped"] += 1
             return
-        ex = self._admit(parse_example(msg.value() or b""))
+        # only the features the model reads: other keys would each become a weight for good
+        ex = self._admit(parse_example(msg.value() or b"", FEATURE_NAMES))
         if ex.symbol not in self.settings.symbols:
             done["other_shard"] += 1
             return

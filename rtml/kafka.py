@@ -221,7 +221,7 @@ DLQ_RAW_BYTES = 16 * 1024
 
 
 class Sink(Protocol):
-    """Where records go: a Kafka producer, or memory in tests (`rtml.runner.MemorySink`)."""
+    """Where records go: a Kafka producer, or memory in tests (`rtml.testing.MemorySink`)."""
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None: ...
 

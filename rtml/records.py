@@ -342,8 +342,17 @@ def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow
     return FeatureRow(symbol, ts, _values(_object(record, "features"), names))
 
 
-def parse_example(raw: bytes | dict[str, Any]) -> Example:
-    """Validate an `examples` record; raises BadRecord naming what is wrong."""
+def parse_example(raw: bytes | dict[str, Any], names: Iterable[str] | None = None) -> Example:
+    """Validate an `examples` record; its features are the finite ones of `names` (or all).
+
+    A learner passes the names its model reads: a record carrying thousands of other keys
+    would otherwise grow the model's weights by one per key, for good.
+
+    >>> many = {f"k{i}": 1.0 for i in range(3000)} | {"ret_1": 0.5}
+    >>> raw = {"symbol": "X", "ts": 60, "label_ts": 360, "features": many, "target": 0.0}
+    >>> parse_example(raw, ["ret_1"]).features
+    {'ret_1': 0.5}
+    """
     record = decode_object(raw) if isinstance(raw, bytes) else raw
     if not isinstance(record, dict):
         raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
@@ -354,7 +363,7 @@ def parse_example(raw: bytes | dict[str, Any]) -> Example:
     target = number(record, "target", positive=False)
     if label_ts <= ts:
         raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
-    return Example(symbol, ts, label_ts, _values(features, None), target)
+    return Example(symbol, ts, label_ts, _values(features, names), target)
 
 
 def parse_prediction(raw: bytes) -> Prediction:

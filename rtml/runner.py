@@ -14,7 +14,7 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
   `commit_interval_s`, and before partitions leave in a rebalance or the loop stops;
 - a clean stop: `stop` set (SIGTERM) ends the batch, flushes, commits, closes.
 
-Source and sink are injectable: `MemorySource` and `MemorySink` test the cadence, the DLQ
+Source and sink are injectable: `rtml.testing`'s in-memory ones test the cadence, the DLQ
 routing and the revoke handling without a broker (tests/test_runner.py). The feature pipeline
 keeps its own loop around its windows (it commits behind open candles and reads back what the
 topics hold), and shares the guard, the dead letters and the counters.
@@ -231,75 +231,6 @@ class AssignedSource(GroupSource):
 
     def commit(self, offsets: dict[Position, int]) -> bool:
         return True
-
-
-class MemorySource:
-    """Records from memory, for tests: `batches` are handed out one per `consume`; a
-    `rebalance` acts as the group's would, from inside the next `consume`. Once the batches
-    run out it sets `drained`, which a test passes as the runner's `stop`."""
-
-    def __init__(
-        self,
-        batches: Iterable[Sequence[Message]],
-        partitions: Iterable[Position],
-        drained: threading.Event | None = None,
-    ) -> None:
-        self.batches = [list(b) for b in batches]
-        self.partitions = list(partitions)
-        self.drained = drained or threading.Event()
-        self.committed: list[dict[Position, int]] = []
-        self.closed = False
-        self._events: list[tuple[int, str, list[Position]]] = []
-        self._callbacks: dict[str, Rebalance] = {}
-        self._consumed = 0
-
-    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
-        self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
-        on_assign(list(self.partitions))
-
-    def rebalance(self, before: int, event: str, partitions: list[Position]) -> None:
-        """`event` ("assign", "revoke" or "lost") happens before batch number `before` (from 0)
-        is handed out, inside that `consume` call as librdkafka's callbacks are."""
-        self._events.append((before, event, partitions))
-
-    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]:
-        for due in [e for e in self._events if e[0] <= self._consumed]:
-            self._events.remove(due)
-            self._callbacks[due[1]](due[2])
-        if not self.batches:
-            self.drained.set()
-            return []
-        self._consumed += 1
-        return self.batches.pop(0)
-
-    def commit(self, offsets: dict[Position, int]) -> bool:
-        self.committed.append(dict(offsets))
-        return True
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class MemorySink:
-    """Produced records in memory, for tests: `sent` lists (topic, key, value); `flushes`
-    counts the flushes, `pending` what was produced since the last one."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
-        self.flushes = 0
-        self.pending = 0
-
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
-        self.sent.append((topic, key, value))
-        self.pending += 1
-
-    def flush(self, timeout: float) -> int:
-        self.flushes += 1
-        self.pending = 0
-        return 0
-
-    def on(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-        return [(k, v) for t, k, v in self.sent if t == topic]
 
 
 Step = Callable[[Message], None]

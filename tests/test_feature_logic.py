@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -208,7 +209,12 @@ HOSTILE = {
 def test_every_parser_bounds_hostile_records_with_a_class(kind: str) -> None:
     from rtml.records import parse_example, parse_features, parse_prediction
 
-    parsers = [parse_trade, parse_example, parse_prediction, lambda raw: parse_features(raw, [])]
+    parsers: list[Callable[[bytes], object]] = [
+        parse_trade,
+        parse_example,
+        parse_prediction,
+        lambda raw: parse_features(raw, []),
+    ]
     for parse in parsers:
         with pytest.raises(BadRecord) as caught:
             parse(HOSTILE[kind])

@@ -13,8 +13,9 @@ from confluent_kafka import KafkaError, Message
 
 from rtml.kafka import DLQ_RAW_BYTES
 from rtml.records import MAX_RECORD_BYTES, BadRecord
-from rtml.runner import Counters, MemorySink, MemorySource, Position, Runner, serve_metrics
+from rtml.runner import Counters, Position, Runner, serve_metrics
 from rtml.settings import Settings
+from rtml.testing import MemorySink, MemorySource
 
 T = "examples"
 
