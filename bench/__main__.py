@@ -928,9 +928,10 @@ def main(argv: list[str] | None = None) -> None:
             redis_port=free_port(),
             mlflow_port=free_port(),
         )
-        stack = Stack(settings)
+        stack = Stack(settings, repick_ports=True)
         print("starting the embedded stack for the benchmark...", file=sys.stderr)
         stack.up()
+        settings = stack.settings  # the ports the services listen on
         try:
             for name in only:
                 print(f"[{name}]", file=sys.stderr)

@@ -13,26 +13,27 @@ from rtml.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    state = tmp_path_factory.mktemp("rtml-state")
-    return Settings(
-        state_dir=state,
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The embedded Kafka-API broker, Redis and MLflow server, with feature_repo applied."""
+    chosen = Settings(
+        state_dir=tmp_path_factory.mktemp("rtml-state"),
         kafka_port=free_port(),
         redis_port=free_port(),
         mlflow_port=free_port(),
         up_timeout_s=180,
     )
-
-
-@pytest.fixture(scope="session")
-def stack(stack_settings: Settings) -> Iterator[Stack]:
-    """The embedded Kafka-API broker, Redis and MLflow server, with feature_repo applied."""
-    stack = Stack(stack_settings)
+    stack = Stack(chosen, repick_ports=True)
     try:
         stack.up()
         yield stack
     finally:
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack: Stack) -> Settings:
+    """The session stack's settings, with the ports its services listen on."""
+    return stack.settings
 
 
 @pytest.fixture

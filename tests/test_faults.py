@@ -114,7 +114,8 @@ def own_broker(stack: Stack, tmp_path: Path) -> Iterator[Stack]:
             mlflow_tracking_uri=stack.settings.mlflow_uri,
             feature_repo=stack.settings.feature_repo,
             up_timeout_s=120,
-        )
+        ),
+        repick_ports=True,
     )
     own.up()
     try:

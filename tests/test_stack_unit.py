@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, port_is_free
+from rtml.app.stack import KAFKA, MLFLOW, REDIS, PortTaken, Stack, _alive, free_port, port_is_free
 from rtml.errors import ServiceError
 from rtml.settings import Settings
 
@@ -90,3 +90,41 @@ def test_settings_survive_the_trip_through_a_child_process_environment(
     child = Settings(_env_file=None)  # type: ignore[call-arg]
     for name in names:
         assert getattr(child, name) == getattr(given, name), name
+
+
+def test_free_port_never_hands_out_one_port_twice() -> None:
+    # 400 draws from ~12,000 ports would repeat one with near certainty if drawn independently
+    ports = [free_port() for _ in range(400)]
+    assert len(set(ports)) == len(ports)
+
+
+@pytest.mark.parametrize("repick", [False, True])
+def test_a_port_taken_before_the_service_binds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repick: bool
+) -> None:
+    """Another process takes the port between rtml's check and the service's bind (a real
+    Redis fails to bind it). A user's port is reported with the setting to change; a port rtml
+    picked itself is replaced, and the stack's settings follow."""
+    import rtml.app.stack as stack_module
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        real = stack_module.port_is_free
+        # the check passes (the race), so Redis itself meets the taken port
+        monkeypatch.setattr(
+            stack_module, "port_is_free", lambda host, port: port == taken or real(host, port)
+        )
+        stack = Stack(Settings(state_dir=tmp_path, redis_port=taken), repick_ports=repick)
+        try:
+            if not repick:
+                with pytest.raises(PortTaken, match=f"port {taken} .*RTML_REDIS_PORT"):
+                    stack.start_service(REDIS, timeout=30)
+                return
+            stack.start_service(REDIS, timeout=30)
+            assert stack.settings.redis_port != taken
+            assert stack.healthy(REDIS)
+            assert "address already in use" in stack.log_file(REDIS).read_text().lower()
+        finally:
+            stack.down()

@@ -620,6 +620,7 @@ def demo(
         seed=seed,
         out=click.echo,
         columns=column_mapping(columns),
+        own_ports=replaying,
     )
     try:
         evaluation = run.run(duration)

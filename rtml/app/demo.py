@@ -176,7 +176,11 @@ class Demo:
         out: Callable[[str], None] = print,
         register_interval_s: float | None = None,
         columns: dict[str, str] | None = None,
+        own_ports: bool = False,
     ) -> None:
+        """`own_ports`: the stack's ports in `settings` were picked by `own_stack`, so a
+        service whose port another process took first is started on a new one."""
+        self.own_ports = own_ports
         self.run_id = time.strftime("%Y%m%d%H%M%S")
         self.source_name = source
         self.columns = columns or {}
@@ -266,7 +270,9 @@ class Demo:
 
         self.check_source()
         self.out("== starting the embedded stack (Kafka-API broker, Redis, MLflow; feast apply)")
-        Stack(self.settings).up(progress=self.out)
+        stack = Stack(self.settings, repick_ports=self.own_ports)
+        stack.up(progress=self.out)
+        self.settings = stack.settings  # the ports the services listen on
         if self.source != "synthetic":
             self.take_symbols(Path(self.source))
         if self._has_history():

