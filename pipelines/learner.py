@@ -34,6 +34,7 @@ from typing import Any
 
 from river import drift
 
+from rtml.pipelines.models import LinearScorer
 from rtml.records import Example
 
 SNAPSHOTS = 8
@@ -97,7 +98,10 @@ class Learner:
         """Keep a copy of the model as it is, for examples whose features are newer than
         `watermark` (the newest label learned, by default)."""
         at = self.watermark if watermark is None else watermark
-        self._snapshots.append((at, pickle.loads(pickle.dumps(self.model))))
+        # only predicted with: a linear model folds into a scorer, anything else is copied
+        scorer = LinearScorer.of(self.model)
+        copy = scorer if scorer is not None else pickle.loads(pickle.dumps(self.model))
+        self._snapshots.append((at, copy))
 
     def served_prediction(self, ex: Example) -> float | None:
         """What the model predicted for `ex` when its features were new, or None when no

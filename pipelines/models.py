@@ -72,3 +72,58 @@ def build_model(name: str, params: Mapping[str, Any] | None = None) -> Any:
             f"unknown model {name!r}; RTML_MODEL is one of {sorted(MODELS)}"
         ) from None
     return compose.Pipeline(preprocessing.StandardScaler(), factory(params or {}))
+
+
+class LinearScorer:
+    """A frozen scaler-and-linear pipeline as one pass over the features.
+
+    River's `predict_one` scales every feature into a new dict, then takes the dot product
+    with the weights: about 5 µs for 20 features, most of a served prediction's cost. A model
+    that is only predicted with (a served version, a snapshot kept for the gate) can fold the
+    scaler into the weights once: `w * (x - mean) / std` becomes `(w / std) * (x - mean)`.
+    The prediction is the same up to rounding, features missing from `x` or of zero variance
+    count zero as before, and the model it came from is not touched.
+
+    >>> model = build_model("linear", {"lr": 0.05})
+    >>> for i in range(50):
+    ...     model.learn_one({"a": i % 5 / 10, "b": i % 3 - 1.0}, i % 5 / 100)
+    >>> scorer = LinearScorer.of(model)
+    >>> x = {"a": 0.3, "b": 1.0, "unseen": 7.0}
+    >>> abs(scorer.predict_one(x) - model.predict_one(x)) < 1e-12
+    True
+    """
+
+    __slots__ = ("intercept", "terms")
+
+    def __init__(self, intercept: float, terms: dict[str, tuple[float, float]]) -> None:
+        self.intercept = intercept
+        self.terms = terms  # name -> (weight / std, mean)
+
+    @classmethod
+    def of(cls, model: Any) -> LinearScorer | None:
+        """The scorer of `model` as it is now, or None for any other kind of model."""
+        if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
+            return None
+        scaler, regressor = model.steps.values()
+        if (
+            type(scaler) is not preprocessing.StandardScaler
+            or not scaler.with_std
+            or scaler.window_size is not None
+            or type(regressor) is not linear_model.LinearRegression
+            or type(regressor.loss) is not optim.losses.Squared  # its mean is the identity
+        ):
+            return None
+        terms = {}
+        for name, weight in regressor.weights.items():
+            var = scaler.vars.get(name, 0.0)
+            if var and weight:
+                terms[name] = (weight / var**0.5, scaler.means.get(name, 0.0))
+        return cls(float(regressor.intercept), terms)
+
+    def predict_one(self, x: Mapping[str, float]) -> float:
+        total, terms = self.intercept, self.terms
+        for name, value in x.items():
+            term = terms.get(name)
+            if term is not None:
+                total += term[0] * (value - term[1])
+        return total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 import random
@@ -170,25 +171,63 @@ CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
 TEXT_COLUMNS = ("symbol", "trade_id", "side")
 
 
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def _delimiter(path: Path) -> str:
+    """The CSV's delimiter, from its header line: a comma unless the header has none and has
+    one of the others (spreadsheets in many locales write semicolons)."""
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
+        header = file.readline()
+    return next((d for d in DELIMITERS if d in header), ",")
+
+
+def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
+    """The file's columns renamed to rtml's: mapped ones as mapped, and otherwise a column
+    whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`)."""
+    found = list(found)
+    loose = {str(c).strip().lstrip("\ufeff").lower(): c for c in reversed(found)}
+    names: dict[Any, str] = {}
+    for name in dict.fromkeys([*TRADE_COLUMNS, *CANDLE_COLUMNS]):
+        column = mapping.get(name, name)
+        if column not in found:
+            column = loose.get(column.strip().lower(), column)
+        if column in found and column not in names:
+            names[column] = name
+    return names
+
+
 def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
     """A replay file with rtml's column names (`columns` maps them to the file's own).
 
     Symbols, trade ids and sides are text even when they look like numbers (a ticker such
-    as 7203, an id column of integers)."""
+    as 7203, an id column of integers). A file that cannot be read says so, with what to do."""
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
     mapping = dict(columns or {})
-    text = {mapping.get(name, name): str for name in TEXT_COLUMNS}
-    if path.suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-        for name in set(text) & set(frame.columns):
-            if frame[name].dtype.kind in "iub":
-                frame[name] = frame[name].astype(str)
-    elif path.suffix in (".csv", ".gz"):
-        frame = pd.read_csv(path, dtype=text)
-    else:
-        raise ConfigError(f"replay file {path}: use .csv or .parquet")
-    return frame.rename(columns={v: k for k, v in mapping.items()})
+    if path.suffix not in (".parquet", ".pq", ".csv", ".gz"):
+        raise ConfigError(f"replay file {path}: use .csv (or .csv.gz) or .parquet")
+    try:
+        if path.suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            names = _rtml_names(frame.columns, mapping)
+        else:
+            sep = _delimiter(path)
+            names = _rtml_names(pd.read_csv(path, sep=sep, nrows=0).columns, mapping)
+            text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
+            frame = pd.read_csv(path, sep=sep, dtype=text)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
+        raise ConfigError(
+            f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give a UTF-8 CSV with a header row, or a Parquet file"
+        ) from None
+    frame = frame.rename(columns=names)
+    for name in set(TEXT_COLUMNS) & set(frame.columns):
+        if frame[name].dtype.kind in "iub":
+            frame[name] = frame[name].astype(str)
+    return frame
 
 
 def replay(
@@ -204,6 +243,10 @@ def replay(
     """
     frame = read_table(path, columns)
     if set(TRADE_COLUMNS) <= set(frame.columns):
+        # in event-time order: an export written newest first is the same market
+        frame = frame.reset_index(drop=True)
+        frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
+        frame = frame.sort_values("_start", na_position="first", kind="stable")
         records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
         for record in records:
             try:
@@ -220,13 +263,23 @@ def replay(
     # in event-time order, parsed (text sorts "999" after "1000"); unreadable times first
     # each time parsed once; only an unreadable one is parsed again, for its BadRecord
     frame = frame.reset_index(drop=True)
-    frame = frame.assign(_start=frame["ts"].map(_ts_or_none).astype(float))
+    frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
     frame = frame.sort_values("_start", na_position="first", kind="stable")
     rows: list[dict[str, Any]] = frame[[*CANDLE_COLUMNS, "_start"]].to_dict("records")  # type: ignore[assignment]
+    at, given = math.nan, set[Any]()  # the symbols with a candle at `at` (rows are in time order)
     for i, row in enumerate(rows):
         # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
         try:
             start = row["_start"] if not math.isnan(row["_start"]) else parse_ts(row["ts"])
+            if start != at:
+                at, given = start, set()
+            if row["symbol"] in given:
+                # its four trades would land in the same window: twice the volume, and the
+                # two candles' prices merged into one
+                raise BadRecord(
+                    "duplicate", f"a second {row['symbol']!r:.60} candle at {row['ts']!r:.40}"
+                )
+            given.add(row["symbol"])
             volume = number(row, "volume", positive=False, text=True)  # a stray header row is text
             # the four trades stay inside the window the candle starts in, even for a start
             # that is not on a window boundary (a session opening at 09:30, a zone offset)
@@ -264,7 +317,7 @@ class CandleProfile:
         return "skip" if self.gaps > 0.01 else "flat"
 
 
-def _ts_or_none(value: Any) -> float | None:
+def ts_or_none(value: Any) -> float | None:
     try:
         return parse_ts(value)
     except BadRecord:
@@ -287,7 +340,7 @@ def candle_profile(path: Path, columns: dict[str, str] | None = None) -> CandleP
         return None
     steps: list[float] = []
     for _, rows in frame.groupby("symbol", sort=False):
-        stamps = sorted({ts for v in rows["ts"] if (ts := _ts_or_none(v)) is not None})
+        stamps = sorted({ts for v in rows["ts"] if (ts := ts_or_none(v)) is not None})
         steps.extend(b - a for a, b in itertools.pairwise(stamps))
     if not steps:
         return None

@@ -562,10 +562,12 @@ class Trainer:
             self.stop.set()
 
     def _admit(self, ex: Example) -> Example:
-        """Event-time sanity: the symbol is configured, the label time is not far ahead.
+        """Event-time sanity: the symbol is configured, the label came a horizon after its
+        features (not sooner, not days later), and the label time is not far ahead.
 
         An example from the year 2286 would otherwise become every later example's "seen
-        before" and the model's `trained_through`.
+        before" and the model's `trained_through`. One whose features date from long before
+        its label (`ts` = 1) would be learned as if its target were the next H candles'.
         """
         if ex.symbol not in self.known_symbols:
             raise BadRecord(
@@ -582,6 +584,20 @@ class Trainer:
                     f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is more than {bound:g} s "
                     "ahead of both what was learned and the clock (RTML_MAX_FUTURE_S)",
                 )
+        span, least = ex.label_ts - ex.ts, self.settings.horizon * self.settings.candle_seconds
+        if span < least:
+            raise BadRecord(
+                "leak",
+                f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; a label is "
+                f"known {self.settings.horizon} candles ({least} s) later at the earliest",
+            )
+        if span > bound:
+            raise BadRecord(
+                "stale",
+                f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features, more than "
+                f"RTML_MAX_FUTURE_S ({bound:g} s): its target is not the next "
+                f"{self.settings.horizon} candles' change",
+            )
         return ex
 
     def _on_drift(self, ex: Example) -> None:

@@ -162,13 +162,27 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     return number
 
 
+EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
+"""Epoch numbers this large are nanoseconds, microseconds or milliseconds: 1e11 seconds is
+the year 5138, and 1e11 milliseconds is 1973."""
+
+
 def parse_ts(value: Any) -> float:
-    """Epoch seconds from epoch seconds or ISO-8601; a time without a zone is UTC, whatever
-    the machine's zone.
+    """Epoch seconds from a datetime, ISO-8601, or epoch seconds, milliseconds, microseconds or
+    nanoseconds (told apart by size, as exchanges write all four); a time without a zone is
+    UTC, whatever the machine's zone.
 
     >>> parse_ts("2018-01-02"), parse_ts("2018-01-02T00:00:00-05:00"), parse_ts(1514851200)
     (1514851200.0, 1514869200.0, 1514851200.0)
+    >>> parse_ts(1514851200000), parse_ts("1514851200000000"), parse_ts(1514851200 * 10**9)
+    (1514851200.0, 1514851200.0, 1514851200.0)
     """
+    if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        try:
+            return moment.timestamp()
+        except ValueError:
+            raise BadRecord("missing_field", "ts is empty (NaT)") from None
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -177,9 +191,13 @@ def parse_ts(value: Any) -> float:
             return moment.timestamp()
         except ValueError:
             raise BadRecord(
-                "wrong_type", f"ts is not ISO-8601 or epoch seconds: {value!r}"
+                "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}"
             ) from None
-    return number({"ts": value}, "ts", positive=True, text=True)
+    seconds = number({"ts": value}, "ts", positive=True, text=True)
+    for least, per_second in EPOCH_UNITS:
+        if seconds >= least:
+            return seconds / per_second
+    return seconds
 
 
 def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
@@ -316,10 +334,23 @@ def _object(record: dict[str, Any], field: str) -> dict[str, Any]:
     return value
 
 
+_FLOAT = {float}
+
+
 def _values(values: dict[str, Any], names: Iterable[str] | None) -> dict[str, float]:
     """The finite numbers among `values` (of `names`, or all); the rest are left out, as River
     models expect of missing values. bool is an int to Python, but not a feature value; v - v
     is 0.0 only for a finite number."""
+    if names is not None:
+        # the usual record, every name a finite float: checked in two passes at C speed (a sum
+        # is finite only if every term is; if not, the general path decides value by value)
+        try:
+            picked = {n: values[n] for n in names}
+        except KeyError:
+            pass
+        else:
+            if set(map(type, picked.values())) <= _FLOAT and math.isfinite(sum(picked.values())):
+                return picked
     keys = values if names is None else names
     return {
         n: float(v)

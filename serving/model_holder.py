@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtml import registry
+from rtml.pipelines.models import LinearScorer
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class ModelHolder:
             return False
         served = Served(
             version=version,
-            learner=loaded.model,
+            # served, never trained: a linear model predicts in one pass (LinearScorer)
+            learner=LinearScorer.of(getattr(loaded.model, "model", None)) or loaded.model,
             loaded_at=time.time(),
             trained_through=float(loaded.metadata.get("trained_through", float("nan"))),
             model=self.name,

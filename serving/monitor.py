@@ -11,7 +11,7 @@ logged to MLflow, and drawn on the dashboard.
 
 >>> m = Monitor(window=2)
 >>> m.on_prediction(Prediction("X", 60.0, 0.01, 1, 0.0), arrived=100.0)
->>> m.on_example("X", 60.0, {"close": 10.0}, 0.03)
+>>> m.on_example("X", 60.0, 0.03)
 >>> m.joined, round(m.rolling_mae(1, "X"), 4), round(m.baseline_mae("X"), 4)
 (1, 0.02, 0.03)
 """
@@ -134,10 +134,11 @@ class Monitor:
             _, dropped = self._predictions.popitem(last=False)
             self.expired += len(dropped)
 
-    def on_example(self, symbol: str, ts: float, features: dict[str, float], target: float) -> None:
+    def on_example(self, symbol: str, ts: float, target: float) -> None:
+        """The target of (symbol, ts) is known. Prices come from `features` (`on_price`):
+        examples carry only the model's inputs."""
         self.examples += 1
         self.last_record_at = time.time()
-        self.on_price(symbol, ts, features.get("close"))
         waiting = self._predictions.pop((symbol, ts), None)
         if waiting is None:
             self._targets[(symbol, ts)] = target
@@ -387,10 +388,10 @@ class MonitorService:
             with self.lock:
                 m.on_prediction(prediction)
         elif topic == self.topics.examples:
-            ex = parse_example(raw)
+            ex = parse_example(raw, ())  # only the target is scored
             self._known(ex.symbol, ex.label_ts)
             with self.lock:
-                m.on_example(ex.symbol, ex.ts, ex.features, ex.target)
+                m.on_example(ex.symbol, ex.ts, ex.target)
         else:
             row = parse_features(raw, ("close",))
             self._known(row.symbol, row.ts)

@@ -390,6 +390,9 @@ def test_poison_examples_reach_the_trainers_dlq_with_their_reasons(settings: Set
         ("unknown_symbol", encode(_example("NOT/CONFIGURED", START))),
         # an example from the year 2283 must not make every later one "seen before"
         ("future", encode(_example(local.symbols[0], 9.9e9))),
+        # a label a horizon after its features, no sooner and not days later
+        ("leak", encode({**_example(local.symbols[0], START + 600), "label_ts": START + 660})),
+        ("stale", encode({**_example(local.symbols[0], START + 600), "ts": 1.0})),
     ]
     poison = [value for _, value in cases]
     for value in [*good[:15], *poison, *good[15:]]:

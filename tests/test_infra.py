@@ -80,7 +80,7 @@ def _metric_names() -> dict[str, set[str]]:
     """Every series name the API, the monitor and the consumers export, with its labels."""
     monitor = Monitor()
     monitor.on_prediction(Prediction("X", 60.0, 0.1, 1, 0.0))
-    monitor.on_example("X", 60.0, {"ret_1": 0.0}, 0.2)
+    monitor.on_example("X", 60.0, 0.2)
     monitor.reject("features")
     registry = CollectorRegistry()
     registry.register(MonitorCollector(monitor))

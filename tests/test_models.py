@@ -12,7 +12,7 @@ import pytest
 
 from rtml.errors import ConfigError
 from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import MODELS, build_model
+from rtml.pipelines.models import MODELS, LinearScorer, build_model
 from rtml.pipelines.trainer import warm_start
 from rtml.records import BadRecord, Example, parse_example
 from rtml.settings import Settings
@@ -149,3 +149,60 @@ def test_learner_skips_what_it_has_learned_and_survives_pickle() -> None:
     clone = pickle.loads(pickle.dumps(learner))
     assert clone.learned == 20 and clone.skipped == 1 and clone.watermark == 19 + 300
     assert clone.metrics() == learner.metrics()
+
+
+@pytest.mark.parametrize("params", [{}, {"l2": 0.01}, {"lr": 0.05, "clip_gradient": 1.0}])
+def test_a_linear_scorer_predicts_as_its_model_does(params: dict[str, float]) -> None:
+    """Served versions and the gate's snapshots predict through `LinearScorer`: it must give
+    the model's predictions on inputs it has and has not seen, with features missing, extra,
+    constant (zero variance) or of large magnitude, and leave the model as it was."""
+    model = build_model("linear", params)
+    rng = random.Random(3)
+    for i, (base, y) in enumerate(_stream(400)):
+        x = {**base, "constant": 5.0, "price": 50_000 + rng.gauss(0, 10)}
+        if i % 7 == 0:
+            del x["b"]  # sometimes missing
+        model.learn_one(x, y)
+    before = pickle.dumps(model)
+    scorer = LinearScorer.of(model)
+    assert scorer is not None
+    probes = [
+        {"a": rng.gauss(0, 3), "b": rng.gauss(0, 3), "c": rng.random(), "price": 50_000.0}
+        for _ in range(50)
+    ]
+    probes += [{}, {"a": 1.0}, {"unseen": 9.0, "constant": 5.0}, {"a": 1e6, "price": -1e6}]
+    scored = [scorer.predict_one(x) for x in probes]
+    assert pickle.dumps(model) == before  # untouched (River's own predict_one is not)
+    for x, got in zip(probes, scored, strict=True):
+        assert got == pytest.approx(model.predict_one(x), rel=1e-9, abs=1e-12)
+    assert pickle.loads(pickle.dumps(scorer)).predict_one(probes[0]) == scorer.predict_one(
+        probes[0]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"linear"}))
+def test_other_models_are_not_taken_for_linear(name: str) -> None:
+    assert LinearScorer.of(build_model(name)) is None
+
+
+def test_the_gates_served_errors_are_those_of_model_copies() -> None:
+    """Snapshots of a linear model are scorers; the served errors the gate reads are the ones
+    copies of the model give (the pre-scorer way)."""
+    fast, slow = (
+        Learner(build_model("linear"), window=50),
+        Learner(build_model("linear"), window=50),
+    )
+    slow.snapshot = lambda watermark=None: slow._snapshots.append(  # type: ignore[method-assign]
+        (
+            slow.watermark if watermark is None else watermark,
+            pickle.loads(pickle.dumps(slow.model)),
+        )
+    )
+    for t, (x, y) in enumerate(_stream(300)):
+        ex = Example("X", 60.0 * t, 60.0 * (t + 5), x, y)
+        fast.step(ex)
+        slow.step(ex)
+    assert any(isinstance(model, LinearScorer) for _, model in fast._snapshots)
+    got, want = fast.served_errors(), slow.served_errors()
+    assert len(got[0]) == len(want[0]) == 50
+    assert got[0] == pytest.approx(want[0], rel=1e-9, abs=1e-12)

@@ -20,8 +20,8 @@ def test_joins_in_either_order_and_scores_each_version() -> None:
     m = Monitor(window=10)
     m.on_prediction(_p("A", 60, 0.010, version=1))
     m.on_prediction(_p("A", 60, 0.030, version=2))  # two replicas on different versions
-    m.on_example("A", 60, {"close": 100.0}, 0.020)
-    m.on_example("A", 120, {"close": 101.0}, -0.010)  # the target first ...
+    m.on_example("A", 60, 0.020)
+    m.on_example("A", 120, -0.010)  # the target first ...
     m.on_prediction(_p("A", 120, 0.000, version=2))  # ... then its prediction
     assert m.joined == 3
     assert m.rolling_mae(1, "A") == pytest.approx(0.010)
@@ -46,7 +46,7 @@ def test_rolling_window_forgets_old_errors() -> None:
     m = Monitor(window=2)
     for i, error in enumerate([1.0, 0.1, 0.3]):
         m.on_prediction(_p("A", 60 * i, 0.0))
-        m.on_example("A", 60 * i, {}, error)
+        m.on_example("A", 60 * i, error)
     assert m.rolling_mae(1) == pytest.approx(0.2)
 
 
@@ -71,7 +71,7 @@ def test_a_shift_in_the_champions_errors_raises_a_drift_alert() -> None:
     for i in range(3000):
         target = rng.gauss(0, 0.01) + (0.08 if i >= 1500 else 0.0)
         m.on_prediction(_p("A", 60.0 * i, 0.0))
-        m.on_example("A", 60.0 * i, {"close": 1.0}, target)
+        m.on_example("A", 60.0 * i, target)
     assert m.alerts, "no alert after the errors jumped eightfold"
     assert all(a["ts"] >= 60.0 * 1500 for a in m.alerts)
     assert m.alerts[0]["version"] == 1
@@ -98,7 +98,8 @@ def test_snapshot_and_exports_carry_the_rolling_errors() -> None:
     m = Monitor(window=5)
     for i in range(6):
         m.on_prediction(_p("BTC/USD", 60 * i, 0.01, version=4))
-        m.on_example("BTC/USD", 60 * i, {"close": 100.0 + i}, 0.03)
+        m.on_example("BTC/USD", 60 * i, 0.03)
+        m.on_price("BTC/USD", 60 * i, 100.0 + i)
     m.reject("predictions")
     snap = orjson.loads(orjson.dumps(m.snapshot(points=3)))  # JSON-clean
     assert len(snap["price"]["BTC/USD"]) == 3
@@ -135,7 +136,7 @@ def test_versions_are_keyed_by_model_and_bounded_to_the_recently_served() -> Non
     m = Monitor(window=10, max_versions=3)
     for i, (model, version) in enumerate([("a", 1), ("b", 1), ("a", 2), ("a", 3), ("a", 4)]):
         m.on_prediction(Prediction("A", 60.0 * i, 0.1 * (i + 1), version, 0.0, model))
-        m.on_example("A", 60.0 * i, {}, 0.0)
+        m.on_example("A", 60.0 * i, 0.0)
     assert m.rolling_mae(1, model="a") != m.rolling_mae(1, model="b")  # shards do not collide
     kept = {(r["model"], r["version"]) for r in m.errors_table()}
     assert len(kept) == 3 and ("a", 4) in kept  # the oldest served were forgotten

@@ -77,6 +77,8 @@ def _example_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("unknown_symbol", json.dumps({**good, "symbol": "NOT/CONFIGURED"}).encode()),
         ("future", json.dumps({**good, "label_ts": YEAR_2286}).encode()),
         ("leak", json.dumps({**good, "label_ts": ts - 60}).encode()),
+        ("leak", json.dumps({**good, "label_ts": ts + 60}).encode()),  # sooner than H candles
+        ("stale", json.dumps({**good, "ts": 1.0}).encode()),  # features from 1970
         ("missing_field", json.dumps({"symbol": symbol, "ts": ts}).encode()),
         ("wrong_type", json.dumps({**good, "target": "up"}).encode()),
         ("not_finite", json.dumps({**good, "target": math.inf}).encode()),
@@ -116,14 +118,19 @@ def _dlq_kinds(settings: Settings, topic: str) -> Counter[str]:
 
 
 def _valid(settings: Settings, topic: str, parse: Callable[[bytes], Any]) -> list[Any]:
-    """The records of `topic` that rtml sent (parse, configured symbol, not from 2286)."""
+    """The records of `topic` that rtml sent (parse, configured symbol, not from 2286, and an
+    example's label a horizon after its features)."""
     out = []
+    span = (settings.horizon * settings.candle_seconds, settings.max_future_s)
     for _, value in read_messages(settings, topic):
         try:
             record = parse(value)
         except BadRecord:
             continue
-        newest = max(record.ts, getattr(record, "label_ts", 0))
+        label_ts = getattr(record, "label_ts", None)
+        if label_ts is not None and not span[0] <= label_ts - record.ts <= span[1]:
+            continue
+        newest = max(record.ts, label_ts or 0)
         if record.symbol in settings.symbols and newest < YEAR_2286:
             out.append(record)
     return out

@@ -17,7 +17,7 @@ from rtml.errors import ConfigError
 from rtml.pipelines import kraken
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import REGIMES, SyntheticMarket, paced, replay
+from rtml.pipelines.sources import REGIMES, SyntheticMarket, candle_profile, paced, replay
 from rtml.records import BadRecord, Trade
 
 
@@ -193,3 +193,98 @@ def test_replay_of_a_messy_candle_file_yields_every_row_good_or_bad(tmp_path: Pa
     assert [t.ts for t in trades][::4] == [999.0, 1000.0]
     assert sorted(b.kind for b in bad) == ["not_finite", "wrong_type", "wrong_type"]
     assert len(items) == 2 * 4 + 3  # two whole candles, three rows refused once each
+
+
+def _candle_rows(start: float, n: int, scale: float = 1.0) -> list[str]:
+    return [f"X,{(start + 60 * i) * scale:.0f},1,2,0.5,1.5,10" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        # headers as spreadsheets and exchanges write them
+        ("bom.csv", "\ufeffsymbol,ts,open,high,low,close,volume\n"),
+        ("semicolons.csv", "symbol;ts;open;high;low;close;volume\n"),
+        ("tabs.csv", "symbol\tts\topen\thigh\tlow\tclose\tvolume\n"),
+        ("case.csv", " Symbol,TS,Open,High,Low,Close, Volume \n"),
+    ],
+)
+def test_replay_reads_the_headers_users_have(tmp_path: Path, name: str, content: str) -> None:
+    sep = next(d for d in (";", "\t", ",") if d in content)
+    path = tmp_path / name
+    path.write_text(content + "\n".join(r.replace(",", sep) for r in _candle_rows(1.7e9, 3)))
+    trades = [t for t in replay(path) if isinstance(t, Trade)]
+    assert len(trades) == 12
+    assert [t.ts for t in trades][::4] == [1.7e9, 1.7e9 + 60, 1.7e9 + 120]
+
+
+@pytest.mark.parametrize("scale", [1, 1e3, 1e6, 1e9])
+def test_epoch_times_in_any_unit_are_the_same_seconds(tmp_path: Path, scale: float) -> None:
+    """Milliseconds (as Binance writes klines), microseconds or nanoseconds are not read as
+    seconds of the year 55,000."""
+    path = tmp_path / "candles.csv"
+    path.write_text(
+        "symbol,ts,open,high,low,close,volume\n" + "\n".join(_candle_rows(1.7e9, 3, scale))
+    )
+    trades = [t for t in replay(path) if isinstance(t, Trade)]
+    assert [t.ts for t in trades][::4] == [1.7e9, 1.7e9 + 60, 1.7e9 + 120]
+    profile = candle_profile(path)
+    assert profile is not None and profile.seconds == 60
+
+
+def test_a_parquet_file_with_datetime_times(tmp_path: Path) -> None:
+    path = tmp_path / "candles.parquet"
+    frame = pd.DataFrame(
+        {
+            "symbol": ["X", "X", "X"],
+            "ts": [pd.Timestamp("2024-01-01 00:00"), pd.Timestamp("2024-01-01 00:01"), pd.NaT],
+            **{c: [1.0, 1.0, 1.0] for c in ("open", "high", "low", "close", "volume")},
+        }
+    )
+    frame.to_parquet(path)
+    items = list(replay(path))
+    trades = [t for t in items if isinstance(t, Trade)]
+    assert [t.ts for t in trades][::4] == [1704067200.0, 1704067260.0]
+    assert [b.kind for b in items if isinstance(b, BadRecord)] == ["missing_field"]
+
+
+def test_a_trade_file_written_newest_first_replays_in_event_time(tmp_path: Path) -> None:
+    path = tmp_path / "trades.csv"
+    rows = [f"X,{i},100,1,buy,{1_700_000_100 - i}" for i in range(5)]
+    path.write_text("symbol,trade_id,price,size,side,ts\n" + "\n".join(rows))
+    assert [t.ts for t in replay(path) if isinstance(t, Trade)] == [
+        1_700_000_096 + i for i in range(5)
+    ]
+
+
+def test_a_candle_given_twice_is_refused_not_doubled(tmp_path: Path) -> None:
+    """Exports often repeat rows: a second candle of a symbol at the same time would double
+    that window's volume and merge two candles' prices."""
+    path = tmp_path / "candles.csv"
+    rows = _candle_rows(1.7e9, 3)
+    other = rows[1].replace(",10", ",99")  # the same candle with another volume
+    path.write_text(
+        "symbol,ts,open,high,low,close,volume\n"
+        + "\n".join([*rows, rows[0], other, "Y" + rows[0][1:]])
+    )
+    items = list(replay(path))
+    assert [b.kind for b in items if isinstance(b, BadRecord)] == ["duplicate", "duplicate"]
+    trades = [t for t in items if isinstance(t, Trade)]
+    assert len(trades) == 4 * 4  # X's three candles and Y's one
+    assert sum(t.size for t in trades if t.symbol == "X") == pytest.approx(30.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("empty.csv", b""),
+        ("binary.csv", bytes(range(256)) * 8),
+        ("broken.parquet", b"PAR1 not really"),
+        ("quotes.csv", b'symbol,ts\n"X,1\n' * 3),
+    ],
+)
+def test_an_unreadable_file_says_what_to_give(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=r"could not be read|neither trades"):
+        list(replay(path))
