@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from rtml import feature_store as fs
-from rtml.kafka import dead_letter, encode
+from rtml.kafka import dead_letter, encode, send
 from rtml.pipelines.feature_pipeline import PipelineStats
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink
@@ -42,7 +42,8 @@ def publish(
             stats.rejected[item.kind] += 1
             dead_letter(producer, topic, str(item), None, origin="source")
         else:
-            producer.produce(topic, key=item.symbol.encode(), value=encode(item.to_json()))
+            # a replay outruns any broker: a full queue waits for deliveries (send)
+            send(producer, topic, encode(item.to_json()), item.symbol.encode())
             stats.trades += 1
             bar.update()
         producer.poll(0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from rtml import feature_store as fs
-from rtml.kafka import Topics, encode
+from rtml.kafka import Topics, encode, send
 from rtml.pipelines.emitted import Emitted, source_header
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
 from rtml.pipelines.processor import Outputs
@@ -201,19 +201,18 @@ class FeatureSink:
                 if emitted is not None and not emitted.new_feature(row):
                     self.already_emitted += 1
                     continue
-                self.producer.produce(
+                send(
+                    self.producer,
                     self.topics.features,
+                    encode(row.to_json()),
                     key=row.symbol.encode(),
-                    value=encode(row.to_json()),
                     headers=source_header(row.source) if row.source else None,
                 )
             for ex in out.examples:
                 if emitted is not None and not emitted.new_example(ex):
                     self.already_emitted += 1
                     continue
-                self.producer.produce(
-                    self.topics.examples, key=ex.symbol.encode(), value=encode(ex.to_json())
-                )
+                send(self.producer, self.topics.examples, encode(ex.to_json()), ex.symbol.encode())
             self.producer.poll(0)
 
     def flush_online(self, due_only: bool = False) -> None:

@@ -41,6 +41,7 @@ from rtml.kafka import (
     ensure_topics,
     make_consumer,
     make_producer,
+    send,
 )
 from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
@@ -227,7 +228,7 @@ class Uploader:
             if self._producer is None:
                 self._producer = make_producer(self.settings)
             key = self.settings.model_name.encode()
-            self._producer.produce(Topics.of(self.settings).alerts, key=key, value=encode(alert))
+            send(self._producer, Topics.of(self.settings).alerts, encode(alert), key)
             self._producer.flush(10)
             log.error(
                 "the model diverges after %d examples and is not served: %s",
@@ -613,7 +614,7 @@ class Trainer:
             "response": self.settings.drift_response,
         }
         assert self._producer is not None
-        self._producer.produce(self.topics.alerts, key=ex.symbol.encode(), value=encode(alert))
+        send(self._producer, self.topics.alerts, encode(alert), ex.symbol.encode())
         log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
         fresh = build_model(self.settings.model, self.settings.model_params)
         if self.settings.drift_response == "reset":

@@ -220,12 +220,45 @@ DLQ_RAW_BYTES = 16 * 1024
 """How much of a rejected value its dead-letter record keeps (JSON escaping may double it)."""
 
 
+DLQ_KEY_BYTES = 1024
+"""How much of a rejected record's key its dead letter keeps: a key is the producer's to
+choose, and one of a megabyte would make the dead letter too large for the broker."""
+
+
 class Sink(Protocol):
     """Where records go: a Kafka producer, or memory in tests (`rtml.testing.MemorySink`)."""
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None: ...
 
+    def poll(self, timeout: float) -> int: ...
+
     def flush(self, timeout: float) -> int: ...
+
+
+def send(
+    producer: Any,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    timeout: float = 30.0,
+    **kwargs: Any,
+) -> None:
+    """Produce one record; while the producer's local queue is full (a broker slow or away),
+    serve its deliveries and try again, for up to `timeout` seconds, rather than fail the
+    record. `BufferError` after that: the broker has been away that long."""
+    deadline = None
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, **kwargs)
+            return
+        except BufferError:
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+                log.warning("the producer's queue is full: waiting for deliveries to %s", topic)
+            elif now > deadline:
+                raise
+            producer.poll(0.1)
 
 
 def dead_letter(
@@ -268,7 +301,7 @@ def dead_letter(
             record["raw_base64"] = base64.b64encode(data).decode()
     if key is None and origin:
         key = origin.rsplit("@", 1)[0].encode()
-    producer.produce(dlq(topic), key=key, value=encode(record))
+    send(producer, dlq(topic), encode(record), key=key[:DLQ_KEY_BYTES] if key else key)
 
 
 def replay_value(dead: Mapping[str, Any]) -> bytes | None:

@@ -353,11 +353,13 @@ class Runner:
             if position not in assignment:
                 continue  # fetched before a revoke in this batch: its new owner reads it
             read[topic] = read.get(topic, 0) + 1
-            value = msg.value()
+            value, key = msg.value(), msg.key()
             try:
-                if value is not None and len(value) > MAX_RECORD_BYTES:
+                size = (len(value) if value else 0) + (len(key) if key else 0)
+                if size > MAX_RECORD_BYTES:
                     raise BadRecord(
-                        "too_large", f"{len(value)} bytes; a record is at most {MAX_RECORD_BYTES}"
+                        "too_large",
+                        f"{size} bytes of key and value; a record is at most {MAX_RECORD_BYTES}",
                     )
                 step(msg)
                 done += 1

@@ -62,14 +62,25 @@ class MemorySink:
     """Produced records in memory, for tests: `sent` lists (topic, key, value); `flushes`
     counts the flushes, `pending` what was produced since the last one."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int | None = None) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
         self.flushes = 0
         self.pending = 0
+        self.capacity = capacity
+        """With a capacity, a produce beyond it raises BufferError until a poll or a flush
+        delivers what is pending, as a Kafka producer's full local queue does."""
+        self.polls = 0
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
+        if self.capacity is not None and self.pending >= self.capacity:
+            raise BufferError("Local: Queue full")
         self.sent.append((topic, key, value))
         self.pending += 1
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        delivered, self.pending = self.pending, 0
+        return delivered
 
     def flush(self, timeout: float) -> int:
         self.flushes += 1

@@ -14,7 +14,7 @@ from collections import Counter
 
 from confluent_kafka import Message, Producer
 
-from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer
+from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
 from rtml.pipelines.features import FEATURE_NAMES
 from rtml.records import BadRecord, EventTimes, Prediction, parse_features
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
@@ -76,8 +76,11 @@ class StreamingPredictor:
             model.model,
         )
         assert self._producer is not None
-        self._producer.produce(
-            self.topics.predictions, key=row.symbol.encode(), value=encode(prediction.to_json())
+        send(
+            self._producer,
+            self.topics.predictions,
+            encode(prediction.to_json()),
+            row.symbol.encode(),
         )
 
     def _assigned(self, partitions: list[Position]) -> None:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from rtml.kafka import DLQ_RAW_BYTES
+from rtml.kafka import DLQ_KEY_BYTES, DLQ_RAW_BYTES
 from rtml.records import MAX_RECORD_BYTES, BadRecord
 from rtml.runner import Counters, Position, Runner, serve_metrics
 from rtml.settings import Settings
@@ -67,9 +67,10 @@ def run(
     partitions: Sequence[int] = (0, 1),
     stop_at: tuple[int, int] | None = None,
     commit_interval_s: float = 0.0,
+    sink: MemorySink | None = None,
     **kwargs: object,
 ) -> tuple[Runner, CheckedSource, MemorySink, Step]:
-    sink = MemorySink()
+    sink = sink or MemorySink()
     drained = threading.Event()
     source = CheckedSource(sink, batches, [(T, p) for p in partitions], drained)
     step = Step(sink, stop_at)
@@ -121,6 +122,30 @@ def test_rejects_go_to_their_topics_dlq_with_class_key_and_origin_and_the_loop_g
     assert len(dead[2][1]["raw"]) == DLQ_RAW_BYTES
     assert runner.counters.rejected == {(T, "wrong_type"): 1, (T, "error"): 1, (T, "too_large"): 1}
     assert source.committed == [{(T, 0): 3, (T, 1): 1}]  # rejected records are passed
+
+
+def test_a_huge_key_is_refused_and_its_dead_letter_fits_the_broker() -> None:
+    """A key is the producer's to choose: 100 KB of key with a one-byte value is as large as
+    a value of that size, and the dead letter keeps only the key's first KB."""
+    key = b"k" * 100_000
+    _, _, sink, step = run([[msg(0, 0, b"x", key=key), msg(0, 1, b"bad", key=key)]])
+    assert step.seen == []
+    dead = sink.on(f"{T}.dlq")
+    assert [orjson.loads(v or b"")["reason"].partition(":")[0] for _, v in dead] == [
+        "too_large",
+        "too_large",
+    ]
+    assert all(k == key[:DLQ_KEY_BYTES] for k, _ in dead)
+
+
+def test_a_full_producer_queue_waits_for_deliveries_and_loses_nothing() -> None:
+    """A broker slow to take records fills the producer's local queue (BufferError): the dead
+    letters wait for deliveries instead of failing the loop."""
+    sink = MemorySink(capacity=2)
+    runner, source, _, _ = run([[msg(0, i, b"bad %d" % i) for i in range(7)]], sink=sink)
+    assert len(sink.on(f"{T}.dlq")) == 7
+    assert sink.polls >= 3 and runner.counters.rejected == {(T, "wrong_type"): 7}
+    assert source.committed == [{(T, 0): 7}]
 
 
 def test_a_topic_owned_by_another_component_is_counted_not_dead_lettered() -> None:

@@ -337,7 +337,7 @@ def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
     is fixed (e.g. a symbol added to RTML_SYMBOLS). Truncated copies cannot be replayed."""
     import orjson
 
-    from rtml.kafka import Topics, make_producer, read_messages, replay_value
+    from rtml.kafka import Topics, make_producer, read_messages, replay_value, send
     from rtml.kafka import dlq as dead_letters_of
 
     target = getattr(Topics.of(settings), topic)
@@ -353,7 +353,7 @@ def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
             continue
         # a record that came without a key has its dead letter keyed by its partition's name
         keyless = key == str(record.get("origin", "")).rsplit("@", 1)[0].encode()
-        producer.produce(target, key=None if keyless else key, value=original)
+        send(producer, target, original, key=None if keyless else key)
         sent += 1
     producer.flush(30)
     click.echo(f"replayed {sent} record(s) onto {target}; {skipped} truncated copies skipped")
