@@ -564,7 +564,8 @@ class Trainer:
 
     def _admit(self, ex: Example) -> Example:
         """Event-time sanity: the symbol is configured, the label came a horizon after its
-        features (not sooner, not days later), and the label time is not far ahead.
+        features (not sooner; and not later where every window has a candle), and the label
+        time is not far ahead.
 
         An example from the year 2286 would otherwise become every later example's "seen
         before" and the model's `trained_through`. One whose features date from long before
@@ -592,12 +593,15 @@ class Trainer:
                 f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; a label is "
                 f"known {self.settings.horizon} candles ({least} s) later at the earliest",
             )
-        if span > bound:
+        if self.settings.gap_policy == "flat" and span > least * (1 + 1e-9):
+            # every window has a candle (a flat one where nothing traded), so the label of a
+            # `flat` market is exactly H windows after its features; with `skip` it is H
+            # candles that exist, however long the market was closed between them
             raise BadRecord(
                 "stale",
-                f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features, more than "
-                f"RTML_MAX_FUTURE_S ({bound:g} s): its target is not the next "
-                f"{self.settings.horizon} candles' change",
+                f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; with "
+                f"RTML_GAP_POLICY=flat the label is {self.settings.horizon} candles "
+                f"({least} s) after them",
             )
         return ex
 

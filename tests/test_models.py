@@ -206,3 +206,30 @@ def test_the_gates_served_errors_are_those_of_model_copies() -> None:
     got, want = fast.served_errors(), slow.served_errors()
     assert len(got[0]) == len(want[0]) == 50
     assert got[0] == pytest.approx(want[0], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("policy", ["flat", "skip"])
+def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy: str) -> None:
+    """Sooner than H candles is a leak under either gap policy. Later is stale where every
+    window has a candle (`flat`), and allowed where markets close (`skip`: MSFT's five trading
+    days span up to 13 calendar days)."""
+    from rtml.pipelines.trainer import Trainer
+
+    day = 86_400.0
+    settings = Settings(state_dir=tmp_path, symbols=("X",), candle_seconds=86_400, horizon=5)
+    settings = settings.model_copy(update={"gap_policy": policy})
+    trainer = Trainer(settings)
+    trainer.learner = Learner(build_model("linear"))
+    start = 1_700_006_400.0
+
+    def admit(ts: float, label_ts: float) -> str:
+        try:
+            trainer._admit(Example("X", ts, label_ts, {}, 0.0))
+        except BadRecord as exc:
+            return exc.kind
+        return "admitted"
+
+    assert admit(start, start + 5 * day) == "admitted"
+    assert admit(start, start + 4 * day) == "leak"
+    assert admit(start, start + 13 * day) == ("stale" if policy == "flat" else "admitted")
+    assert admit(1.0, start) == ("stale" if policy == "flat" else "admitted")

@@ -121,7 +121,8 @@ def _valid(settings: Settings, topic: str, parse: Callable[[bytes], Any]) -> lis
     """The records of `topic` that rtml sent (parse, configured symbol, not from 2286, and an
     example's label a horizon after its features)."""
     out = []
-    span = (settings.horizon * settings.candle_seconds, settings.max_future_s)
+    least = settings.horizon * settings.candle_seconds
+    span = (least, least if settings.gap_policy == "flat" else math.inf)
     for _, value in read_messages(settings, topic):
         try:
             record = parse(value)
