@@ -363,7 +363,7 @@ class Predictor:
 
     @staticmethod
     def _predict(model: Served, x: dict[str, float]) -> float:
-        value = model.learner.predict_one(x)
+        value = model.scorer.predict_one(x)
         return float(value) if math.isfinite(value) else math.nan
 
     def for_symbol(self, symbol: str) -> Response:

@@ -46,6 +46,15 @@ class Served:
     """Event time (epoch seconds) of the newest label the model had learned."""
     model: str = ""
     """The registered model the version belongs to, or `baseline`."""
+    scorer: Any = None
+    """What predicts for it: the learner folded into a `LinearScorer` where it is linear
+    (served, never trained: the same predictions in a third of the time), the learner
+    otherwise. `learner` stays the loaded model, as MLflow gives it to anyone."""
+
+    def __post_init__(self) -> None:
+        if self.scorer is None:
+            inner = getattr(self.learner, "model", None)
+            object.__setattr__(self, "scorer", LinearScorer.of(inner) or self.learner)
 
     @property
     def alias(self) -> str | None:
@@ -100,8 +109,7 @@ class ModelHolder:
             return False
         served = Served(
             version=version,
-            # served, never trained: a linear model predicts in one pass (LinearScorer)
-            learner=LinearScorer.of(getattr(loaded.model, "model", None)) or loaded.model,
+            learner=loaded.model,
             loaded_at=time.time(),
             trained_through=float(loaded.metadata.get("trained_through", float("nan"))),
             model=self.name,

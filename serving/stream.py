@@ -70,7 +70,7 @@ class StreamingPredictor:
         prediction = Prediction(
             row.symbol,
             row.ts,
-            float(model.learner.predict_one(row.values)),
+            float(model.scorer.predict_one(row.values)),
             int(model.version),
             model.trained_through,
             model.model,
