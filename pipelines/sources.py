@@ -243,10 +243,7 @@ def replay(
     """
     frame = read_table(path, columns)
     if set(TRADE_COLUMNS) <= set(frame.columns):
-        # in event-time order: an export written newest first is the same market
-        frame = frame.reset_index(drop=True)
-        frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
-        frame = frame.sort_values("_start", na_position="first", kind="stable")
+        frame = in_event_time(frame)  # an export written newest first is the same market
         records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
         for record in records:
             try:
@@ -260,11 +257,8 @@ def replay(
             f"{TRADE_COLUMNS} nor candles {CANDLE_COLUMNS}; map yours with --column "
             "NAME=FILE_COLUMN"
         )
-    # in event-time order, parsed (text sorts "999" after "1000"); unreadable times first
     # each time parsed once; only an unreadable one is parsed again, for its BadRecord
-    frame = frame.reset_index(drop=True)
-    frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
-    frame = frame.sort_values("_start", na_position="first", kind="stable")
+    frame = in_event_time(frame)
     rows: list[dict[str, Any]] = frame[[*CANDLE_COLUMNS, "_start"]].to_dict("records")  # type: ignore[assignment]
     at, given = math.nan, set[Any]()  # the symbols with a candle at `at` (rows are in time order)
     for i, row in enumerate(rows):
@@ -315,6 +309,14 @@ class CandleProfile:
     @property
     def gap_policy(self) -> str:
         return "skip" if self.gaps > 0.01 else "flat"
+
+
+def in_event_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by its parsed `ts` (text sorts "999" after "1000"), stably, with the
+    parsed time in `_start`; rows whose time cannot be read come first, as NaN."""
+    frame = frame.reset_index(drop=True)
+    frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
+    return frame.sort_values("_start", na_position="first", kind="stable")
 
 
 def ts_or_none(value: Any) -> float | None:

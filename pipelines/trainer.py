@@ -394,6 +394,10 @@ class Trainer:
         self.caught_up = 0  # examples learned from the offline store after the broker forgot
         # every configured symbol: this shard's are learned, other shards' are skipped
         self.known_symbols = frozenset(settings.symbols).union(*settings.shards.values())
+        self.own_symbols = frozenset(settings.symbols)
+        # the span of an example's label: exactly H windows where every window has a candle
+        self.least_span = settings.horizon * settings.candle_seconds
+        self.exact_span = settings.gap_policy == "flat"
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -542,7 +546,7 @@ class Trainer:
             return
         # only the features the model reads: other keys would each become a weight for good
         ex = self._admit(parse_example(msg.value() or b"", FEATURE_NAMES))
-        if ex.symbol not in self.settings.symbols:
+        if ex.symbol not in self.own_symbols:
             done["other_shard"] += 1
             return
         if self.learner.step(ex):
@@ -586,14 +590,14 @@ class Trainer:
                     f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is more than {bound:g} s "
                     "ahead of both what was learned and the clock (RTML_MAX_FUTURE_S)",
                 )
-        span, least = ex.label_ts - ex.ts, self.settings.horizon * self.settings.candle_seconds
+        span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:
             raise BadRecord(
                 "leak",
                 f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; a label is "
                 f"known {self.settings.horizon} candles ({least} s) later at the earliest",
             )
-        if self.settings.gap_policy == "flat" and span > least * (1 + 1e-9):
+        if self.exact_span and span > least * (1 + 1e-9):
             # every window has a candle (a flat one where nothing traded), so the label of a
             # `flat` market is exactly H windows after its features; with `skip` it is H
             # candles that exist, however long the market was closed between them

@@ -344,14 +344,11 @@ class Demo:
     def split_replay(self, path: Path) -> tuple[Path, Path]:
         """The replay file's first half in event time as history, the rest as the stream,
         both with rtml's column names (a file written newest first splits the same way)."""
-        import numpy as np
         import pandas as pd
 
-        from rtml.pipelines.sources import ts_or_none
+        from rtml.pipelines.sources import in_event_time
 
-        frame = self._read(path)
-        when = frame["ts"].map(ts_or_none).astype(float)
-        frame = frame.iloc[np.argsort(when.to_numpy(), kind="stable")]  # unreadable (NaN) last
+        frame = in_event_time(self._read(path)).drop(columns="_start")
         half = len(frame) // 2
         folder = self.settings.state / f"demo-{self.run_id}"
         folder.mkdir(parents=True, exist_ok=True)
