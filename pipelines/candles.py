@@ -8,7 +8,8 @@ closed is late, and a trade id seen before is a duplicate: both raise BadRecord 
 can dead-letter them.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
 the previous close and zero volume, so "5 candles ago" always means 5 windows ago; with the
-`skip` gap policy (markets with sessions) it is left empty.
+`skip` gap policy (markets with sessions) it is left empty. A silence longer than
+RTML_MAX_FUTURE_S is not bridged: the series restarts after it, and no label spans it.
 
 >>> b = CandleBuilder(seconds=60, allowed_lateness=0)
 >>> b.add(Trade("X", "1", 10.0, 1.0, "buy", 5.0))
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtml.pipelines.features import Candle
-from rtml.records import BadRecord, Trade
+from rtml.records import SETTLED, BadRecord, Trade, future_reason
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume
@@ -72,9 +73,12 @@ class CandleBuilder:
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
-        # how far past both its symbol's watermark and the clock a trade may be: one trade
-        # from the year 2286 must not drag a symbol's watermark (and its gap-filling) there
+        # how far a symbol's event time may step ahead (`records.future_reason`), and the
+        # longest silence a series bridges: a longer gap is not filled with flat candles (one
+        # stale trade atop a file would otherwise invent decades of them) and the series
+        # restarts after it. Never under two windows: one step spans that much.
         self.max_future_s = max_future_s
+        self.max_gap_s = max(max_future_s, 2.0 * seconds)
         self.clock = clock
         self._watermark: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
@@ -82,22 +86,19 @@ class CandleBuilder:
         self._closed_until: dict[str, float] = {}
         self._last_close: dict[str, float] = {}
         self._seen: dict[str, tuple[set[str], deque[str]]] = {}
+        self._run: dict[str, int] = {}  # candles closed since the series (re)started, capped
         self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
 
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
         """Add one trade; returns the candles that closed because of it, oldest first."""
         start = float(math.floor(trade.ts / self.seconds) * self.seconds)
         closed_until = self._closed_until.get(trade.symbol, -math.inf)
-        if trade.ts > self.watermark(trade.symbol) + self.max_future_s:
-            # checked against the clock only when the watermark says "too far": replays run
-            # ahead of the clock, a live feed back after a long silence runs ahead of the mark
-            horizon = max(self.watermark(trade.symbol), closed_until, self.clock())
-            if trade.ts > horizon + self.max_future_s:
-                raise BadRecord(
-                    "future",
-                    f"{trade.symbol}@{trade.ts}: more than {self.max_future_s:g} s ahead of both "
-                    f"its watermark and the clock (RTML_MAX_FUTURE_S)",
-                )
+        newest = max(self.watermark(trade.symbol), closed_until)
+        if trade.ts > newest + self.max_gap_s:
+            settled = self._run.get(trade.symbol, 0) >= SETTLED
+            why = future_reason(trade.ts, newest, self.clock(), self.max_gap_s, settled)
+            if why is not None:
+                raise BadRecord("future", f"{trade.symbol}@{trade.ts} is {why} (RTML_MAX_FUTURE_S)")
         if start + self.seconds <= closed_until:
             raise BadRecord(
                 "late",
@@ -184,6 +185,9 @@ class CandleBuilder:
         out = []
         prev_end = self._closed_until.get(symbol)
         prev_close = self._last_close.get(symbol)
+        if prev_end is not None and w.start - prev_end > self.max_gap_s:
+            prev_end = None  # too long a silence to bridge: the series restarts
+            self._run[symbol] = 0
         if prev_end is not None and prev_close is not None and self.gap_policy == "flat":
             for gap_start in range(int(prev_end), int(w.start), self.seconds):
                 out.append(
@@ -216,6 +220,7 @@ class CandleBuilder:
         )
         self._closed_until[symbol] = w.start + self.seconds
         self._last_close[symbol] = w.close
+        self._run[symbol] = min(self._run.get(symbol, 0) + 1, SETTLED)
         return out
 
     def open_positions(self) -> dict[int, int]:
@@ -243,6 +248,7 @@ class CandleBuilder:
             self._last_close,
             self._seen,
             self._arrived,
+            self._run,
         ):
             held.pop(symbol, None)
 
@@ -250,3 +256,4 @@ class CandleBuilder:
         """Resume a symbol after a restart: windows before `closed_until` are closed."""
         self._closed_until[symbol] = closed_until
         self._last_close[symbol] = last_close
+        self._run[symbol] = SETTLED

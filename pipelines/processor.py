@@ -77,9 +77,11 @@ class FeatureProcessor:
         return self.on_candles(self.builder.advance(watermark))
 
     def on_candles(self, candles: list[Candle], source: tuple[int, int] | None = None) -> Outputs:
-        out = Outputs(candles=list(candles))
+        out, max_gap = Outputs(candles=list(candles)), self.builder.max_gap_s
         for candle in candles:
             state = self._state.get(candle.symbol)
+            if state and state.history and candle.start - state.history[-1].end > max_gap:
+                state = None  # a silence the series does not bridge: it starts again
             if state is None:
                 state = self._state[candle.symbol] = _SymbolState(
                     deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)

@@ -47,7 +47,7 @@ from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.records import BadRecord, Example, parse_example
+from rtml.records import SETTLED, BadRecord, Example, future_reason, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -398,6 +398,10 @@ class Trainer:
         # the span of an example's label: exactly H windows where every window has a candle
         self.least_span = settings.horizon * settings.candle_seconds
         self.exact_span = settings.gap_policy == "flat"
+        # with `skip`, each of the H steps bridges a silence of at most RTML_MAX_FUTURE_S
+        # (a longer one restarts the series): MSFT's five trading days span up to 13 days
+        self.max_gap_s = settings.max_gap_s
+        self.most_span = settings.horizon * (self.max_gap_s + settings.candle_seconds)
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -581,14 +585,15 @@ class Trainer:
                 f"{ex.symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to learn it",
             )
         assert self.learner is not None
-        bound = self.settings.max_future_s
-        if ex.label_ts > self.learner.watermark + bound:
-            horizon = max(self.learner.watermark, time.time())
-            if ex.label_ts > horizon + bound:
+        bound, learner = self.max_gap_s, self.learner
+        if ex.label_ts > learner.watermark + bound:
+            why = future_reason(
+                ex.label_ts, learner.watermark, time.time(), bound, learner.learned >= SETTLED
+            )
+            if why is not None:
                 raise BadRecord(
                     "future",
-                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is more than {bound:g} s "
-                    "ahead of both what was learned and the clock (RTML_MAX_FUTURE_S)",
+                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why} (RTML_MAX_FUTURE_S)",
                 )
         span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:
@@ -606,6 +611,13 @@ class Trainer:
                 f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; with "
                 f"RTML_GAP_POLICY=flat the label is {self.settings.horizon} candles "
                 f"({least} s) after them",
+            )
+        if span > self.most_span:
+            raise BadRecord(
+                "stale",
+                f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; "
+                f"{self.settings.horizon} candles span at most {self.most_span:g} s, each "
+                "silence between them no longer than RTML_MAX_FUTURE_S",
             )
         return ex
 

@@ -227,34 +227,75 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
     )
 
 
+# a symbol's series is settled once it has this many event times (closed candles, learned
+# labels, served rows); before that, a jump far ahead restarts it instead of being refused, so
+# one stale record at a series' very start (a 1970 row atop a file) cannot hold it back
+SETTLED = 3
+
+
+def future_reason(ts: float, newest: float, now: float, bound: float, settled: bool) -> str | None:
+    """Why `ts` is `future` for a series whose newest event time is `newest`, or None.
+
+    The one rule every consumer applies (RTML_MAX_FUTURE_S is `bound`):
+
+    - within `bound` of the series' newest time: admitted (a replay or a simulator running
+      ahead of the clock steps forward this way);
+    - more than `bound` ahead of the clock: `future`, however the series stands (the year
+      2286);
+    - more than `bound` ahead of a settled series, and more than `bound` away from the clock:
+      `future` in replay time (a 2020 row inside a 2001 replay);
+    - otherwise admitted: a live feed back after a long silence is near the clock, and a
+      young series restarts.
+
+    >>> day = 86_400.0
+    >>> future_reason(10 * day, newest=9.5 * day, now=1e9, bound=day, settled=True) is None
+    True
+    >>> future_reason(1e9 + 2 * day, newest=-math.inf, now=1e9, bound=day, settled=False)
+    'more than 86400 s ahead of the clock'
+    >>> future_reason(400 * day, newest=9 * day, now=1e9, bound=day, settled=True)
+    'more than 86400 s ahead of its newest event time 777600'
+    >>> future_reason(1e9 - 60, newest=9 * day, now=1e9, bound=day, settled=True) is None
+    True
+    """
+    if ts <= newest + bound:
+        return None
+    if ts > now + bound:
+        return f"more than {bound:g} s ahead of the clock"
+    if settled and ts < now - bound:
+        return f"more than {bound:g} s ahead of its newest event time {newest:.0f}"
+    return None
+
+
 class EventTimes:
-    """Each symbol's newest event time, with the `future` rule the candle builder applies to
-    trades: a time more than `max_future_s` past both the symbol's newest and the clock is
-    refused, so one record dated far ahead cannot become a symbol's "newest" for good.
+    """Each symbol's newest event time, with the `future` rule (`future_reason`) the candle
+    builder applies to trades and the trainer to labels, so one record dated far ahead cannot
+    become a symbol's "newest" for good.
 
     >>> times = EventTimes(max_future_s=86_400, clock=lambda: 1_000_000.0)
     >>> times.admit("X", 1_000_000.0 + 3_600)
     >>> times.admit("X", 9.9e9)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of ...
+    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of the clock ...
     """
 
     def __init__(self, max_future_s: float, clock: Callable[[], float] = time.time) -> None:
         self.max_future_s = max_future_s
         self.clock = clock
         self.newest: dict[str, float] = {}
+        self._count: dict[str, int] = {}
 
     def admit(self, symbol: str, ts: float) -> None:
         newest = self.newest.get(symbol, -math.inf)
-        if ts > newest + self.max_future_s and ts > self.clock() + self.max_future_s:
-            raise BadRecord(
-                "future",
-                f"{symbol}@{ts} is more than {self.max_future_s:g} s ahead of both its newest "
-                "event time and the clock (RTML_MAX_FUTURE_S)",
-            )
+        if ts > newest + self.max_future_s:
+            count = self._count.get(symbol, 0)
+            why = future_reason(ts, newest, self.clock(), self.max_future_s, count >= SETTLED)
+            if why is not None:
+                raise BadRecord("future", f"{symbol}@{ts} is {why} (RTML_MAX_FUTURE_S)")
+            self._count[symbol] = 0  # a young series restarts, or a live one resumes
         if ts > newest:
             self.newest[symbol] = ts
+            self._count[symbol] = min(self._count.get(symbol, 0) + 1, SETTLED)
 
 
 @dataclass(slots=True)

@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     # a window without trades: `flat` candle at the last close (24/7 markets), or `skip` it
     # (markets with sessions: H then counts candles that exist)
     gap_policy: Literal["flat", "skip"] = "flat"
-    # an event time this far past both its symbol's watermark and the clock is `future`
+    # how far a symbol's event time may step ahead: past this (or two candles, if longer)
+    # beyond its newest and the clock, or beyond its newest and away from the clock, it is
+    # `future` (records.future_reason); also the longest silence a series bridges
     max_future_s: float = 7 * 86400.0
     # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
     commit_interval_s: float = Field(default=5.0, gt=0)
@@ -193,6 +195,12 @@ class Settings(BaseSettings):
                     raise ConfigError(f"{symbol} is in more than one of RTML_SHARDS")
                 routes[symbol] = self.shard_model(shard)
         return routes
+
+    @property
+    def max_gap_s(self) -> float:
+        """How far one step of a symbol's event time may go: RTML_MAX_FUTURE_S, and never
+        under two candles (one step from a window's first trade to the next's spans that)."""
+        return max(self.max_future_s, 2.0 * self.candle_seconds)
 
     @property
     def state(self) -> Path:

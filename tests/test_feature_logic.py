@@ -251,6 +251,46 @@ def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -
     quiet.add(Trade("Y", "2", 10.0, 1.0, "buy", now + 30 * 86_400))
 
 
+def test_one_stale_trade_atop_a_series_costs_one_candle_not_decades_of_flat_ones() -> None:
+    """A trade dated 1970 as a symbol's first (a bad first row of a file, or the first record
+    after a restart) was followed by flat candles for every minute up to the next real trade:
+    30 million candles and minutes of work. A silence longer than RTML_MAX_FUTURE_S is not
+    bridged: the series restarts after it, and no example spans it."""
+    now, day = 1_700_000_040.0, 86_400.0  # a whole minute
+    p = FeatureProcessor(60, 0, horizon=2, max_future_s=day)
+    p.builder.clock = lambda: now
+    out = p.on_trade(Trade("X", "old", 10.0, 1.0, "buy", 1.0))
+    trades = list(SyntheticMarket(["X"], seed=3, start_ts=now - 3600).candles_of_trades(40))
+    for trade in trades:
+        out.extend(p.on_trade(trade))
+    assert out.candles[0].start == 0.0
+    assert out.candles[1].start == now - 3600  # no flat candle between the two
+    assert len(out.candles) == 40  # the stale one and 39 real ones (the last is still open)
+    assert out.examples and all(e.ts >= now - 3600 for e in out.examples)
+    assert len(out.features) == 39 - WARMUP + 1  # features warm up again after the gap
+
+
+def test_a_settled_series_refuses_a_jump_in_replay_time_and_resumes_near_the_clock() -> None:
+    """In a replay of 2001, a row dated 2020 is ahead of its symbol by years but behind the
+    clock. It would move the watermark there and make the rest of 2001 late: it is `future`.
+    A live feed back after a longer silence is near the clock, and resumes without a bridge."""
+    day, now = 86_400.0, 1_764_000_000.0
+    start = 978_307_200.0  # 2001-01-01
+    b = CandleBuilder(60, 0, max_future_s=day, clock=lambda: now)
+    for i in range(10):
+        b.add(Trade("X", str(i), 10.0, 1.0, "buy", start + 60 * i))
+    with pytest.raises(BadRecord) as caught:
+        b.add(Trade("X", "2020", 10.0, 1.0, "buy", 1_577_836_800.0))
+    assert caught.value.kind == "future" and "newest event time" in str(caught.value)
+    assert b.watermark("X") == start + 540
+    closed = b.add(Trade("X", "10", 11.0, 1.0, "buy", start + 600))
+    assert [c.start for c in closed] == [start + 540]
+    closed = b.add(Trade("X", "live", 12.0, 1.0, "buy", now - 30))  # back, near the clock
+    assert [c.start for c in closed] == [start + 600]  # and no flat candle up to now
+    closed = b.add(Trade("X", "live2", 12.0, 1.0, "buy", now + 60))
+    assert [c.start for c in closed] == [math.floor((now - 30) / 60) * 60]
+
+
 def _weekday_candles(path: Path, days: int, zone: str = "") -> list[tuple[float, float]]:
     """A daily candle file of one symbol, Monday to Friday only; returns (start, close)."""
     start = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday

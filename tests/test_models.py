@@ -211,8 +211,9 @@ def test_the_gates_served_errors_are_those_of_model_copies() -> None:
 @pytest.mark.parametrize("policy", ["flat", "skip"])
 def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy: str) -> None:
     """Sooner than H candles is a leak under either gap policy. Later is stale where every
-    window has a candle (`flat`), and allowed where markets close (`skip`: MSFT's five trading
-    days span up to 13 calendar days)."""
+    window has a candle (`flat`). Where markets close (`skip`), it is allowed up to H steps
+    each bridging at most RTML_MAX_FUTURE_S (MSFT's five trading days span up to 13 calendar
+    days), and stale beyond: features from 1970 with a label now."""
     from rtml.pipelines.trainer import Trainer
 
     day = 86_400.0
@@ -232,4 +233,6 @@ def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy:
     assert admit(start, start + 5 * day) == "admitted"
     assert admit(start, start + 4 * day) == "leak"
     assert admit(start, start + 13 * day) == ("stale" if policy == "flat" else "admitted")
-    assert admit(1.0, start) == ("stale" if policy == "flat" else "admitted")
+    assert admit(start, start + 40 * day) == ("stale" if policy == "flat" else "admitted")
+    assert admit(start, start + 41 * day) == "stale"  # five steps of at most 7 + 1 days
+    assert admit(1.0, start) == "stale"
