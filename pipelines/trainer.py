@@ -684,7 +684,13 @@ class Trainer:
         try:
             if max_examples is None or self.learner.learned < max_examples:
                 Runner(
-                    source, self._producer, self.step, self.counters, stop=self.stop, tick=tick
+                    source,
+                    self._producer,
+                    self.step,
+                    self.counters,
+                    stop=self.stop,
+                    tick=tick,
+                    max_block_s=settings.kafka_max_poll_interval_ms / 3000,
                 ).run(max_seconds)
             if self._since:
                 self.checkpoint()

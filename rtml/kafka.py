@@ -234,6 +234,8 @@ class Sink(Protocol):
 
     def flush(self, timeout: float) -> int: ...
 
+    def __len__(self) -> int: ...  # records produced and not yet delivered
+
 
 def send(
     producer: Any,

@@ -12,6 +12,9 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
   Prometheus metrics by every component (`serve_metrics`);
 - commits of only what was processed, after what it led to is delivered: at most every
   `commit_interval_s`, and before partitions leave in a rebalance or the loop stops;
+- back-pressure: past `backlog` records waiting for a slow broker, the partitions are paused
+  and the consumer keeps polling until the broker catches up, and a periodic commit waits at
+  most `max_block_s` for deliveries, so the group never evicts a member for being slow;
 - a clean stop: `stop` set (SIGTERM) ends the batch, flushes, commits, closes.
 
 Source and sink are injectable: `rtml.testing`'s in-memory ones test the cadence, the DLQ
@@ -164,6 +167,10 @@ class Source(Protocol):
 
     def commit(self, offsets: dict[Position, int]) -> bool: ...
 
+    def pause(self, partitions: list[Position]) -> None: ...
+
+    def resume(self, partitions: list[Position]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -196,6 +203,12 @@ class GroupSource:
             log.warning("could not commit %s (%s); the next commit carries them", offsets, exc)
             return False
         return True
+
+    def pause(self, partitions: list[Position]) -> None:
+        self.consumer.pause([TopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[Position]) -> None:
+        self.consumer.resume([TopicPartition(t, p) for t, p in partitions])
 
     def close(self) -> None:
         self.consumer.close()
@@ -266,6 +279,8 @@ class Runner:
         dead_letters: Iterable[str] | None = None,
         outcome: str | None = None,
         on_reject: Callable[[str, str], None] | None = None,
+        max_block_s: float = 3.0,
+        backlog: int = 50_000,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -285,6 +300,11 @@ class Runner:
         self.dead_letters = None if dead_letters is None else frozenset(dead_letters)
         self.outcome = outcome  # what a record stepped through without a reject counts as
         self.on_reject = on_reject  # told (topic, class) of every reject, the guard's too
+        # the longest the loop goes without polling its consumer, outside rebalances and the
+        # stop: well under max.poll.interval.ms (10 s), or the group evicts this member
+        self.max_block_s = max_block_s
+        # records produced and not delivered past which reading waits (a slow broker)
+        self.backlog = backlog
         self.assignment: set[Position] = set()
         self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
         self.commits = 0
@@ -326,9 +346,11 @@ class Runner:
                 if self.ready is not None and not self.ready():
                     self.stop.wait(self.poll_s)
                     continue
+                if len(self.sink) > self.backlog:
+                    self.wait_for_deliveries()
                 self.handle(self.source.consume(self.batch_size, self.poll_s))
                 if self.processed and time.monotonic() - last_commit >= self.commit_interval_s:
-                    self.commit()
+                    self.commit(self.max_block_s)
                     last_commit = time.monotonic()
             self.commit()
         finally:
@@ -386,12 +408,38 @@ class Runner:
             return
         dead_letter(self.sink, topic, reason, msg.value(), key=msg.key(), origin=origin)
 
-    def commit(self) -> None:
-        """Deliver what was produced, then commit what led to it; nothing is committed while
-        deliveries are outstanding (the next commit carries it)."""
+    def wait_for_deliveries(self) -> None:
+        """Back-pressure: more records wait for the broker than `backlog` (it is slow, or
+        away), so reading more would only fill the producer's queue until a produce fails.
+        The partitions are paused and the consumer keeps polling (the group keeps this member,
+        and rebalances are served) until half of them are delivered. What a poll still hands
+        out is stepped through afterwards, in order."""
+        paused = sorted(self.assignment)
+        self.source.pause(paused)
+        log.warning(
+            "%s: %d records wait for the broker; reading paused",
+            self.counters.component,
+            len(self.sink),
+        )
+        kept: list[Message] = []
+        while len(self.sink) > self.backlog // 2 and not self.stop.is_set():
+            self.sink.poll(0.1)
+            kept.extend(self.source.consume(self.batch_size, 0))
+            if joined := sorted(self.assignment.difference(paused)):  # assigned meanwhile
+                self.source.pause(joined)
+                paused.extend(joined)
+        self.source.resume([p for p in paused if p in self.assignment])
+        log.info("%s: the broker caught up; reading resumed", self.counters.component)
+        if kept:
+            self.handle(kept)
+
+    def commit(self, flush_s: float | None = None) -> None:
+        """Deliver what was produced (waiting up to `flush_s`, the runner's `flush_s` by
+        default), then commit what led to it; nothing is committed while deliveries are
+        outstanding (the next commit carries it)."""
         if not self.processed:
             return
-        if (unsent := self.sink.flush(self.flush_s)) > 0:
+        if (unsent := self.sink.flush(self.flush_s if flush_s is None else flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return
         if self.source.commit(dict(self.processed)):

@@ -30,6 +30,9 @@ class MemorySource:
         self._events: list[tuple[int, str, list[Position]]] = []
         self._callbacks: dict[str, Rebalance] = {}
         self._consumed = 0
+        self.paused: set[Position] = set()
+        self.pauses: list[list[Position]] = []
+        self.consumed_paused = 0  # consume calls while paused: the member stays in its group
 
     def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -44,6 +47,9 @@ class MemorySource:
         for due in [e for e in self._events if e[0] <= self._consumed]:
             self._events.remove(due)
             self._callbacks[due[1]](due[2])
+        if self.paused:
+            self.consumed_paused += 1
+            return []
         if not self.batches:
             self.drained.set()
             return []
@@ -54,6 +60,15 @@ class MemorySource:
         self.committed.append(dict(offsets))
         return True
 
+    def pause(self, partitions: list[Position]) -> None:
+        """While any partition is paused, `consume` hands out no batch (rebalances still
+        happen); `pauses` lists the calls."""
+        self.paused.update(partitions)
+        self.pauses.append(list(partitions))
+
+    def resume(self, partitions: list[Position]) -> None:
+        self.paused.difference_update(partitions)
+
     def close(self) -> None:
         self.closed = True
 
@@ -62,7 +77,7 @@ class MemorySink:
     """Produced records in memory, for tests: `sent` lists (topic, key, value); `flushes`
     counts the flushes, `pending` what was produced since the last one."""
 
-    def __init__(self, capacity: int | None = None) -> None:
+    def __init__(self, capacity: int | None = None, per_poll: int | None = None) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None]] = []
         self.flushes = 0
         self.pending = 0
@@ -70,22 +85,30 @@ class MemorySink:
         """With a capacity, a produce beyond it raises BufferError until a poll or a flush
         delivers what is pending, as a Kafka producer's full local queue does."""
         self.polls = 0
+        self.per_poll = per_poll
+        self.peak = 0  # the most records ever waiting for delivery
+        """With `per_poll`, a poll delivers at most that many (a slow broker)."""
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
         if self.capacity is not None and self.pending >= self.capacity:
             raise BufferError("Local: Queue full")
         self.sent.append((topic, key, value))
         self.pending += 1
+        self.peak = max(self.peak, self.pending)
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
-        delivered, self.pending = self.pending, 0
+        delivered = min(self.pending, self.per_poll or self.pending)
+        self.pending -= delivered
         return delivered
 
     def flush(self, timeout: float) -> int:
         self.flushes += 1
         self.pending = 0
         return 0
+
+    def __len__(self) -> int:
+        return self.pending
 
     def on(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
         return [(k, v) for t, k, v in self.sent if t == topic]

@@ -475,6 +475,7 @@ class MonitorService:
             # the trainer and the streaming predictor dead-letter their own topics' records
             dead_letters=[self.topics.predictions],
             on_reject=self._rejected,
+            max_block_s=settings.kafka_max_poll_interval_ms / 3000,
         ).run(max_seconds)
         self.log_to_mlflow()
         return self.monitor

@@ -104,6 +104,7 @@ class StreamingPredictor:
             on_assign=self._assigned,
             on_revoke=self._revoked,
             outcome="predicted",
+            max_block_s=self.settings.kafka_max_poll_interval_ms / 3000,
         )
         try:
             runner.run(max_seconds)

@@ -70,7 +70,7 @@ def run(
     sink: MemorySink | None = None,
     **kwargs: object,
 ) -> tuple[Runner, CheckedSource, MemorySink, Step]:
-    sink = sink or MemorySink()
+    sink = sink if sink is not None else MemorySink()
     drained = threading.Event()
     source = CheckedSource(sink, batches, [(T, p) for p in partitions], drained)
     step = Step(sink, stop_at)
@@ -146,6 +146,27 @@ def test_a_full_producer_queue_waits_for_deliveries_and_loses_nothing() -> None:
     assert len(sink.on(f"{T}.dlq")) == 7
     assert sink.polls >= 3 and runner.counters.rejected == {(T, "wrong_type"): 7}
     assert source.committed == [{(T, 0): 7}]
+
+
+def test_a_slow_broker_pauses_reading_and_the_consumer_keeps_polling() -> None:
+    """Records waiting for a slow broker pile up in the producer's queue. Past `backlog` the
+    runner pauses its partitions and keeps polling its consumer (a member that stops polling
+    for max.poll.interval.ms is evicted) until half are delivered, instead of reading on until
+    a produce blocks inside a step. A partition assigned meanwhile is paused as well."""
+    sink = MemorySink(per_poll=1)
+    batches = [[msg(0, 5 * b + i) for i in range(5)] for b in range(4)]
+    drained = threading.Event()
+    source = CheckedSource(sink, batches, [(T, 0), (T, 1)], drained)
+    source.rebalance(2, "assign", [(T, 2)])
+    step = Step(sink)
+    runner = Runner(
+        source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600, backlog=4
+    )
+    runner.run(max_seconds=30)
+    assert len(sink.on("out")) == 20 and source.committed == [{(T, 0): 20}]
+    assert sink.peak <= 4 + 5  # never more than the backlog and one batch's records
+    assert source.pauses[0] == [(T, 0), (T, 1)] and [(T, 2)] in source.pauses
+    assert source.consumed_paused >= 3 and not source.paused
 
 
 def test_a_topic_owned_by_another_component_is_counted_not_dead_lettered() -> None:
