@@ -77,6 +77,9 @@ class Trade:
 MAX_RECORD_BYTES = 64 * 1024
 """No rtml record comes near this (a trade is ~100 bytes, an example ~400); a larger value is
 refused before it is parsed, so its cost is bounded."""
+MAX_ID_CHARS = 128
+"""A trade id is remembered for deduplication (50,000 per symbol): exchanges' ids are numbers
+or UUIDs, and a 60 KB one would make that memory 3 GB a symbol."""
 MAX_INT_DIGITS = 30
 """Integers are bounded before Python builds them: a 400-digit number cannot become a float."""
 _INT_BOUND = 10**MAX_INT_DIGITS
@@ -217,6 +220,10 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         raise BadRecord("wrong_type", f"side must be one of {SIDES}, got {side!r:.80}")
     if type(trade_id) is not str and type(trade_id) is not int:
         raise BadRecord("wrong_type", f"trade_id must be a string or integer, got {trade_id!r:.80}")
+    if type(trade_id) is str and len(trade_id) > MAX_ID_CHARS:
+        raise BadRecord(
+            "out_of_range", f"trade_id is {len(trade_id)} characters; at most {MAX_ID_CHARS}"
+        )
     return Trade(
         symbol=symbol,
         trade_id=str(trade_id),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -229,6 +230,14 @@ def test_a_source_dict_with_a_huge_integer_is_out_of_range() -> None:
     with pytest.raises(BadRecord) as caught:
         parse_trade(record)
     assert caught.value.kind == "out_of_range"
+
+
+def test_a_trade_id_is_bounded_since_every_one_is_remembered() -> None:
+    record = {"symbol": "X", "price": 10, "size": 1, "side": "buy", "ts": 1}
+    assert parse_trade({**record, "trade_id": str(uuid.uuid4())}).trade_id
+    with pytest.raises(BadRecord) as caught:
+        parse_trade({**record, "trade_id": "i" * 60_000})
+    assert caught.value.kind == "out_of_range" and "60000 characters" in str(caught.value)
 
 
 def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -> None:
