@@ -214,7 +214,7 @@ class CandleBuilder:
                 w.low,
                 w.close,
                 w.volume,
-                w.notional / w.volume,
+                w.notional / w.volume if w.volume > 0 else w.close,  # no volume: no VWAP
                 w.trades,
             )
         )

@@ -183,9 +183,21 @@ def _delimiter(path: Path) -> str:
     return next((d for d in DELIMITERS if d in header), ",")
 
 
+ALIASES: dict[str, tuple[str, ...]] = {
+    "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
+    "symbol": ("ticker", "pair", "instrument", "product_id"),
+    "size": ("qty", "quantity", "amount"),
+    "trade_id": ("id", "tid", "trade id"),
+}
+"""What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
+no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
+`open_time`, Kraken's `qty`."""
+
+
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
     """The file's columns renamed to rtml's: mapped ones as mapped, and otherwise a column
-    whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`)."""
+    whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`), or else one
+    of its `ALIASES`."""
     found = list(found)
     loose = {str(c).strip().lstrip("\ufeff").lower(): c for c in reversed(found)}
     names: dict[Any, str] = {}
@@ -193,9 +205,27 @@ def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, s
         column = mapping.get(name, name)
         if column not in found:
             column = loose.get(column.strip().lower(), column)
+        if column not in found and name not in mapping:
+            column = next((loose[a] for a in ALIASES.get(name, ()) if a in loose), column)
         if column in found and column not in names:
             names[column] = name
     return names
+
+
+def _one_instrument(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A file of one instrument's candles or trades often has no symbol column (Yahoo's,
+    Stooq's and Binance's downloads): its symbol is the file's name (`MSFT.csv` is MSFT). A
+    candle file without volume (an index, a currency) has candles without volume."""
+    rest = set(frame.columns)
+    if "symbol" not in rest and (
+        set(TRADE_COLUMNS) - {"symbol"} <= rest
+        or set(CANDLE_COLUMNS) - {"symbol", "volume"} <= rest
+    ):
+        frame = frame.assign(symbol=path.name.split(".")[0])
+    if set(CANDLE_COLUMNS) - {"volume"} <= set(frame.columns) and "size" not in frame.columns:
+        volume = frame["volume"] if "volume" in frame.columns else pd.Series(0.0, frame.index)
+        frame = frame.assign(volume=volume.where(volume.notna(), 0.0))  # not reported: none
+    return frame
 
 
 def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
@@ -223,7 +253,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a UTF-8 CSV with a header row, or a Parquet file"
         ) from None
-    frame = frame.rename(columns=names)
+    frame = _one_instrument(frame.rename(columns=names), path)
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)

@@ -228,7 +228,7 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
         symbol=symbol,
         trade_id=str(trade_id),
         price=number(record, "price", positive=True, text=True),
-        size=number(record, "size", positive=True, text=True),
+        size=_size(record),
         side=side,
         ts=parse_ts(record["ts"]),
     )
@@ -366,6 +366,15 @@ def _required(record: dict[str, Any], fields: tuple[str, ...]) -> None:
         if field not in record:
             missing = [f for f in fields if f not in record]
             raise BadRecord("missing_field", f"missing {', '.join(missing)}")
+
+
+def _size(record: dict[str, Any]) -> float:
+    """A trade's size: zero is a price without volume (an index level, a currency quote, a
+    candle file without a volume column), negative is refused."""
+    size = number(record, "size", positive=False, text=True)
+    if size < 0:
+        raise BadRecord("non_positive", f"size must be >= 0, got {record['size']!r:.80}")
+    return size
 
 
 def _symbol(record: dict[str, Any]) -> str:

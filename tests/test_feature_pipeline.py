@@ -50,7 +50,7 @@ def run(stack_settings: Settings, stack: object) -> dict[str, Any]:
         "missing_field": json.dumps({k: v for k, v in good.items() if k != "size"}).encode(),
         "wrong_type": json.dumps({**good, "trade_id": "w", "price": "cheap"}).encode(),
         "not_finite": json.dumps({**good, "trade_id": "n", "price": float("nan")}).encode(),
-        "non_positive": json.dumps({**good, "trade_id": "z", "size": 0}).encode(),
+        "non_positive": json.dumps({**good, "trade_id": "z", "size": -2}).encode(),
         "duplicate": json.dumps(first_half[-1].to_json()).encode(),
         # another symbol's trade on good's partition: it could overtake its own partition
         "misrouted": json.dumps({**other.to_json(), "trade_id": "m"}).encode(),

@@ -66,7 +66,7 @@ def _trade_poison(symbol: str, start: float, last: dict[str, Any]) -> list[tuple
         ("missing_field", json.dumps({"symbol": symbol, "price": 1.0}).encode()),
         ("wrong_type", trade(side="hold")),
         ("not_finite", trade(price=math.nan)),  # json.dumps writes NaN
-        ("non_positive", trade(size=0)),
+        ("non_positive", trade(size=-2)),  # zero is a price without volume
         ("out_of_range", trade(trade_id="i" * 60_000)),  # remembered 50,000 times a symbol
         ("wrong_type", trade(ts=True)),  # a JSON boolean is not a time (1970)
     ]

@@ -218,6 +218,29 @@ def test_replay_reads_the_headers_users_have(tmp_path: Path, name: str, content:
     assert [t.ts for t in trades][::4] == [1.7e9, 1.7e9 + 60, 1.7e9 + 120]
 
 
+def test_one_instruments_download_without_symbol_or_volume_is_replayed(tmp_path: Path) -> None:
+    """Yahoo's and Stooq's downloads: `Date` for the time, no symbol column (the file is named
+    after its instrument), an `Adj Close`, and for an index or a currency no volume, or
+    blank and zero volumes. Every row was refused before (no symbol; a trade of size 0)."""
+    path = tmp_path / "SPX.csv"
+    path.write_text(
+        "Date,Open,High,Low,Close,Adj Close\n"
+        "2024-01-02,10,12,9,11,11\n2024-01-03,11,13,10,12,12\n2024-01-04,12,14,11,13,13\n"
+    )
+    with_volume = tmp_path / "IDX.csv"
+    with_volume.write_text(
+        "date,open,high,low,close,volume\n2024-01-02,10,12,9,11,\n2024-01-03,11,13,10,12,0\n"
+    )
+    assert candle_profile(path) is not None and candle_profile(path).seconds == 86_400  # type: ignore[union-attr]
+    for file, symbol, rows in ((path, "SPX", 3), (with_volume, "IDX", 2)):
+        trades = list(replay(file, candle_seconds=86_400))
+        assert all(isinstance(t, Trade) and t.symbol == symbol for t in trades)
+        assert len(trades) == 4 * rows and {t.size for t in trades if isinstance(t, Trade)} == {0}
+    builder = CandleBuilder(86_400, 0)
+    candles = [c for t in replay(path, candle_seconds=86_400) for c in builder.add(t)]  # type: ignore[arg-type]
+    assert [(c.close, c.volume, c.vwap) for c in candles] == [(11.0, 0.0, 11.0), (12.0, 0.0, 12.0)]
+
+
 @pytest.mark.parametrize("scale", [1, 1e3, 1e6, 1e9])
 def test_epoch_times_in_any_unit_are_the_same_seconds(tmp_path: Path, scale: float) -> None:
     """Milliseconds (as Binance writes klines), microseconds or nanoseconds are not read as
