@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtml.pipelines.features import Candle
-from rtml.records import SETTLED, BadRecord, Trade, future_reason
+from rtml.records import SETTLED, BadRecord, Jumps, Trade, future_reason
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume
@@ -87,6 +87,7 @@ class CandleBuilder:
         self._last_close: dict[str, float] = {}
         self._seen: dict[str, tuple[set[str], deque[str]]] = {}
         self._run: dict[str, int] = {}  # candles closed since the series (re)started, capped
+        self._jumps = Jumps()
         self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
 
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
@@ -96,9 +97,12 @@ class CandleBuilder:
         newest = max(self.watermark(trade.symbol), closed_until)
         if trade.ts > newest + self.max_gap_s:
             settled = self._run.get(trade.symbol, 0) >= SETTLED
-            why = future_reason(trade.ts, newest, self.clock(), self.max_gap_s, settled)
+            now, symbol = self.clock(), trade.symbol
+            why = future_reason(trade.ts, newest, now, self.max_gap_s, settled, self._jumps, symbol)
             if why is not None:
-                raise BadRecord("future", f"{trade.symbol}@{trade.ts} is {why} (RTML_MAX_FUTURE_S)")
+                raise BadRecord("future", f"{symbol}@{trade.ts} is {why} (RTML_MAX_FUTURE_S)")
+        else:
+            self._jumps.clear(trade.symbol)
         if start + self.seconds <= closed_until:
             raise BadRecord(
                 "late",

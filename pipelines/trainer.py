@@ -47,7 +47,7 @@ from rtml.pipelines.features import FEATURE_NAMES
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.records import SETTLED, BadRecord, Example, future_reason, parse_example
+from rtml.records import SETTLED, BadRecord, Example, Jumps, future_reason, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -402,6 +402,7 @@ class Trainer:
         # (a longer one restarts the series): MSFT's five trading days span up to 13 days
         self.max_gap_s = settings.max_gap_s
         self.most_span = settings.horizon * (self.max_gap_s + settings.candle_seconds)
+        self._jumps = Jumps()
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -587,14 +588,16 @@ class Trainer:
         assert self.learner is not None
         bound, learner = self.max_gap_s, self.learner
         if ex.label_ts > learner.watermark + bound:
-            why = future_reason(
-                ex.label_ts, learner.watermark, time.time(), bound, learner.learned >= SETTLED
-            )
+            settled = learner.learned >= SETTLED
+            now = time.time()
+            why = future_reason(ex.label_ts, learner.watermark, now, bound, settled, self._jumps)
             if why is not None:
                 raise BadRecord(
                     "future",
                     f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why} (RTML_MAX_FUTURE_S)",
                 )
+        else:
+            self._jumps.clear("")
         span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:
             raise BadRecord(

@@ -236,11 +236,52 @@ def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
 
 # a symbol's series is settled once it has this many event times (closed candles, learned
 # labels, served rows); before that, a jump far ahead restarts it instead of being refused, so
-# one stale record at a series' very start (a 1970 row atop a file) cannot hold it back
+# one stale record at a series' very start (a 1970 row atop a file) cannot hold it back. As
+# many records in a row that agree on a jump are a real gap in the data, not one bad record.
 SETTLED = 3
 
 
-def future_reason(ts: float, newest: float, now: float, bound: float, settled: bool) -> str | None:
+class Jumps:
+    """Records in a row, per series, that jump far ahead of a settled series in replay time.
+
+    One such record is refused; `SETTLED` in a row, each within `bound` of the one before,
+    are the market itself moving on (a gap in a vendor's file, a halted stock) and the last
+    is admitted, so a real gap never refuses a symbol's every later record.
+
+    >>> jumps = Jumps()
+    >>> [jumps.confirmed("X", ts, bound=10) for ts in (100, 103, 106)]
+    [False, False, True]
+    >>> [jumps.confirmed("X", ts, bound=10) for ts in (100, 500, 503)]
+    [False, False, False]
+    """
+
+    def __init__(self) -> None:
+        self._run: dict[str, tuple[int, float]] = {}
+
+    def confirmed(self, key: str, ts: float, bound: float) -> bool:
+        count, last = self._run.get(key, (0, -math.inf))
+        count = count + 1 if abs(ts - last) <= bound else 1
+        if count >= SETTLED:
+            del self._run[key]
+            return True
+        self._run[key] = (count, ts)
+        return False
+
+    def clear(self, key: str) -> None:
+        """A record of `key` was admitted in its stride: the run is broken."""
+        if self._run:
+            self._run.pop(key, None)
+
+
+def future_reason(
+    ts: float,
+    newest: float,
+    now: float,
+    bound: float,
+    settled: bool,
+    jumps: Jumps | None = None,
+    key: str = "",
+) -> str | None:
     """Why `ts` is `future` for a series whose newest event time is `newest`, or None.
 
     The one rule every consumer applies (RTML_MAX_FUTURE_S is `bound`):
@@ -250,7 +291,8 @@ def future_reason(ts: float, newest: float, now: float, bound: float, settled: b
     - more than `bound` ahead of the clock: `future`, however the series stands (the year
       2286);
     - more than `bound` ahead of a settled series, and more than `bound` away from the clock:
-      `future` in replay time (a 2020 row inside a 2001 replay);
+      `future` in replay time (a 2020 row inside a 2001 replay), unless `jumps` confirms it
+      (the `SETTLED`-th record in a row to jump together: a real gap in the data);
     - otherwise admitted: a live feed back after a long silence is near the clock, and a
       young series restarts.
 
@@ -268,7 +310,7 @@ def future_reason(ts: float, newest: float, now: float, bound: float, settled: b
         return None
     if ts > now + bound:
         return f"more than {bound:g} s ahead of the clock"
-    if settled and ts < now - bound:
+    if settled and ts < now - bound and not (jumps is not None and jumps.confirmed(key, ts, bound)):
         return f"more than {bound:g} s ahead of its newest event time {newest:.0f}"
     return None
 
@@ -291,15 +333,19 @@ class EventTimes:
         self.clock = clock
         self.newest: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._jumps = Jumps()
 
     def admit(self, symbol: str, ts: float) -> None:
         newest = self.newest.get(symbol, -math.inf)
         if ts > newest + self.max_future_s:
-            count = self._count.get(symbol, 0)
-            why = future_reason(ts, newest, self.clock(), self.max_future_s, count >= SETTLED)
+            settled = self._count.get(symbol, 0) >= SETTLED
+            now, bound = self.clock(), self.max_future_s
+            why = future_reason(ts, newest, now, bound, settled, self._jumps, symbol)
             if why is not None:
                 raise BadRecord("future", f"{symbol}@{ts} is {why} (RTML_MAX_FUTURE_S)")
             self._count[symbol] = 0  # a young series restarts, or a live one resumes
+        else:
+            self._jumps.clear(symbol)
         if ts > newest:
             self.newest[symbol] = ts
             self._count[symbol] = min(self._count.get(symbol, 0) + 1, SETTLED)

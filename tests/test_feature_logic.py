@@ -300,6 +300,29 @@ def test_a_settled_series_refuses_a_jump_in_replay_time_and_resumes_near_the_clo
     assert [c.start for c in closed] == [math.floor((now - 30) / 60) * 60]
 
 
+def test_a_real_gap_in_a_replay_is_crossed_after_three_trades_that_agree() -> None:
+    """A vendor's file missing a month, or a halted stock: every trade after the gap jumps
+    far ahead of a settled series. Refusing them all would refuse the symbol for good: the
+    third trade in a row that agrees on the jump is the market moving on, and the series
+    restarts there (the first two are dead-lettered as `future`). A lone bad row between good
+    ones breaks the run."""
+    day, now, start = 86_400.0, 1_764_000_000.0, 978_307_200.0
+    b = CandleBuilder(60, 0, max_future_s=day, clock=lambda: now)
+    for i in range(10):
+        b.add(Trade("X", str(i), 10.0, 1.0, "buy", start + 60 * i))
+    after = start + 30 * day
+    kinds = []
+    for i, ts in enumerate((after, start + 600, after + 1, after + 2, after + 70, after + 130)):
+        try:
+            closed = b.add(Trade("X", f"g{i}", 11.0, 1.0, "buy", ts))
+            kinds.append([c.start for c in closed])
+        except BadRecord as exc:
+            kinds.append(exc.kind)  # type: ignore[arg-type]
+    # the lone jump is broken by a good trade; then two refused and the third admitted, which
+    # closes the last window before the gap and bridges nothing
+    assert kinds == ["future", [start + 540], "future", "future", [start + 600], [after + 60]]
+
+
 def _weekday_candles(path: Path, days: int, zone: str = "") -> list[tuple[float, float]]:
     """A daily candle file of one symbol, Monday to Friday only; returns (start, close)."""
     start = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
