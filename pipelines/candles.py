@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rtml.pipelines.features import Candle
+from rtml.pipelines.features import MAX_MOVE, Candle
 from rtml.records import SETTLED, BadRecord, Jumps, Trade, future_reason
 
 GAP_POLICIES = ("flat", "skip")
@@ -53,6 +53,9 @@ class _Window:
     # The first (partition, offset) of each partition that fed this window: replaying from
     # there rebuilds the window after a restart.
     first_positions: dict[int, int] = field(default_factory=dict)
+
+
+_LOG_MOVE = math.log(MAX_MOVE)
 
 
 class CandleBuilder:
@@ -88,6 +91,7 @@ class CandleBuilder:
         self._seen: dict[str, tuple[set[str], deque[str]]] = {}
         self._run: dict[str, int] = {}  # candles closed since the series (re)started, capped
         self._jumps = Jumps()
+        self._moves = Jumps()  # trades in a row priced far from their symbol's last close
         self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
 
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
@@ -109,6 +113,17 @@ class CandleBuilder:
                 f"{trade.symbol}@{trade.ts}: its window [{start}, {start + self.seconds}) closed "
                 f"(watermark {self.watermark(trade.symbol)})",
             )
+        last = self._last_close.get(trade.symbol)
+        if last is not None and not last / MAX_MOVE <= trade.price <= last * MAX_MOVE:
+            # the third trade in a row at the new level is the market (a redenomination)
+            if not self._moves.confirmed(trade.symbol, math.log(trade.price), _LOG_MOVE):
+                raise BadRecord(
+                    "out_of_range",
+                    f"{trade.symbol}@{trade.ts}: price {trade.price:g} is more than "
+                    f"{MAX_MOVE:g}-fold from its last close {last:g}",
+                )
+        elif self._moves:
+            self._moves.clear(trade.symbol)
         self._remember(trade)
         self._arrived[trade.symbol] = self.clock()
         windows = self._open.setdefault(trade.symbol, {})

@@ -37,6 +37,51 @@ FEATURE_NAMES: list[str] = [
 ]
 """What the model sees."""
 
+MAX_MOVE = 100.0
+"""rtml's market bound: a trade is within this factor of its symbol's last close, and a
+return over the feature window (15 candles) or the horizon is less than this factor. A trade
+from a fat finger or a hostile producer (a price of 1e-20 or 1e25) would otherwise become
+candles, features and targets that reshape the model for good."""
+
+_RETURN = (1.0 / MAX_MOVE - 1.0, MAX_MOVE - 1.0)
+_WIDE = (1.0 / MAX_MOVE**2 - 1.0, MAX_MOVE**2 - 1.0)  # within one candle: low and high apart
+_Z = (LOOKBACK - 1) / math.sqrt(LOOKBACK) + 1e-9  # a z-score among n values is within this
+
+FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
+    "ret_1": _RETURN,
+    "ret_5": _RETURN,
+    "ret_15": _RETURN,
+    "vol_15": (0.0, MAX_MOVE),
+    "range_pct": (0.0, MAX_MOVE**2),
+    "volume_z": (-_Z, _Z),
+    "vwap_dist": _WIDE,
+    "rsi_14": (-1.0, 1.0),
+}
+"""Where each feature can be, by its definition (a return is above -1, an RSI within [-1, 1],
+a z-score among 15 values within 3.62) and `MAX_MOVE`. The target is a return too."""
+TARGET_BOUNDS = _RETURN
+
+
+def out_of_bounds(values: Mapping[str, float], target: float | None = None) -> str | None:
+    """What in a features or examples record is outside `FEATURE_BOUNDS` (or the target
+    outside `TARGET_BOUNDS`), or None. Names without bounds are not checked.
+
+    >>> out_of_bounds({"ret_1": 0.01, "rsi_14": 0.3}, target=-0.02) is None
+    True
+    >>> out_of_bounds({"ret_1": 1e20})
+    'ret_1 1e+20 is outside [-0.99, 99]'
+    >>> out_of_bounds({}, target=-1.5)
+    'target -1.5 is outside [-0.99, 99]'
+    """
+    for name, value in values.items():
+        bounds = FEATURE_BOUNDS.get(name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            return f"{name} {value:g} is outside [{bounds[0]:g}, {bounds[1]:g}]"
+    if target is not None and not TARGET_BOUNDS[0] <= target <= TARGET_BOUNDS[1]:
+        return f"target {target:g} is outside [{TARGET_BOUNDS[0]:g}, {TARGET_BOUNDS[1]:g}]"
+    return None
+
+
 EXTRA_COLUMNS: list[str] = ["close", "volume"]
 """Stored beside the features for monitoring and dashboards; the model does not see them."""
 

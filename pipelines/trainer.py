@@ -43,7 +43,7 @@ from rtml.kafka import (
     make_producer,
     send,
 )
-from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
@@ -598,6 +598,8 @@ class Trainer:
                 )
         else:
             self._jumps.clear("")
+        if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
+            raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")
         span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:
             raise BadRecord(

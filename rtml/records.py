@@ -267,6 +267,9 @@ class Jumps:
         self._run[key] = (count, ts)
         return False
 
+    def __bool__(self) -> bool:
+        return bool(self._run)
+
     def clear(self, key: str) -> None:
         """A record of `key` was admitted in its stride: the run is broken."""
         if self._run:

@@ -38,6 +38,7 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.pipelines.features import out_of_bounds
 from rtml.pipelines.learner import RollingMean
 from rtml.records import (
     BadRecord,
@@ -385,11 +386,15 @@ class MonitorService:
         if topic == self.topics.predictions:
             prediction = parse_prediction(raw)
             self._known(prediction.symbol, prediction.ts)
+            if (beyond := out_of_bounds({}, prediction.prediction)) is not None:
+                raise BadRecord("out_of_range", f"the prediction's {beyond}")
             with self.lock:
                 m.on_prediction(prediction)
         elif topic == self.topics.examples:
             ex = parse_example(raw, ())  # only the target is scored
             self._known(ex.symbol, ex.label_ts)
+            if (beyond := out_of_bounds({}, ex.target)) is not None:
+                raise BadRecord("out_of_range", beyond)
             with self.lock:
                 m.on_example(ex.symbol, ex.ts, ex.target)
         else:

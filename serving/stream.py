@@ -15,7 +15,7 @@ from collections import Counter
 from confluent_kafka import Message, Producer
 
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
-from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
 from rtml.records import BadRecord, EventTimes, Prediction, parse_features
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.serving.model_holder import ModelHolder, ModelRouter
@@ -64,6 +64,8 @@ class StreamingPredictor:
                 f"{row.symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to serve it",
             )
         self.event_times.admit(row.symbol, row.ts)
+        if (beyond := out_of_bounds(row.values)) is not None:
+            raise BadRecord("out_of_range", f"{row.symbol}@{row.ts}: {beyond}")
         model = self.holder.for_symbol(row.symbol)
         if model is None:
             raise BadRecord("unrouted", f"no model serves {row.symbol!r} (see RTML_SHARDS)")

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.kafka import Topics, dlq, ensure_topics, make_producer, read_messages
 from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features import out_of_bounds
 from rtml.pipelines.feed import publish
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
@@ -69,6 +70,7 @@ def _trade_poison(symbol: str, start: float, last: dict[str, Any]) -> list[tuple
         ("non_positive", trade(size=-2)),  # zero is a price without volume
         ("out_of_range", trade(trade_id="i" * 60_000)),  # remembered 50,000 times a symbol
         ("wrong_type", trade(ts=True)),  # a JSON boolean is not a time (1970)
+        ("out_of_range", trade(price=1e25)),  # a fat finger: it would reshape the model
     ]
 
 
@@ -84,6 +86,8 @@ def _example_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("missing_field", json.dumps({"symbol": symbol, "ts": ts}).encode()),
         ("wrong_type", json.dumps({**good, "target": "up"}).encode()),
         ("not_finite", json.dumps({**good, "target": math.inf}).encode()),
+        ("out_of_range", json.dumps({**good, "target": 1e20}).encode()),
+        ("out_of_range", json.dumps({**good, "features": {"ret_1": -3.0}}).encode()),
     ]
 
 
@@ -96,6 +100,7 @@ def _features_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("missing_field", json.dumps({"symbol": symbol}).encode()),
         ("wrong_type", json.dumps({**good, "symbol": 7}).encode()),
         ("not_finite", json.dumps({**good, "ts": math.nan}).encode()),
+        ("out_of_range", json.dumps({**good, "features": {"ret_1": 1e20}}).encode()),
     ]
 
 
@@ -134,6 +139,9 @@ def _valid(settings: Settings, topic: str, parse: Callable[[bytes], Any]) -> lis
         if label_ts is not None and not span[0] <= label_ts - record.ts <= span[1]:
             continue
         newest = max(record.ts, label_ts or 0)
+        values = getattr(record, "features", None) or getattr(record, "values", {})
+        if out_of_bounds(values, getattr(record, "target", None)) is not None:
+            continue
         if record.symbol in settings.symbols and newest < YEAR_2286:
             out.append(record)
     return out
