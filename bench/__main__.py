@@ -311,7 +311,7 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
     symbol = local.symbols[0]
 
     def example(i: int) -> Example:
-        x = {n: ((i * 7 + k) % 13 - 6) / 1000 for k, n in enumerate(FEATURE_NAMES)}
+        x = {n: ((i * 7 + k) % 13) / 1000 for k, n in enumerate(FEATURE_NAMES)}  # in bounds
         ts = 1_700_000_000.0 + 60 * i
         return Example(symbol, ts, ts + 300, x, 0.8 * x["ret_1"] - 0.3 * x["ret_5"])
 
