@@ -22,7 +22,6 @@ import pandas as pd
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -34,7 +33,6 @@ from rtml import feature_store as fs
 from rtml.kafka import (
     Topics,
     TopicWatch,
-    dead_letter,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -44,7 +42,7 @@ from rtml.pipelines.features import WARMUP, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
 from rtml.records import BadRecord, Trade, parse_trade
-from rtml.runner import Counters, serve_metrics
+from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,16 +173,19 @@ class FeaturePipeline:
             settings.gap_policy,
         )
         self.symbols = frozenset(settings.symbols)
-        self._last: dict[int, int] = {}
         self._emitted = Emitted()
         self._history = History()
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
-        self._clients: tuple[Consumer, FeatureSink] | None = None
+        self._consumer: Consumer | None = None
+        self._sink: FeatureSink | None = None
+        self._runner: Runner | None = None
+        self._watch = TopicWatch(settings, self.topics.with_dlqs())
+        self._last_idle_check = 0.0
+        self._replays = 0  # late trades a replay found counted in a candle already
+        self.counters = Counters("features")
         self.assignment: set[int] = set()
         self.metrics_port: int | None = None  # where `collect` is served, with RTML_METRICS_PORT
         self.assignments = 0  # partitions given to this member: 1 means no rebalance since start
-        self._paused: list[TopicPartition] = []  # with their positions, during an outage
-        self._in_callback = False
         self._out = Outputs()  # what the current batch led to, not yet sent
         self._dead_letters = 0  # sent in the current batch
         # a flush is bounded well inside the poll interval: a broker away must not cost the
@@ -192,6 +193,10 @@ class FeaturePipeline:
         self._flush_s = max(1.0, settings.kafka_max_poll_interval_ms / 2000)
 
     def run(self, max_seconds: float | None = None) -> PipelineStats:
+        """Consume `trades` on the shared runner (`rtml.runner.Runner`) until stopped: each
+        trade is a step; the runner's hooks write what a batch led to, commit behind open
+        windows, pass over what a replay finds already dead-lettered, and keep the group
+        membership while Redis is away."""
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
         metrics = serve_metrics(settings, self)
@@ -204,43 +209,34 @@ class FeaturePipeline:
             self.stop,
             online_every_s=ONLINE_EVERY_S,
         )
-        sink.idle = self._keep_membership
-        self._clients = (consumer, sink)
-        consumer.subscribe(
-            [self.topics.trades],
+        self._watch = TopicWatch(settings, self.topics.with_dlqs())
+        self._watch.remember()
+        self._consumer, self._sink = consumer, sink
+        runner = self._runner = Runner(
+            GroupSource(consumer, [self.topics.trades]),
+            sink.kafka,
+            self.step,
+            self.counters,
+            stop=self.stop,
+            commit_interval_s=self.commit_interval_s,
+            flush_s=self._flush_s,
+            max_block_s=self._flush_s,
+            tick=self._tick,
             on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            on_revoke=self._drop,
+            on_reject=self._rejected,
+            before_commit=self._before_commit,
+            committable=self._committable,
+            replayed=self._replayed,
         )
-        watch = TopicWatch(settings, self.topics.with_dlqs())
-        watch.remember()
-        deadline = time.monotonic() + max_seconds if max_seconds else None
-        last_commit = time.monotonic()
+        sink.idle = runner.hold  # a write waiting on Redis keeps the group membership
+        self._last_idle_check = time.monotonic()
         try:
-            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                    self._handle(msg, self._out, sink)
-                self._write(sink)
-                if time.monotonic() - last_commit >= self.commit_interval_s:
-                    # a symbol gone quiet must not hold the commit behind its open window
-                    self._out.extend(self.processor.close_idle(2.0 * settings.candle_seconds))
-                    self._write(sink)
-                    # checked right before committing: offsets into a topic the broker has
-                    # forgotten must never reach the new one
-                    if forgotten := watch.changed(now=True):
-                        self._recreate(forgotten, watch, consumer, sink)
-                    else:
-                        self._commit(consumer, sink)
-                    last_commit = time.monotonic()
-            if watch.changed(now=True):
-                sink.flush_offline()  # durable; the offsets belong to a forgotten topic
-            else:
-                self._commit(consumer, sink)
+            runner.run(max_seconds)
         finally:
-            self._clients = None  # committed above: the revoke of closing only lets go
+            self._sync_stats()
+            self._runner = None  # the revoke of closing only lets go
             metrics.close()
-            consumer.close()
-            sink.kafka.flush(10)
         self.stats.already_emitted = sink.already_emitted
         log.info("feature pipeline stopped: %s", self.stats.line())
         return self.stats
@@ -257,8 +253,10 @@ class FeaturePipeline:
         # leaves on a topic is a prefix of each symbol's records (see pipelines/emitted.py)
         return make_producer(self.settings, **{"enable.idempotence": True})
 
-    def _write(self, sink: FeatureSink) -> None:
+    def _write(self) -> None:
         """Send what the trades read so far led to."""
+        sink, runner = self._sink, self._runner
+        assert sink is not None
         if self._dead_letters:
             # delivered before any features record of a later trade: a replay takes a trade
             # at or before that record's `rtml.source` as handled, dead letter included
@@ -269,81 +267,47 @@ class FeaturePipeline:
             self._count(self._out)
             self._out = Outputs()
         sink.flush_online(due_only=True)
-        if self._paused:
-            self._resume_partitions()
+        if runner is not None:
+            runner.release()  # after an outage: read on
 
-    def _keep_membership(self) -> None:
-        """Called while a write waits on a service that is away (Redis): the partitions are
-        paused and the consumer goes on polling, so the group neither evicts this member nor
-        rebalances, however long the outage."""
-        if self._clients is None or self._in_callback:
-            return
-        consumer = self._clients[0]
-        if not self._paused:
-            assignment = consumer.assignment()
-            self._paused = consumer.position(assignment)
-            consumer.pause(assignment)
-            log.warning("a service is away: %d partitions paused, membership kept", len(assignment))
-        consumer.poll(0)  # paused: nothing to deliver; any stray record is read again on resume
+    def _tick(self) -> None:
+        """Once per loop turn: write what the last batch led to; every commit interval, close
+        the windows of symbols gone quiet (they must not hold the commit behind them)."""
+        self._sync_stats()
+        self._write()
+        if time.monotonic() - self._last_idle_check >= self.commit_interval_s:
+            self._last_idle_check = time.monotonic()
+            self._out.extend(self.processor.close_idle(2.0 * self.settings.candle_seconds))
+            self._write()
+            if self._runner is not None and not self._runner.processed:
+                self._before_commit()  # nothing to commit: still notice a broker restart
 
-    def _resume_partitions(self) -> None:
-        """Back from an outage: each partition reads on from where it was paused."""
-        if self._clients is None:
-            return
-        consumer = self._clients[0]
-        held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        paused = [tp for tp in self._paused if (tp.topic, tp.partition) in held]
-        self._paused = []
-        consumer.resume(paused)
-        for tp in paused:
-            if tp.offset >= 0:
-                consumer.seek(tp)
-        log.info("the service is back: %d partitions resumed", len(paused))
+    def _sync_stats(self) -> None:
+        self.stats.trades = self.counters.read[self.topics.trades]
+        self.stats.replayed = self._replays + self.counters.done["replayed"]
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, partitions: list[Position]) -> None:
         """Read back what the topics hold and the offline store's newest rows, once per
         assignment; symbols resume from them at their first trade."""
-        log.info("assigned %s", sorted(tp.partition for tp in partitions))
-        self.assignment = {tp.partition for tp in partitions}
+        self.assignment = {p for _, p in partitions}
         if not partitions:
             return
         self.assignments += 1
         self._emitted = Emitted.read(self.settings, self.topics)
         self._history = History.read(self.settings, self.settings.horizon)
-        if self._clients is not None:
-            self._clients[1].emitted = self._emitted
+        if self._sink is not None:
+            self._sink.emitted = self._emitted
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Commit what was processed, then drop what the partitions that leave held."""
-        log.info("revoked %s", sorted(tp.partition for tp in partitions))
-        self.assignment -= {tp.partition for tp in partitions}
-        if self._clients is not None and self._last and not self._paused:
-            _, sink = self._clients
-            self._in_callback = True
-            try:
-                self._write(sink)  # a revoke can come in the middle of a batch
-                self._commit(consumer, sink)
-            finally:
-                self._in_callback = False
-        # during an outage nothing is committed: the next owner replays, and what is already
-        # on the topics is not sent again
-        self._drop({tp.partition for tp in partitions})
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Partitions taken without a revoke (this member was evicted): nothing may be committed
-        for them; their new owner replays them."""
-        log.warning("lost %s without a revoke", sorted(tp.partition for tp in partitions))
-        self.assignment -= {tp.partition for tp in partitions}
-        self._drop({tp.partition for tp in partitions})
-
-    def _drop(self, partitions: set[int]) -> None:
+    def _drop(self, positions: list[Position]) -> None:
+        """Partitions left (revoked, after the runner committed what they led to, or lost):
+        drop the symbols built from them, so two replicas never hold one symbol's windows."""
+        partitions = {p for _, p in positions}
+        self.assignment -= partitions
         gone = {s for s, p in self._resumed.items() if p in partitions}
         for symbol in gone:
             self.processor.forget(symbol)
             del self._resumed[symbol]
         self._emitted.forget(gone)
-        for partition in partitions:
-            self._last.pop(partition, None)
 
     def _resume(self, symbol: str, partition: int) -> None:
         """`symbol`'s first trade since this member got its partition: start where the offline
@@ -351,9 +315,7 @@ class FeaturePipeline:
         self._history.resume(self.processor, symbol)
         self._resumed[symbol] = partition
 
-    def _recreate(
-        self, forgotten: list[str], watch: TopicWatch, consumer: Consumer, sink: FeatureSink
-    ) -> None:
+    def _recreate(self, forgotten: list[str]) -> None:
         """The broker lost topics (an embedded broker keeps nothing across a restart).
 
         What was buffered for the offline store is written, so a trainer can catch up on the
@@ -361,6 +323,8 @@ class FeaturePipeline:
         the offsets held so far mean nothing any more and its new records are read from their
         start.
         """
+        sink, runner, consumer = self._sink, self._runner, self._consumer
+        assert sink is not None and runner is not None and consumer is not None
         log.warning("the broker no longer has %s as they were: creating them again", forgotten)
         sink.flush_offline()
         # what was read back refers to the topics as they were; the broker has forgotten this
@@ -368,27 +332,20 @@ class FeaturePipeline:
         self._emitted = sink.emitted = Emitted()
         sink.kafka.flush(1)
         sink.producer = self._producer()
+        runner.sink = sink.kafka
         ensure_topics(self.settings, self.topics.with_dlqs())
-        watch.remember()
+        self._watch.remember()
         self.stats.topics_recreated += 1
         if self.topics.trades in forgotten:
-            self._last.clear()
+            runner.processed.clear()
             self.processor.builder.forget_positions()
             for tp in consumer.assignment():
                 with contextlib.suppress(KafkaException):
                     consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
-    def _handle(self, msg: Message, out: Outputs, sink: FeatureSink) -> None:
-        error = msg.error()
-        if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
-            return
+    def step(self, msg: Message) -> None:
+        """One trade: into its symbol's candles, or BadRecord saying why not."""
         partition, offset = msg.partition() or 0, msg.offset() or 0
-        if partition not in self.assignment:
-            return  # fetched before a revoke in the same batch: its new owner reads it
-        self._last[partition] = offset
-        self.stats.trades += 1
         trade: Trade | None = None
         try:
             trade = parse_trade(msg.value() or b"")
@@ -418,7 +375,7 @@ class FeaturePipeline:
                 )
             if resumed_on is None:
                 self._resume(trade.symbol, partition)
-            out.extend(self.processor.on_trade(trade, (partition, offset)))
+            self._out.extend(self.processor.on_trade(trade, (partition, offset)))
         except BadRecord as exc:
             if (
                 exc.kind == "late"
@@ -426,43 +383,51 @@ class FeaturePipeline:
                 and self._emitted.counted(trade.symbol, partition, offset)
             ):
                 # read again after a restart or a rebalance: it is in a candle already closed
-                self.stats.replayed += 1
+                self._replays += 1
                 return
-            origin = f"{self.topics.trades}[{partition}]@{offset}"
-            key = msg.key() or f"{self.topics.trades}[{partition}]".encode()
-            if self._emitted.dead_lettered(key, partition, offset):
-                self.stats.replayed += 1  # its dead letter is on the DLQ already
-                return
-            self.stats.rejected[exc.kind] += 1
-            log.debug("rejected %s: %s", origin, exc)
-            dead_letter(
-                sink.kafka, self.topics.trades, str(exc), msg.value(), key=key, origin=origin
-            )
-            self._dead_letters += 1
+            raise
+
+    def _replayed(self, msg: Message, kind: str) -> bool:
+        """A reject whose dead letter a replay finds on the DLQ already."""
+        del kind
+        partition = msg.partition() or 0
+        key = msg.key() or f"{self.topics.trades}[{partition}]".encode()
+        return self._emitted.dead_lettered(key, partition, msg.offset() or 0)
+
+    def _rejected(self, topic: str, kind: str) -> None:
+        del topic
+        self.stats.rejected[kind] += 1
+        self._dead_letters += 1
 
     def _count(self, out: Outputs) -> None:
         self.stats.candles += len(out.candles)
         self.stats.features += len(out.features)
         self.stats.examples += len(out.examples)
 
-    def _commit(self, consumer: Consumer, sink: FeatureSink) -> None:
-        if not self._last:
-            return
-        # first the topics, then the offline store, then the offsets: a crash between any two
-        # leaves the offline store behind the topics, never ahead, and a replay rebuilds it
+    def _before_commit(self) -> bool:
+        """Everything processed made durable, in order: the topics, then the online and offline
+        stores (a crash between any two leaves the offline store behind the topics, never
+        ahead, and a replay rebuilds it). False, and no commit, when the broker has forgotten
+        the topics: offsets into one it forgot must never reach the new one."""
+        self._write()
+        sink = self._sink
+        assert sink is not None
+        if forgotten := self._watch.changed(now=True):
+            if self.stop.is_set():
+                sink.flush_offline()  # durable; the offsets belong to a forgotten topic
+            else:
+                self._recreate(forgotten)
+            return False
         if (unsent := sink.kafka.flush(self._flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
-            return
+            return False
         sink.flush_online()
         sink.flush_offline()
+        return True
+
+    def _committable(self, offsets: dict[Position, int]) -> dict[Position, int]:
+        """Never past the first trade of a window still open: a replay rebuilds it."""
         open_positions = self.processor.builder.open_positions()
-        offsets = [
-            TopicPartition(self.topics.trades, p, min(open_positions.get(p, last + 1), last + 1))
-            for p, last in self._last.items()
-        ]
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:  # e.g. a restarted broker that forgot the group
-            log.warning("could not commit %s (%s); the next commit carries them", offsets, exc)
-            return
-        log.info("committed %s; %s", {tp.partition: tp.offset for tp in offsets}, self.stats.line())
+        out = {(t, p): min(open_positions.get(p, o), o) for (t, p), o in offsets.items()}
+        log.info("committing %s; %s", {p: o for (_, p), o in out.items()}, self.stats.line())
+        return out

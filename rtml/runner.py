@@ -18,9 +18,9 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
 - a clean stop: `stop` set (SIGTERM) ends the batch, flushes, commits, closes.
 
 Source and sink are injectable: `rtml.testing`'s in-memory ones test the cadence, the DLQ
-routing and the revoke handling without a broker (tests/test_runner.py). The feature pipeline
-keeps its own loop around its windows (it commits behind open candles and reads back what the
-topics hold), and shares the guard, the dead letters and the counters.
+routing and the revoke handling without a broker (tests/test_runner.py). All four consumers
+run on it: the feature pipeline adds the hooks for what it holds across records (its commit
+is lowered to the first trade of a window still open; a replay does not dead-letter twice).
 """
 
 from __future__ import annotations
@@ -258,6 +258,13 @@ class Runner:
     the runner has delivered and committed what the leaving partitions led to. Rejects of a
     topic not in `dead_letters` are counted only: another component owns that topic's DLQ.
     With `outcome`, each record the step took is counted as that (e.g. "predicted").
+
+    A component that holds state across records (the feature pipeline's open windows) adds:
+    `before_commit`, which makes what was processed durable and returns False to skip this
+    commit; `committable`, which lowers offsets to what may be committed (never past an open
+    window's first record); and `replayed`, which tells a reject that was dead-lettered before
+    (read again after a restart) so it is not sent twice. `hold`/`release` keep the group
+    membership while a step or a write waits on a service that is away.
     """
 
     def __init__(
@@ -281,6 +288,9 @@ class Runner:
         on_reject: Callable[[str, str], None] | None = None,
         max_block_s: float = 3.0,
         backlog: int = 50_000,
+        before_commit: Callable[[], bool] | None = None,
+        committable: Callable[[dict[Position, int]], dict[Position, int]] | None = None,
+        replayed: Callable[[Message, str], bool] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -305,9 +315,15 @@ class Runner:
         self.max_block_s = max_block_s
         # records produced and not delivered past which reading waits (a slow broker)
         self.backlog = backlog
+        self.before_commit = before_commit
+        self.committable = committable
+        self.replayed = replayed
         self.assignment: set[Position] = set()
         self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
         self.commits = 0
+        self._holding: list[Position] | None = None  # paused by `hold`, until `release`
+        self._kept: list[Message] = []  # handed out by polls while paused: stepped next
+        self._in_rebalance = False
 
     # -- rebalances ------------------------------------------------------------------------
 
@@ -315,16 +331,32 @@ class Runner:
         log.info("%s: assigned %s", self.counters.component, sorted(partitions))
         self.assignment.update(partitions)
         if self.on_assign:
-            self.on_assign(partitions)
+            self._in_rebalance = True
+            try:
+                self.on_assign(partitions)
+            finally:
+                self._in_rebalance = False
 
     def _revoked(self, partitions: list[Position]) -> None:
         log.info("%s: revoked %s", self.counters.component, sorted(partitions))
-        self.commit()  # what the leaving partitions led to, before their new owner reads on
-        self._dropped(partitions)
+        self._in_rebalance = True
+        try:
+            # what the leaving partitions led to, before their new owner reads on; not while
+            # held inside a write waiting on a service (the next owner replays, and nothing is
+            # sent twice)
+            if self._holding is None:
+                self.commit()
+            self._dropped(partitions)
+        finally:
+            self._in_rebalance = False
 
     def _lost(self, partitions: list[Position]) -> None:
         log.warning("%s: lost %s without a revoke", self.counters.component, sorted(partitions))
-        self._dropped(partitions)  # their new owner has them: nothing may be committed
+        self._in_rebalance = True
+        try:
+            self._dropped(partitions)  # their new owner has them: nothing may be committed
+        finally:
+            self._in_rebalance = False
 
     def _dropped(self, partitions: list[Position]) -> None:
         self.assignment.difference_update(partitions)
@@ -348,6 +380,9 @@ class Runner:
                     continue
                 if len(self.sink) > self.backlog:
                     self.wait_for_deliveries()
+                if self._kept:  # handed out while paused, before what is read next
+                    kept, self._kept = self._kept, []
+                    self.handle(kept)
                 self.handle(self.source.consume(self.batch_size, self.poll_s))
                 if self.processed and time.monotonic() - last_commit >= self.commit_interval_s:
                     self.commit(self.max_block_s)
@@ -398,6 +433,9 @@ class Runner:
             counters.done[self.outcome] += done
 
     def reject(self, msg: Message, kind: str, reason: str) -> None:
+        if self.replayed is not None and self.replayed(msg, kind):
+            self.counters.done["replayed"] += 1  # its dead letter is on the DLQ already
+            return
         topic = msg.topic() or ""
         self.counters.reject(topic, kind)
         if self.on_reject is not None:
@@ -414,24 +452,41 @@ class Runner:
         The partitions are paused and the consumer keeps polling (the group keeps this member,
         and rebalances are served) until half of them are delivered. What a poll still hands
         out is stepped through afterwards, in order."""
-        paused = sorted(self.assignment)
-        self.source.pause(paused)
         log.warning(
             "%s: %d records wait for the broker; reading paused",
             self.counters.component,
             len(self.sink),
         )
-        kept: list[Message] = []
         while len(self.sink) > self.backlog // 2 and not self.stop.is_set():
             self.sink.poll(0.1)
-            kept.extend(self.source.consume(self.batch_size, 0))
-            if joined := sorted(self.assignment.difference(paused)):  # assigned meanwhile
-                self.source.pause(joined)
-                paused.extend(joined)
-        self.source.resume([p for p in paused if p in self.assignment])
+            self.hold()
+        self.release()
         log.info("%s: the broker caught up; reading resumed", self.counters.component)
-        if kept:
-            self.handle(kept)
+
+    def hold(self) -> None:
+        """Keep this member in its group while the loop waits (a service away inside a step or
+        a write, a slow broker): every partition held is paused and the consumer polls once,
+        which serves rebalances. Call it at least every few seconds while waiting. What a poll
+        still hands out is kept, and stepped through after `release`, in order. Inside a
+        rebalance callback it does nothing: the group is waiting on this member already."""
+        if self._in_rebalance:
+            return
+        if self._holding is None:
+            self._holding = sorted(self.assignment)
+            self.source.pause(self._holding)
+            log.warning("%s: partitions paused, membership kept", self.counters.component)
+        self._kept.extend(self.source.consume(self.batch_size, 0))
+        if joined := sorted(self.assignment.difference(self._holding)):  # assigned meanwhile
+            self.source.pause(joined)
+            self._holding.extend(joined)
+
+    def release(self) -> None:
+        """Read on after `hold`: the partitions still held resume."""
+        if self._holding is None:
+            return
+        held, self._holding = self._holding, None
+        self.source.resume([p for p in held if p in self.assignment])
+        log.info("%s: partitions resumed", self.counters.component)
 
     def commit(self, flush_s: float | None = None) -> None:
         """Deliver what was produced (waiting up to `flush_s`, the runner's `flush_s` by
@@ -439,9 +494,16 @@ class Runner:
         outstanding (the next commit carries it)."""
         if not self.processed:
             return
+        if self.before_commit is not None and not self.before_commit():
+            return
         if (unsent := self.sink.flush(self.flush_s if flush_s is None else flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return
-        if self.source.commit(dict(self.processed)):
-            self.processed.clear()
+        offsets = dict(self.processed)
+        if self.committable is not None:
+            offsets = self.committable(offsets)
+        if self.source.commit(offsets):
+            for position, offset in offsets.items():
+                if self.processed.get(position) == offset:
+                    del self.processed[position]  # committed up to where it was read
             self.commits += 1
