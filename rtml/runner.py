@@ -380,7 +380,7 @@ class Runner:
                     continue
                 if len(self.sink) > self.backlog:
                     self.wait_for_deliveries()
-                if self._kept:  # handed out while paused, before what is read next
+                if self._kept and self._holding is None:  # handed out while paused: first
                     kept, self._kept = self._kept, []
                     self.handle(kept)
                 self.handle(self.source.consume(self.batch_size, self.poll_s))

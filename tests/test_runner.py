@@ -285,3 +285,91 @@ def test_counters_are_exported_on_the_metrics_port() -> None:
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)
     assert serve_metrics(Settings(), counters).port is None  # unset: nowhere
+
+
+def test_a_stateful_component_commits_behind_what_it_holds_open_and_catches_up_later() -> None:
+    """The feature pipeline's case: a record whose window is still open must be read again
+    after a restart, so the commit stops at it. A commit lowered that way keeps its offset
+    pending, and a later commit (the window closed, no new record) moves it on."""
+    sink = MemorySink()
+    drained = threading.Event()
+    batches: list[list[Message]] = [[msg(0, 0), msg(0, 1), msg(0, 2)], [], []]
+    source = CheckedSource(sink, batches, [(T, 0)], drained)
+    open_from = {0: 1}  # the record at offset 1 opened a window that is still open
+    ticks = 0
+
+    def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 3:
+            open_from.clear()  # the window closed (a quiet symbol's idle close)
+
+    def committable(offsets: dict[Position, int]) -> dict[Position, int]:
+        return {(t, p): min(open_from.get(p, o), o) for (t, p), o in offsets.items()}
+
+    runner = Runner(
+        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0,
+        tick=tick, committable=committable,
+    )  # fmt: skip
+    runner.run(max_seconds=30)
+    assert source.committed[0] == {(T, 0): 1}  # behind the open window
+    assert source.committed[-1] == {(T, 0): 3}  # once it closed, with no record since
+    assert not runner.processed
+
+
+def test_a_commit_waits_for_what_the_component_makes_durable() -> None:
+    sink = MemorySink()
+    drained = threading.Event()
+    source = CheckedSource(sink, [[msg(0, 0)], [msg(0, 1)]], [(T, 0)], drained)
+    durable = iter([False, True, True])  # a store away at the first commit
+    runner = Runner(
+        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0,
+        before_commit=lambda: next(durable),
+    )  # fmt: skip
+    runner.run(max_seconds=30)
+    assert source.committed == [{(T, 0): 2}]  # the first commit was not made; the next carries it
+
+
+def test_a_reject_a_replay_finds_dead_lettered_already_is_not_sent_twice() -> None:
+    """After a restart the same bad records are read again; the component knows which of them
+    the DLQ holds already (the feature pipeline reads it back)."""
+    on_dlq = {1}
+    runner, _, sink, _ = run(
+        [[msg(0, 0, b"bad a"), msg(0, 1, b"bad b"), msg(0, 2, b'"' * 600_000)]],
+        replayed=lambda m, kind: (m.offset() or 0) in on_dlq,
+    )
+    dead = [orjson.loads(v or b"")["origin"] for _, v in sink.on(f"{T}.dlq")]
+    assert dead == [f"{T}[0]@0", f"{T}[0]@2"]  # the guard's reject too
+    assert runner.counters.rejected_by(T) == {"wrong_type": 1, "too_large": 1}
+    assert runner.counters.done["replayed"] == 1
+
+
+def test_a_component_waiting_on_a_service_holds_its_partitions_and_steps_what_came_after() -> None:
+    """A write waiting on Redis calls `hold` every half second: the partitions pause and the
+    consumer polls (the group keeps the member). A revoke meanwhile commits nothing (the write
+    is not done); what a poll still handed out is stepped after `release`, in order."""
+    sink = MemorySink()
+    drained = threading.Event()
+    source = CheckedSource(sink, [[msg(0, 0)], [msg(0, 1)], [msg(0, 2)]], [(T, 0), (T, 1)], drained)
+    source.rebalance(1, "revoke", [(T, 1)])
+    step = Step(sink)
+    runner = Runner(source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600)
+    waited = False
+
+    def write() -> None:  # the component's write after each batch
+        nonlocal waited
+        if step.seen == [(0, 0)] and not waited:
+            waited = True
+            runner.hold()  # Redis is away; the revoke comes in this poll
+            source.paused.clear()  # a record fetched before the pause is handed out anyway
+            runner.hold()
+            runner.hold()
+            assert step.seen == [(0, 0)]  # nothing is stepped while the write waits
+        runner.release()
+
+    runner.tick = write
+    runner.run(max_seconds=30)
+    assert step.seen == [(0, 0), (0, 1), (0, 2)]
+    assert source.pauses[0] == [(T, 0), (T, 1)] and source.consumed_paused >= 1
+    assert source.committed == [{(T, 0): 3}]  # the revoke while held committed nothing
+    assert not source.paused
