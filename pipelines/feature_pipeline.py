@@ -1,11 +1,12 @@
 """The live feature pipeline: `trades` in; Feast, `features` and `examples` out.
 
-Bad trades (not JSON, missing fields, wrong types, NaN/inf, non-positive price or size,
-duplicate ids, too late for their window) go to `trades.dlq` with their reason and are counted;
-the loop goes on. Offsets are committed only once everything a trade led to is durable, and
-never past the first trade of a candle that is still open, so a replay rebuilds open candles
-exactly; closed history is resumed from the offline store's `candles`, and what the topics
-already hold is not sent again (`pipelines/emitted.py`).
+It runs on the shared consumer loop (`rtml.runner.Runner`). Bad trades (not JSON, missing
+fields, wrong types, NaN/inf, a price that is not positive, duplicate ids, too late for their
+window) go to `trades.dlq` with their reason and are counted; the loop goes on. Offsets are
+committed only once everything a trade led to is durable, and never past the first trade of a
+candle that is still open, so a replay rebuilds open candles exactly; closed history is
+resumed from the offline store's `candles`, and what the topics already hold is not sent
+again (`pipelines/emitted.py`).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ class FeaturePipeline:
         self._consumer: Consumer | None = None
         self._sink: FeatureSink | None = None
         self._runner: Runner | None = None
-        self._watch = TopicWatch(settings, self.topics.with_dlqs())
+        self._watch: TopicWatch | None = None
         self._last_idle_check = 0.0
         self._replays = 0  # late trades a replay found counted in a candle already
         self.counters = Counters("features")
@@ -209,8 +210,8 @@ class FeaturePipeline:
             self.stop,
             online_every_s=ONLINE_EVERY_S,
         )
-        self._watch = TopicWatch(settings, self.topics.with_dlqs())
-        self._watch.remember()
+        watch = self._watch = TopicWatch(settings, self.topics.with_dlqs())
+        watch.remember()
         self._consumer, self._sink = consumer, sink
         runner = self._runner = Runner(
             GroupSource(consumer, [self.topics.trades]),
@@ -323,8 +324,9 @@ class FeaturePipeline:
         the offsets held so far mean nothing any more and its new records are read from their
         start.
         """
-        sink, runner, consumer = self._sink, self._runner, self._consumer
+        sink, runner, consumer, watch = self._sink, self._runner, self._consumer, self._watch
         assert sink is not None and runner is not None and consumer is not None
+        assert watch is not None
         log.warning("the broker no longer has %s as they were: creating them again", forgotten)
         sink.flush_offline()
         # what was read back refers to the topics as they were; the broker has forgotten this
@@ -334,7 +336,7 @@ class FeaturePipeline:
         sink.producer = self._producer()
         runner.sink = sink.kafka
         ensure_topics(self.settings, self.topics.with_dlqs())
-        self._watch.remember()
+        watch.remember()
         self.stats.topics_recreated += 1
         if self.topics.trades in forgotten:
             runner.processed.clear()
@@ -410,9 +412,9 @@ class FeaturePipeline:
         ahead, and a replay rebuilds it). False, and no commit, when the broker has forgotten
         the topics: offsets into one it forgot must never reach the new one."""
         self._write()
-        sink = self._sink
-        assert sink is not None
-        if forgotten := self._watch.changed(now=True):
+        sink, watch = self._sink, self._watch
+        assert sink is not None and watch is not None
+        if forgotten := watch.changed(now=True):
             if self.stop.is_set():
                 sink.flush_offline()  # durable; the offsets belong to a forgotten topic
             else:
