@@ -185,13 +185,13 @@ def _delimiter(path: Path) -> str:
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
-    "symbol": ("ticker", "pair", "instrument", "product_id"),
+    "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
     "size": ("qty", "quantity", "amount"),
     "trade_id": ("id", "tid", "trade id"),
 }
 """What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
 no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
-`open_time`, Kraken's `qty`."""
+`open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks."""
 
 
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:

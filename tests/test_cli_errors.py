@@ -110,17 +110,22 @@ def test_dlq_show_counts_reasons_and_replay_puts_records_back(
 def test_a_demo_or_evaluation_of_a_file_it_cannot_read_stops_before_starting_anything(
     tmp_path: Path,
 ) -> None:
-    """A user's own column names: one line naming the file and the mapping to give, at once."""
+    """A user's own column names: one line naming the file and the mapping to give, at once.
+    A vendor's usual names (`Date`, `Name`) are understood without one."""
     path = tmp_path / "daily.csv"
-    path.write_text("Date,Open,High,Low,Close,Volume,Name\n" + "2024-01-02,1,1,1,1,5,X\n" * 3)
+    path.write_text("Day,O,H,L,C,V,Stock\n" + "2024-01-02,1,1,1,1,5,X\n" * 3)
     env = _env(tmp_path)
     for args in (["demo", "--source", str(path)], ["evaluate", str(path)]):
         line = _one_line(_rtml(env, *args, cwd=tmp_path))
         assert "daily.csv" in line and "--column" in line, line
     assert not (tmp_path / "state" / "kafka").exists()  # no stack was started
     # with the mapping the file is understood (too few rows to learn from, said as such)
-    mapped = ["--column", "ts=Date", "--column", "symbol=Name", "--column", "close=Close"]
-    mapped += ["--column", "open=Open", "--column", "high=High", "--column", "low=Low"]
-    mapped += ["--column", "volume=Volume"]
+    mapped = ["--column", "ts=Day", "--column", "symbol=Stock", "--column", "close=C"]
+    mapped += ["--column", "open=O", "--column", "high=H", "--column", "low=L"]
+    mapped += ["--column", "volume=V"]
     line = _one_line(_rtml(env, "evaluate", str(path), *mapped, cwd=tmp_path))
+    assert "too few" in line, line
+    vendor = tmp_path / "vendor.csv"
+    vendor.write_text("Date,Open,High,Low,Close,Volume,Name\n" + "2024-01-02,1,1,1,1,5,X\n" * 3)
+    line = _one_line(_rtml(env, "evaluate", str(vendor), cwd=tmp_path))
     assert "too few" in line, line
