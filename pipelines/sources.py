@@ -206,10 +206,37 @@ def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, s
         if column not in found:
             column = loose.get(column.strip().lower(), column)
         if column not in found and name not in mapping:
-            column = next((loose[a] for a in ALIASES.get(name, ()) if a in loose), column)
+            aliases = ALIASES.get(name, ())
+            if name == "ts" and "date" in loose and "time" in loose:
+                aliases = aliases[:2]  # a date and a time of day: `_date_and_time` joins them
+            column = next((loose[a] for a in aliases if a in loose), column)
         if column in found and column not in names:
             names[column] = name
     return names
+
+
+def _date_and_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """Intraday exports (Stooq's, MetaTrader's) give the day and the time of day in two
+    columns, `Date` and `Time`: they are one time. Read as the date alone, every bar of a day
+    would be one candle given many times."""
+    if "ts" in frame.columns:
+        return frame
+    loose = {str(c).strip().lstrip("\ufeff").lower(): c for c in frame.columns}
+    if "date" in loose and "time" in loose:
+        day, clock = frame[loose["date"]].astype(str), frame[loose["time"]].astype(str)
+        frame = frame.assign(ts=day.str.strip() + " " + clock.str.strip())
+    return frame
+
+
+def _headerless(columns: Iterable[Any], path: Path) -> None:
+    """A file whose first line is numbers has no header (Binance's kline files): say so,
+    rather than that columns named after numbers are neither trades nor candles."""
+    names = [str(c) for c in columns]
+    if names and all(n.replace(".", "", 1).replace("-", "", 1).isdigit() for n in names):
+        raise ConfigError(
+            f"{path} has no header row (its first line is numbers): add one naming the "
+            "columns, e.g. ts,open,high,low,close,volume for candles"
+        )
 
 
 def _one_instrument(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -244,7 +271,9 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             names = _rtml_names(frame.columns, mapping)
         else:
             sep = _delimiter(path)
-            names = _rtml_names(pd.read_csv(path, sep=sep, nrows=0).columns, mapping)
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            _headerless(header, path)
+            names = _rtml_names(header, mapping)
             text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
             frame = pd.read_csv(path, sep=sep, dtype=text)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -253,7 +282,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a UTF-8 CSV with a header row, or a Parquet file"
         ) from None
-    frame = _one_instrument(frame.rename(columns=names), path)
+    frame = _one_instrument(_date_and_time(frame.rename(columns=names)), path)
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)

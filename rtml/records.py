@@ -37,8 +37,10 @@ rtml.records.BadRecord: leak: label_ts 30.0 is not after ts 60.0
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -165,6 +167,7 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     return number
 
 
+_DOTTED_DAY = re.compile(r"^(\d{4})[./](\d{1,2})[./](\d{1,2})")
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 """Epoch numbers this large are nanoseconds, microseconds or milliseconds: 1e11 seconds is
 the year 5138, and 1e11 milliseconds is 1973."""
@@ -179,6 +182,8 @@ def parse_ts(value: Any) -> float:
     (1514851200.0, 1514869200.0, 1514851200.0)
     >>> parse_ts(1514851200000), parse_ts("1514851200000000"), parse_ts(1514851200 * 10**9)
     (1514851200.0, 1514851200.0, 1514851200.0)
+    >>> parse_ts("2018.01.02 00:00"), parse_ts("2018/1/2"), parse_ts(20180102)
+    (1514851200.0, 1514851200.0, 1514851200.0)
     """
     if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -187,8 +192,12 @@ def parse_ts(value: Any) -> float:
         except ValueError:
             raise BadRecord("missing_field", "ts is empty (NaT)") from None
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
+        text = value.strip().replace("Z", "+00:00")
+        if found := _DOTTED_DAY.match(text):  # 2024.01.02 or 2024/1/2: the same day
+            year, month, day = found.groups()
+            text = f"{year}-{int(month):02d}-{int(day):02d}{text[found.end() :]}"
         try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(text)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
             return moment.timestamp()
@@ -196,6 +205,12 @@ def parse_ts(value: Any) -> float:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}"
             ) from None
+    if (type(value) is int or type(value) is str) and len(day := str(value)) == 8:
+        # 20240102: a day written as digits (as some vendors do), not 1970-08-23 in seconds
+        with contextlib.suppress(ValueError):
+            moment = datetime(int(day[:4]), int(day[4:6]), int(day[6:]), tzinfo=UTC)
+            if 1970 <= moment.year <= 2200:
+                return moment.timestamp()
     seconds = number({"ts": value}, "ts", positive=True, text=True)
     for least, per_second in EPOCH_UNITS:
         if seconds >= least:

@@ -241,6 +241,37 @@ def test_one_instruments_download_without_symbol_or_volume_is_replayed(tmp_path:
     assert [(c.close, c.volume, c.vwap) for c in candles] == [(11.0, 0.0, 11.0), (12.0, 0.0, 12.0)]
 
 
+@pytest.mark.parametrize(
+    ("header", "day", "clock"),
+    [
+        ("Date,Time,Open,High,Low,Close,Volume", "2024-01-02", "09:{m:02d}:00"),  # Stooq
+        ("Date,Time,Open,High,Low,Close,Volume", "2024.01.02", "09:{m:02d}"),  # MetaTrader
+        ("Date,Time,Open,High,Low,Close,Volume", "20240102", "09:{m:02d}"),
+    ],
+)
+def test_an_intraday_export_with_the_day_and_the_time_apart(
+    tmp_path: Path, header: str, day: str, clock: str
+) -> None:
+    """The day and the time of day in two columns are one time: read as the day alone, the
+    bars of a day were one candle given many times (all but one `duplicate`)."""
+    path = tmp_path / "EURUSD.csv"
+    rows = [f"{day},{clock.format(m=m)},1.1,1.2,1.0,1.1{m},0" for m in range(5)]
+    path.write_text(header + "\n" + "\n".join(rows))
+    profile = candle_profile(path)
+    assert profile is not None and profile.seconds == 60
+    trades = list(replay(path))
+    assert all(isinstance(t, Trade) and t.symbol == "EURUSD" for t in trades)
+    starts = sorted({t.ts for t in trades if isinstance(t, Trade)})[::4]
+    assert starts == [1704186000.0 + 60 * m for m in range(5)]  # 2024-01-02 09:00 UTC on
+
+
+def test_a_file_without_a_header_row_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "BTCUSDT-1m-2024-01.csv"  # Binance's kline files have no header
+    path.write_text("1704067200000,42283.58,42298.62,42261.02,42298.61,35.92,1704067259999\n")
+    with pytest.raises(ConfigError, match="no header row"):
+        list(replay(path))
+
+
 @pytest.mark.parametrize("scale", [1, 1e3, 1e6, 1e9])
 def test_epoch_times_in_any_unit_are_the_same_seconds(tmp_path: Path, scale: float) -> None:
     """Milliseconds (as Binance writes klines), microseconds or nanoseconds are not read as
