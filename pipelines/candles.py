@@ -9,7 +9,7 @@ can dead-letter them.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
 the previous close and zero volume, so "5 candles ago" always means 5 windows ago; with the
 `skip` gap policy (markets with sessions) it is left empty. A silence longer than
-RTML_MAX_FUTURE_S is not bridged: the series restarts after it, and no label spans it.
+RTML_MAX_SILENCE_S is not bridged: the series restarts after it, and no label spans it.
 
 >>> b = CandleBuilder(seconds=60, allowed_lateness=0)
 >>> b.add(Trade("X", "1", 10.0, 1.0, "buy", 5.0))
@@ -69,6 +69,7 @@ class CandleBuilder:
         max_future_s: float = math.inf,
         clock: Callable[[], float] = time.time,
         gap_policy: str = "flat",
+        max_silence_s: float | None = None,
     ):
         if gap_policy not in GAP_POLICIES:
             raise ValueError(f"gap policy {gap_policy!r} is not one of {GAP_POLICIES}")
@@ -76,12 +77,16 @@ class CandleBuilder:
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
-        # how far a symbol's event time may step ahead (`records.future_reason`), and the
-        # longest silence a series bridges: a longer gap is not filled with flat candles (one
-        # stale trade atop a file would otherwise invent decades of them) and the series
-        # restarts after it. Never under two windows: one step spans that much.
+        # how far a symbol's event time may step ahead of its newest and the clock
+        # (`records.future_reason`), and the longest silence a series bridges (by default the
+        # same): a longer gap is not filled with flat candles (one stale trade atop a file
+        # would otherwise invent decades of them) and the series restarts after it. Never
+        # under two windows: one step spans that much.
         self.max_future_s = max_future_s
-        self.max_gap_s = max(max_future_s, 2.0 * seconds)
+        self.max_step_s = max(max_future_s, 2.0 * seconds)
+        silence = max_future_s if max_silence_s is None else max_silence_s
+        self.max_gap_s = max(silence, 2.0 * seconds)
+        self._least = min(self.max_step_s, self.max_gap_s)
         self.clock = clock
         self._watermark: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
@@ -99,12 +104,12 @@ class CandleBuilder:
         start = float(math.floor(trade.ts / self.seconds) * self.seconds)
         closed_until = self._closed_until.get(trade.symbol, -math.inf)
         newest = max(self.watermark(trade.symbol), closed_until)
-        if trade.ts > newest + self.max_gap_s:
+        if trade.ts > newest + self._least:
             settled = self._run.get(trade.symbol, 0) >= SETTLED
-            now, symbol = self.clock(), trade.symbol
-            why = future_reason(trade.ts, newest, now, self.max_gap_s, settled, self._jumps, symbol)
+            now, symbol, step, gap = self.clock(), trade.symbol, self.max_step_s, self.max_gap_s
+            why = future_reason(trade.ts, newest, now, step, settled, self._jumps, symbol, gap)
             if why is not None:
-                raise BadRecord("future", f"{symbol}@{trade.ts} is {why} (RTML_MAX_FUTURE_S)")
+                raise BadRecord("future", f"{symbol}@{trade.ts} is {why}")
         else:
             self._jumps.clear(trade.symbol)
         if start + self.seconds <= closed_until:

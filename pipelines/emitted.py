@@ -90,7 +90,7 @@ class Emitted:
         wanted = [topics.features, topics.examples, trades_dlq]
         began = time.monotonic()
         symbols = frozenset(settings.symbols)
-        until = time.time() + settings.max_future_s
+        until = time.time() + settings.max_step_s
         unread = scan(
             settings,
             wanted,

@@ -166,13 +166,7 @@ class FeaturePipeline:
         self.stop = stop or threading.Event()
         self.topics = Topics.of(settings)
         self.stats = PipelineStats()
-        self.processor = FeatureProcessor(
-            settings.candle_seconds,
-            settings.allowed_lateness_s,
-            settings.horizon,
-            settings.max_future_s,
-            settings.gap_policy,
-        )
+        self.processor = FeatureProcessor.of(settings)
         self.symbols = frozenset(settings.symbols)
         self._emitted = Emitted()
         self._history = History()

@@ -66,13 +66,7 @@ def backfill(
     Rejected records are counted and logged (there is no topic to dead-letter them to); the
     newest features of each symbol are written online at the end so serving can start.
     """
-    processor = FeatureProcessor(
-        settings.candle_seconds,
-        settings.allowed_lateness_s,
-        settings.horizon,
-        settings.max_future_s,
-        settings.gap_policy,
-    )
+    processor = FeatureProcessor.of(settings)
     sink = FeatureSink(settings, store=None, producer=None)
     stats = PipelineStats()
     latest: dict[str, FeatureRow] = {}

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
 from rtml.records import Example, FeatureRow, Trade
+from rtml.settings import Settings
 
 
 def to_datetime(ts: float) -> datetime:
@@ -56,12 +57,30 @@ class FeatureProcessor:
         horizon: int,
         max_future_s: float = math.inf,
         gap_policy: str = "flat",
+        max_silence_s: float | None = None,
     ) -> None:
         self.horizon = horizon
         self.builder = CandleBuilder(
-            candle_seconds, allowed_lateness, max_future_s=max_future_s, gap_policy=gap_policy
+            candle_seconds,
+            allowed_lateness,
+            max_future_s=max_future_s,
+            gap_policy=gap_policy,
+            max_silence_s=max_silence_s,
         )
         self._state: dict[str, _SymbolState] = {}
+
+    @classmethod
+    def of(cls, settings: Settings) -> FeatureProcessor:
+        """The processor `settings` describe: candle length, lateness, horizon, gap policy and
+        the event-time bounds."""
+        return cls(
+            settings.candle_seconds,
+            settings.allowed_lateness_s,
+            settings.horizon,
+            settings.max_future_s,
+            settings.gap_policy,
+            max_silence_s=settings.max_silence_s,
+        )
 
     def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:
         """Raises BadRecord for late and duplicate trades."""

@@ -398,9 +398,10 @@ class Trainer:
         # the span of an example's label: exactly H windows where every window has a candle
         self.least_span = settings.horizon * settings.candle_seconds
         self.exact_span = settings.gap_policy == "flat"
-        # with `skip`, each of the H steps bridges a silence of at most RTML_MAX_FUTURE_S
+        # with `skip`, each of the H steps bridges a silence of at most RTML_MAX_SILENCE_S
         # (a longer one restarts the series): MSFT's five trading days span up to 13 days
-        self.max_gap_s = settings.max_gap_s
+        self.max_step_s, self.max_gap_s = settings.max_step_s, settings.max_gap_s
+        self._least_jump = min(self.max_step_s, self.max_gap_s)
         self.most_span = settings.horizon * (self.max_gap_s + settings.candle_seconds)
         self._jumps = Jumps()
 
@@ -586,15 +587,15 @@ class Trainer:
                 f"{ex.symbol!r:.60} is not in RTML_SYMBOLS (or RTML_SHARDS); add it to learn it",
             )
         assert self.learner is not None
-        bound, learner = self.max_gap_s, self.learner
-        if ex.label_ts > learner.watermark + bound:
-            settled = learner.learned >= SETTLED
-            now = time.time()
-            why = future_reason(ex.label_ts, learner.watermark, now, bound, settled, self._jumps)
+        learner = self.learner
+        if ex.label_ts > learner.watermark + self._least_jump:
+            settled, now, newest = learner.learned >= SETTLED, time.time(), learner.watermark
+            step, gap = self.max_step_s, self.max_gap_s
+            why = future_reason(ex.label_ts, newest, now, step, settled, self._jumps, "", gap)
             if why is not None:
                 raise BadRecord(
                     "future",
-                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why} (RTML_MAX_FUTURE_S)",
+                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why}",
                 )
         else:
             self._jumps.clear("")
@@ -622,7 +623,7 @@ class Trainer:
                 "stale",
                 f"{ex.symbol}@{ex.ts}: label time {span:g} s after the features; "
                 f"{self.settings.horizon} candles span at most {self.most_span:g} s, each "
-                "silence between them no longer than RTML_MAX_FUTURE_S",
+                "silence between them no longer than RTML_MAX_SILENCE_S",
             )
         return ex
 

@@ -299,18 +299,20 @@ def future_reason(
     settled: bool,
     jumps: Jumps | None = None,
     key: str = "",
+    silence: float | None = None,
 ) -> str | None:
     """Why `ts` is `future` for a series whose newest event time is `newest`, or None.
 
-    The one rule every consumer applies (RTML_MAX_FUTURE_S is `bound`):
+    The one rule every consumer applies (`bound` is RTML_MAX_FUTURE_S, `silence`
+    RTML_MAX_SILENCE_S, `bound` too by default):
 
-    - within `bound` of the series' newest time: admitted (a replay or a simulator running
-      ahead of the clock steps forward this way);
-    - more than `bound` ahead of the clock: `future`, however the series stands (the year
-      2286);
-    - more than `bound` ahead of a settled series, and more than `bound` away from the clock:
-      `future` in replay time (a 2020 row inside a 2001 replay), unless `jumps` confirms it
-      (the `SETTLED`-th record in a row to jump together: a real gap in the data);
+    - more than `bound` ahead of both the series' newest time and the clock: `future` (the
+      year 2286; a trade an hour ahead of a live market, with a bound of minutes). A replay
+      or a simulator running ahead of the clock steps forward from its newest, within it; a
+      young series (no newest yet) takes the `SETTLED`-th record in a row that agrees;
+    - more than `silence` ahead of a settled series, and more than `silence` away from the
+      clock: `future` in replay time (a 2020 row inside a 2001 replay), unless `jumps`
+      confirms it (the `SETTLED`-th record in a row to jump together: a real gap in the data);
     - otherwise admitted: a live feed back after a long silence is near the clock, and a
       young series restarts.
 
@@ -318,18 +320,28 @@ def future_reason(
     >>> future_reason(10 * day, newest=9.5 * day, now=1e9, bound=day, settled=True) is None
     True
     >>> future_reason(1e9 + 2 * day, newest=-math.inf, now=1e9, bound=day, settled=False)
-    'more than 86400 s ahead of the clock'
+    'more than 86400 s ahead of both its newest time and the clock (RTML_MAX_FUTURE_S)'
+    >>> future_reason(1e9 + 3_600, newest=1e9, now=1e9, bound=300, settled=True, silence=day)
+    'more than 300 s ahead of both its newest time and the clock (RTML_MAX_FUTURE_S)'
     >>> future_reason(400 * day, newest=9 * day, now=1e9, bound=day, settled=True)
-    'more than 86400 s ahead of its newest event time 777600'
+    'more than 86400 s ahead of its newest time 777600 (RTML_MAX_SILENCE_S)'
     >>> future_reason(1e9 - 60, newest=9 * day, now=1e9, bound=day, settled=True) is None
     True
     """
-    if ts <= newest + bound:
+    silence = bound if silence is None else silence
+    if ts > max(newest, now) + bound:
+        # a young series (a consumer started while a simulator runs ahead of the clock) is
+        # admitted at the `SETTLED`-th record in a row that agrees; a settled one never
+        if settled or jumps is None or not jumps.confirmed(key, ts, bound):
+            ahead = f"more than {bound:g} s ahead of both its newest time and the clock"
+            return f"{ahead} (RTML_MAX_FUTURE_S)"
         return None
-    if ts > now + bound:
-        return f"more than {bound:g} s ahead of the clock"
-    if settled and ts < now - bound and not (jumps is not None and jumps.confirmed(key, ts, bound)):
-        return f"more than {bound:g} s ahead of its newest event time {newest:.0f}"
+    if (
+        settled
+        and newest + silence < ts < now - silence
+        and not (jumps is not None and jumps.confirmed(key, ts, silence))
+    ):
+        return f"more than {silence:g} s ahead of its newest time {newest:.0f} (RTML_MAX_SILENCE_S)"
     return None
 
 
@@ -343,11 +355,18 @@ class EventTimes:
     >>> times.admit("X", 9.9e9)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of the clock ...
+    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of both its ...
     """
 
-    def __init__(self, max_future_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_future_s: float,
+        clock: Callable[[], float] = time.time,
+        max_silence_s: float | None = None,
+    ) -> None:
         self.max_future_s = max_future_s
+        self.max_silence_s = max_future_s if max_silence_s is None else max_silence_s
+        self._least = min(self.max_future_s, self.max_silence_s)
         self.clock = clock
         self.newest: dict[str, float] = {}
         self._count: dict[str, int] = {}
@@ -355,12 +374,14 @@ class EventTimes:
 
     def admit(self, symbol: str, ts: float) -> None:
         newest = self.newest.get(symbol, -math.inf)
-        if ts > newest + self.max_future_s:
+        if ts > newest + self._least:
             settled = self._count.get(symbol, 0) >= SETTLED
             now, bound = self.clock(), self.max_future_s
-            why = future_reason(ts, newest, now, bound, settled, self._jumps, symbol)
+            why = future_reason(
+                ts, newest, now, bound, settled, self._jumps, symbol, self.max_silence_s
+            )
             if why is not None:
-                raise BadRecord("future", f"{symbol}@{ts} is {why} (RTML_MAX_FUTURE_S)")
+                raise BadRecord("future", f"{symbol}@{ts} is {why}")
             self._count[symbol] = 0  # a young series restarts, or a live one resumes
         else:
             self._jumps.clear(symbol)

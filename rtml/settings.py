@@ -91,10 +91,14 @@ class Settings(BaseSettings):
     # a window without trades: `flat` candle at the last close (24/7 markets), or `skip` it
     # (markets with sessions: H then counts candles that exist)
     gap_policy: Literal["flat", "skip"] = "flat"
-    # how far a symbol's event time may step ahead: past this (or two candles, if longer)
-    # beyond its newest and the clock, or beyond its newest and away from the clock, it is
-    # `future` (records.future_reason); also the longest silence a series bridges
+    # how far past both its symbol's newest time and the clock an event time may be (never
+    # under two candles), else `future` (records.future_reason). Wide by default, as the demo's
+    # simulator runs ahead of the clock; a live deployment sets minutes
     max_future_s: float = 7 * 86400.0
+    # the longest silence a symbol's series bridges (a longer one restarts it, with no flat
+    # candles and no label across it), and how far a settled series may jump ahead in replay
+    # time (a third record in a row agreeing on a longer jump is a real gap)
+    max_silence_s: float = 7 * 86400.0
     # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
     commit_interval_s: float = Field(default=5.0, gt=0)
     # Prometheus metrics of the headless consumers (features, train, predict-stream); unset:
@@ -197,10 +201,16 @@ class Settings(BaseSettings):
         return routes
 
     @property
-    def max_gap_s(self) -> float:
-        """How far one step of a symbol's event time may go: RTML_MAX_FUTURE_S, and never
-        under two candles (one step from a window's first trade to the next's spans that)."""
+    def max_step_s(self) -> float:
+        """How far past both its newest time and the clock an event time may be:
+        RTML_MAX_FUTURE_S, and never under two candles (one step from a window's first trade
+        to the next's spans that)."""
         return max(self.max_future_s, 2.0 * self.candle_seconds)
+
+    @property
+    def max_gap_s(self) -> float:
+        """The longest silence a series bridges: RTML_MAX_SILENCE_S, never under two candles."""
+        return max(self.max_silence_s, 2.0 * self.candle_seconds)
 
     @property
     def state(self) -> Path:

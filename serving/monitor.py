@@ -372,7 +372,7 @@ class MonitorService:
         self.group_id = group_id
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
-        self.event_times = EventTimes(settings.max_gap_s)
+        self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
         self.stop = threading.Event()
         self.counters = Counters("monitor")
         self.lock = threading.Lock()  # the dashboard reads while the loop writes

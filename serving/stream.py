@@ -40,7 +40,7 @@ class StreamingPredictor:
         self.metrics_port: int | None = None  # with RTML_METRICS_PORT
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
-        self.event_times = EventTimes(settings.max_gap_s)
+        self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
         self._producer: Producer | None = None
 
     @property

@@ -263,7 +263,7 @@ def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -
 def test_one_stale_trade_atop_a_series_costs_one_candle_not_decades_of_flat_ones() -> None:
     """A trade dated 1970 as a symbol's first (a bad first row of a file, or the first record
     after a restart) was followed by flat candles for every minute up to the next real trade:
-    30 million candles and minutes of work. A silence longer than RTML_MAX_FUTURE_S is not
+    30 million candles and minutes of work. A silence longer than RTML_MAX_SILENCE_S is not
     bridged: the series restarts after it, and no example spans it."""
     now, day = 1_700_000_040.0, 86_400.0  # a whole minute
     p = FeatureProcessor(60, 0, horizon=2, max_future_s=day)
@@ -290,7 +290,7 @@ def test_a_settled_series_refuses_a_jump_in_replay_time_and_resumes_near_the_clo
         b.add(Trade("X", str(i), 10.0, 1.0, "buy", start + 60 * i))
     with pytest.raises(BadRecord) as caught:
         b.add(Trade("X", "2020", 10.0, 1.0, "buy", 1_577_836_800.0))
-    assert caught.value.kind == "future" and "newest event time" in str(caught.value)
+    assert caught.value.kind == "future" and "newest time" in str(caught.value)
     assert b.watermark("X") == start + 540
     closed = b.add(Trade("X", "10", 11.0, 1.0, "buy", start + 600))
     assert [c.start for c in closed] == [start + 540]
@@ -298,6 +298,26 @@ def test_a_settled_series_refuses_a_jump_in_replay_time_and_resumes_near_the_clo
     assert [c.start for c in closed] == [start + 600]  # and no flat candle up to now
     closed = b.add(Trade("X", "live2", 12.0, 1.0, "buy", now + 60))
     assert [c.start for c in closed] == [math.floor((now - 30) / 60) * 60]
+
+
+def test_a_live_deployment_refuses_a_trade_an_hour_ahead_and_still_bridges_an_hour_of_quiet() -> (
+    None
+):
+    """With RTML_MAX_FUTURE_S at five minutes (what a live deployment sets), one trade an hour
+    ahead of a live market is `future`: admitted, it would make the next hour's trades late.
+    The longest silence bridged is RTML_MAX_SILENCE_S, apart: an hour without trades is still
+    filled with flat candles, and the feed resumes near the clock."""
+    clock = [1_764_000_000.0]
+    b = CandleBuilder(60, 0, max_future_s=300, clock=lambda: clock[0], max_silence_s=86_400)
+    for i in range(5):
+        b.add(Trade("X", str(i), 10.0, 1.0, "buy", clock[0] - 300 + 60 * i))
+    with pytest.raises(BadRecord) as caught:
+        b.add(Trade("X", "ahead", 10.0, 1.0, "buy", clock[0] + 3_600))
+    assert caught.value.kind == "future"
+    clock[0] += 3_600  # an hour without trades
+    assert len(b.add(Trade("X", "back", 11.0, 1.0, "buy", clock[0]))) == 1
+    closed = b.add(Trade("X", "next", 11.0, 1.0, "buy", clock[0] + 60))
+    assert [c.volume for c in closed] == [0.0] * 60 + [1.0]  # 60 flat, then the first back
 
 
 def test_a_real_gap_in_a_replay_is_crossed_after_three_trades_that_agree() -> None:

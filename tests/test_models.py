@@ -212,7 +212,7 @@ def test_the_gates_served_errors_are_those_of_model_copies() -> None:
 def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy: str) -> None:
     """Sooner than H candles is a leak under either gap policy. Later is stale where every
     window has a candle (`flat`). Where markets close (`skip`), it is allowed up to H steps
-    each bridging at most RTML_MAX_FUTURE_S (MSFT's five trading days span up to 13 calendar
+    each bridging at most RTML_MAX_SILENCE_S (MSFT's five trading days span up to 13 calendar
     days), and stale beyond: features from 1970 with a label now."""
     from rtml.pipelines.trainer import Trainer
 
