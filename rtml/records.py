@@ -257,11 +257,14 @@ SETTLED = 3
 
 
 class Jumps:
-    """Records in a row, per series, that jump far ahead of a settled series in replay time.
+    """Records in a row, per series, that jump further ahead than the `future` rule allows:
+    past a settled series in replay time, or past the clock for a series with no newest time
+    yet.
 
     One such record is refused; `SETTLED` in a row, each within `bound` of the one before,
-    are the market itself moving on (a gap in a vendor's file, a halted stock) and the last
-    is admitted, so a real gap never refuses a symbol's every later record.
+    are the market itself moving on (a gap in a vendor's file, a halted stock, a simulator
+    ahead of the clock) and the last is admitted, so a real gap never refuses a symbol's every
+    later record.
 
     >>> jumps = Jumps()
     >>> [jumps.confirmed("X", ts, bound=10) for ts in (100, 103, 106)]
