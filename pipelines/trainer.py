@@ -563,7 +563,10 @@ class Trainer:
         if self.learner.drift_detected:
             done["drifts"] += 1
             self._on_drift(ex)
-        if self._since >= self.settings.checkpoint_every:
+        if (
+            self._since >= self.settings.checkpoint_every
+            and time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_min_interval_s
+        ):
             assert self.uploader is not None
             # while an upload is under way, learning goes on and the checkpoint waits for it
             # (the time-based one in `tick` does not): every pickled checkpoint is uploaded

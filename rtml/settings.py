@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     metrics_window: int = 500
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 30.0
+    # count-based checkpoints at most this often: catching up at thousands of examples a
+    # second, one every `checkpoint_every` would keep the uploader busy, and it shares the
+    # interpreter with learning
+    checkpoint_min_interval_s: float = 1.0
     # a checkpoint that passes the gate becomes a model version at most this often
     register_interval_s: float = 120.0
     checkpoint_queue: int = 4

@@ -6,6 +6,7 @@ import copy
 import math
 import pickle
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,42 @@ def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy:
     assert admit(start, start + 40 * day) == ("stale" if policy == "flat" else "admitted")
     assert admit(start, start + 41 * day) == "stale"  # five steps of at most 7 + 1 days
     assert admit(1.0, start) == "stale"
+
+
+@pytest.mark.parametrize(("least", "expected"), [(0.0, 5), (3600.0, 0)])
+def test_count_based_checkpoints_are_spaced_in_time(
+    tmp_path: Path, least: float, expected: int
+) -> None:
+    """Catching up at thousands of examples a second, a checkpoint every `checkpoint_every`
+    would keep the uploader busy in the learning process: count-based checkpoints come at
+    most every RTML_CHECKPOINT_MIN_INTERVAL_S."""
+    from confluent_kafka import Message
+
+    from rtml.kafka import encode
+    from rtml.pipelines.trainer import Trainer
+
+    settings = Settings(state_dir=tmp_path, symbols=("X",), candle_seconds=60, horizon=5)
+    settings = settings.model_copy(
+        update={"checkpoint_every": 10, "checkpoint_min_interval_s": least}
+    )
+    trainer = Trainer(settings)
+    trainer.learner = Learner(build_model("linear"))
+
+    class Idle:
+        def idle(self) -> bool:
+            return True
+
+    taken: list[int] = []
+
+    def checkpoint() -> None:
+        taken.append(trainer.learner.learned if trainer.learner else 0)
+        trainer._since = 0
+
+    trainer.uploader = Idle()  # type: ignore[assignment]
+    trainer.checkpoint = checkpoint  # type: ignore[method-assign]
+    trainer._last_checkpoint = time.monotonic()
+    for t in range(50):
+        ts = 1_700_000_000.0 + 60 * t
+        record = {"symbol": "X", "ts": ts, "label_ts": ts + 300, "features": {}, "target": 0.0}
+        trainer.step(Message(topic="examples", partition=0, offset=t, value=encode(record)))
+    assert len(taken) == expected and trainer.learner.learned == 50

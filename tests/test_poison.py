@@ -160,6 +160,7 @@ def test_hostile_records_on_every_topic_each_land_in_a_dlq_once_and_bend_nothing
             "metrics_port": 0,
             "checkpoint_every": 20,
             "checkpoint_interval_s": 1.0,
+            "checkpoint_min_interval_s": 0.0,
             "register_interval_s": 0.0,
             "warm_start_epochs": 1,
         }

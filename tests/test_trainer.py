@@ -42,6 +42,7 @@ def _shard(settings: Settings, **update: Any) -> Settings:
             "model_name": f"model-{tag}",
             "checkpoint_every": 150,
             "checkpoint_interval_s": 1.0,
+            "checkpoint_min_interval_s": 0.0,  # every `checkpoint_every`, however fast
             "warm_start_epochs": 2,
             "metrics_window": 200,
             "register_interval_s": 0.0,
