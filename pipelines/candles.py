@@ -56,6 +56,7 @@ class _Window:
 
 
 _LOG_MOVE = math.log(MAX_MOVE)
+_LEAST_MOVE = 1.0 / MAX_MOVE
 
 
 class CandleBuilder:
@@ -103,14 +104,15 @@ class CandleBuilder:
         """Add one trade; returns the candles that closed because of it, oldest first."""
         start = float(math.floor(trade.ts / self.seconds) * self.seconds)
         closed_until = self._closed_until.get(trade.symbol, -math.inf)
-        newest = max(self.watermark(trade.symbol), closed_until)
+        mark = self._watermark.get(trade.symbol, -math.inf)
+        newest = mark if mark > closed_until else closed_until
         if trade.ts > newest + self._least:
             settled = self._run.get(trade.symbol, 0) >= SETTLED
             now, symbol, step, gap = self.clock(), trade.symbol, self.max_step_s, self.max_gap_s
             why = future_reason(trade.ts, newest, now, step, settled, self._jumps, symbol, gap)
             if why is not None:
                 raise BadRecord("future", f"{symbol}@{trade.ts} is {why}")
-        else:
+        elif self._jumps.pending:
             self._jumps.clear(trade.symbol)
         if start + self.seconds <= closed_until:
             raise BadRecord(
@@ -119,7 +121,7 @@ class CandleBuilder:
                 f"(watermark {self.watermark(trade.symbol)})",
             )
         last = self._last_close.get(trade.symbol)
-        if last is not None and not last / MAX_MOVE <= trade.price <= last * MAX_MOVE:
+        if last is not None and not last * _LEAST_MOVE <= trade.price <= last * MAX_MOVE:
             # the third trade in a row at the new level is the market (a redenomination)
             if not self._moves.confirmed(trade.symbol, math.log(trade.price), _LOG_MOVE):
                 raise BadRecord(
@@ -127,7 +129,7 @@ class CandleBuilder:
                     f"{trade.symbol}@{trade.ts}: price {trade.price:g} is more than "
                     f"{MAX_MOVE:g}-fold from its last close {last:g}",
                 )
-        elif self._moves:
+        elif self._moves.pending:
             self._moves.clear(trade.symbol)
         self._remember(trade)
         self._arrived[trade.symbol] = self.clock()

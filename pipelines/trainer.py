@@ -600,7 +600,7 @@ class Trainer:
                     "future",
                     f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why}",
                 )
-        else:
+        elif self._jumps.pending:
             self._jumps.clear("")
         if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
             raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")

@@ -274,24 +274,22 @@ class Jumps:
     """
 
     def __init__(self) -> None:
-        self._run: dict[str, tuple[int, float]] = {}
+        self.pending: dict[str, tuple[int, float]] = {}
+        """Per key, the run so far: (records, the last one's value). Empty almost always, so
+        a caller on a hot path checks it before calling `clear`."""
 
     def confirmed(self, key: str, ts: float, bound: float) -> bool:
-        count, last = self._run.get(key, (0, -math.inf))
+        count, last = self.pending.get(key, (0, -math.inf))
         count = count + 1 if abs(ts - last) <= bound else 1
         if count >= SETTLED:
-            del self._run[key]
+            del self.pending[key]
             return True
-        self._run[key] = (count, ts)
+        self.pending[key] = (count, ts)
         return False
-
-    def __bool__(self) -> bool:
-        return bool(self._run)
 
     def clear(self, key: str) -> None:
         """A record of `key` was admitted in its stride: the run is broken."""
-        if self._run:
-            self._run.pop(key, None)
+        self.pending.pop(key, None)
 
 
 def future_reason(
@@ -386,7 +384,7 @@ class EventTimes:
             if why is not None:
                 raise BadRecord("future", f"{symbol}@{ts} is {why}")
             self._count[symbol] = 0  # a young series restarts, or a live one resumes
-        else:
+        elif self._jumps.pending:
             self._jumps.clear(symbol)
         if ts > newest:
             self.newest[symbol] = ts
@@ -459,6 +457,9 @@ def _required(record: dict[str, Any], fields: tuple[str, ...]) -> None:
 def _size(record: dict[str, Any]) -> float:
     """A trade's size: zero is a price without volume (an index level, a currency quote, a
     candle file without a volume column), negative is refused."""
+    size = record["size"]
+    if type(size) is float and 0.0 <= size < _FLOAT_BOUND:
+        return size  # the common case, checked cheaply (NaN fails the bound)
     size = number(record, "size", positive=False, text=True)
     if size < 0:
         raise BadRecord("non_positive", f"size must be >= 0, got {record['size']!r:.80}")
