@@ -194,12 +194,18 @@ no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, B
 `open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks."""
 
 
+def _loose(columns: Iterable[Any]) -> dict[str, Any]:
+    """Columns by their name up to case, surrounding spaces and a byte-order mark; the first
+    of two that look alike wins."""
+    return {str(c).strip().lstrip("\ufeff").lower(): c for c in reversed(list(columns))}
+
+
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
     """The file's columns renamed to rtml's: mapped ones as mapped, and otherwise a column
     whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`), or else one
     of its `ALIASES`."""
     found = list(found)
-    loose = {str(c).strip().lstrip("\ufeff").lower(): c for c in reversed(found)}
+    loose = _loose(found)
     names: dict[Any, str] = {}
     for name in dict.fromkeys([*TRADE_COLUMNS, *CANDLE_COLUMNS]):
         column = mapping.get(name, name)
@@ -221,7 +227,7 @@ def _date_and_time(frame: pd.DataFrame) -> pd.DataFrame:
     would be one candle given many times."""
     if "ts" in frame.columns:
         return frame
-    loose = {str(c).strip().lstrip("\ufeff").lower(): c for c in frame.columns}
+    loose = _loose(frame.columns)
     if "date" in loose and "time" in loose:
         day, clock = frame[loose["date"]].astype(str), frame[loose["time"]].astype(str)
         frame = frame.assign(ts=day.str.strip() + " " + clock.str.strip())

@@ -209,7 +209,7 @@ def parse_ts(value: Any) -> float:
         # 20240102: a day written as digits (as some vendors do), not 1970-08-23 in seconds
         with contextlib.suppress(ValueError):
             moment = datetime(int(day[:4]), int(day[4:6]), int(day[6:]), tzinfo=UTC)
-            if 1970 <= moment.year <= 2200:
+            if 1970 < moment.year <= 2200:  # after 1970, as every epoch time here is
                 return moment.timestamp()
     seconds = number({"ts": value}, "ts", positive=True, text=True)
     for least, per_second in EPOCH_UNITS:
