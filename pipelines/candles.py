@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtml.pipelines.features import MAX_MOVE, Candle
-from rtml.records import SETTLED, BadRecord, Jumps, Trade, future_reason
+from rtml.records import SETTLED, BadRecord, FutureRule, Jumps, Trade
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume
@@ -87,8 +87,7 @@ class CandleBuilder:
         self.max_step_s = max(max_future_s, 2.0 * seconds)
         silence = max_future_s if max_silence_s is None else max_silence_s
         self.max_gap_s = max(silence, 2.0 * seconds)
-        self._least = min(self.max_step_s, self.max_gap_s)
-        self.clock = clock
+        self._future = FutureRule(self.max_step_s, self.max_gap_s, clock)
         self._watermark: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
         self._open: dict[str, dict[float, _Window]] = {}
@@ -96,9 +95,17 @@ class CandleBuilder:
         self._last_close: dict[str, float] = {}
         self._seen: dict[str, tuple[set[str], deque[str]]] = {}
         self._run: dict[str, int] = {}  # candles closed since the series (re)started, capped
-        self._jumps = Jumps()
         self._moves = Jumps()  # trades in a row priced far from their symbol's last close
         self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock, the `future` rule's and idle closes' (tests set their own)."""
+        return self._future.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._future.clock = clock
 
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
         """Add one trade; returns the candles that closed because of it, oldest first."""
@@ -106,14 +113,9 @@ class CandleBuilder:
         closed_until = self._closed_until.get(trade.symbol, -math.inf)
         mark = self._watermark.get(trade.symbol, -math.inf)
         newest = mark if mark > closed_until else closed_until
-        if trade.ts > newest + self._least:
-            settled = self._run.get(trade.symbol, 0) >= SETTLED
-            now, symbol, step, gap = self.clock(), trade.symbol, self.max_step_s, self.max_gap_s
-            why = future_reason(trade.ts, newest, now, step, settled, self._jumps, symbol, gap)
-            if why is not None:
-                raise BadRecord("future", f"{symbol}@{trade.ts} is {why}")
-        elif self._jumps.pending:
-            self._jumps.clear(trade.symbol)
+        self._future.jumped(
+            trade.symbol, trade.ts, newest, self._run.get(trade.symbol, 0) >= SETTLED
+        )
         if start + self.seconds <= closed_until:
             raise BadRecord(
                 "late",

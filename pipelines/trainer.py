@@ -47,7 +47,7 @@ from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.records import SETTLED, BadRecord, Example, Jumps, future_reason, parse_example
+from rtml.records import SETTLED, BadRecord, Example, FutureRule, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -400,10 +400,9 @@ class Trainer:
         self.exact_span = settings.gap_policy == "flat"
         # with `skip`, each of the H steps bridges a silence of at most RTML_MAX_SILENCE_S
         # (a longer one restarts the series): MSFT's five trading days span up to 13 days
-        self.max_step_s, self.max_gap_s = settings.max_step_s, settings.max_gap_s
-        self._least_jump = min(self.max_step_s, self.max_gap_s)
-        self.most_span = settings.horizon * (self.max_gap_s + settings.candle_seconds)
-        self._jumps = Jumps()
+        self.most_span = settings.horizon * (settings.max_gap_s + settings.candle_seconds)
+        # the labels it learns are one series (the learner's watermark is global)
+        self._future = FutureRule(settings.max_step_s, settings.max_gap_s)
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -591,17 +590,9 @@ class Trainer:
             )
         assert self.learner is not None
         learner = self.learner
-        if ex.label_ts > learner.watermark + self._least_jump:
-            settled, now, newest = learner.learned >= SETTLED, time.time(), learner.watermark
-            step, gap = self.max_step_s, self.max_gap_s
-            why = future_reason(ex.label_ts, newest, now, step, settled, self._jumps, "", gap)
-            if why is not None:
-                raise BadRecord(
-                    "future",
-                    f"{ex.symbol}@{ex.ts}: label time {ex.label_ts} is {why}",
-                )
-        elif self._jumps.pending:
-            self._jumps.clear("")
+        self._future.jumped(
+            "", ex.label_ts, learner.watermark, learner.learned >= SETTLED, ex.symbol
+        )
         if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
             raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")
         span, least = ex.label_ts - ex.ts, self.least_span

@@ -346,6 +346,48 @@ def future_reason(
     return None
 
 
+class FutureRule:
+    """`future_reason` with its two bounds and its runs of jumps, as each consumer applies it
+    to its series: the candle builder to each symbol's trades, the trainer to the labels it
+    learns, the predictors' `EventTimes` to the rows they read.
+
+    >>> rule = FutureRule(bound=86_400, clock=lambda: 1e9)
+    >>> rule.jumped("X", 1e9 + 60, newest=1e9, settled=True)
+    False
+    >>> rule.jumped("X", 9.9e9, newest=1e9, settled=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.records.BadRecord: future: X@9900000000.0 is more than 86400 s ahead of both its ...
+    """
+
+    def __init__(
+        self,
+        bound: float,
+        silence: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bound = bound
+        self.silence = bound if silence is None else silence
+        self.least = min(self.bound, self.silence)  # within this of its newest: no question
+        self.clock = clock
+        self.jumps = Jumps()
+
+    def jumped(self, key: str, ts: float, newest: float, settled: bool, name: str = "") -> bool:
+        """False for a time in its series' stride; True for a jump that is admitted (a young
+        series restarting, a live feed back near the clock, a real gap confirmed); raises
+        BadRecord `future` (naming `name`, or `key`) for the rest."""
+        if ts <= newest + self.least:
+            if self.jumps.pending:
+                self.jumps.clear(key)
+            return False
+        why = future_reason(
+            ts, newest, self.clock(), self.bound, settled, self.jumps, key, self.silence
+        )
+        if why is not None:
+            raise BadRecord("future", f"{name or key}@{ts} is {why}")
+        return True
+
+
 class EventTimes:
     """Each symbol's newest event time, with the `future` rule (`future_reason`) the candle
     builder applies to trades and the trainer to labels, so one record dated far ahead cannot
@@ -365,27 +407,14 @@ class EventTimes:
         clock: Callable[[], float] = time.time,
         max_silence_s: float | None = None,
     ) -> None:
-        self.max_future_s = max_future_s
-        self.max_silence_s = max_future_s if max_silence_s is None else max_silence_s
-        self._least = min(self.max_future_s, self.max_silence_s)
-        self.clock = clock
+        self.rule = FutureRule(max_future_s, max_silence_s, clock)
         self.newest: dict[str, float] = {}
         self._count: dict[str, int] = {}
-        self._jumps = Jumps()
 
     def admit(self, symbol: str, ts: float) -> None:
         newest = self.newest.get(symbol, -math.inf)
-        if ts > newest + self._least:
-            settled = self._count.get(symbol, 0) >= SETTLED
-            now, bound = self.clock(), self.max_future_s
-            why = future_reason(
-                ts, newest, now, bound, settled, self._jumps, symbol, self.max_silence_s
-            )
-            if why is not None:
-                raise BadRecord("future", f"{symbol}@{ts} is {why}")
+        if self.rule.jumped(symbol, ts, newest, self._count.get(symbol, 0) >= SETTLED):
             self._count[symbol] = 0  # a young series restarts, or a live one resumes
-        elif self._jumps.pending:
-            self._jumps.clear(symbol)
         if ts > newest:
             self.newest[symbol] = ts
             self._count[symbol] = min(self._count.get(symbol, 0) + 1, SETTLED)
