@@ -87,7 +87,9 @@ class CandleBuilder:
         self.max_step_s = max(max_future_s, 2.0 * seconds)
         silence = max_future_s if max_silence_s is None else max_silence_s
         self.max_gap_s = max(silence, 2.0 * seconds)
-        self._future = FutureRule(self.max_step_s, self.max_gap_s, clock)
+        # it reads `trades` from the start of its history and resumes restored symbols as
+        # settled, so a young symbol never needs a run of records ahead of the clock confirmed
+        self._future = FutureRule(self.max_step_s, self.max_gap_s, clock, young_confirms=False)
         self._watermark: dict[str, float] = {}
         self._earliest: dict[str, float] = {}
         self._open: dict[str, dict[float, _Window]] = {}

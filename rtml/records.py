@@ -301,6 +301,7 @@ def future_reason(
     jumps: Jumps | None = None,
     key: str = "",
     silence: float | None = None,
+    young_confirms: bool = True,
 ) -> str | None:
     """Why `ts` is `future` for a series whose newest event time is `newest`, or None.
 
@@ -310,7 +311,10 @@ def future_reason(
     - more than `bound` ahead of both the series' newest time and the clock: `future` (the
       year 2286; a trade an hour ahead of a live market, with a bound of minutes). A replay
       or a simulator running ahead of the clock steps forward from its newest, within it; a
-      young series (no newest yet) takes the `SETTLED`-th record in a row that agrees;
+      young series (no newest yet) takes the `SETTLED`-th record in a row that agrees, unless
+      `young_confirms` is False (a consumer that reads its series from the start, as the
+      candle builder reads `trades`, never needs it, and three agreeing hostile records
+      could otherwise carry a brand-new symbol's clock days ahead);
     - more than `silence` ahead of a settled series, and more than `silence` away from the
       clock: `future` in replay time (a 2020 row inside a 2001 replay), unless `jumps`
       confirms it (the `SETTLED`-th record in a row to jump together: a real gap in the data);
@@ -328,12 +332,19 @@ def future_reason(
     'more than 86400 s ahead of its newest time 777600 (RTML_MAX_SILENCE_S)'
     >>> future_reason(1e9 - 60, newest=9 * day, now=1e9, bound=day, settled=True) is None
     True
+    >>> jumps = Jumps()
+    >>> [future_reason(1e9 + 11 * day + i, -math.inf, 1e9, day, False, jumps, "X") is None
+    ...  for i in range(3)]
+    [False, False, True]
+    >>> [future_reason(1e9 + 11 * day + i, -math.inf, 1e9, day, False, jumps, "X",
+    ...                young_confirms=False) is None for i in range(3)]
+    [False, False, False]
     """
     silence = bound if silence is None else silence
     if ts > max(newest, now) + bound:
         # a young series (a consumer started while a simulator runs ahead of the clock) is
         # admitted at the `SETTLED`-th record in a row that agrees; a settled one never
-        if settled or jumps is None or not jumps.confirmed(key, ts, bound):
+        if settled or jumps is None or not young_confirms or not jumps.confirmed(key, ts, bound):
             ahead = f"more than {bound:g} s ahead of both its newest time and the clock"
             return f"{ahead} (RTML_MAX_FUTURE_S)"
         return None
@@ -365,8 +376,10 @@ class FutureRule:
         bound: float,
         silence: float | None = None,
         clock: Callable[[], float] = time.time,
+        young_confirms: bool = True,
     ) -> None:
         self.bound = bound
+        self.young_confirms = young_confirms
         self.silence = bound if silence is None else silence
         self.least = min(self.bound, self.silence)  # within this of its newest: no question
         self.clock = clock
@@ -381,7 +394,15 @@ class FutureRule:
                 self.jumps.clear(key)
             return False
         why = future_reason(
-            ts, newest, self.clock(), self.bound, settled, self.jumps, key, self.silence
+            ts,
+            newest,
+            self.clock(),
+            self.bound,
+            settled,
+            self.jumps,
+            key,
+            self.silence,
+            self.young_confirms,
         )
         if why is not None:
             raise BadRecord("future", f"{name or key}@{ts} is {why}")

@@ -320,6 +320,25 @@ def test_a_live_deployment_refuses_a_trade_an_hour_ahead_and_still_bridges_an_ho
     assert [c.volume for c in closed] == [0.0] * 60 + [1.0]  # 60 flat, then the first back
 
 
+def test_agreeing_trades_far_ahead_of_the_clock_cannot_carry_a_young_symbol_there() -> None:
+    """A brand-new symbol has no newest time and no settled run: a few hostile trades dated
+    11 days ahead, each within a day of the one before, must not become its clock, or its
+    real trades would then all be `late`. Every one is `future`, however many agree."""
+    day, now = 86_400.0, 1_764_000_000.0
+    b = CandleBuilder(60, 0, max_future_s=day, clock=lambda: now)
+    for i in range(5):
+        with pytest.raises(BadRecord) as caught:
+            b.add(Trade("NEW", f"h{i}", 10.0, 1.0, "buy", now + 11 * day + 600 * i))
+        assert caught.value.kind == "future"
+    assert b.watermark("NEW") == -math.inf
+    b.add(Trade("NEW", "real", 10.0, 1.0, "buy", now - 120))  # the real market starts it
+    with pytest.raises(BadRecord, match="future"):
+        b.add(Trade("NEW", "hostile", 10.0, 1.0, "buy", now + 11 * day))
+    assert [c.start for c in b.add(Trade("NEW", "next", 11.0, 1.0, "buy", now - 60))] == [
+        math.floor((now - 120) / 60) * 60
+    ]
+
+
 def test_a_real_gap_in_a_replay_is_crossed_after_three_trades_that_agree() -> None:
     """A vendor's file missing a month, or a halted stock: every trade after the gap jumps
     far ahead of a settled series. Refusing them all would refuse the symbol for good: the
