@@ -34,7 +34,7 @@ from typing import Any
 
 from river import drift
 
-from rtml.pipelines.models import LinearScorer
+from rtml.pipelines.models import LinearScorer, LinearStep
 from rtml.records import Example
 
 SNAPSHOTS = 8
@@ -86,9 +86,15 @@ class Learner:
         """The newest examples with the error of the prediction serving would have made."""
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
+        self._step = LinearStep.of(model)  # River's predict-then-learn in one pass, if linear
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the step is rebuilt from the model on load: a checkpoint holds River objects only
+        return {k: v for k, v in self.__dict__.items() if k != "_step"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._step = LinearStep.of(self.model)
         if "recent" not in state:  # a learner pickled by an older rtml
             self.recent = deque(maxlen=self.window)
             self._snapshots = deque(maxlen=SNAPSHOTS)
@@ -133,17 +139,30 @@ class Learner:
     def reset_model(self, model: Any) -> None:
         """Start a fresh model after a drift; history and metrics carry on."""
         self.model = model
+        self._step = LinearStep.of(model)
         self.drift = drift.ADWIN(delta=self.drift_delta)
 
     def predict_one(self, x: dict[str, float]) -> float:
         return float(self.model.predict_one(x))
+
+    def learn_one(self, x: dict[str, float], y: float) -> None:
+        """Learn `x` -> `y`, and nothing else (no prediction, no metrics)."""
+        if self._step is not None:
+            self._step.learn_one(x, y)
+        else:
+            self.model.learn_one(x, y)
 
     def step(self, ex: Example) -> bool:
         """Predict, score, learn; False (and nothing learned) for an example seen before."""
         if ex.ts <= self.last_ts.get(ex.symbol, -math.inf):
             self.skipped += 1
             return False
-        error = abs(ex.target - self.predict_one(ex.features))
+        # predicted before it learns; the step does both in one pass, a River model in two
+        step = self._step
+        if step is not None:
+            error = abs(ex.target - step.learn_one(ex.features, ex.target))
+        else:
+            error = abs(ex.target - self.predict_one(ex.features))
         if not math.isfinite(error):
             error = math.inf
         served = self.served_prediction(ex)
@@ -166,7 +185,8 @@ class Learner:
             self.drift.update(error)
         self.drift_detected = self.drift.drift_detected
         self.drifts += self.drift_detected
-        self.model.learn_one(ex.features, ex.target)
+        if step is None:
+            self.model.learn_one(ex.features, ex.target)
         self.last_ts[ex.symbol] = ex.ts
         self.learned += 1
         self.watermark = max(self.watermark, ex.label_ts)

@@ -74,6 +74,23 @@ def build_model(name: str, params: Mapping[str, Any] | None = None) -> Any:
     return compose.Pipeline(preprocessing.StandardScaler(), factory(params or {}))
 
 
+def _scaler_and_linear(model: Any) -> tuple[Any, Any] | None:
+    """The scaler and the regressor of a `linear` model (a standard scaler, then a linear
+    regression on the squared loss, whose mean is the identity), or None for any other."""
+    if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
+        return None
+    scaler, regressor = model.steps.values()
+    if (
+        type(scaler) is not preprocessing.StandardScaler
+        or not scaler.with_std
+        or scaler.window_size is not None
+        or type(regressor) is not linear_model.LinearRegression
+        or type(regressor.loss) is not optim.losses.Squared
+    ):
+        return None
+    return scaler, regressor
+
+
 class LinearScorer:
     """A frozen scaler-and-linear pipeline as one pass over the features.
 
@@ -102,17 +119,10 @@ class LinearScorer:
     @classmethod
     def of(cls, model: Any) -> LinearScorer | None:
         """The scorer of `model` as it is now, or None for any other kind of model."""
-        if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
+        parts = _scaler_and_linear(model)
+        if parts is None:
             return None
-        scaler, regressor = model.steps.values()
-        if (
-            type(scaler) is not preprocessing.StandardScaler
-            or not scaler.with_std
-            or scaler.window_size is not None
-            or type(regressor) is not linear_model.LinearRegression
-            or type(regressor.loss) is not optim.losses.Squared  # its mean is the identity
-        ):
-            return None
+        scaler, regressor = parts
         terms = {}
         for name, weight in regressor.weights.items():
             var = scaler.vars.get(name, 0.0)
@@ -127,3 +137,86 @@ class LinearScorer:
             if term is not None:
                 total += term[0] * (value - term[1])
         return total
+
+
+class LinearStep:
+    """River's predict-then-learn of a `linear` model as one pass over the features.
+
+    The trainer predicts each example before it learns it. River does that in two calls that
+    each scale every feature into a new dict, and the regression computes its prediction once
+    more for the gradient: about 15 µs for eight features, most of an example's cost. This
+    step does the same arithmetic on the model's own state (the scaler's counts, means and
+    variances, the weights, the intercept, the optimizer's step count) in one loop: the
+    prediction it returns is River's `predict_one` before the example, and the model after it
+    is the one `learn_one` leaves, up to the order of a dot product's terms. It is the
+    model's state that is kept, so the model stays a River pipeline: pickled, registered and
+    served as before, and learned by River itself wherever this step does not apply
+    (`of` is None for any other model, optimizer or penalty).
+
+    >>> model, twin = build_model("linear", {"lr": 0.05}), build_model("linear", {"lr": 0.05})
+    >>> step = LinearStep.of(model)
+    >>> for i in range(50):
+    ...     x = {"a": i % 5 / 10, "b": i % 3 - 1.0}
+    ...     assert abs(step.learn_one(x, i % 5 / 100) - twin.predict_one(x)) < 1e-12
+    ...     twin.learn_one(x, i % 5 / 100)
+    >>> probe = {"a": 0.3, "b": 1.0}
+    >>> abs(model.predict_one(probe) - twin.predict_one(probe)) < 1e-12
+    True
+    """
+
+    __slots__ = ("model", "regressor", "scaler")
+
+    def __init__(self, model: Any, scaler: Any, regressor: Any) -> None:
+        self.model = model
+        self.scaler = scaler
+        self.regressor = regressor
+
+    @classmethod
+    def of(cls, model: Any) -> LinearStep | None:
+        """The step of `model`, or None where River's own `learn_one` must learn it."""
+        parts = _scaler_and_linear(model)
+        if parts is None:
+            return None
+        scaler, regressor = parts
+        optimizer = regressor.optimizer
+        if (
+            type(optimizer) is not optim.SGD
+            or regressor.l1 != 0
+            or regressor.l2 != 0
+            or type(regressor.initializer) is not optim.initializers.Zeros
+            or model._LEARN_UNSUPERVISED_DURING_PREDICT
+        ):
+            return None
+        return cls(model, scaler, regressor)
+
+    def learn_one(self, x: Mapping[str, float], y: float) -> float:
+        """Learn `x` -> `y`; returns what the model predicted for `x` before it learned it."""
+        scaler, regressor = self.scaler, self.regressor
+        counts, means, variances = scaler.counts, scaler.means, scaler.vars
+        weights = regressor._weights
+        weight_of = weights.get
+        predicted = dot = regressor.intercept
+        learned: list[tuple[str, float, float]] = []
+        for name, value in x.items():
+            weight = weight_of(name, 0.0)
+            mean, var = means[name], variances[name]
+            if var:  # the prediction scales by the statistics before this example
+                predicted += weight * ((value - mean) / var**0.5)
+            count = counts[name] + 1
+            counts[name] = count
+            new_mean = means[name] = mean + (value - mean) / count
+            var = variances[name] = var + ((value - mean) * (value - new_mean) - var) / count
+            scaled = (value - new_mean) / var**0.5 if var else 0.0  # the gradient, by the new
+            dot += weight * scaled
+            learned.append((name, scaled, weight))
+        clip = regressor.clip_gradient
+        gradient = 2 * (dot - y)  # the squared loss's, clamped as River clamps it
+        gradient = -clip if gradient < -clip else clip if gradient > clip else gradient
+        optimizer = regressor.optimizer
+        t = optimizer.n_iterations
+        regressor.intercept -= regressor.intercept_lr.get(t) * gradient
+        rate = optimizer.lr.get(t)
+        for name, scaled, weight in learned:
+            weights[name] = weight - rate * (scaled * gradient)
+        optimizer.n_iterations = t + 1
+        return predicted

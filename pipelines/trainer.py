@@ -103,7 +103,7 @@ def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool =
             if epoch == 0:
                 learner.step(ex)
             else:
-                learner.model.learn_one(ex.features, ex.target)
+                learner.learn_one(ex.features, ex.target)
     if epochs > 1:
         learner.snapshot()  # what serving starts from is the model after every pass
 

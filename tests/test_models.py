@@ -13,7 +13,7 @@ import pytest
 
 from rtml.errors import ConfigError
 from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import MODELS, LinearScorer, build_model
+from rtml.pipelines.models import MODELS, LinearScorer, LinearStep, build_model
 from rtml.pipelines.trainer import warm_start
 from rtml.records import BadRecord, Example, parse_example
 from rtml.settings import Settings
@@ -179,6 +179,70 @@ def test_a_linear_scorer_predicts_as_its_model_does(params: dict[str, float]) ->
     assert pickle.loads(pickle.dumps(scorer)).predict_one(probes[0]) == scorer.predict_one(
         probes[0]
     )
+
+
+@pytest.mark.parametrize("params", [{}, {"lr": 0.05, "intercept_lr": 0.01, "clip_gradient": 1.0}])
+def test_the_one_pass_step_learns_as_river_does(params: dict[str, float]) -> None:
+    """The trainer learns a `linear` model through `LinearStep`: the prediction it returns must
+    be River's `predict_one` before each example, and the model after it must be River's
+    after `learn_one`, with features missing, new, constant (zero variance) or large, and a
+    gradient that clips. The model stays River's: it pickles, predicts and learns on."""
+    ours, river = build_model("linear", params), build_model("linear", params)
+    step = LinearStep.of(ours)
+    assert step is not None
+    rng = random.Random(5)
+    for i, (base, target) in enumerate(_stream(2_000, seed=4)):
+        x = {**base, "constant": 5.0, "price": 50_000 + rng.gauss(0, 10)}
+        y = 50.0 if i % 97 == 0 else target  # an outlier now and then: the gradient clips
+        if i % 7 == 0:
+            del x["b"]  # sometimes missing
+        if i > 1_000:
+            x["late"] = rng.gauss(0, 1)  # a feature first seen half-way
+        assert step.learn_one(x, y) == pytest.approx(river.predict_one(x), rel=1e-9, abs=1e-12)
+        river.learn_one(x, y)
+    ours_scaler, river_scaler = ours.steps["StandardScaler"], river.steps["StandardScaler"]
+    assert ours_scaler.counts == river_scaler.counts
+    assert ours_scaler.means == pytest.approx(river_scaler.means, rel=1e-12)
+    assert ours_scaler.vars == pytest.approx(river_scaler.vars, rel=1e-12)
+    ours_linear, river_linear = ours.steps["LinearRegression"], river.steps["LinearRegression"]
+    assert ours_linear.weights == pytest.approx(river_linear.weights, rel=1e-9, abs=1e-15)
+    assert ours_linear.intercept == pytest.approx(river_linear.intercept, rel=1e-9)
+    assert ours_linear.optimizer.n_iterations == river_linear.optimizer.n_iterations == 2_000
+    clone = pickle.loads(pickle.dumps(ours))
+    for x, y in _stream(50, seed=6):
+        assert clone.predict_one(x) == pytest.approx(river.predict_one(x), rel=1e-9, abs=1e-12)
+        clone.learn_one(x, y)
+        river.learn_one(x, y)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        *(build_model(name) for name in sorted(set(MODELS) - {"linear"})),
+        build_model("linear", {"l2": 0.01}),  # a penalty the step does not apply
+    ],
+)
+def test_the_one_pass_step_leaves_other_models_to_river(model: object) -> None:
+    assert LinearStep.of(model) is None
+
+
+def test_a_learner_checkpoint_holds_river_objects_and_learns_on_alike() -> None:
+    """A checkpoint pickles the learner: the step is rebuilt from the model on load, so a
+    resumed learner learns exactly as the one that kept running."""
+    learner = Learner(build_model("linear"), window=50)
+    stream = _stream(400)
+    for t, (x, y) in enumerate(stream[:200]):
+        learner.step(Example("X", 60.0 * t, 60.0 * (t + 5), x, y))
+    raw = pickle.dumps(learner)
+    assert b"LinearStep" not in raw
+    resumed = pickle.loads(raw)
+    for t, (x, y) in enumerate(stream[200:], start=200):
+        ex = Example("X", 60.0 * t, 60.0 * (t + 5), x, y)
+        learner.step(ex)
+        resumed.step(ex)
+    assert resumed.metrics() == learner.metrics()
+    probes = [x for x, _ in _stream(20, seed=9)]
+    assert [resumed.predict_one(x) for x in probes] == [learner.predict_one(x) for x in probes]
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - {"linear"}))
