@@ -202,9 +202,57 @@ def bench_offline_append(settings: Settings) -> tuple[Figure, Figure]:
     )
 
 
-def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 1000) -> Figure:
+def _bare_consume_rate(settings: Settings, topic: str, n: int) -> float:
+    """Records/s a bare consumer gets from `topic` (`n` records), touching nothing: what the
+    broker delivers to one consumer, the ceiling of anything that reads through it."""
+    consumer = make_consumer(settings, f"bare-{uuid.uuid4().hex[:6]}")
+    consumer.subscribe([topic])
+    seen = 0
+    began = first = time.perf_counter()
+    while seen < n and time.perf_counter() - began < 120:
+        for msg in consumer.consume(num_messages=1000, timeout=0.2):
+            if msg.error() is None:
+                if seen == 0:
+                    first = time.perf_counter()  # group join and start-up are not throughput
+                seen += 1
+    consumer.close()
+    return seen / (time.perf_counter() - first)
+
+
+def _trainer_in_memory(local: Settings, records: list[bytes]) -> float:
+    """Examples/s of the trainer's own loop (the runner, parsing, checks, the learner with its
+    metrics and drift) over `records` from memory: what it costs without the broker."""
+    from confluent_kafka import Message
+
+    from rtml.pipelines.learner import Learner
+    from rtml.pipelines.models import build_model
+    from rtml.pipelines.trainer import Trainer
+    from rtml.runner import Runner
+    from rtml.testing import MemorySink, MemorySource
+
+    topic = Topics.of(local).examples
+    messages = [
+        Message(topic=topic, partition=0, offset=i, key=b"k", value=value)
+        for i, value in enumerate(records)
+    ]
+
+    def run() -> float:
+        trainer = Trainer(local.model_copy(update={"checkpoint_every": len(records) + 1}))
+        trainer.learner = Learner(build_model("linear"), window=local.metrics_window)
+        batches = [messages[i : i + 1000] for i in range(0, len(messages), 1000)]
+        source = MemorySource(batches, [(topic, 0)])
+        runner = Runner(source, MemorySink(), trainer.step, trainer.counters, stop=source.drained)
+        began = time.perf_counter()
+        runner.run()
+        return time.perf_counter() - began
+
+    return len(records) / _best_of(3, run)
+
+
+def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 1000) -> list[Figure]:
     """The trainer's loop (Kafka, parsing, metrics, drift, checkpoints to MLflow) against a bare
-    River predict-then-learn loop over the same examples."""
+    River predict-then-learn loop over the same examples; beside it, the same loop over the
+    records from memory, and what a bare consumer gets from the broker."""
     from rtml.pipelines.models import build_model
     from rtml.pipelines.trainer import Trainer
     from rtml.records import parse_example
@@ -246,6 +294,8 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
         return time.perf_counter() - began
 
     ref = len(examples) / _best_of(3, bare)
+    in_memory = _trainer_in_memory(local, records)
+    delivered = _bare_consume_rate(local, topics.examples, len(records))
     # a version is registered already: registering a trainer's first version is a one-off of
     # a new model (seconds of MLflow work), and later ones come every RTML_REGISTER_INTERVAL_S
     from rtml import registry
@@ -267,15 +317,35 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
     learned = (trainer.learner.learned if trainer.learner else 0) - start_count
     thread.join(120)
     value = learned / elapsed
-    return Figure(
-        "trainer via Kafka with metrics, drift and MLflow checkpoints",
-        value,
-        "examples/s",
-        "bare River predict+learn loop",
-        ref,
-        value / ref,
-        "ratio >= 0.6",
-    )
+    return [
+        Figure(
+            "trainer via Kafka with metrics, drift and MLflow checkpoints",
+            value,
+            "examples/s",
+            "bare River predict+learn loop",
+            ref,
+            value / ref,
+            "ratio >= 0.6",
+        ),
+        Figure(
+            "trainer's loop over the same records from memory (no broker)",
+            in_memory,
+            "examples/s",
+            "bare River predict+learn loop",
+            ref,
+            in_memory / ref,
+            "",
+        ),
+        Figure(
+            "trainer via Kafka (as above)",
+            value,
+            "examples/s",
+            "bare consumer of the same topic, touching nothing",
+            delivered,
+            value / delivered,
+            "",
+        ),
+    ]
 
 
 def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.0) -> list[Figure]:
@@ -459,7 +529,7 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
     holder = ModelHolder(local)
     holder.refresh()
     runs, bare_runs, bare = _http_latencies(local, store, symbol, seconds, [100.0, rate])
-    stream_rate, bare_rate = _streaming_rate(local, holder, learner, row)
+    stream_rate, bare_rate, delivered = _streaming_rate(local, holder, learner, row)
     b50, b99 = _percentile(bare, 0.5) * 1e3, _percentile(bare, 0.99) * 1e3
     figures = []
     for run, ref in zip(runs, bare_runs, strict=True):
@@ -498,6 +568,15 @@ def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.
             bare_rate,
             stream_rate / bare_rate,
             "ratio >= 0.3",
+        ),
+        Figure(
+            "streaming predictions via Kafka (as above)",
+            stream_rate,
+            "predictions/s",
+            "bare consumer of the same topic, touching nothing",
+            delivered,
+            stream_rate / delivered,
+            "",
         ),
     ]
 
@@ -614,7 +693,9 @@ def _wait_and_warm(process: Any, url: str) -> None:
         httpx.get(url).raise_for_status()
 
 
-def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tuple[float, float]:
+def _streaming_rate(
+    local: Settings, holder: Any, learner: Any, row: Any
+) -> tuple[float, float, float]:
     from rtml.pipelines.features import FEATURE_NAMES
     from rtml.records import FeatureRow
     from rtml.serving.stream import StreamingPredictor
@@ -639,6 +720,7 @@ def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tup
         return time.perf_counter() - began
 
     bare_rate = n / _best_of(3, bare)
+    delivered = _bare_consume_rate(local, topics.features, n)
     streamer = StreamingPredictor(local, holder, group_id=f"bench-{tag}")
     runner = threading.Thread(target=streamer.run, kwargs={"max_seconds": 120})
     runner.start()
@@ -650,7 +732,7 @@ def _streaming_rate(local: Settings, holder: Any, learner: Any, row: Any) -> tup
     stream_rate = streamer.predicted / (time.perf_counter() - first)
     streamer.stop.set()
     runner.join(30)
-    return stream_rate, bare_rate
+    return stream_rate, bare_rate, delivered
 
 
 def bench_drift(
@@ -899,7 +981,7 @@ STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
     "pipeline": lambda s: [bench_kafka_pipeline(s, 600)],
     "read-back": lambda s: [bench_read_back(s)],
     "offline": lambda s: list(bench_offline_append(s)),
-    "trainer": lambda s: [bench_trainer(s, 15_000)],
+    "trainer": lambda s: bench_trainer(s, 15_000),
     "predictor": bench_predictor,
     "staleness": bench_staleness,
     "drift": bench_drift,
