@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -174,10 +174,34 @@ TEXT_COLUMNS = ("symbol", "trade_id", "side")
 DELIMITERS = (",", ";", "\t", "|")
 
 
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".dat")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def _kind(path: Path) -> str:
+    """ "parquet" or "text" (delimited, gzipped or not), by the file's suffixes in any case
+    (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`); a ConfigError for anything else."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    if suffixes and suffixes[-1] in TEXT_SUFFIXES:
+        return "text"
+    raise ConfigError(
+        f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
+        "them gzipped as .gz) or Parquet (.parquet)"
+    )
+
+
+def _gzipped(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
 def _delimiter(path: Path) -> str:
     """The CSV's delimiter, from its header line: a comma unless the header has none and has
     one of the others (spreadsheets in many locales write semicolons)."""
-    opener: Any = gzip.open if path.suffix == ".gz" else open
+    opener: Any = gzip.open if _gzipped(path) else open
     with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
         header = file.readline()
     return next((d for d in DELIMITERS if d in header), ",")
@@ -187,17 +211,22 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
     "size": ("qty", "quantity", "amount"),
+    "volume": ("vol",),
     "trade_id": ("id", "tid", "trade id"),
 }
 """What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
 no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
-`open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks."""
+`open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks, and the
+`<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports."""
 
 
 def _loose(columns: Iterable[Any]) -> dict[str, Any]:
-    """Columns by their name up to case, surrounding spaces and a byte-order mark; the first
-    of two that look alike wins."""
-    return {str(c).strip().lstrip("\ufeff").lower(): c for c in reversed(list(columns))}
+    """Columns by their name up to case, surrounding spaces, a byte-order mark and angle
+    brackets (`<CLOSE>`); the first of two that look alike wins."""
+    return {
+        str(c).strip().lstrip("\ufeff").strip().strip("<>").strip().lower(): c
+        for c in reversed(list(columns))
+    }
 
 
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
@@ -269,19 +298,23 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
     mapping = dict(columns or {})
-    if path.suffix not in (".parquet", ".pq", ".csv", ".gz"):
-        raise ConfigError(f"replay file {path}: use .csv (or .csv.gz) or .parquet")
+    kind = _kind(path)
     try:
-        if path.suffix in (".parquet", ".pq"):
+        if kind == "parquet":
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
         else:
             sep = _delimiter(path)
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            compression: Literal["gzip"] | None = "gzip" if _gzipped(path) else None
+            header = pd.read_csv(path, sep=sep, nrows=0, compression=compression).columns
             _headerless(header, path)
             names = _rtml_names(header, mapping)
             text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
-            frame = pd.read_csv(path, sep=sep, dtype=text)
+            if "ts" not in names.values():
+                # a day and a time of day apart are text: 090000 read as a number is 90000
+                loose = _loose(header)
+                text.update({loose[n]: str for n in ("date", "time") if n in loose})
+            frame = pd.read_csv(path, sep=sep, dtype=text, compression=compression)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(

@@ -184,6 +184,8 @@ def parse_ts(value: Any) -> float:
     (1514851200.0, 1514851200.0, 1514851200.0)
     >>> parse_ts("2018.01.02 00:00"), parse_ts("2018/1/2"), parse_ts(20180102)
     (1514851200.0, 1514851200.0, 1514851200.0)
+    >>> parse_ts("20180102093000"), parse_ts("2018-01-02 09:30:00")
+    (1514885400.0, 1514885400.0)
     """
     if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -205,10 +207,21 @@ def parse_ts(value: Any) -> float:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}"
             ) from None
-    if (type(value) is int or type(value) is str) and len(day := str(value)) == 8:
-        # 20240102: a day written as digits (as some vendors do), not 1970-08-23 in seconds
+    if (type(value) is int or type(value) is str) and len(digits := str(value)) in (8, 14):
+        # 20240102 or 20240102093000: a day, or a day and a time, written as digits (as some
+        # vendors do), not 1970-08-23 in seconds or the year 2611 in milliseconds
         with contextlib.suppress(ValueError):
-            moment = datetime(int(day[:4]), int(day[4:6]), int(day[6:]), tzinfo=UTC)
+            d = digits.ljust(14, "0")  # a day alone is at midnight
+            moment = datetime(
+                int(d[:4]),
+                int(d[4:6]),
+                int(d[6:8]),
+                int(d[8:10]),
+                int(d[10:12]),
+                int(d[12:]),
+                0,
+                UTC,
+            )
             if 1970 < moment.year <= 2200:  # after 1970, as every epoch time here is
                 return moment.timestamp()
     seconds = number({"ts": value}, "ts", positive=True, text=True)

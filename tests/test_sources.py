@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import gzip
 import json
 import statistics
 import threading
@@ -263,6 +264,59 @@ def test_an_intraday_export_with_the_day_and_the_time_apart(
     assert all(isinstance(t, Trade) and t.symbol == "EURUSD" for t in trades)
     starts = sorted({t.ts for t in trades if isinstance(t, Trade)})[::4]
     assert starts == [1704186000.0 + 60 * m for m in range(5)]  # 2024-01-02 09:00 UTC on
+
+
+@pytest.mark.parametrize(
+    ("name", "header", "row", "symbol"),
+    [
+        # Stooq's bulk text export: bracketed names, the day and the time as digits, `<VOL>`
+        (
+            "aapl.us.txt",
+            "<TICKER>,<PER>,<DATE>,<TIME>,<OPEN>,<HIGH>,<LOW>,<CLOSE>,<VOL>,<OPENINT>",
+            "AAPL.US,1,20240102,09{m:02d}00,1.1,1.2,1.0,1.1{m},10,0",
+            "AAPL.US",
+        ),
+        # a tab-separated file with an upper-case suffix, its times as 14 digits
+        (
+            "AAPL.TSV",
+            "ts\topen\thigh\tlow\tclose\tvolume",
+            "2024010209{m:02d}00\t1.1\t1.2\t1\t1.1{m}\t10",
+            "AAPL",
+        ),
+        # a day and a time apart, gzipped, as a vendor ships it
+        (
+            "AAPL.CSV.GZ",
+            "Date,Time,Open,High,Low,Close,Vol",
+            "2024-01-02,09:{m:02d},1.1,1.2,1,1.1{m},10",
+            "AAPL",
+        ),
+    ],
+)
+def test_vendor_text_exports_replay_whatever_their_suffix(
+    tmp_path: Path, name: str, header: str, row: str, symbol: str
+) -> None:
+    """Files as vendors name and write them were refused (`.txt`, `.TSV`, `.CSV.GZ`) or read
+    with no column found (`<CLOSE>`, `<VOL>`), and a 14-digit time was read as milliseconds,
+    the year 2611. Each now replays as the same five one-minute candles."""
+    path = tmp_path / name
+    text = header + "\n" + "\n".join(row.format(m=m) for m in range(5)) + "\n"
+    if name.lower().endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    profile = candle_profile(path)
+    assert profile is not None and profile.seconds == 60
+    trades = [t for t in replay(path) if isinstance(t, Trade)]
+    assert len(trades) == 4 * 5 and {t.symbol for t in trades} == {symbol}
+    assert sorted({t.ts for t in trades})[::4] == [1704186000.0 + 60 * m for m in range(5)]
+    assert sum(t.size for t in trades) == pytest.approx(50.0)
+
+
+def test_a_file_of_another_kind_says_which_kinds_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "prices.xlsx"
+    path.write_bytes(b"PK\x03\x04")
+    with pytest.raises(ConfigError, match=r"\.csv, \.txt, \.tsv.*gzipped.*Parquet"):
+        list(replay(path))
 
 
 def test_a_file_without_a_header_row_says_so(tmp_path: Path) -> None:
