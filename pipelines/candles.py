@@ -29,8 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from rtml.event_time import SETTLED, FutureRule, Jumps
 from rtml.pipelines.features import MAX_MOVE, Candle
-from rtml.records import SETTLED, BadRecord, FutureRule, Jumps, Trade
+from rtml.records import BadRecord, Trade
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume
@@ -79,7 +80,7 @@ class CandleBuilder:
         self.allowed_lateness = allowed_lateness
         self.dedup_capacity = dedup_capacity
         # how far a symbol's event time may step ahead of its newest and the clock
-        # (`records.future_reason`), and the longest silence a series bridges (by default the
+        # (`event_time.future_reason`), and the longest silence a series bridges (by default the
         # same): a longer gap is not filled with flat candles (one stale trade atop a file
         # would otherwise invent decades of them) and the series restarts after it. Never
         # under two windows: one step spans that much.

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ConfigError
+from rtml.event_time import SETTLED, FutureRule
 from rtml.kafka import (
     Topics,
     TopicWatch,
@@ -47,7 +48,7 @@ from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.records import SETTLED, BadRecord, Example, FutureRule, parse_example
+from rtml.records import BadRecord, Example, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 

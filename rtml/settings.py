@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # (markets with sessions: H then counts candles that exist)
     gap_policy: Literal["flat", "skip"] = "flat"
     # how far past both its symbol's newest time and the clock an event time may be (never
-    # under two candles), else `future` (records.future_reason). Wide by default, as the demo's
+    # under two candles), else `future` (event_time.future_reason). Wide by default, as the demo's
     # simulator runs ahead of the clock; a live deployment sets minutes
     max_future_s: float = 7 * 86400.0
     # the longest silence a symbol's series bridges (a longer one restarts it, with no flat

@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from river import drift
 
+from rtml.event_time import EventTimes
 from rtml.kafka import (
     Topics,
     ensure_topics,
@@ -42,7 +43,6 @@ from rtml.pipelines.features import out_of_bounds
 from rtml.pipelines.learner import RollingMean
 from rtml.records import (
     BadRecord,
-    EventTimes,
     Prediction,
     parse_example,
     parse_features,

@@ -14,9 +14,10 @@ from collections import Counter
 
 from confluent_kafka import Message, Producer
 
+from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
 from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
-from rtml.records import BadRecord, EventTimes, Prediction, parse_features
+from rtml.records import BadRecord, Prediction, parse_features
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.serving.model_holder import ModelHolder, ModelRouter
 from rtml.settings import Settings
