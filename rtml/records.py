@@ -135,6 +135,11 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     Magnitudes are bounded as integers are (below 1e30): two finite sizes of 1e308 would sum
     to an infinite candle volume.
 
+    Text grouped in thousands by commas ("42,280.5", as spreadsheets and quote sites export
+    prices) is read; a decimal comma is not ("42,5" could be either), and is `wrong_type`.
+
+    >>> number({"price": "42,280.5"}, "price", positive=True, text=True)
+    42280.5
     >>> number({"size": 1e308}, "size", positive=True)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -154,7 +159,9 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     try:
         number = float(value)
     except ValueError:
-        raise BadRecord("wrong_type", f"{field} must be a number, got {value!r:.80}") from None
+        if not (type(value) is str and _GROUPED.match(value)):
+            raise BadRecord("wrong_type", f"{field} must be a number, got {value!r:.80}") from None
+        number = float(value.replace(",", ""))  # "42,280.5", as spreadsheets export prices
     if not math.isfinite(number):
         raise BadRecord("not_finite", f"{field} must be finite, got {value!r}")
     if not -_FLOAT_BOUND < number < _FLOAT_BOUND:
@@ -166,7 +173,10 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     return number
 
 
+_GROUPED = re.compile(r"^\s*[-+]?\d{1,3}(,\d{3})+(\.\d*)?\s*$")
+"""A number grouped in thousands by commas: 42,280.5 and 1,000,000, not 42,5."""
 _DOTTED_DAY = re.compile(r"^(\d{4})[./](\d{1,2})[./](\d{1,2})")
+_AMBIGUOUS_DAY = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b")
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 """Epoch numbers this large are nanoseconds, microseconds or milliseconds: 1e11 seconds is
 the year 5138, and 1e11 milliseconds is 1973."""
@@ -203,8 +213,11 @@ def parse_ts(value: Any) -> float:
                 moment = moment.replace(tzinfo=UTC)
             return moment.timestamp()
         except ValueError:
+            hint = ""
+            if _AMBIGUOUS_DAY.match(text):  # 01/02/2024: January 2 or February 1
+                hint = " (a day written D/M/Y or M/D/Y is ambiguous: write it YYYY-MM-DD)"
             raise BadRecord(
-                "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}"
+                "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}{hint}"
             ) from None
     if (type(value) is int or type(value) is str) and len(digits := str(value)) in (8, 14):
         # 20240102 or 20240102093000: a day, or a day and a time, written as digits (as some
