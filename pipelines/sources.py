@@ -178,9 +178,10 @@ TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".dat")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def _kind(path: Path) -> str:
-    """ "parquet" or "text" (delimited, gzipped or not), by the file's suffixes in any case
-    (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`); a ConfigError for anything else."""
+def file_kind(path: Path) -> Literal["parquet", "text"]:
+    """What a replay file is, by its suffixes in any case: Parquet, or delimited text,
+    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`); a ConfigError for anything
+    else."""
     suffixes = [s.lower() for s in path.suffixes[-2:]]
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
         return "parquet"
@@ -298,7 +299,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
     mapping = dict(columns or {})
-    kind = _kind(path)
+    kind = file_kind(path)
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)

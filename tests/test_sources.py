@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
+from rtml.app.demo import Demo
 from rtml.errors import ConfigError
 from rtml.pipelines import kraken
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import REGIMES, SyntheticMarket, candle_profile, paced, replay
 from rtml.records import BadRecord, Trade
+from rtml.settings import Settings
 
 
 def test_replay_trades_with_a_column_mapping_and_bad_rows(tmp_path: Path) -> None:
@@ -331,6 +333,31 @@ def test_prices_grouped_in_thousands_are_read_and_an_ambiguous_day_says_why(
     ambiguous.write_text("date,open,high,low,close,volume\n01/02/2024,1,2,0.5,1.5,10\n")
     (refused,) = list(replay(ambiguous, candle_seconds=86_400))
     assert isinstance(refused, BadRecord) and "YYYY-MM-DD" in str(refused)
+
+
+@pytest.mark.parametrize("name", ["AAPL.CSV.GZ", "aapl.us.txt", "AAPL.PARQUET"])
+def test_the_demo_splits_a_vendors_file_into_parts_it_reads_back(tmp_path: Path, name: str) -> None:
+    """`rtml demo --source FILE` splits the file into history and stream. The parts were
+    named after the file's last suffix: `history.GZ` held plain CSV, `history.PARQUET` a CSV
+    read back as Parquet. They are rtml's own files: `.csv`, or `.parquet` for Parquet."""
+    rows = [f"AAPL,2024-01-0{d},1,2,0.5,1.{d},10" for d in range(1, 9)]
+    text = "symbol,ts,open,high,low,close,volume\n" + "\n".join(rows) + "\n"
+    path = tmp_path / name
+    if name.endswith(".GZ"):
+        path.write_bytes(gzip.compress(text.encode()))
+    elif name.endswith(".PARQUET"):
+        (tmp_path / "plain.csv").write_text(text)
+        pd.read_csv(tmp_path / "plain.csv").to_parquet(path, index=False)
+    else:
+        path.write_text(text)
+    demo = Demo(Settings(state_dir=tmp_path / "state"), source=str(path), out=lambda _: None)
+    history, stream = demo.split_replay(path)
+    read = [
+        [t for t in replay(part, candle_seconds=86_400) if isinstance(t, Trade)]
+        for part in (history, stream)
+    ]
+    assert [len(trades) for trades in read] == [4 * 4, 4 * 4]
+    assert max(t.ts for t in read[0]) < min(t.ts for t in read[1])
 
 
 def test_a_file_of_another_kind_says_which_kinds_are_read(tmp_path: Path) -> None:

@@ -346,15 +346,18 @@ class Demo:
         both with rtml's column names (a file written newest first splits the same way)."""
         import pandas as pd
 
-        from rtml.pipelines.sources import in_event_time
+        from rtml.pipelines.sources import file_kind, in_event_time
 
         frame = in_event_time(self._read(path)).drop(columns="_start")
         half = len(frame) // 2
         folder = self.settings.state / f"demo-{self.run_id}"
         folder.mkdir(parents=True, exist_ok=True)
-        parts = (folder / f"history{path.suffix}", folder / f"stream{path.suffix}")
+        # written as rtml writes them, whatever the user's file was named (`.CSV.GZ`, `.txt`)
+        parquet = file_kind(path) == "parquet"
+        suffix = ".parquet" if parquet else ".csv"
+        parts = (folder / f"history{suffix}", folder / f"stream{suffix}")
         for part, rows in zip(parts, (frame.iloc[:half], frame.iloc[half:]), strict=True):
-            if path.suffix in (".parquet", ".pq"):
+            if parquet:
                 rows.to_parquet(part, index=False)
             else:
                 pd.DataFrame(rows).to_csv(part, index=False)
