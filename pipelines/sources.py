@@ -6,6 +6,7 @@ import gzip
 import itertools
 import math
 import random
+import re
 import statistics
 import time
 from collections import deque
@@ -199,13 +200,30 @@ def _gzipped(path: Path) -> bool:
     return path.suffix.lower() == ".gz"
 
 
-def _delimiter(path: Path) -> str:
-    """The CSV's delimiter, from its header line: a comma unless the header has none and has
-    one of the others (spreadsheets in many locales write semicolons)."""
+def _delimiter(path: Path) -> tuple[str, str]:
+    """The file's delimiter and decimal mark, from its first lines. The delimiter is a comma
+    unless the header has none and has one of the others (spreadsheets in many locales write
+    semicolons); the decimal mark is a comma only where the delimiter is not and a field of
+    the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
     opener: Any = gzip.open if _gzipped(path) else open
     with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
-        header = file.readline()
-    return next((d for d in DELIMITERS if d in header), ",")
+        lines = list(itertools.islice(file, 6))
+    header = lines[0] if lines else ""
+    sep = next((d for d in DELIMITERS if d in header), ",")
+    fields = (f for line in lines[1:] for f in line.strip().split(sep))
+    comma = sep != "," and any(_DECIMAL_COMMA.match(f.strip('" ')) for f in fields)
+    return sep, "," if comma else "."
+
+
+_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+_NUMBERS = ("price", "size", "open", "high", "low", "close", "volume")
+
+
+def _decimal_comma(value: Any) -> Any:
+    """`142,5` as `142.5`, in a file whose decimal mark is a comma; anything else as it is."""
+    if isinstance(value, str) and _DECIMAL_COMMA.match(value.strip()):
+        return value.strip().replace(",", ".")
+    return value
 
 
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -305,7 +323,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
         else:
-            sep = _delimiter(path)
+            sep, decimal = _delimiter(path)
             compression: Literal["gzip"] | None = "gzip" if _gzipped(path) else None
             header = pd.read_csv(path, sep=sep, nrows=0, compression=compression).columns
             _headerless(header, path)
@@ -315,7 +333,11 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
                 # a day and a time of day apart are text: 090000 read as a number is 90000
                 loose = _loose(header)
                 text.update({loose[n]: str for n in ("date", "time") if n in loose})
-            frame = pd.read_csv(path, sep=sep, dtype=text, compression=compression)
+            frame = pd.read_csv(path, sep=sep, dtype=text, compression=compression, decimal=decimal)
+            if decimal == ",":  # a column with a dot somewhere stays text: read its commas too
+                for column, name in names.items():
+                    if name in _NUMBERS and frame[column].dtype == object:
+                        frame[column] = frame[column].map(_decimal_comma)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(

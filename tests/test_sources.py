@@ -335,6 +335,20 @@ def test_prices_grouped_in_thousands_are_read_and_an_ambiguous_day_says_why(
     assert isinstance(refused, BadRecord) and "YYYY-MM-DD" in str(refused)
 
 
+def test_a_european_spreadsheet_export_with_decimal_commas(tmp_path: Path) -> None:
+    """Spreadsheets in many locales write semicolons between fields and a comma for the
+    decimal mark: every price was `wrong_type` before. A dot is still read in such files."""
+    path = tmp_path / "SAP.csv"
+    path.write_text(
+        "Date;Open;High;Low;Close;Volume\n"
+        "2024-01-01;142,5;145,25;141,0;144,75;1200,5\n"
+        "2024-01-02;144.75;146;143.5;145.5;800\n"
+    )
+    trades = [t for t in replay(path, candle_seconds=86_400) if isinstance(t, Trade)]
+    assert [t.price for t in trades] == [142.5, 145.25, 141.0, 144.75, 144.75, 146, 143.5, 145.5]
+    assert sum(t.size for t in trades) == pytest.approx(2_000.5)
+
+
 @pytest.mark.parametrize("name", ["AAPL.CSV.GZ", "aapl.us.txt", "AAPL.PARQUET"])
 def test_the_demo_splits_a_vendors_file_into_parts_it_reads_back(tmp_path: Path, name: str) -> None:
     """`rtml demo --source FILE` splits the file into history and stream. The parts were
