@@ -50,9 +50,10 @@ class RollingMean:
         self.total = 0.0
 
     def add(self, value: float) -> None:
-        if len(self.values) == self.values.maxlen:
-            self.total -= self.values[0]
-        self.values.append(value)
+        values = self.values
+        if len(values) == values.maxlen:
+            self.total -= values[0]
+        values.append(value)
         self.total += value
 
     @property
@@ -169,10 +170,11 @@ class Learner:
         if served is not None:
             served_error = abs(ex.target - served)
             self.recent.append((ex, served_error if math.isfinite(served_error) else math.inf))
+        naive = abs(ex.target)
         self._abs_error += error
-        self._abs_baseline += abs(ex.target)
+        self._abs_baseline += naive
         self._rolling.add(error)
-        self._rolling_baseline.add(abs(ex.target))
+        self._rolling_baseline.add(naive)
         per = self._per_symbol.setdefault(ex.symbol, [0.0, 0])
         per[0] += error
         per[1] += 1

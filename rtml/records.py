@@ -372,7 +372,12 @@ def _values(values: dict[str, Any], names: Iterable[str] | None) -> dict[str, fl
     is 0.0 only for a finite number."""
     if names is not None:
         # the usual record, every name a finite float: checked in two passes at C speed (a sum
-        # is finite only if every term is; if not, the general path decides value by value)
+        # is finite only if every term is; if not, the general path decides value by value).
+        # rtml's own records carry exactly the names, in order: then the object is copied whole
+        if type(names) is list and list(values) == names:
+            given = values.values()
+            if set(map(type, given)) <= _FLOAT and math.isfinite(sum(given)):
+                return values.copy()
         try:
             picked = {n: values[n] for n in names}
         except KeyError:
@@ -396,6 +401,19 @@ PREDICTION_FIELDS = ("symbol", "ts", "prediction", "model_version")
 def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow:
     """Validate a `features` record; its values are the finite ones of `names` (or all)."""
     record = decode_object(raw)
+    try:  # the usual record, as rtml writes it, checked in one go; anything else step by step
+        symbol, ts, features = record["symbol"], record["ts"], record["features"]
+    except KeyError:
+        pass
+    else:
+        if (
+            type(symbol) is str
+            and symbol
+            and type(ts) is float
+            and 0.0 < ts < _FLOAT_BOUND
+            and type(features) is dict
+        ):
+            return FeatureRow(symbol, ts, _values(features, names))
     _required(record, FEATURES_FIELDS)
     symbol = _symbol(record)
     ts = number(record, "ts", positive=True)
@@ -416,6 +434,23 @@ def parse_example(raw: bytes | dict[str, Any], names: Iterable[str] | None = Non
     record = decode_object(raw) if isinstance(raw, bytes) else raw
     if not isinstance(record, dict):
         raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
+    try:  # the usual record, as rtml writes it, checked in one go; anything else step by step
+        symbol, features = record["symbol"], record["features"]
+        ts, label_ts, target = record["ts"], record["label_ts"], record["target"]
+    except KeyError:
+        pass
+    else:
+        if (
+            type(symbol) is str
+            and symbol
+            and type(features) is dict
+            and type(ts) is float
+            and type(label_ts) is float
+            and type(target) is float
+            and 0.0 < ts < label_ts < _FLOAT_BOUND
+            and -_FLOAT_BOUND < target < _FLOAT_BOUND
+        ):
+            return Example(symbol, ts, label_ts, _values(features, names), target)
     _required(record, EXAMPLE_FIELDS)
     symbol = _symbol(record)
     features = _object(record, "features")

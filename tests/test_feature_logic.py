@@ -225,6 +225,74 @@ def test_every_parser_bounds_hostile_records_with_a_class(kind: str) -> None:
             parse_trade(big)
 
 
+_EXAMPLE = {
+    "symbol": "X",
+    "ts": 600.0,
+    "label_ts": 900.0,
+    "features": {name: 0.01 * (i + 1) for i, name in enumerate(FEATURE_NAMES)},
+    "target": 0.02,
+}
+_SPOILED: list[tuple[str, object, str]] = [
+    ("ts", 0.0, "non_positive"),
+    ("ts", -60.0, "non_positive"),
+    ("ts", 1e31, "out_of_range"),
+    ("ts", float("nan"), "not_finite"),
+    ("label_ts", 600.0, "leak"),
+    ("label_ts", 1e31, "out_of_range"),
+    ("target", 1e31, "out_of_range"),
+    ("target", float("-inf"), "not_finite"),
+    ("target", True, "wrong_type"),
+    ("symbol", "", "wrong_type"),
+    ("symbol", 7, "wrong_type"),
+    ("features", [0.01], "wrong_type"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "kind"), _SPOILED)
+def test_a_record_in_rtmls_own_shape_with_one_bad_field_is_refused_with_its_class(
+    field: str, value: object, kind: str
+) -> None:
+    """The parsers read rtml's own records in one go; every other record is read field by
+    field. A record of that very shape with one field spoiled is refused all the same."""
+    from rtml.records import parse_example, parse_features
+
+    example = json.dumps({**_EXAMPLE, field: value}).encode()
+    with pytest.raises(BadRecord) as caught:
+        parse_example(example, FEATURE_NAMES)
+    assert caught.value.kind == kind
+    if field in ("ts", "symbol", "features") and kind != "leak":
+        row = {
+            k: v for k, v in {**_EXAMPLE, field: value}.items() if k in ("symbol", "ts", "features")
+        }
+        with pytest.raises(BadRecord) as caught:
+            parse_features(json.dumps(row).encode(), FEATURE_NAMES)
+        assert caught.value.kind == kind
+
+
+def test_records_read_in_one_go_equal_the_same_records_read_field_by_field() -> None:
+    """Keys in another order, whole numbers, a missing or an extra feature: each is read field
+    by field, and gives what rtml's own shape of the same record gives."""
+    from rtml.records import parse_example, parse_features
+
+    own = parse_example(json.dumps(_EXAMPLE).encode(), FEATURE_NAMES)
+    assert own.features == _EXAMPLE["features"] and own.features is not _EXAMPLE["features"]
+    shuffled = dict(reversed(list(_EXAMPLE.items())))
+    shuffled["features"] = dict(reversed(list(_EXAMPLE["features"].items())))
+    whole = {**_EXAMPLE, "ts": 600, "label_ts": 900}
+    assert parse_example(json.dumps(shuffled).encode(), FEATURE_NAMES) == own
+    assert parse_example(json.dumps(whole).encode(), FEATURE_NAMES) == own
+    extra = {**_EXAMPLE, "features": {**_EXAMPLE["features"], "other": 1.0}}
+    assert parse_example(json.dumps(extra).encode(), FEATURE_NAMES) == own
+    fewer = dict(_EXAMPLE["features"])
+    del fewer["rsi_14"]
+    nan = {**_EXAMPLE["features"], "rsi_14": float("nan")}
+    for features in (fewer, nan):
+        got = parse_example(json.dumps({**_EXAMPLE, "features": features}).encode(), FEATURE_NAMES)
+        assert got.features == fewer
+    row = parse_features(json.dumps(shuffled).encode(), FEATURE_NAMES)
+    assert (row.symbol, row.ts, row.values) == (own.symbol, own.ts, own.features)
+
+
 def test_a_source_dict_with_a_huge_integer_is_out_of_range() -> None:
     record = {"symbol": "X", "trade_id": 1, "price": 10**400, "size": 1, "side": "buy", "ts": 1}
     with pytest.raises(BadRecord) as caught:
@@ -350,13 +418,13 @@ def test_a_real_gap_in_a_replay_is_crossed_after_three_trades_that_agree() -> No
     for i in range(10):
         b.add(Trade("X", str(i), 10.0, 1.0, "buy", start + 60 * i))
     after = start + 30 * day
-    kinds = []
+    kinds: list[object] = []
     for i, ts in enumerate((after, start + 600, after + 1, after + 2, after + 70, after + 130)):
         try:
             closed = b.add(Trade("X", f"g{i}", 11.0, 1.0, "buy", ts))
             kinds.append([c.start for c in closed])
         except BadRecord as exc:
-            kinds.append(exc.kind)  # type: ignore[arg-type]
+            kinds.append(exc.kind)
     # the lone jump is broken by a good trade; then two refused and the third admitted, which
     # closes the last window before the gap and bridges nothing
     assert kinds == ["future", [start + 540], "future", "future", [start + 600], [after + 60]]
