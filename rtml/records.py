@@ -373,8 +373,8 @@ def _values(values: dict[str, Any], names: Iterable[str] | None) -> dict[str, fl
     if names is not None:
         # the usual record, every name a finite float: checked in two passes at C speed (a sum
         # is finite only if every term is; if not, the general path decides value by value).
-        # rtml's own records carry exactly the names, in order: then the object is copied whole
-        if type(names) is list and list(values) == names:
+        # rtml's own examples carry exactly the names, in order: then the object is copied whole
+        if type(names) is list and len(values) == len(names) and list(values) == names:
             given = values.values()
             if set(map(type, given)) <= _FLOAT and math.isfinite(sum(given)):
                 return values.copy()
@@ -409,11 +409,13 @@ def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow
         if (
             type(symbol) is str
             and symbol
-            and type(ts) is float
-            and 0.0 < ts < _FLOAT_BOUND
             and type(features) is dict
+            and (
+                (type(ts) is float and 0.0 < ts < _FLOAT_BOUND)
+                or (type(ts) is int and 0 < ts < _INT_BOUND)  # whole seconds, as many write them
+            )
         ):
-            return FeatureRow(symbol, ts, _values(features, names))
+            return FeatureRow(symbol, float(ts), _values(features, names))
     _required(record, FEATURES_FIELDS)
     symbol = _symbol(record)
     ts = number(record, "ts", positive=True)

@@ -236,6 +236,8 @@ _SPOILED: list[tuple[str, object, str]] = [
     ("ts", 0.0, "non_positive"),
     ("ts", -60.0, "non_positive"),
     ("ts", 1e31, "out_of_range"),
+    ("ts", 0, "non_positive"),
+    ("ts", 10**30, "out_of_range"),
     ("ts", float("nan"), "not_finite"),
     ("label_ts", 600.0, "leak"),
     ("label_ts", 1e31, "out_of_range"),
@@ -289,8 +291,10 @@ def test_records_read_in_one_go_equal_the_same_records_read_field_by_field() -> 
     for features in (fewer, nan):
         got = parse_example(json.dumps({**_EXAMPLE, "features": features}).encode(), FEATURE_NAMES)
         assert got.features == fewer
-    row = parse_features(json.dumps(shuffled).encode(), FEATURE_NAMES)
-    assert (row.symbol, row.ts, row.values) == (own.symbol, own.ts, own.features)
+    for features in (shuffled, whole):
+        row = parse_features(json.dumps(features).encode(), FEATURE_NAMES)
+        assert (row.symbol, row.ts, row.values) == (own.symbol, own.ts, own.features)
+        assert type(row.ts) is float
 
 
 def test_a_source_dict_with_a_huge_integer_is_out_of_range() -> None:
