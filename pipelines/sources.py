@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import logging
 import math
 import random
 import re
@@ -19,6 +20,8 @@ import pandas as pd
 
 from rtml.errors import ConfigError
 from rtml.records import BadRecord, Trade, number, parse_trade, parse_ts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +285,53 @@ def _date_and_time(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+_NUMERIC_DAY = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2(\d{4})(?=$|[\sT])")
+"""A day written with its year last: 31/01/2024, 01/31/2024, 31.01.2024, 01-31-2024."""
+
+
+def _day_order(times: pd.Series) -> Literal["dmy", "mdy"] | None:
+    """Whether the file's days written with the year last are D/M/Y or M/D/Y, as the file
+    itself tells: a first part above 12 is a day (31/01/2024, as Europe writes), a second part
+    above 12 is a day too (01/31/2024, as the US does). None where no day tells (every part
+    12 or below) or the file says both."""
+    parts = times.astype(str).str.extract(_NUMERIC_DAY)
+    written = parts[0].notna()
+    if not written.any():
+        return None
+    first, second = parts[0][written].astype(int), parts[2][written].astype(int)
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    if day_first == month_first:
+        return None
+    return "dmy" if day_first else "mdy"
+
+
+def _iso_days(times: pd.Series, order: Literal["dmy", "mdy"]) -> pd.Series:
+    """`times` with each day written with its year last rewritten YYYY-MM-DD, in `order`;
+    everything else as it was (and refused or read as before)."""
+
+    def iso(value: Any) -> Any:
+        found = _NUMERIC_DAY.match(value) if isinstance(value, str) else None
+        if found is None:
+            return value
+        first, _, second, year = found.groups()
+        day, month = (first, second) if order == "dmy" else (second, first)
+        return f"{year}-{int(month):02d}-{int(day):02d}{value[found.end() :]}"
+
+    return times.map(iso)
+
+
+def _days_in_order(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Days written D/M/Y or M/D/Y (spreadsheets' and quote sites' exports) read in the order
+    the file shows. Where nothing in the file tells, each such row is refused as ambiguous."""
+    if "ts" not in frame.columns or frame["ts"].dtype != object:
+        return frame
+    order = _day_order(frame["ts"])
+    if order is None:
+        return frame
+    log.info("%s: days are read as %s (a day above 12 says so)", path, order.upper())
+    return frame.assign(ts=_iso_days(frame["ts"], order))
+
+
 def _headerless(columns: Iterable[Any], path: Path) -> None:
     """A file whose first line is numbers has no header (Binance's kline files): say so,
     rather than that columns named after numbers are neither trades nor candles."""
@@ -345,6 +395,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             "give a UTF-8 CSV with a header row, or a Parquet file"
         ) from None
     frame = _one_instrument(_date_and_time(frame.rename(columns=names)), path)
+    frame = _days_in_order(frame, path)
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)

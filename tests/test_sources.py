@@ -8,6 +8,7 @@ import json
 import statistics
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -333,6 +334,45 @@ def test_prices_grouped_in_thousands_are_read_and_an_ambiguous_day_says_why(
     ambiguous.write_text("date,open,high,low,close,volume\n01/02/2024,1,2,0.5,1.5,10\n")
     (refused,) = list(replay(ambiguous, candle_seconds=86_400))
     assert isinstance(refused, BadRecord) and "YYYY-MM-DD" in str(refused)
+
+
+@pytest.mark.parametrize(
+    ("rows", "days"),
+    [
+        (["01/30/2024", "01/31/2024", "02/01/2024"], ["2024-01-30", "2024-01-31", "2024-02-01"]),
+        (["30.01.2024", "31.01.2024", "01.02.2024"], ["2024-01-30", "2024-01-31", "2024-02-01"]),
+        (["02/01/2024 09:30", "13/01/2024 09:30"], ["2024-01-02T09:30", "2024-01-13T09:30"]),
+    ],
+)
+def test_days_written_with_the_year_last_are_read_in_the_order_the_file_shows(
+    tmp_path: Path, rows: list[str], days: list[str]
+) -> None:
+    """Quote sites and spreadsheets write 01/31/2024 (the US) or 31.01.2024 (Europe): every
+    row was refused as ambiguous. A day above 12 in either place tells the whole file's order,
+    and 02/01/2024 beside 13/01/2024 is the 2nd of January."""
+    path = tmp_path / "EUR.csv"
+    lines = [f"{day},1,2,0.5,1.5,10" for day in rows]
+    path.write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(lines) + "\n")
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 4 * len(rows)
+    starts = [t.ts for t in trades[::4]]
+    assert starts == [datetime.fromisoformat(d).replace(tzinfo=UTC).timestamp() for d in days]
+
+
+def test_days_no_row_tells_apart_are_refused_each_saying_how_to_write_them(
+    tmp_path: Path,
+) -> None:
+    """Where every part is 12 or below, or the file says both orders, nothing tells: each such
+    row is refused, saying how to write it, and the rest of the file is read."""
+    for rows in (["01/02/2024", "03/04/2024"], ["13/01/2024", "01/13/2024"]):
+        path = tmp_path / "GBP.csv"
+        lines = [f"{day},1,2,0.5,1.5,10" for day in [*rows, "2024-02-05"]]
+        path.write_text("date,open,high,low,close,volume\n" + "\n".join(lines) + "\n")
+        got = list(replay(path, candle_seconds=86_400))
+        refused = [r for r in got if isinstance(r, BadRecord)]
+        assert len(refused) == 2 and all("YYYY-MM-DD" in str(r) for r in refused)
+        assert len([t for t in got if isinstance(t, Trade)]) == 4
 
 
 def test_a_european_spreadsheet_export_with_decimal_commas(tmp_path: Path) -> None:
