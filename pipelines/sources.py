@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import logging
@@ -218,14 +219,16 @@ def _delimiter(path: Path) -> tuple[str, str]:
     return sep, "," if comma else "."
 
 
-_DECIMAL_COMMA = re.compile(r"^[-+]?\d+,\d+$")
+_DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
+"""A decimal comma, after thousands grouped by dots or not: `142,5`, `42.580,5`."""
 _NUMBERS = ("price", "size", "open", "high", "low", "close", "volume")
 
 
 def _decimal_comma(value: Any) -> Any:
-    """`142,5` as `142.5`, in a file whose decimal mark is a comma; anything else as it is."""
+    """`142,5` as `142.5` and `42.580,5` as `42580.5`, in a file whose decimal mark is a
+    comma; anything else as it is."""
     if isinstance(value, str) and _DECIMAL_COMMA.match(value.strip()):
-        return value.strip().replace(",", ".")
+        return value.strip().replace(".", "").replace(",", ".")
     return value
 
 
@@ -233,13 +236,43 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
     "size": ("qty", "quantity", "amount"),
-    "volume": ("vol",),
+    "volume": ("vol", "vol."),
     "trade_id": ("id", "tid", "trade id"),
 }
 """What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
 no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
 `open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks, and the
-`<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports."""
+`<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports, and the
+`Vol.` of quote sites' history downloads."""
+
+_ABBREVIATED = re.compile(r"^(\d[\d,]*(?:\.\d+)?)\s*([KMB])$", re.IGNORECASE)
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9}
+_NO_VOLUME = frozenset({"-", "\u2014", "n/a", ""})
+
+
+def _volume_text(value: Any, decimal: str) -> Any:
+    """Quote sites' volumes: `57.30K`, `1.2M` and `3B` as numbers, and `-` (nothing traded,
+    or not reported) as none; anything else as it is (and refused as before)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in _NO_VOLUME:
+        return math.nan
+    if found := _ABBREVIATED.match(text):
+        digits = found[1].replace(",", ".") if decimal == "," else found[1].replace(",", "")
+        with contextlib.suppress(ValueError):
+            return float(digits) * _SCALE[found[2].lower()]
+    return value
+
+
+def _price_as_close(frame: pd.DataFrame) -> pd.DataFrame:
+    """Quote sites' history downloads (`Date, Price, Open, High, Low, Vol., Change %`) give
+    the close as `Price`: in a file of candles, with no close, no trade id and no side, it is
+    the close."""
+    columns = set(frame.columns)
+    if {"price", "open", "high", "low"} <= columns and not columns & {"close", "trade_id", "side"}:
+        return frame.rename(columns={"price": "close"})
+    return frame
 
 
 def _loose(columns: Iterable[Any]) -> dict[str, Any]:
@@ -368,6 +401,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
         raise ConfigError(f"replay file {path} does not exist")
     mapping = dict(columns or {})
     kind = file_kind(path)
+    decimal = "."
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
@@ -394,8 +428,10 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a UTF-8 CSV with a header row, or a Parquet file"
         ) from None
-    frame = _one_instrument(_date_and_time(frame.rename(columns=names)), path)
-    frame = _days_in_order(frame, path)
+    frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
+    if "volume" in frame.columns and frame["volume"].dtype == object:
+        frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))
+    frame = _days_in_order(_one_instrument(frame, path), path)
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)

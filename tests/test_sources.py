@@ -360,6 +360,38 @@ def test_days_written_with_the_year_last_are_read_in_the_order_the_file_shows(
     assert starts == [datetime.fromisoformat(d).replace(tzinfo=UTC).timestamp() for d in days]
 
 
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_a_quote_sites_history_download_replays_as_its_candles(tmp_path: Path, sep: str) -> None:
+    """Quote sites' history downloads: the close is `Price`, volumes are `Vol.` written
+    `57.30K` or `1.2M` (`-` where none was reported), days are M/D/Y, thousands are grouped,
+    a `Change %` column rides along, and the newest day comes first. Every row was refused
+    before. With semicolons the decimal mark is a comma, in the volumes too."""
+    rows: list[tuple[str, ...]] = [
+        ("01/31/2024", "42,580.5", "43,302.7", "43,745.6", "42,300.0", "57.30K", "-1.67%"),
+        ("01/30/2024", "43,302.7", "43,288.2", "43,838.9", "42,711.0", "1.2M", "0.03%"),
+        ("01/29/2024", "43,288.2", "42,031.1", "43,305.0", "41,818.0", "-", "2.99%"),
+    ]
+    if sep == ";":  # the same file from a locale that writes 42.580,5
+        rows = [
+            tuple(f.replace(",", "_").replace(".", ",").replace("_", ".") for f in row)
+            for row in rows
+        ]
+    header = ["Date", "Price", "Open", "High", "Low", "Vol.", "Change %"]
+    lines = [sep.join(f'"{f}"' for f in line) for line in [header, *rows]]
+    path = tmp_path / "BTCUSD.csv"
+    path.write_text("\n".join(lines) + "\n")
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 12
+    assert {t.symbol for t in trades} == {"BTCUSD"}
+    closes = [t.price for t in trades[3::4]]
+    assert closes == [43_288.2, 43_302.7, 42_580.5]  # in event time: the 29th first
+    volumes = [sum(t.size for t in trades[i : i + 4]) for i in range(0, 12, 4)]
+    assert volumes == [0.0, pytest.approx(1.2e6), pytest.approx(57_300.0)]
+    day = datetime(2024, 1, 29, tzinfo=UTC).timestamp()
+    assert [t.ts for t in trades[::4]] == [day, day + 86_400, day + 2 * 86_400]
+
+
 def test_days_no_row_tells_apart_are_refused_each_saying_how_to_write_them(
     tmp_path: Path,
 ) -> None:
