@@ -365,15 +365,70 @@ def _days_in_order(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame.assign(ts=_iso_days(frame["ts"], order))
 
 
-def _headerless(columns: Iterable[Any], path: Path) -> None:
-    """A file whose first line is numbers has no header (Binance's kline files): say so,
-    rather than that columns named after numbers are neither trades nor candles."""
-    names = [str(c) for c in columns]
-    if names and all(n.replace(".", "", 1).replace("-", "", 1).isdigit() for n in names):
-        raise ConfigError(
-            f"{path} has no header row (its first line is numbers): add one naming the "
-            "columns, e.g. ts,open,high,low,close,volume for candles"
+HEADERLESS: dict[int, tuple[str, ...]] = {
+    12: (
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "close_time",
+        "quote_volume",
+        "trades",
+        "taker_base_volume",
+        "taker_quote_volume",
+        "ignore",
+    ),
+    7: ("ts", "open", "high", "low", "close", "volume", "trades"),
+    6: ("ts", "open", "high", "low", "close", "volume"),
+}
+"""Candle files without a header row, by their number of columns: Binance's klines (as
+data.binance.vision serves them), Kraken's OHLCVT downloads, and a time, OHLC and volume."""
+
+
+def _numbers_only(first_line: Iterable[Any]) -> bool:
+    """Whether a file's first line is numbers only: it has no header row."""
+    fields = [str(f).strip().lstrip("\ufeff") for f in first_line]
+    return bool(fields) and all(f.replace(".", "", 1).replace("-", "", 1).isdigit() for f in fields)
+
+
+def _candles_by_shape(
+    path: Path, sep: str, compression: Literal["gzip"] | None, width: int
+) -> pd.DataFrame:
+    """A file whose first line is numbers has no header: read as candles where its number of
+    columns is one of `HEADERLESS` and every one of its first rows is shaped as a candle (low
+    <= open, close <= high, all above 0); otherwise refused, saying how to name the columns."""
+    names = HEADERLESS.get(width)
+    if names is not None:
+        frame = pd.read_csv(path, sep=sep, header=None, names=list(names), compression=compression)
+        head = frame.head(1000)
+        o, h, low, c = (
+            pd.to_numeric(head[n], errors="coerce") for n in ("open", "high", "low", "close")
         )
+        if bool(((low > 0) & (low <= o) & (low <= c) & (o <= h) & (c <= h)).all()):
+            log.info("%s has no header row: read as candles (%s)", path, ", ".join(names))
+            return frame
+    known = "; ".join(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items())
+    raise ConfigError(
+        f"{path} has no header row (its first line is numbers) and its {width} columns are not "
+        f"a candle file rtml knows ({known}): add a header row naming the columns, e.g. "
+        "ts,open,high,low,close,volume for candles"
+    )
+
+
+_EXCHANGE_FILE = re.compile(r"^([A-Za-z0-9]+)(-\d+[smhdwM]-\d{4}-\d{2}(-\d{2})?|_\d+)$")
+"""Exchanges' names of candle files: data.binance.vision's BTCUSDT-1m-2024-01 and
+BTCUSDT-1h-2024-01-15, Kraken's XBTUSD_1 (its candle length in minutes)."""
+
+
+def _symbol_of(path: Path) -> str:
+    """The instrument a file of one instrument is named after: `MSFT.csv` is MSFT, Binance's
+    `BTCUSDT-1m-2024-01.csv` is BTCUSDT (each month's file the same symbol), and Kraken's
+    `XBTUSD_1.csv` is XBTUSD."""
+    stem = path.name.split(".")[0]
+    found = _EXCHANGE_FILE.match(stem)
+    return found[1] if found else stem
 
 
 def _one_instrument(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -385,7 +440,7 @@ def _one_instrument(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         set(TRADE_COLUMNS) - {"symbol"} <= rest
         or set(CANDLE_COLUMNS) - {"symbol", "volume"} <= rest
     ):
-        frame = frame.assign(symbol=path.name.split(".")[0])
+        frame = frame.assign(symbol=_symbol_of(path))
     if set(CANDLE_COLUMNS) - {"volume"} <= set(frame.columns) and "size" not in frame.columns:
         volume = frame["volume"] if "volume" in frame.columns else pd.Series(0.0, frame.index)
         frame = frame.assign(volume=volume.where(volume.notna(), 0.0))  # not reported: none
@@ -409,19 +464,27 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
         else:
             sep, decimal = _delimiter(path)
             compression: Literal["gzip"] | None = "gzip" if _gzipped(path) else None
+            first = pd.read_csv(
+                path, sep=sep, nrows=1, header=None, dtype=str, compression=compression
+            )
             header = pd.read_csv(path, sep=sep, nrows=0, compression=compression).columns
-            _headerless(header, path)
-            names = _rtml_names(header, mapping)
-            text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
-            if "ts" not in names.values():
-                # a day and a time of day apart are text: 090000 read as a number is 90000
-                loose = _loose(header)
-                text.update({loose[n]: str for n in ("date", "time") if n in loose})
-            frame = pd.read_csv(path, sep=sep, dtype=text, compression=compression, decimal=decimal)
-            if decimal == ",":  # a column with a dot somewhere stays text: read its commas too
-                for column, name in names.items():
-                    if name in _NUMBERS and frame[column].dtype == object:
-                        frame[column] = frame[column].map(_decimal_comma)
+            if _numbers_only(first.iloc[0] if len(first) else []):
+                frame = _candles_by_shape(path, sep, compression, len(header))
+                names = {c: c for c in frame.columns if c in CANDLE_COLUMNS}
+            else:
+                names = _rtml_names(header, mapping)
+                text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
+                if "ts" not in names.values():
+                    # a day and a time of day apart are text: 090000 read as a number is 90000
+                    loose = _loose(header)
+                    text.update({loose[n]: str for n in ("date", "time") if n in loose})
+                frame = pd.read_csv(
+                    path, sep=sep, dtype=text, compression=compression, decimal=decimal
+                )
+                if decimal == ",":  # a column with a dot somewhere stays text: read its commas
+                    for column, name in names.items():
+                        if name in _NUMBERS and frame[column].dtype == object:
+                            frame[column] = frame[column].map(_decimal_comma)
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(

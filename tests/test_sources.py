@@ -453,10 +453,59 @@ def test_a_file_of_another_kind_says_which_kinds_are_read(tmp_path: Path) -> Non
         list(replay(path))
 
 
-def test_a_file_without_a_header_row_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "BTCUSDT-1m-2024-01.csv"  # Binance's kline files have no header
-    path.write_text("1704067200000,42283.58,42298.62,42261.02,42298.61,35.92,1704067259999\n")
-    with pytest.raises(ConfigError, match="no header row"):
+@pytest.mark.parametrize(
+    ("name", "symbol", "rows"),
+    [
+        (  # Binance's klines (data.binance.vision): twelve columns, milliseconds, no header
+            "BTCUSDT-1m-2024-01.csv",
+            "BTCUSDT",
+            [
+                "1704067200000,42283.58,42298.62,42261.02,42298.61,35.92,1704067259999,"
+                "1518892.1,1284,17.45,737783.2,0",
+                "1704067260000,42298.62,42320.00,42298.61,42298.61,21.10,1704067319999,"
+                "892557.9,930,9.01,381122.4,0",
+            ],
+        ),
+        (  # Kraken's OHLCVT downloads: seconds, seven columns, no header
+            "XBTUSD_1.csv",
+            "XBTUSD",
+            [
+                "1704067200,42283.5,42298.6,42261.0,42298.6,35.9,120",
+                "1704067260,42298.6,42320,42298.6,42298.6,21.1,80",
+            ],
+        ),
+    ],
+)
+def test_an_exchanges_candle_file_without_a_header_row_is_read_by_its_shape(
+    tmp_path: Path, name: str, symbol: str, rows: list[str]
+) -> None:
+    """Binance's and Kraken's candle downloads have no header row: they were refused. Their
+    number of columns and candle-shaped rows say what they are. Binance names each month's file
+    BTCUSDT-1m-2024-01 and Kraken's is XBTUSD_1: the symbols are BTCUSDT and XBTUSD."""
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n")
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 8
+    assert {t.symbol for t in trades} == {symbol}
+    assert [t.ts for t in trades[::4]] == [1_704_067_200.0, 1_704_067_260.0]
+    first = [float(v) for v in rows[0].split(",")[1:5]]
+    assert [t.price for t in trades[:4]] == first  # open, high, low, close
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        ["1704067200,42283.5,0.5", "1704067201,42284.0,0.1"],  # trades: time, price, size
+        ["1704067200,5,4,1,2,10", "1704067260,2,9,1,3,10"],  # a high below its open
+    ],
+)
+def test_a_file_without_a_header_row_of_no_known_shape_says_so(
+    tmp_path: Path, rows: list[str]
+) -> None:
+    path = tmp_path / "prices.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ConfigError, match=r"no header row.*add a header row"):
         list(replay(path))
 
 
