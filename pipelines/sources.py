@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import itertools
 import logging
 import math
@@ -11,6 +12,7 @@ import random
 import re
 import statistics
 import time
+import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -185,23 +187,42 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 def file_kind(path: Path) -> Literal["parquet", "text"]:
     """What a replay file is, by its suffixes in any case: Parquet, or delimited text,
-    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`); a ConfigError for anything
-    else."""
+    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`), or a zip archive of one
+    such file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for anything else."""
     suffixes = [s.lower() for s in path.suffixes[-2:]]
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
         return "parquet"
+    if suffixes and suffixes[-1] == ".zip":
+        return "text"  # pandas refuses an archive of several files, and says so
     if suffixes and suffixes[-1] == ".gz":
         suffixes.pop()
     if suffixes and suffixes[-1] in TEXT_SUFFIXES:
         return "text"
     raise ConfigError(
         f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
-        "them gzipped as .gz) or Parquet (.parquet)"
+        "them gzipped as .gz or in a .zip of its own) or Parquet (.parquet)"
     )
 
 
-def _gzipped(path: Path) -> bool:
-    return path.suffix.lower() == ".gz"
+def _compression(path: Path) -> Literal["gzip", "zip"] | None:
+    suffix = path.suffix.lower()
+    return "gzip" if suffix == ".gz" else "zip" if suffix == ".zip" else None
+
+
+def _first_lines(path: Path, n: int) -> list[str]:
+    """The first `n` lines of a text file, gzipped, zipped (its first member) or plain."""
+    kind = _compression(path)
+    if kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not names:
+                return []
+            with archive.open(names[0]) as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
+                return list(itertools.islice(text, n))
+    opener: Any = gzip.open if kind == "gzip" else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
+        return list(itertools.islice(file, n))
 
 
 def _delimiter(path: Path) -> tuple[str, str]:
@@ -209,9 +230,7 @@ def _delimiter(path: Path) -> tuple[str, str]:
     unless the header has none and has one of the others (spreadsheets in many locales write
     semicolons); the decimal mark is a comma only where the delimiter is not and a field of
     the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
-    opener: Any = gzip.open if _gzipped(path) else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
-        lines = list(itertools.islice(file, 6))
+    lines = _first_lines(path, 6)
     header = lines[0] if lines else ""
     sep = next((d for d in DELIMITERS if d in header), ",")
     fields = (f for line in lines[1:] for f in line.strip().split(sep))
@@ -394,7 +413,7 @@ def _numbers_only(first_line: Iterable[Any]) -> bool:
 
 
 def _candles_by_shape(
-    path: Path, sep: str, compression: Literal["gzip"] | None, width: int
+    path: Path, sep: str, compression: Literal["gzip", "zip"] | None, width: int
 ) -> pd.DataFrame:
     """A file whose first line is numbers has no header: read as candles where its number of
     columns is one of `HEADERLESS` and every one of its first rows is shaped as a candle (low
@@ -463,7 +482,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             names = _rtml_names(frame.columns, mapping)
         else:
             sep, decimal = _delimiter(path)
-            compression: Literal["gzip"] | None = "gzip" if _gzipped(path) else None
+            compression = _compression(path)
             first = pd.read_csv(
                 path, sep=sep, nrows=1, header=None, dtype=str, compression=compression
             )
@@ -485,7 +504,13 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
                     for column, name in names.items():
                         if name in _NUMBERS and frame[column].dtype == object:
                             frame[column] = frame[column].map(_decimal_comma)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except (
+        ValueError,
+        OSError,
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        zipfile.BadZipFile,
+    ) as exc:
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "

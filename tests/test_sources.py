@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import io
 import json
 import statistics
 import threading
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +22,14 @@ from rtml.errors import ConfigError
 from rtml.pipelines import kraken
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import REGIMES, SyntheticMarket, candle_profile, paced, replay
+from rtml.pipelines.sources import (
+    REGIMES,
+    CandleProfile,
+    SyntheticMarket,
+    candle_profile,
+    paced,
+    replay,
+)
 from rtml.records import BadRecord, Trade
 from rtml.settings import Settings
 
@@ -493,6 +502,21 @@ def test_an_exchanges_candle_file_without_a_header_row_is_read_by_its_shape(
     assert [t.price for t in trades[:4]] == first  # open, high, low, close
 
 
+def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> None:
+    """data.binance.vision serves each month's klines as a zip of one headerless CSV."""
+    rows = [
+        f"{1704067200000 + 60_000 * i},{100 + i},{101 + i},{99 + i},{100.5 + i},5,"
+        f"{1704067259999 + 60_000 * i},500,10,2.5,250,0"
+        for i in range(3)
+    ]
+    path = tmp_path / "ETHUSDT-1m-2024-01.zip"
+    path.write_bytes(_zipped(**{"ETHUSDT-1m-2024-01.csv": "\n".join(rows) + "\n"}))
+    trades = [t for t in replay(path) if isinstance(t, Trade)]
+    assert [t.price for t in trades[3::4]] == [100.5, 101.5, 102.5]
+    assert {t.symbol for t in trades} == {"ETHUSDT"}
+    assert candle_profile(path) == CandleProfile(60, 0.0)
+
+
 @pytest.mark.parametrize(
     "rows",
     [
@@ -565,6 +589,14 @@ def test_a_candle_given_twice_is_refused_not_doubled(tmp_path: Path) -> None:
     assert sum(t.size for t in trades if t.symbol == "X") == pytest.approx(30.0)
 
 
+def _zipped(**members: str) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return out.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -572,6 +604,9 @@ def test_a_candle_given_twice_is_refused_not_doubled(tmp_path: Path) -> None:
         ("binary.csv", bytes(range(256)) * 8),
         ("broken.parquet", b"PAR1 not really"),
         ("quotes.csv", b'symbol,ts\n"X,1\n' * 3),
+        ("broken.zip", b"PK\x03\x04 not really"),
+        ("empty.zip", _zipped()),
+        ("two.zip", _zipped(**{"a.csv": "symbol,ts\n", "b.csv": "symbol,ts\n"})),
     ],
 )
 def test_an_unreadable_file_says_what_to_give(tmp_path: Path, name: str, content: bytes) -> None:
