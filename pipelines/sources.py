@@ -436,15 +436,20 @@ def _candles_by_shape(
     )
 
 
-_EXCHANGE_FILE = re.compile(r"^([A-Za-z0-9]+)(-\d+[smhdwM]-\d{4}-\d{2}(-\d{2})?|_\d+)$")
-"""Exchanges' names of candle files: data.binance.vision's BTCUSDT-1m-2024-01 and
-BTCUSDT-1h-2024-01-15, Kraken's XBTUSD_1 (its candle length in minutes)."""
+_EXCHANGE_FILE = re.compile(r"^([A-Za-z0-9]+)(-\d+(mo|[smhdw])-\d{4}-\d{2}(-\d{2})?|_\d+)$")
+"""Exchanges' names of candle files: data.binance.vision's BTCUSDT-1m-2024-01,
+BTCUSDT-1h-2024-01-15 and BTCUSDT-1mo-2024-01, Kraken's XBTUSD_1 (its candle length in
+minutes)."""
 
 
 def _symbol_of(path: Path) -> str:
     """The instrument a file of one instrument is named after: `MSFT.csv` is MSFT, Binance's
     `BTCUSDT-1m-2024-01.csv` is BTCUSDT (each month's file the same symbol), and Kraken's
-    `XBTUSD_1.csv` is XBTUSD."""
+    `XBTUSD_1.csv` is XBTUSD.
+
+    >>> [_symbol_of(Path(n)) for n in ("MSFT.csv", "BTCUSDT-1mo-2024-01.zip", "XBTUSD_1.csv")]
+    ['MSFT', 'BTCUSDT', 'XBTUSD']
+    """
     stem = path.name.split(".")[0]
     found = _EXCHANGE_FILE.match(stem)
     return found[1] if found else stem
