@@ -175,7 +175,9 @@ class Learner:
         self._abs_baseline += naive
         self._rolling.add(error)
         self._rolling_baseline.add(naive)
-        per = self._per_symbol.setdefault(ex.symbol, [0.0, 0])
+        per = self._per_symbol.get(ex.symbol)
+        if per is None:  # not `setdefault`: that builds a list for every example
+            per = self._per_symbol[ex.symbol] = [0.0, 0]
         per[0] += error
         per[1] += 1
         if self.challenger is not None:
