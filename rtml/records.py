@@ -180,6 +180,18 @@ _AMBIGUOUS_DAY = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b")
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 """Epoch numbers this large are nanoseconds, microseconds or milliseconds: 1e11 seconds is
 the year 5138, and 1e11 milliseconds is 1973."""
+_LAST_SECOND = EPOCH_UNITS[-1][0]
+"""Times are read as seconds below this only: a later one (an ISO `9999-12-31`, 1e23 ns)
+would be read again as milliseconds wherever it is passed on as seconds, and land in 1978."""
+
+
+def _seconds_read_back(seconds: float, value: Any) -> float:
+    """`seconds`, if reading it again as an epoch number gives it back; else out of range."""
+    if seconds >= _LAST_SECOND:
+        raise BadRecord(
+            "out_of_range", f"ts {value!r:.80} is after the year 5138, the last one rtml reads"
+        )
+    return seconds
 
 
 def parse_ts(value: Any) -> float:
@@ -195,11 +207,15 @@ def parse_ts(value: Any) -> float:
     (1514851200.0, 1514851200.0, 1514851200.0)
     >>> parse_ts("20180102093000"), parse_ts("2018-01-02 09:30:00")
     (1514885400.0, 1514885400.0)
+    >>> parse_ts("9999-12-31")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.records.BadRecord: out_of_range: ts '9999-12-31' is after the year 5138, ...
     """
     if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         try:
-            return moment.timestamp()
+            return _seconds_read_back(moment.timestamp(), value)
         except ValueError:
             raise BadRecord("missing_field", "ts is empty (NaT)") from None
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
@@ -211,7 +227,7 @@ def parse_ts(value: Any) -> float:
             moment = datetime.fromisoformat(text)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            return moment.timestamp()
+            seconds = moment.timestamp()
         except ValueError:
             hint = ""
             if _AMBIGUOUS_DAY.match(text):  # 01/02/2024: January 2 or February 1
@@ -219,6 +235,7 @@ def parse_ts(value: Any) -> float:
             raise BadRecord(
                 "wrong_type", f"ts is not ISO-8601 or an epoch time: {value!r:.80}{hint}"
             ) from None
+        return _seconds_read_back(seconds, value)
     if (type(value) is int or type(value) is str) and len(digits := str(value)) in (8, 14):
         # 20240102 or 20240102093000: a day, or a day and a time, written as digits (as some
         # vendors do), not 1970-08-23 in seconds or the year 2611 in milliseconds
@@ -239,7 +256,7 @@ def parse_ts(value: Any) -> float:
     seconds = number({"ts": value}, "ts", positive=True, text=True)
     for least, per_second in EPOCH_UNITS:
         if seconds >= least:
-            return seconds / per_second
+            return _seconds_read_back(seconds / per_second, value)
     return seconds
 
 

@@ -416,6 +416,23 @@ def test_days_no_row_tells_apart_are_refused_each_saying_how_to_write_them(
         assert len([t for t in got if isinstance(t, Trade)]) == 4
 
 
+@pytest.mark.parametrize("far", ["9999-12-31", "99999999999999999999999"])
+def test_a_candle_past_the_year_5138_is_refused_not_replayed_in_the_1970s(
+    tmp_path: Path, far: str
+) -> None:
+    """A candle's start, once read, is handed on as seconds; a start of 1e11 s or more (an
+    end-of-time `9999-12-31`, 1e23 ns) was read again as milliseconds or microseconds, and its
+    four trades landed in 1973 to 1978, where a young symbol's clock would have started."""
+    path = tmp_path / "X.csv"
+    path.write_text(
+        f"ts,open,high,low,close,volume\n2024-01-02,1,2,0.5,1.5,10\n{far},1,2,0.5,1.5,10\n"
+    )
+    got = list(replay(path, candle_seconds=86_400))
+    refused = [r for r in got if isinstance(r, BadRecord)]
+    assert [r.kind for r in refused] == ["out_of_range"]
+    assert [t.ts for t in got if isinstance(t, Trade)][::4] == [1_704_153_600.0]
+
+
 def test_a_european_spreadsheet_export_with_decimal_commas(tmp_path: Path) -> None:
     """Spreadsheets in many locales write semicolons between fields and a comma for the
     decimal mark: every price was `wrong_type` before. A dot is still read in such files."""
