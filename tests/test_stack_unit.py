@@ -128,3 +128,20 @@ def test_a_port_taken_before_the_service_binds_it(
             assert "address already in use" in stack.log_file(REDIS).read_text().lower()
         finally:
             stack.down()
+
+
+def test_a_service_that_exits_while_starting_says_how_and_shows_only_its_own_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log file is shared by every run of the service: an earlier run's "ready" shown
+    beside a start that failed told the wrong story."""
+    stack = Stack(Settings(state_dir=tmp_path, redis_port=free_port()))
+    stack.log_file(REDIS).parent.mkdir(parents=True)
+    stack.log_file(REDIS).write_text("* Ready to accept connections tcp\n")
+    script = "import sys; print('Fatal error loading the DB', flush=True); sys.exit(3)"
+    monkeypatch.setattr(stack, "command", lambda name: [sys.executable, "-c", script])
+    with pytest.raises(ServiceError) as failed:
+        stack.start_service(REDIS, timeout=30)
+    message = str(failed.value)
+    assert "exit status 3" in message and "Fatal error loading the DB" in message
+    assert "Ready to accept" not in message

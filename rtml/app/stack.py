@@ -343,7 +343,8 @@ class Stack:
                 if BIND_FAILED in self._since_start(name).lower():
                     raise PortTaken(name, self.port(name), self._taken_message(name))
                 raise ServiceError(
-                    f"{name} exited while starting; see {self.log_file(name)}:\n" + self._tail(name)
+                    f"{name} exited while starting ({self._exit_status(name)}); "
+                    f"see {self.log_file(name)}:\n" + self._logged_since_start(name)
                 )
             time.sleep(0.2)
         where = "" if self.external(name) else f"; see {self.log_file(name)}"
@@ -360,6 +361,24 @@ class Stack:
                 return f.read(1 << 20).decode(errors="replace")
         except OSError:
             return ""
+
+    def _exit_status(self, name: str) -> str:
+        """How the process this stack last started for `name` ended, as far as it knows."""
+        proc = self._children.get(name)
+        code = None if proc is None else proc.poll()
+        if code is None:
+            return "its exit status is unknown: it was not started by this process"
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+    def _logged_since_start(self, name: str, lines: int = 15) -> str:
+        """The last lines `name` logged since it was started here; an earlier run's lines
+        (such as its "ready") would tell a story about another process."""
+        since = self._since_start(name).splitlines()
+        if not since:
+            return "(it logged nothing since it was started)"
+        return "\n".join(since[-lines:])
 
     def _tail(self, name: str, lines: int = 15) -> str:
         try:
