@@ -12,9 +12,10 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
   Prometheus metrics by every component (`serve_metrics`);
 - commits of only what was processed, after what it led to is delivered: at most every
   `commit_interval_s`, and before partitions leave in a rebalance or the loop stops;
-- back-pressure: past `backlog` records waiting for a slow broker, the partitions are paused
-  and the consumer keeps polling until the broker catches up, and a periodic commit waits at
-  most `max_block_s` for deliveries, so the group never evicts a member for being slow;
+- back-pressure: delivery reports are served every turn; past `backlog` records waiting for
+  a slow broker, the partitions are paused and the consumer keeps polling until the broker
+  catches up, and a periodic commit waits at most `max_block_s` for deliveries, so the group
+  never evicts a member for being slow;
 - a clean stop: `stop` set (SIGTERM) ends the batch, flushes, commits, closes.
 
 Source and sink are injectable: `rtml.testing`'s in-memory ones test the cadence, the DLQ
@@ -384,6 +385,9 @@ class Runner:
                     kept, self._kept = self._kept, []
                     self.handle(kept)
                 self.handle(self.source.consume(self.batch_size, self.poll_s))
+                # serve delivery reports as they come: the producer counts a record as waiting
+                # until its report is served, and the backlog would otherwise fill in a second
+                self.sink.poll(0)
                 if self.processed and time.monotonic() - last_commit >= self.commit_interval_s:
                     self.commit(self.max_block_s)
                     last_commit = time.monotonic()

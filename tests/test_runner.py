@@ -238,11 +238,30 @@ class StuckSink(MemorySink):
         super().__init__()
         self.stuck = stuck
 
+    def poll(self, timeout: float) -> int:
+        return 0 if self.stuck else super().poll(timeout)  # nothing is delivered while stuck
+
     def flush(self, timeout: float) -> int:
         if self.stuck:
             self.stuck -= 1
             return self.pending
         return super().flush(timeout)
+
+
+def test_deliveries_are_served_every_turn_so_a_broker_that_keeps_up_never_pauses_reading() -> None:
+    """A producer counts a record as waiting until its delivery report is served. Served only
+    at commits (every second), the reports of a fast step filled the backlog within the
+    second, and reading paused and resumed over and over though the broker kept up."""
+    sink = MemorySink()  # delivers everything at each poll: a broker that keeps up
+    batches = [[msg(0, 5 * b + i) for i in range(5)] for b in range(10)]
+    drained = threading.Event()
+    source = CheckedSource(sink, batches, [(T, 0)], drained)
+    runner = Runner(
+        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=3600, backlog=8
+    )
+    runner.run(max_seconds=30)
+    assert len(sink.on("out")) == 50 and source.committed == [{(T, 0): 50}]
+    assert sink.peak <= 5 and source.pauses == []
 
 
 @pytest.mark.parametrize("cause", ["commit fails", "deliveries outstanding"])
