@@ -415,9 +415,26 @@ EXAMPLE_FIELDS = ("symbol", "ts", "label_ts", "features", "target")
 PREDICTION_FIELDS = ("symbol", "ts", "prediction", "model_version")
 
 
-def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow:
-    """Validate a `features` record; its values are the finite ones of `names` (or all)."""
-    record = decode_object(raw)
+def usual_ts(ts: Any) -> float | None:
+    """A record's time as rtml writes it (a float) or as many write it (whole seconds), within
+    the bounds every number is held to; None for anything else, which `number` then reads.
+
+    >>> usual_ts(1_700_000_000), usual_ts(1.5), usual_ts(0), usual_ts("1"), usual_ts(True)
+    (1700000000.0, 1.5, None, None, None)
+    """
+    if type(ts) is float:
+        return ts if 0.0 < ts < _FLOAT_BOUND else None
+    if type(ts) is int and 0 < ts < _INT_BOUND:
+        return float(ts)
+    return None
+
+
+def parse_features(raw: bytes | dict[str, Any], names: Iterable[str] | None = None) -> FeatureRow:
+    """Validate a `features` record (its bytes, or the object they decode to); its values are
+    the finite ones of `names` (or all)."""
+    record = decode_object(raw) if isinstance(raw, bytes) else raw
+    if not isinstance(record, dict):
+        raise BadRecord("not_json", f"expected a JSON object, got {type(record).__name__}")
     try:  # the usual record, as rtml writes it, checked in one go; anything else step by step
         symbol, ts, features = record["symbol"], record["ts"], record["features"]
     except KeyError:
@@ -427,12 +444,9 @@ def parse_features(raw: bytes, names: Iterable[str] | None = None) -> FeatureRow
             type(symbol) is str
             and symbol
             and type(features) is dict
-            and (
-                (type(ts) is float and 0.0 < ts < _FLOAT_BOUND)
-                or (type(ts) is int and 0 < ts < _INT_BOUND)  # whole seconds, as many write them
-            )
+            and (seconds := usual_ts(ts)) is not None
         ):
-            return FeatureRow(symbol, float(ts), _values(features, names))
+            return FeatureRow(symbol, seconds, _values(features, names))
     _required(record, FEATURES_FIELDS)
     symbol = _symbol(record)
     ts = number(record, "ts", positive=True)
