@@ -13,9 +13,10 @@ import pytest
 
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import FEATURE_NAMES, WARMUP, model_inputs
+from rtml.pipelines.files import candle_profile, replay
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import candles_frame, read_candles
-from rtml.pipelines.sources import SyntheticMarket, candle_profile, replay
+from rtml.pipelines.sources import SyntheticMarket
 from rtml.records import BadRecord, Trade, parse_trade
 
 GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}

@@ -21,15 +21,9 @@ from rtml.app.demo import Demo
 from rtml.errors import ConfigError
 from rtml.pipelines import kraken
 from rtml.pipelines.candles import CandleBuilder
+from rtml.pipelines.files import CandleProfile, candle_profile, paced, replay
 from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import (
-    REGIMES,
-    CandleProfile,
-    SyntheticMarket,
-    candle_profile,
-    paced,
-    replay,
-)
+from rtml.pipelines.sources import REGIMES, SyntheticMarket
 from rtml.records import BadRecord, Trade
 from rtml.settings import Settings
 

@@ -143,7 +143,7 @@ def _trade_source(
     stop: threading.Event,
     start_prices: dict[str, float] | None = None,
 ) -> Iterable[Any]:
-    from rtml.pipelines import kraken, sources
+    from rtml.pipelines import files, kraken, sources
 
     if source == "synthetic":
         market = sources.SyntheticMarket(
@@ -159,7 +159,7 @@ def _trade_source(
         return kraken.stream(settings.symbols, url=url, stop=stop)
     mapping = column_mapping(columns)
     check_candle_file(settings, Path(source), mapping)
-    return sources.replay(Path(source), mapping, settings.candle_seconds)
+    return files.replay(Path(source), mapping, settings.candle_seconds)
 
 
 def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
@@ -174,9 +174,9 @@ def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
 def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -> None:
     """A candle file's own candle length and sessions must be the settings', before anything
     starts: one line saying what to set otherwise."""
-    from rtml.pipelines import sources
+    from rtml.pipelines import files
 
-    profile = sources.candle_profile(path, mapping)
+    profile = files.candle_profile(path, mapping)
     if profile is None:
         return
     wrong = []
@@ -234,7 +234,7 @@ def feed(
     """Produce trades from a source to the `trades` topic."""
     from rtml.kafka import Topics, ensure_topics, make_producer
     from rtml.pipelines.feed import publish
-    from rtml.pipelines.sources import paced
+    from rtml.pipelines.files import paced
 
     stop = threading.Event()
     install_signal_handlers(stop)

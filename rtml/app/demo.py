@@ -289,7 +289,7 @@ class Demo:
         subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
 
     def _read(self, path: Path) -> Any:
-        from rtml.pipelines.sources import read_table
+        from rtml.pipelines.files import read_table
 
         return read_table(path, self.columns)
 
@@ -297,7 +297,7 @@ class Demo:
         """A replay file is readable, holds trades or candles, and has rows: said before
         anything starts."""
         from rtml.errors import ConfigError
-        from rtml.pipelines.sources import CANDLE_COLUMNS, TRADE_COLUMNS
+        from rtml.pipelines.files import CANDLE_COLUMNS, TRADE_COLUMNS
 
         if self.source == "synthetic":
             return
@@ -317,7 +317,7 @@ class Demo:
     def take_symbols(self, path: Path) -> None:
         """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
         refuse symbols that are not configured) and, for candles, their length and sessions."""
-        from rtml.pipelines.sources import candle_profile
+        from rtml.pipelines.files import candle_profile
 
         profile = candle_profile(path, self.columns)
         if profile is not None:
@@ -346,7 +346,7 @@ class Demo:
         both with rtml's column names (a file written newest first splits the same way)."""
         import pandas as pd
 
-        from rtml.pipelines.sources import file_kind, in_event_time
+        from rtml.pipelines.files import file_kind, in_event_time
 
         frame = in_event_time(self._read(path)).drop(columns="_start")
         half = len(frame) // 2

@@ -1,0 +1,536 @@
+"""Reading users' market files: trades or candles as exchanges, data vendors and spreadsheets
+write them (delimited text, gzipped or zipped, or Parquet), replayed as trades in event time.
+
+What a file says is read from the file itself: its delimiter and decimal mark, its header (or,
+without one, its shape), its columns under the names vendors give them, its days' order, its
+times' unit. Rows that cannot be read are yielded as `BadRecord`s with their reason, never
+dropped; a file that cannot be read at all is a `ConfigError` saying what to give instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import itertools
+import logging
+import math
+import re
+import statistics
+import time
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+
+from rtml.errors import ConfigError
+from rtml.records import BadRecord, Trade, number, parse_trade, parse_ts
+
+log = logging.getLogger(__name__)
+
+
+TRADE_COLUMNS = ("symbol", "trade_id", "price", "size", "side", "ts")
+CANDLE_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume")
+
+
+TEXT_COLUMNS = ("symbol", "trade_id", "side")
+
+
+DELIMITERS = (",", ";", "\t", "|")
+
+
+TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".dat")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def file_kind(path: Path) -> Literal["parquet", "text"]:
+    """What a replay file is, by its suffixes in any case: Parquet, or delimited text,
+    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`), or a zip archive of one
+    such file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for anything else."""
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffixes and suffixes[-1] == ".zip":
+        return "text"  # pandas refuses an archive of several files, and says so
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    if suffixes and suffixes[-1] in TEXT_SUFFIXES:
+        return "text"
+    raise ConfigError(
+        f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
+        "them gzipped as .gz or in a .zip of its own) or Parquet (.parquet)"
+    )
+
+
+def _compression(path: Path) -> Literal["gzip", "zip"] | None:
+    suffix = path.suffix.lower()
+    return "gzip" if suffix == ".gz" else "zip" if suffix == ".zip" else None
+
+
+def _first_lines(path: Path, n: int) -> list[str]:
+    """The first `n` lines of a text file, gzipped, zipped (its first member) or plain."""
+    kind = _compression(path)
+    if kind == "zip":
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if not names:
+                return []
+            with archive.open(names[0]) as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
+                return list(itertools.islice(text, n))
+    opener: Any = gzip.open if kind == "gzip" else open
+    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
+        return list(itertools.islice(file, n))
+
+
+def _delimiter(path: Path) -> tuple[str, str]:
+    """The file's delimiter and decimal mark, from its first lines. The delimiter is a comma
+    unless the header has none and has one of the others (spreadsheets in many locales write
+    semicolons); the decimal mark is a comma only where the delimiter is not and a field of
+    the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
+    lines = _first_lines(path, 6)
+    header = lines[0] if lines else ""
+    sep = next((d for d in DELIMITERS if d in header), ",")
+    fields = (f for line in lines[1:] for f in line.strip().split(sep))
+    comma = sep != "," and any(_DECIMAL_COMMA.match(f.strip('" ')) for f in fields)
+    return sep, "," if comma else "."
+
+
+_DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
+"""A decimal comma, after thousands grouped by dots or not: `142,5`, `42.580,5`."""
+_NUMBERS = ("price", "size", "open", "high", "low", "close", "volume")
+
+
+def _decimal_comma(value: Any) -> Any:
+    """`142,5` as `142.5` and `42.580,5` as `42580.5`, in a file whose decimal mark is a
+    comma; anything else as it is."""
+    if isinstance(value, str) and _DECIMAL_COMMA.match(value.strip()):
+        return value.strip().replace(".", "").replace(",", ".")
+    return value
+
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
+    "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
+    "size": ("qty", "quantity", "amount"),
+    "volume": ("vol", "vol."),
+    "trade_id": ("id", "tid", "trade id"),
+}
+"""What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
+no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
+`open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks, and the
+`<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports, and the
+`Vol.` of quote sites' history downloads."""
+
+_ABBREVIATED = re.compile(r"^(\d[\d,]*(?:\.\d+)?)\s*([KMB])$", re.IGNORECASE)
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9}
+_NO_VOLUME = frozenset({"-", "\u2014", "n/a", ""})
+
+
+def _volume_text(value: Any, decimal: str) -> Any:
+    """Quote sites' volumes: `57.30K`, `1.2M` and `3B` as numbers, and `-` (nothing traded,
+    or not reported) as none; anything else as it is (and refused as before)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in _NO_VOLUME:
+        return math.nan
+    if found := _ABBREVIATED.match(text):
+        digits = found[1].replace(",", ".") if decimal == "," else found[1].replace(",", "")
+        with contextlib.suppress(ValueError):
+            return float(digits) * _SCALE[found[2].lower()]
+    return value
+
+
+def _price_as_close(frame: pd.DataFrame) -> pd.DataFrame:
+    """Quote sites' history downloads (`Date, Price, Open, High, Low, Vol., Change %`) give
+    the close as `Price`: in a file of candles, with no close, no trade id and no side, it is
+    the close."""
+    columns = set(frame.columns)
+    if {"price", "open", "high", "low"} <= columns and not columns & {"close", "trade_id", "side"}:
+        return frame.rename(columns={"price": "close"})
+    return frame
+
+
+def _loose(columns: Iterable[Any]) -> dict[str, Any]:
+    """Columns by their name up to case, surrounding spaces, a byte-order mark and angle
+    brackets (`<CLOSE>`); the first of two that look alike wins."""
+    return {
+        str(c).strip().lstrip("\ufeff").strip().strip("<>").strip().lower(): c
+        for c in reversed(list(columns))
+    }
+
+
+def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
+    """The file's columns renamed to rtml's: mapped ones as mapped, and otherwise a column
+    whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`), or else one
+    of its `ALIASES`."""
+    found = list(found)
+    loose = _loose(found)
+    names: dict[Any, str] = {}
+    for name in dict.fromkeys([*TRADE_COLUMNS, *CANDLE_COLUMNS]):
+        column = mapping.get(name, name)
+        if column not in found:
+            column = loose.get(column.strip().lower(), column)
+        if column not in found and name not in mapping:
+            aliases = ALIASES.get(name, ())
+            if name == "ts" and "date" in loose and "time" in loose:
+                aliases = aliases[:2]  # a date and a time of day: `_date_and_time` joins them
+            column = next((loose[a] for a in aliases if a in loose), column)
+        if column in found and column not in names:
+            names[column] = name
+    return names
+
+
+def _date_and_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """Intraday exports (Stooq's, MetaTrader's) give the day and the time of day in two
+    columns, `Date` and `Time`: they are one time. Read as the date alone, every bar of a day
+    would be one candle given many times."""
+    if "ts" in frame.columns:
+        return frame
+    loose = _loose(frame.columns)
+    if "date" in loose and "time" in loose:
+        day, clock = frame[loose["date"]].astype(str), frame[loose["time"]].astype(str)
+        frame = frame.assign(ts=day.str.strip() + " " + clock.str.strip())
+    return frame
+
+
+_NUMERIC_DAY = re.compile(r"^\s*(\d{1,2})([./-])(\d{1,2})\2(\d{4})(?=$|[\sT])")
+"""A day written with its year last: 31/01/2024, 01/31/2024, 31.01.2024, 01-31-2024."""
+
+
+def _day_order(times: pd.Series) -> Literal["dmy", "mdy"] | None:
+    """Whether the file's days written with the year last are D/M/Y or M/D/Y, as the file
+    itself tells: a first part above 12 is a day (31/01/2024, as Europe writes), a second part
+    above 12 is a day too (01/31/2024, as the US does). None where no day tells (every part
+    12 or below) or the file says both."""
+    parts = times.astype(str).str.extract(_NUMERIC_DAY)
+    written = parts[0].notna()
+    if not written.any():
+        return None
+    first, second = parts[0][written].astype(int), parts[2][written].astype(int)
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    if day_first == month_first:
+        return None
+    return "dmy" if day_first else "mdy"
+
+
+def _iso_days(times: pd.Series, order: Literal["dmy", "mdy"]) -> pd.Series:
+    """`times` with each day written with its year last rewritten YYYY-MM-DD, in `order`;
+    everything else as it was (and refused or read as before)."""
+
+    def iso(value: Any) -> Any:
+        found = _NUMERIC_DAY.match(value) if isinstance(value, str) else None
+        if found is None:
+            return value
+        first, _, second, year = found.groups()
+        day, month = (first, second) if order == "dmy" else (second, first)
+        return f"{year}-{int(month):02d}-{int(day):02d}{value[found.end() :]}"
+
+    return times.map(iso)
+
+
+def _days_in_order(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Days written D/M/Y or M/D/Y (spreadsheets' and quote sites' exports) read in the order
+    the file shows. Where nothing in the file tells, each such row is refused as ambiguous."""
+    if "ts" not in frame.columns or frame["ts"].dtype != object:
+        return frame
+    order = _day_order(frame["ts"])
+    if order is None:
+        return frame
+    log.info("%s: days are read as %s (a day above 12 says so)", path, order.upper())
+    return frame.assign(ts=_iso_days(frame["ts"], order))
+
+
+HEADERLESS: dict[int, tuple[str, ...]] = {
+    12: (
+        "ts",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "close_time",
+        "quote_volume",
+        "trades",
+        "taker_base_volume",
+        "taker_quote_volume",
+        "ignore",
+    ),
+    7: ("ts", "open", "high", "low", "close", "volume", "trades"),
+    6: ("ts", "open", "high", "low", "close", "volume"),
+}
+"""Candle files without a header row, by their number of columns: Binance's klines (as
+data.binance.vision serves them), Kraken's OHLCVT downloads, and a time, OHLC and volume."""
+
+
+def _numbers_only(first_line: Iterable[Any]) -> bool:
+    """Whether a file's first line is numbers only: it has no header row."""
+    fields = [str(f).strip().lstrip("\ufeff") for f in first_line]
+    return bool(fields) and all(f.replace(".", "", 1).replace("-", "", 1).isdigit() for f in fields)
+
+
+def _candles_by_shape(
+    path: Path, sep: str, compression: Literal["gzip", "zip"] | None, width: int
+) -> pd.DataFrame:
+    """A file whose first line is numbers has no header: read as candles where its number of
+    columns is one of `HEADERLESS` and every one of its first rows is shaped as a candle (low
+    <= open, close <= high, all above 0); otherwise refused, saying how to name the columns."""
+    names = HEADERLESS.get(width)
+    if names is not None:
+        frame = pd.read_csv(path, sep=sep, header=None, names=list(names), compression=compression)
+        head = frame.head(1000)
+        o, h, low, c = (
+            pd.to_numeric(head[n], errors="coerce") for n in ("open", "high", "low", "close")
+        )
+        if bool(((low > 0) & (low <= o) & (low <= c) & (o <= h) & (c <= h)).all()):
+            log.info("%s has no header row: read as candles (%s)", path, ", ".join(names))
+            return frame
+    known = "; ".join(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items())
+    raise ConfigError(
+        f"{path} has no header row (its first line is numbers) and its {width} columns are not "
+        f"a candle file rtml knows ({known}): add a header row naming the columns, e.g. "
+        "ts,open,high,low,close,volume for candles"
+    )
+
+
+_EXCHANGE_FILE = re.compile(r"^([A-Za-z0-9]+)(-\d+(mo|[smhdw])-\d{4}-\d{2}(-\d{2})?|_\d+)$")
+"""Exchanges' names of candle files: data.binance.vision's BTCUSDT-1m-2024-01,
+BTCUSDT-1h-2024-01-15 and BTCUSDT-1mo-2024-01, Kraken's XBTUSD_1 (its candle length in
+minutes)."""
+
+
+def _symbol_of(path: Path) -> str:
+    """The instrument a file of one instrument is named after: `MSFT.csv` is MSFT, Binance's
+    `BTCUSDT-1m-2024-01.csv` is BTCUSDT (each month's file the same symbol), and Kraken's
+    `XBTUSD_1.csv` is XBTUSD.
+
+    >>> [_symbol_of(Path(n)) for n in ("MSFT.csv", "BTCUSDT-1mo-2024-01.zip", "XBTUSD_1.csv")]
+    ['MSFT', 'BTCUSDT', 'XBTUSD']
+    """
+    stem = path.name.split(".")[0]
+    found = _EXCHANGE_FILE.match(stem)
+    return found[1] if found else stem
+
+
+def _one_instrument(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A file of one instrument's candles or trades often has no symbol column (Yahoo's,
+    Stooq's and Binance's downloads): its symbol is the file's name (`MSFT.csv` is MSFT). A
+    candle file without volume (an index, a currency) has candles without volume."""
+    rest = set(frame.columns)
+    if "symbol" not in rest and (
+        set(TRADE_COLUMNS) - {"symbol"} <= rest
+        or set(CANDLE_COLUMNS) - {"symbol", "volume"} <= rest
+    ):
+        frame = frame.assign(symbol=_symbol_of(path))
+    if set(CANDLE_COLUMNS) - {"volume"} <= set(frame.columns) and "size" not in frame.columns:
+        volume = frame["volume"] if "volume" in frame.columns else pd.Series(0.0, frame.index)
+        frame = frame.assign(volume=volume.where(volume.notna(), 0.0))  # not reported: none
+    return frame
+
+
+def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A replay file with rtml's column names (`columns` maps them to the file's own).
+
+    Symbols, trade ids and sides are text even when they look like numbers (a ticker such
+    as 7203, an id column of integers). A file that cannot be read says so, with what to do."""
+    if not path.exists():
+        raise ConfigError(f"replay file {path} does not exist")
+    mapping = dict(columns or {})
+    kind = file_kind(path)
+    decimal = "."
+    try:
+        if kind == "parquet":
+            frame = pd.read_parquet(path)
+            names = _rtml_names(frame.columns, mapping)
+        else:
+            sep, decimal = _delimiter(path)
+            compression = _compression(path)
+            first = pd.read_csv(
+                path, sep=sep, nrows=1, header=None, dtype=str, compression=compression
+            )
+            header = pd.read_csv(path, sep=sep, nrows=0, compression=compression).columns
+            if _numbers_only(first.iloc[0] if len(first) else []):
+                frame = _candles_by_shape(path, sep, compression, len(header))
+                names = {c: c for c in frame.columns if c in CANDLE_COLUMNS}
+            else:
+                names = _rtml_names(header, mapping)
+                text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
+                if "ts" not in names.values():
+                    # a day and a time of day apart are text: 090000 read as a number is 90000
+                    loose = _loose(header)
+                    text.update({loose[n]: str for n in ("date", "time") if n in loose})
+                frame = pd.read_csv(
+                    path, sep=sep, dtype=text, compression=compression, decimal=decimal
+                )
+                if decimal == ",":  # a column with a dot somewhere stays text: read its commas
+                    for column, name in names.items():
+                        if name in _NUMBERS and frame[column].dtype == object:
+                            frame[column] = frame[column].map(_decimal_comma)
+    except (
+        ValueError,
+        OSError,
+        UnicodeDecodeError,
+        pd.errors.ParserError,
+        zipfile.BadZipFile,
+    ) as exc:
+        # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
+        raise ConfigError(
+            f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
+            "give a UTF-8 CSV with a header row, or a Parquet file"
+        ) from None
+    frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
+    if "volume" in frame.columns and frame["volume"].dtype == object:
+        frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))
+    frame = _days_in_order(_one_instrument(frame, path), path)
+    for name in set(TEXT_COLUMNS) & set(frame.columns):
+        if frame[name].dtype.kind in "iub":
+            frame[name] = frame[name].astype(str)
+    return frame
+
+
+def replay(
+    path: Path, columns: dict[str, str] | None = None, candle_seconds: int = 60
+) -> Iterator[Trade | BadRecord]:
+    """Trades from a CSV or Parquet file of trades or of OHLCV candles.
+
+    Trades need the columns `symbol, trade_id, price, size, side, ts`; candles need
+    `symbol, ts, open, high, low, close, volume` where `ts` is the candle's start. `ts` is epoch
+    seconds or ISO-8601. `columns` maps these names to the file's own (e.g. {"size": "qty"}).
+    A candle becomes four trades (open, high, low, close) inside its window, so the candle
+    builder reproduces its OHLC and volume. Bad rows are yielded as BadRecord, not dropped.
+    """
+    frame = read_table(path, columns)
+    if set(TRADE_COLUMNS) <= set(frame.columns):
+        frame = in_event_time(frame)  # an export written newest first is the same market
+        records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
+        for record in records:
+            try:
+                yield parse_trade(record)
+            except BadRecord as exc:
+                yield exc
+        return
+    if not set(CANDLE_COLUMNS) <= set(frame.columns):
+        raise ConfigError(
+            f"{path}: columns {sorted(map(str, frame.columns))} are neither trades "
+            f"{TRADE_COLUMNS} nor candles {CANDLE_COLUMNS}; map yours with --column "
+            "NAME=FILE_COLUMN"
+        )
+    # each time parsed once; only an unreadable one is parsed again, for its BadRecord
+    frame = in_event_time(frame)
+    rows: list[dict[str, Any]] = frame[[*CANDLE_COLUMNS, "_start"]].to_dict("records")  # type: ignore[assignment]
+    at, given = math.nan, set[Any]()  # the symbols with a candle at `at` (rows are in time order)
+    for i, row in enumerate(rows):
+        # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
+        try:
+            start = row["_start"] if not math.isnan(row["_start"]) else parse_ts(row["ts"])
+            if start != at:
+                at, given = start, set()
+            if row["symbol"] in given:
+                # its four trades would land in the same window: twice the volume, and the
+                # two candles' prices merged into one
+                raise BadRecord(
+                    "duplicate", f"a second {row['symbol']!r:.60} candle at {row['ts']!r:.40}"
+                )
+            given.add(row["symbol"])
+            volume = number(row, "volume", positive=False, text=True)  # a stray header row is text
+            # the four trades stay inside the window the candle starts in, even for a start
+            # that is not on a window boundary (a session opening at 09:30, a zone offset)
+            window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds
+            quarter = (window_end - start) / 4
+            prices = (row["open"], row["high"], row["low"], row["close"])
+            trades = [
+                parse_trade(
+                    {
+                        "symbol": row["symbol"],
+                        "trade_id": f"c{i}-{j}",
+                        "price": price,
+                        "size": volume / 4,
+                        "side": "buy",
+                        "ts": start + j * quarter,
+                    }
+                )
+                for j, price in enumerate(prices)
+            ]
+        except BadRecord as exc:
+            yield exc
+            continue
+        yield from trades
+
+
+@dataclass(frozen=True)
+class CandleProfile:
+    """What a candle file says about itself."""
+
+    seconds: int  # the most common step between a symbol's consecutive candles
+    gaps: float  # the share of steps longer than that: closed sessions, weekends, holidays
+
+    @property
+    def gap_policy(self) -> str:
+        return "skip" if self.gaps > 0.01 else "flat"
+
+
+def in_event_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` sorted by its parsed `ts` (text sorts "999" after "1000"), stably, with the
+    parsed time in `_start`; rows whose time cannot be read come first, as NaN."""
+    frame = frame.reset_index(drop=True)
+    frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
+    return frame.sort_values("_start", na_position="first", kind="stable")
+
+
+def ts_or_none(value: Any) -> float | None:
+    try:
+        return parse_ts(value)
+    except BadRecord:
+        return None  # replay yields it as a bad record; it says nothing of the candle length
+
+
+def candle_profile(path: Path, columns: dict[str, str] | None = None) -> CandleProfile | None:
+    """The candle length and the gaps of a candle file; None for a file of trades.
+
+    >>> import tempfile
+    >>> days = ["2024-01-0%d" % d for d in (1, 2, 3, 4, 5, 8, 9)]  # Mon-Fri, Mon, Tue
+    >>> rows = ["symbol,ts,open,high,low,close,volume", *(f"X,{d},1,1,1,1,1" for d in days)]
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
+    ...     _ = f.write(chr(10).join(rows))
+    >>> candle_profile(Path(f.name))
+    CandleProfile(seconds=86400, gaps=0.16666666666666666)
+    """
+    frame = read_table(path, columns)
+    if set(TRADE_COLUMNS) <= set(frame.columns) or not set(CANDLE_COLUMNS) <= set(frame.columns):
+        return None
+    steps: list[float] = []
+    for _, rows in frame.groupby("symbol", sort=False):
+        stamps = sorted({ts for v in rows["ts"] if (ts := ts_or_none(v)) is not None})
+        steps.extend(b - a for a, b in itertools.pairwise(stamps))
+    if not steps:
+        return None
+    seconds = int(statistics.mode(round(step) for step in steps))
+    if seconds <= 0:
+        return None
+    return CandleProfile(seconds, sum(step > seconds * 1.5 for step in steps) / len(steps))
+
+
+def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:
+    """Yield trades at `speed` times their event-time pace (0: as fast as possible).
+
+    Bad records pass straight through, for the caller to dead-letter.
+    """
+    if speed <= 0:
+        yield from trades
+        return
+    first_event: float | None = None
+    began = time.monotonic()
+    for trade in trades:
+        if isinstance(trade, BadRecord):
+            yield trade
+            continue
+        if first_event is None:
+            first_event = trade.ts
+        wait = (trade.ts - first_event) / speed - (time.monotonic() - began)
+        if wait > 0:
+            time.sleep(wait)
+        yield trade
