@@ -86,12 +86,31 @@ def _first_lines(path: Path, n: int) -> list[str]:
         return list(itertools.islice(file, n))
 
 
-def _delimiter(path: Path) -> tuple[str, str]:
-    """The file's delimiter and decimal mark, from its first lines. The delimiter is a comma
-    unless the header has none and has one of the others (spreadsheets in many locales write
-    semicolons); the decimal mark is a comma only where the delimiter is not and a field of
-    the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
-    lines = _first_lines(path, 6)
+PREAMBLE_LINES = 5
+"""At most this many lines before the header row that are not part of the table."""
+
+
+def _preamble(lines: list[str]) -> int:
+    """How many lines come before the table: lines without any delimiter (a vendor's address,
+    as CryptoDataDownload writes above its header, or a title) followed by a delimited line.
+
+    >>> _preamble(["https://www.CryptoDataDownload.com", "unix,date,open", "1,2,3"])
+    1
+    >>> _preamble(["ts,open", "1,2"]), _preamble(["price", "1.5"])
+    (0, 0)
+    """
+    for i, line in enumerate(lines[: PREAMBLE_LINES + 1]):
+        if any(d in line for d in DELIMITERS):
+            return i
+    return 0  # a table of one column, or nothing delimited: read from the top as before
+
+
+def _delimiter(path: Path, skip: int = 0) -> tuple[str, str]:
+    """The file's delimiter and decimal mark, from its first lines after `skip`. The delimiter
+    is a comma unless the header has none and has one of the others (spreadsheets in many
+    locales write semicolons); the decimal mark is a comma only where the delimiter is not and
+    a field of the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
+    lines = _first_lines(path, 6 + skip)[skip:]
     header = lines[0] if lines else ""
     sep = next((d for d in DELIMITERS if d in header), ",")
     fields = (f for line in lines[1:] for f in line.strip().split(sep))
@@ -113,17 +132,57 @@ def _decimal_comma(value: Any) -> Any:
 
 
 ALIASES: dict[str, tuple[str, ...]] = {
-    "ts": ("timestamp", "datetime", "date", "time", "open_time", "open time"),
+    "ts": (
+        "timestamp",
+        "datetime",
+        "date",
+        "time",
+        "open_time",
+        "open time",
+        "unix",
+        "unix timestamp",
+        "starttime",
+        "start time",
+        "start",
+        "time_period_start",
+    ),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
     "size": ("qty", "quantity", "amount"),
     "volume": ("vol", "vol."),
-    "trade_id": ("id", "tid", "trade id"),
+    "trade_id": ("id", "tid", "trade id", "tradeid", "trdmatchid", "match_id", "matchid"),
+    "side": ("taker_side", "takerside", "direction"),
 }
 """What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
 no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
 `open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks, and the
 `<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports, and the
-`Vol.` of quote sites' history downloads."""
+`Vol.` of quote sites' history downloads, CryptoDataDownload's `Unix`, Bybit's `startTime`,
+BitMEX's `trdMatchID`. Besides these, `openPrice`, `Open Price` or `price_open` is the open
+(and so for high, low and close), and the first `Volume BTC` or `Volume_(BTC)` is the volume
+(`_spelled_apart`)."""
+
+
+def _spelled_apart(loose: Mapping[str, Any], name: str) -> Any | None:
+    """A column that is `name` spelled with more words, as exchanges and vendors write OHLC and
+    volume: `openPrice`, `Open Price`, `price_open` for `open`; `Volume BTC`, `Volume_(BTC)`,
+    `volume (base)` for `volume` (the first of them: the base currency's comes first).
+
+    >>> _spelled_apart({"openprice": "openPrice", "closetime": "closeTime"}, "open")
+    'openPrice'
+    >>> _spelled_apart({"closetime": "closeTime"}, "close") is None
+    True
+    >>> _spelled_apart({"volume btc": "Volume BTC", "volume usdt": "Volume USDT"}, "volume")
+    'Volume BTC'
+    """
+    if name in ("open", "high", "low", "close"):
+        for key, column in loose.items():
+            bare = re.sub(r"[^a-z]", "", key)
+            if bare in (name + "price", "price" + name):
+                return column
+    if name == "volume":
+        return next((c for k, c in loose.items() if re.match(r"volume[\s_(\-]", k)), None)
+    return None
+
 
 _ABBREVIATED = re.compile(r"^(\d[\d,]*(?:\.\d+)?)\s*([KMB])$", re.IGNORECASE)
 _SCALE = {"k": 1e3, "m": 1e6, "b": 1e9}
@@ -158,10 +217,16 @@ def _price_as_close(frame: pd.DataFrame) -> pd.DataFrame:
 def _loose(columns: Iterable[Any]) -> dict[str, Any]:
     """Columns by their name up to case, surrounding spaces, a byte-order mark and angle
     brackets (`<CLOSE>`); the first of two that look alike wins."""
-    return {
-        str(c).strip().lstrip("\ufeff").strip().strip("<>").strip().lower(): c
-        for c in reversed(list(columns))
-    }
+    return {_loose_name(c): c for c in reversed(list(columns))}
+
+
+def _loose_name(column: Any) -> str:
+    return str(column).strip().lstrip("\ufeff").strip().strip("<>").strip().lower()
+
+
+def _in_order(columns: Iterable[Any]) -> dict[str, Any]:
+    """Columns by their loose name (as `_loose`), in the file's order."""
+    return {_loose_name(c): c for c in columns}
 
 
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
@@ -180,6 +245,8 @@ def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, s
             if name == "ts" and "date" in loose and "time" in loose:
                 aliases = aliases[:2]  # a date and a time of day: `_date_and_time` joins them
             column = next((loose[a] for a in aliases if a in loose), column)
+            if column not in found:
+                column = _spelled_apart(_in_order(found), name) or column
         if column in found and column not in names:
             names[column] = name
     return names
@@ -267,40 +334,157 @@ HEADERLESS: dict[int, tuple[str, ...]] = {
 data.binance.vision serves them), Kraken's OHLCVT downloads, and a time, OHLC and volume."""
 
 
+HEADERLESS_TRADES: dict[int, tuple[str, ...]] = {
+    7: ("trade_id", "price", "size", "quote_size", "ts", "buyer_maker", "best_match"),
+    8: ("trade_id", "price", "size", "first_id", "last_id", "ts", "buyer_maker", "best_match"),
+    3: ("ts", "price", "size"),
+}
+"""Trade files without a header row, by their number of columns: Binance's trades and
+aggTrades (told from candles by their `true`/`false` columns) and Kraken's time, price and
+volume."""
+
+SHAPED = 0.98
+"""The share of a headerless file's first rows of numbers that must have its layout's shape
+for the file to be read so; the rest are refused row by row, as in any file."""
+
+_BOOLEANS = frozenset({"true", "false"})
+
+
+def _is_number(text: str) -> bool:
+    return text.replace(".", "", 1).replace("-", "", 1).replace("e", "", 1).isdigit()
+
+
 def _numbers_only(first_line: Iterable[Any]) -> bool:
-    """Whether a file's first line is numbers only: it has no header row."""
+    """Whether a file's first line is values, not names: numbers, the `true`/`false` that
+    exchanges write of a trade's side, and empty fields (a volume not given), with numbers
+    the most of them. Then the file has no header row.
+
+    >>> _numbers_only(["1704067200", "42000.5", "", "41999", "42001", "3.5"])
+    True
+    >>> _numbers_only(["1", "42000.5", "0.1", "42.1", "1704067200000", "true", "true"])
+    True
+    >>> _numbers_only(["ts", "open"]), _numbers_only(["", "Open"]), _numbers_only(["", ""])
+    (False, False, False)
+    """
     fields = [str(f).strip().lstrip("\ufeff") for f in first_line]
-    return bool(fields) and all(f.replace(".", "", 1).replace("-", "", 1).isdigit() for f in fields)
+    given = [f for f in fields if f and f.lower() != "nan"]  # an empty field is read as NaN
+    numbers = sum(_is_number(f) for f in given)
+    return numbers * 2 > len(fields) and all(_is_number(f) or f.lower() in _BOOLEANS for f in given)
 
 
-def _candles_by_shape(
-    path: Path, sep: str, compression: Literal["gzip", "zip"] | None, width: int
+def _shaped(mask: pd.Series, readable: pd.Series) -> bool:
+    """Whether `mask` holds for all but a few of the rows that are numbers at all."""
+    return bool(readable.any()) and int(mask.sum()) >= SHAPED * int(readable.sum())
+
+
+def _by_shape(
+    path: Path,
+    sep: str,
+    compression: Literal["gzip", "zip"] | None,
+    first: list[str],
+    skip: int,
 ) -> pd.DataFrame:
-    """A file whose first line is numbers has no header: read as candles where its number of
-    columns is one of `HEADERLESS` and every one of its first rows is shaped as a candle (low
-    <= open, close <= high, all above 0); otherwise refused, saying how to name the columns."""
+    """A file whose first line is values has no header: read by its number of columns and the
+    shape of its first rows, as one of the `HEADERLESS_TRADES` (the `true`/`false` columns
+    tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
+    of 0 or more for 3) or `HEADERLESS` candles (low <= open, close <= high, all above 0).
+    All but a few rows must have the shape: the others are refused row by row. Otherwise the
+    file is refused, saying how to name its columns."""
+    width = len(first)
+    fields = [str(f).strip().lower() for f in first]
+
+    def read(names: tuple[str, ...]) -> pd.DataFrame:
+        return pd.read_csv(
+            path,
+            sep=sep,
+            header=None,
+            names=list(names),
+            compression=compression,
+            skiprows=skip,
+            dtype={"trade_id": str},
+        )
+
+    trades = HEADERLESS_TRADES.get(width)
+    sided = trades is not None and "buyer_maker" in trades
+    if trades is not None and sided and fields[trades.index("buyer_maker")] not in _BOOLEANS:
+        trades = None  # no true/false where Binance writes them: not its trades
+    if trades is not None:
+        frame = read(trades)
+        head = frame.head(1000)
+        price, size = (pd.to_numeric(head[n], errors="coerce") for n in ("price", "size"))
+        when = head["ts"].map(ts_or_none).astype(float)
+        readable = price.notna() & size.notna() & when.notna()
+        if _shaped((price > 0) & (size >= 0), readable):
+            log.info("%s has no header row: read as trades (%s)", path, ", ".join(trades))
+            if sided:  # the buyer made the market: the taker sold
+                maker = frame["buyer_maker"].astype(str).str.strip().str.lower() == "true"
+                side = maker.map({True: "sell", False: "buy"})
+            else:
+                side = pd.Series("buy", frame.index)  # not given (rtml does not use a side)
+            frame = frame.assign(side=side)
+            if "trade_id" not in frame.columns:
+                frame = frame.assign(trade_id=_row_ids(frame))
+            return frame
     names = HEADERLESS.get(width)
-    if names is not None:
-        frame = pd.read_csv(path, sep=sep, header=None, names=list(names), compression=compression)
+    if names is not None and trades is None:
+        frame = read(names)
         head = frame.head(1000)
         o, h, low, c = (
             pd.to_numeric(head[n], errors="coerce") for n in ("open", "high", "low", "close")
         )
-        if bool(((low > 0) & (low <= o) & (low <= c) & (o <= h) & (c <= h)).all()):
+        readable = o.notna() & h.notna() & low.notna() & c.notna()
+        candles = (low > 0) & (low <= o) & (low <= c) & (o <= h) & (c <= h)
+        if _shaped(candles, readable):
             log.info("%s has no header row: read as candles (%s)", path, ", ".join(names))
             return frame
-    known = "; ".join(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items())
+    known = "; ".join(
+        [
+            *(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items()),
+            *(f"trades of {n} columns: {','.join(c)}" for n, c in HEADERLESS_TRADES.items()),
+        ]
+    )
     raise ConfigError(
         f"{path} has no header row (its first line is numbers) and its {width} columns are not "
-        f"a candle file rtml knows ({known}): add a header row naming the columns, e.g. "
-        "ts,open,high,low,close,volume for candles"
+        f"a candle or trade file rtml knows ({known}): add a header row naming the columns, "
+        "e.g. ts,open,high,low,close,volume for candles or ts,price,size for trades"
     )
 
 
-_EXCHANGE_FILE = re.compile(r"^([A-Za-z0-9]+)(-\d+(mo|[smhdw])-\d{4}-\d{2}(-\d{2})?|_\d+)$")
-"""Exchanges' names of candle files: data.binance.vision's BTCUSDT-1m-2024-01,
-BTCUSDT-1h-2024-01-15 and BTCUSDT-1mo-2024-01, Kraken's XBTUSD_1 (its candle length in
-minutes)."""
+def _row_ids(frame: pd.DataFrame) -> pd.Series:
+    """Trade ids for a file that gives none: its time and row, so each trade of the file is
+    one trade (the pipeline drops a trade id it has seen), the same file replayed twice is
+    the same trades, and two files of one symbol's different days do not collide."""
+    return frame["ts"].astype(str) + "#" + pd.Series(range(len(frame)), frame.index).astype(str)
+
+
+def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
+    """A file of trades often gives no trade id (Kraken's, a vendor's time and sales) or no
+    side, and some call the size `volume`: a file with a time and a price, a size or volume,
+    and no candle columns is trades. Sides written `Buy`, `SELL`, `b` or `s` are read too."""
+    columns = set(frame.columns)
+    if not {"ts", "price"} <= columns or columns & {"open", "high", "low"}:
+        return frame
+    if "size" not in columns and "volume" in columns:
+        frame = frame.rename(columns={"volume": "size"})
+    if "size" not in frame.columns:
+        return frame
+    if "trade_id" not in frame.columns:
+        frame = frame.assign(trade_id=_row_ids(frame))
+    if "side" not in frame.columns:
+        frame = frame.assign(side="buy")  # not given (rtml does not use a side)
+    else:
+        sides = frame["side"].astype(str).str.strip().str.lower()
+        known = sides.map({"b": "buy", "s": "sell", "buy": "buy", "sell": "sell"})
+        frame = frame.assign(side=known.where(known.notna(), frame["side"]))
+    return frame
+
+
+_EXCHANGE_FILE = re.compile(
+    r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_\d+)$"
+)
+"""Exchanges' names of candle and trade files: data.binance.vision's BTCUSDT-1m-2024-01,
+BTCUSDT-1h-2024-01-15, BTCUSDT-1mo-2024-01, BTCUSDT-trades-2024-01-15 and
+BTCUSDT-aggTrades-2024-01, Kraken's XBTUSD_1 (its candle length in minutes)."""
 
 
 def _symbol_of(path: Path) -> str:
@@ -308,8 +492,9 @@ def _symbol_of(path: Path) -> str:
     `BTCUSDT-1m-2024-01.csv` is BTCUSDT (each month's file the same symbol), and Kraken's
     `XBTUSD_1.csv` is XBTUSD.
 
-    >>> [_symbol_of(Path(n)) for n in ("MSFT.csv", "BTCUSDT-1mo-2024-01.zip", "XBTUSD_1.csv")]
-    ['MSFT', 'BTCUSDT', 'XBTUSD']
+    >>> names = ("MSFT.csv", "BTCUSDT-1mo-2024-01.zip", "XBTUSD_1.csv", "ETHBTC-aggTrades-2024-01")
+    >>> [_symbol_of(Path(n)) for n in names]
+    ['MSFT', 'BTCUSDT', 'XBTUSD', 'ETHBTC']
     """
     stem = path.name.split(".")[0]
     found = _EXCHANGE_FILE.match(stem)
@@ -347,15 +532,26 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
         else:
-            sep, decimal = _delimiter(path)
+            skip = _preamble(_first_lines(path, PREAMBLE_LINES + 1))
+            if skip:
+                log.info("%s: the first %d line(s) are not part of the table", path, skip)
+            sep, decimal = _delimiter(path, skip)
             compression = _compression(path)
             first = pd.read_csv(
-                path, sep=sep, nrows=1, header=None, dtype=str, compression=compression
+                path,
+                sep=sep,
+                nrows=1,
+                header=None,
+                dtype=str,
+                compression=compression,
+                skiprows=skip,
             )
-            header = pd.read_csv(path, sep=sep, nrows=0, compression=compression).columns
+            header = pd.read_csv(
+                path, sep=sep, nrows=0, compression=compression, skiprows=skip
+            ).columns
             if _numbers_only(first.iloc[0] if len(first) else []):
-                frame = _candles_by_shape(path, sep, compression, len(header))
-                names = {c: c for c in frame.columns if c in CANDLE_COLUMNS}
+                frame = _by_shape(path, sep, compression, list(first.iloc[0]), skip)
+                names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
             else:
                 names = _rtml_names(header, mapping)
                 text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
@@ -364,7 +560,12 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
                     loose = _loose(header)
                     text.update({loose[n]: str for n in ("date", "time") if n in loose})
                 frame = pd.read_csv(
-                    path, sep=sep, dtype=text, compression=compression, decimal=decimal
+                    path,
+                    sep=sep,
+                    dtype=text,
+                    compression=compression,
+                    decimal=decimal,
+                    skiprows=skip,
                 )
                 if decimal == ",":  # a column with a dot somewhere stays text: read its commas
                     for column, name in names.items():
@@ -383,6 +584,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             "give a UTF-8 CSV with a header row, or a Parquet file"
         ) from None
     frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
+    frame = _trades_without_id_or_side(frame)
     if "volume" in frame.columns and frame["volume"].dtype == object:
         frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))
     frame = _days_in_order(_one_instrument(frame, path), path)

@@ -513,6 +513,159 @@ def test_an_exchanges_candle_file_without_a_header_row_is_read_by_its_shape(
     assert [t.price for t in trades[:4]] == first  # open, high, low, close
 
 
+@pytest.mark.parametrize(
+    ("name", "rows", "ids", "sides"),
+    [
+        (  # Binance's trades: id, price, qty, quote qty, time (ms), buyer is maker, best match
+            "BTCUSDT-trades-2024-01-15.csv",
+            [
+                "3000000001,42000.5,0.1,4200.05,1704067200000,true,true",
+                "3000000002,42001.0,0.2,8400.2,1704067200500,false,true",
+                "3000000003,42002.5,0.3,12600.75,1704067201000,False,True",
+            ],
+            ["3000000001", "3000000002", "3000000003"],
+            ["sell", "buy", "buy"],  # the buyer made the market: the taker sold
+        ),
+        (  # Binance's aggTrades: id, price, qty, first id, last id, time, maker, best match
+            "BTCUSDT-aggTrades-2024-01.csv",
+            [
+                "100,42000.5,0.1,200,201,1704067200000,True,True",
+                "101,42001.0,0.2,202,202,1704067200500,False,True",
+                "102,42002.5,0.3,203,205,1704067201000,True,True",
+            ],
+            ["100", "101", "102"],
+            ["sell", "buy", "sell"],
+        ),
+        (  # Kraken's trades: time, price, volume; no id, no side
+            "XBTUSD.csv",
+            ["1704067200,42000.5,0.1", "1704067200.5,42001.0,0.2", "1704067201,42002.5,0.3"],
+            None,
+            ["buy", "buy", "buy"],
+        ),
+    ],
+)
+def test_an_exchanges_trade_file_without_a_header_row_is_read_by_its_shape(
+    tmp_path: Path, name: str, rows: list[str], ids: list[str] | None, sides: list[str]
+) -> None:
+    """Binance's trade downloads and Kraken's have no header row, and were refused (Binance's
+    `true`/`false` columns hid that the first line is values). Their columns and rows say
+    what they are; a file without trade ids gets one per row, so no trade of it is dropped
+    as a duplicate of another and the same file replayed twice is the same trades."""
+    path = tmp_path / name
+    path.write_text("\n".join(rows) + "\n")
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 3
+    assert {t.symbol for t in trades} == {name.partition("-")[0].partition(".")[0]}
+    assert [t.price for t in trades] == [42000.5, 42001.0, 42002.5]
+    assert [t.size for t in trades] == [0.1, 0.2, 0.3]
+    assert [t.ts for t in trades] == [1704067200.0, 1704067200.5, 1704067201.0]
+    assert [t.side for t in trades] == sides
+    if ids is not None:
+        assert [t.trade_id for t in trades] == ids
+    else:
+        assert len({t.trade_id for t in trades}) == 3
+        assert [t.trade_id for t in replay(path) if isinstance(t, Trade)] == [
+            t.trade_id for t in trades
+        ]
+
+
+def test_a_headerless_file_with_a_bad_row_or_an_empty_field_is_still_read_by_its_shape(
+    tmp_path: Path,
+) -> None:
+    """One row in a thousand that is not a candle (a high below its open, a price that is
+    text) made the whole file unreadable; a first line with an empty field (no volume given)
+    was taken for a header. Now such rows are refused one by one and the rest replayed."""
+    rows = [f"{1704067200 + 60 * i},100,101,99,100.5,{'' if i == 0 else 5}" for i in range(60)]
+    rows[7] = "1704067620,100,90,99,100.5,5"  # a high below its open: not a candle
+    rows[9] = "1704067740,abc,101,99,100.5,5"  # a price that is not a number
+    path = tmp_path / "prices.csv"
+    path.write_text("\n".join(rows) + "\n")
+    got = list(replay(path))
+    bad = [r for r in got if isinstance(r, BadRecord)]
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert [b.kind for b in bad] == ["wrong_type"]  # the text price; the shape is the file's
+    assert len(trades) == 59 * 4
+    assert trades[0].size == 0.0  # no volume given: a price without volume
+
+
+def test_a_vendors_line_above_the_header_is_passed_over(tmp_path: Path) -> None:
+    """CryptoDataDownload writes its address above the header (and two volumes, the base
+    currency's first); the file was read as one column named after the address."""
+    path = tmp_path / "Binance_BTCUSDT_1h.csv"
+    path.write_text(
+        "https://www.CryptoDataDownload.com\n"
+        "Unix,Date,Symbol,Open,High,Low,Close,Volume BTC,Volume USDT,tradecount\n"
+        "1704070800000,2024-01-01 01:00:00,BTCUSDT,42300,42400,42250,42350,12.5,529000,900\n"
+        "1704067200000,2024-01-01 00:00:00,BTCUSDT,42283,42310,42200,42300,10.0,423000,800\n"
+    )
+    trades = [t for t in replay(path) if isinstance(t, Trade)]
+    assert [t.ts for t in trades[::4]] == [1704067200.0, 1704070800.0]  # in event time
+    assert [t.price for t in trades[:4]] == [42283.0, 42310.0, 42200.0, 42300.0]
+    assert sum(t.size for t in trades[:4]) == 10.0  # the base currency's volume
+    assert {t.symbol for t in trades} == {"BTCUSDT"}
+    assert candle_profile(path) == CandleProfile(3600, 0.0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "startTime,openPrice,highPrice,lowPrice,closePrice,volume,turnover",  # Bybit
+        "time_period_start,price_open,price_high,price_low,price_close,volume_traded",
+        "Timestamp,Open,High,Low,Close,Volume_(BTC),Volume_(Currency),Weighted_Price",  # Kaggle
+        "Start Time,Open Price,High Price,Low Price,Close Price,Volume (Base)",
+    ],
+)
+def test_candle_columns_spelled_with_more_words_are_read(tmp_path: Path, header: str) -> None:
+    width = header.count(",") + 1
+    rows = [
+        ",".join(["1704067200", "100", "102", "99", "101", "7", *["1"] * (width - 6)]),
+        ",".join(["1704067260", "101", "103", "100", "102", "9", *["1"] * (width - 6)]),
+    ]
+    path = tmp_path / "BTCUSDT.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 8
+    assert [t.price for t in trades] == [100, 102, 99, 101, 101, 103, 100, 102]
+    assert [sum(t.size for t in trades[i : i + 4]) for i in (0, 4)] == [7.0, 9.0]
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "sides"),
+    [
+        (  # BitMEX's public trades: kdb times, `Buy`/`Sell`, `trdMatchID`
+            "timestamp,symbol,side,size,price,tickDirection,trdMatchID",
+            [
+                "2019-10-01D00:00:00.500000000,XBTUSD,Buy,100,8300.5,PlusTick,a1",
+                "2019-10-01D00:00:01.000000000,XBTUSD,Sell,200,8300.0,MinusTick,a2",
+            ],
+            ["buy", "sell"],
+        ),
+        (  # a time and sales export: the size is `volume`, sides `b` and `s`, no id
+            "time,price,volume,side",
+            ["1569888000.5,8300.5,100,b", "1569888001,8300.0,200,s"],
+            ["buy", "sell"],
+        ),
+        ("Time,Price,Qty", ["1569888000.5,8300.5,100", "1569888001,8300.0,200"], ["buy", "buy"]),
+    ],
+)
+def test_a_trade_file_without_ids_or_sides_as_rtml_names_them_is_trades(
+    tmp_path: Path, header: str, rows: list[str], sides: list[str]
+) -> None:
+    path = tmp_path / "XBTUSD.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 2
+    assert [(t.ts, t.price, t.size) for t in trades] == [
+        (1569888000.5, 8300.5, 100.0),
+        (1569888001.0, 8300.0, 200.0),
+    ]
+    assert [t.side for t in trades] == sides and {t.symbol for t in trades} == {"XBTUSD"}
+    assert len({t.trade_id for t in trades}) == 2
+
+
 def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> None:
     """data.binance.vision serves each month's klines as a zip of one headerless CSV."""
     rows = [
@@ -531,8 +684,9 @@ def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "rows",
     [
-        ["1704067200,42283.5,0.5", "1704067201,42284.0,0.1"],  # trades: time, price, size
+        ["1704067200,42283.5,0.5,7", "1704067201,42284.0,0.1,8"],  # four columns
         ["1704067200,5,4,1,2,10", "1704067260,2,9,1,3,10"],  # a high below its open
+        ["1,42000.5,0.1,4200.05,1704067200000,1,true"],  # Binance's 7, its booleans misplaced
     ],
 )
 def test_a_file_without_a_header_row_of_no_known_shape_says_so(
