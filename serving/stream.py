@@ -46,7 +46,7 @@ class StreamingPredictor:
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
         self._producer: Producer | None = None
-        self._fused: Fused | None = None  # the served linear model, as `_usual` reads it
+        self._fused: dict[int, Fused] = {}  # each model served, as `_usual` reads it
 
     @property
     def predicted(self) -> int:
@@ -81,11 +81,13 @@ class StreamingPredictor:
         model = self.holder.for_symbol(symbol)
         if ts is None or model is None:
             return False
-        fused = self._fused
-        if fused is None or fused.scorer is not model.scorer:
-            fused = self._fused = Fused.of(model)
-            if fused is None:
-                return False
+        fused = self._fused.get(id(model))
+        if fused is None or fused.served is not model:
+            if len(self._fused) >= FUSED_KEPT:
+                self._fused.clear()  # versions long replaced (each holds its model alive)
+            fused = self._fused[id(model)] = Fused.of(model)
+        if not fused.terms:
+            return False  # not a linear model
         total = fused.intercept
         for name, low, high, weight, mean in fused.terms:
             value = features.get(name)
@@ -170,33 +172,40 @@ class StreamingPredictor:
         return self.predicted
 
 
-class Fused:
-    """A served linear model as the streaming predictor's one pass reads it: for each feature
-    the model is given, in order, its bounds and its folded weight and mean (zero weight for a
-    feature the model does not use). The sum is `LinearScorer.predict_one`'s, term by term."""
+FUSED_KEPT = 64
+"""The most served models (shards, versions) the streaming predictor keeps read for its one
+pass; past it the reading starts over."""
 
-    __slots__ = ("intercept", "scorer", "terms", "version")
+
+class Fused:
+    """A served model as the streaming predictor's one pass reads it. For a linear model, for
+    each feature the model is given, in order, its bounds and its folded weight and mean (zero
+    weight for a feature the model does not use): the sum is `LinearScorer.predict_one`'s,
+    term by term. For any other model, or a version that is not a number, no terms: every
+    record is read field by field."""
+
+    __slots__ = ("intercept", "served", "terms", "version")
 
     def __init__(
         self,
-        scorer: LinearScorer,
+        served: Served,
+        intercept: float,
         terms: tuple[tuple[str, float, float, float, float], ...],
         version: str,
     ) -> None:
-        self.scorer = scorer
-        self.intercept = scorer.intercept
+        self.served = served
+        self.intercept = intercept
         self.terms = terms
         self.version = version
 
     @classmethod
-    def of(cls, model: Served) -> Fused | None:
-        """None for a model that is not linear, or a version that is not a number."""
+    def of(cls, model: Served) -> Fused:
         scorer = model.scorer
         if type(scorer) is not LinearScorer or not model.version.isdigit():
-            return None
+            return cls(model, 0.0, (), model.version)
         terms = []
         for name in FEATURE_NAMES:
             low, high = FEATURE_BOUNDS.get(name, (-math.inf, math.inf))
             weight, mean = scorer.terms.get(name, (0.0, 0.0))
             terms.append((name, low, high, weight, mean))
-        return cls(scorer, tuple(terms), str(int(model.version)))
+        return cls(model, scorer.intercept, tuple(terms), str(int(model.version)))

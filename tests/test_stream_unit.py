@@ -170,3 +170,27 @@ def test_a_new_version_is_read_as_it_is_served(tmp_path: Path) -> None:
         for m in (first, second)
     ]
     assert [p["prediction"] for p in made] == expected
+
+
+def test_symbols_served_by_different_models_are_each_predicted_by_their_own(
+    tmp_path: Path,
+) -> None:
+    """Shards: records of two symbols, in turn, each predicted by its own model."""
+    models = {"S": served(version="3"), "T": served("linear", version="5")}
+    models["T"].scorer.intercept -= 2.0
+
+    class Router:
+        def for_symbol(self, symbol: str) -> Served | None:
+            return models.get(symbol)
+
+    out, sink = predictor(tmp_path, None)
+    out.holder = Router()  # type: ignore[assignment]
+    for i in range(6):
+        symbol = "ST"[i % 2]
+        record = usual(ts=1_700_000_000.0 + 60 * i, symbol=symbol)
+        assert run(out.step, orjson.dumps(record)) == ("ok", "")
+    made = [orjson.loads(v or b"") for _, v in sink.on(out.topics.predictions)]
+    x = {n: 0.01 * (i + 1) for i, n in enumerate(FEATURE_NAMES)}
+    assert [(p["symbol"], p["model_version"], p["prediction"]) for p in made] == [
+        (s, models[s].version, models[s].scorer.predict_one(x)) for s in "STSTST"
+    ]
