@@ -345,7 +345,8 @@ volume."""
 
 SHAPED = 0.98
 """The share of a headerless file's first rows of numbers that must have its layout's shape
-for the file to be read so; the rest are refused row by row, as in any file."""
+for the file to be read so. Its other rows are read as any file's rows are: one that is not
+numbers is refused on its own, with its reason."""
 
 _BOOLEANS = frozenset({"true", "false"})
 
@@ -388,8 +389,8 @@ def _by_shape(
     shape of its first rows, as one of the `HEADERLESS_TRADES` (the `true`/`false` columns
     tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
     of 0 or more for 3) or `HEADERLESS` candles (low <= open, close <= high, all above 0).
-    All but a few rows must have the shape: the others are refused row by row. Otherwise the
-    file is refused, saying how to name its columns."""
+    All but a few rows (`SHAPED`) must have the shape, so one odd row does not make the whole
+    file unreadable. Otherwise the file is refused, saying how to name its columns."""
     width = len(first)
     fields = [str(f).strip().lower() for f in first]
 

@@ -573,9 +573,11 @@ def test_an_exchanges_trade_file_without_a_header_row_is_read_by_its_shape(
 def test_a_headerless_file_with_a_bad_row_or_an_empty_field_is_still_read_by_its_shape(
     tmp_path: Path,
 ) -> None:
-    """One row in a thousand that is not a candle (a high below its open, a price that is
-    text) made the whole file unreadable; a first line with an empty field (no volume given)
-    was taken for a header. Now such rows are refused one by one and the rest replayed."""
+    """One row among the first thousand that is not a candle (a high below its open, a price
+    that is text) made the whole file unreadable; a first line with an empty field (no volume
+    given) was taken for a header. Now the file is read: the row that is not numbers is
+    refused on its own, and the odd candle is replayed as a candle of a file with a header
+    row is."""
     rows = [f"{1704067200 + 60 * i},100,101,99,100.5,{'' if i == 0 else 5}" for i in range(60)]
     rows[7] = "1704067620,100,90,99,100.5,5"  # a high below its open: not a candle
     rows[9] = "1704067740,abc,101,99,100.5,5"  # a price that is not a number
