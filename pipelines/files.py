@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import pandas as pd
 
@@ -70,47 +70,124 @@ def _compression(path: Path) -> Literal["gzip", "zip"] | None:
     return "gzip" if suffix == ".gz" else "zip" if suffix == ".zip" else None
 
 
-def _first_lines(path: Path, n: int) -> list[str]:
-    """The first `n` lines of a text file, gzipped, zipped (its first member) or plain."""
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes] | gzip.GzipFile]:
+    """The bytes of a text file, gzipped, zipped (its first member) or plain."""
     kind = _compression(path)
     if kind == "zip":
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            if not names:
-                return []
-            with archive.open(names[0]) as raw:
-                text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace")
-                return list(itertools.islice(text, n))
-    opener: Any = gzip.open if kind == "gzip" else open
-    with opener(path, "rt", encoding="utf-8-sig", errors="replace") as file:
-        return list(itertools.islice(file, n))
+            with archive.open(names[0]) if names else io.BytesIO() as raw:
+                yield raw
+        return
+    if kind == "gzip":
+        with gzip.open(path, "rb") as unzipped:
+            yield unzipped
+        return
+    with path.open("rb") as plain:
+        yield plain
+
+
+def _first_lines(path: Path, n: int, encoding: str = "utf-8-sig") -> list[str]:
+    """The first `n` lines of a text file, gzipped, zipped (its first member) or plain."""
+    with _opened(path) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, errors="replace")
+        return list(itertools.islice(text, n))
+
+
+ENCODING_PROBE = 1 << 20
+"""How much of a file tells its encoding."""
+
+
+def _encoding(path: Path) -> str:
+    """The file's text encoding, from its first bytes: UTF-16 where it starts with a byte
+    order mark (a spreadsheet's "Unicode text" export), UTF-8 where its first megabyte is
+    (with or without a byte order mark), and otherwise Windows-1252, which spreadsheets and
+    older tools in Western locales write (`Eröffnung`, `café`, `€`).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as f:
+    ...     _ = f.write("Datum;Eröffnung".encode("cp1252"))
+    >>> _encoding(Path(f.name))
+    'cp1252'
+    """
+    with _opened(path) as raw:
+        head = raw.read(ENCODING_PROBE)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not a character cut by the probe's end
+            return "cp1252"
+    return "utf-8-sig"
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How a delimited file is written, as `read_table` works it out before reading it."""
+
+    compression: Literal["gzip", "zip"] | None
+    encoding: str
+    skip: int  # lines above the header that are not part of the table
+    sep: str
+    decimal: str
+
+    @classmethod
+    def of(cls, path: Path) -> TextLayout:
+        compression, encoding = _compression(path), _encoding(path)
+        skip = _preamble(_first_lines(path, PREAMBLE_LINES + 1, encoding))
+        if skip:
+            log.info("%s: the first %d line(s) are not part of the table", path, skip)
+        if encoding != "utf-8-sig":
+            log.info("%s is read as %s", path, encoding)
+        sep, decimal = _delimiter(_first_lines(path, 6 + skip, encoding)[skip:])
+        return cls(compression, encoding, skip, sep, decimal)
+
+    def read(self, path: Path, **kwargs: Any) -> pd.DataFrame:
+        return pd.read_csv(
+            path,
+            sep=self.sep,
+            compression=self.compression,
+            skiprows=self.skip,
+            encoding=self.encoding,
+            # Windows-1252 leaves five bytes undefined: a stray one is a replaced character
+            encoding_errors="replace" if self.encoding == "cp1252" else "strict",
+            **kwargs,
+        )
 
 
 PREAMBLE_LINES = 5
 """At most this many lines before the header row that are not part of the table."""
 
+_SEPARATOR_HINT = re.compile(r'^\s*"?sep=.?"?\s*$', re.IGNORECASE)
+"""The line a spreadsheet writes first to name a file's delimiter (`sep=;`)."""
+
 
 def _preamble(lines: list[str]) -> int:
     """How many lines come before the table: lines without any delimiter (a vendor's address,
-    as CryptoDataDownload writes above its header, or a title) followed by a delimited line.
+    as CryptoDataDownload writes above its header, or a title) followed by a delimited line,
+    and a spreadsheet's `sep=;` line.
 
     >>> _preamble(["https://www.CryptoDataDownload.com", "unix,date,open", "1,2,3"])
+    1
+    >>> _preamble(["sep=;", "Date;Open", "2024-01-02;1,5"])
     1
     >>> _preamble(["ts,open", "1,2"]), _preamble(["price", "1.5"])
     (0, 0)
     """
     for i, line in enumerate(lines[: PREAMBLE_LINES + 1]):
-        if any(d in line for d in DELIMITERS):
+        if any(d in line for d in DELIMITERS) and not _SEPARATOR_HINT.match(line):
             return i
     return 0  # a table of one column, or nothing delimited: read from the top as before
 
 
-def _delimiter(path: Path, skip: int = 0) -> tuple[str, str]:
-    """The file's delimiter and decimal mark, from its first lines after `skip`. The delimiter
-    is a comma unless the header has none and has one of the others (spreadsheets in many
-    locales write semicolons); the decimal mark is a comma only where the delimiter is not and
-    a field of the first rows is written so (`42280,5`, as those spreadsheets write numbers)."""
-    lines = _first_lines(path, 6 + skip)[skip:]
+def _delimiter(lines: list[str]) -> tuple[str, str]:
+    """The file's delimiter and decimal mark, from its first lines (from its header on). The
+    delimiter is a comma unless the header has none and has one of the others (spreadsheets
+    in many locales write semicolons); the decimal mark is a comma only where the delimiter is
+    not and a field of the first rows is written so (`42280,5`, as those spreadsheets write
+    numbers)."""
     header = lines[0] if lines else ""
     sep = next((d for d in DELIMITERS if d in header), ",")
     fields = (f for line in lines[1:] for f in line.strip().split(sep))
@@ -378,13 +455,7 @@ def _shaped(mask: pd.Series, readable: pd.Series) -> bool:
     return bool(readable.any()) and int(mask.sum()) >= SHAPED * int(readable.sum())
 
 
-def _by_shape(
-    path: Path,
-    sep: str,
-    compression: Literal["gzip", "zip"] | None,
-    first: list[str],
-    skip: int,
-) -> pd.DataFrame:
+def _by_shape(path: Path, text: TextLayout, first: list[str]) -> pd.DataFrame:
     """A file whose first line is values has no header: read by its number of columns and the
     shape of its first rows, as one of the `HEADERLESS_TRADES` (the `true`/`false` columns
     tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
@@ -395,15 +466,7 @@ def _by_shape(
     fields = [str(f).strip().lower() for f in first]
 
     def read(names: tuple[str, ...]) -> pd.DataFrame:
-        return pd.read_csv(
-            path,
-            sep=sep,
-            header=None,
-            names=list(names),
-            compression=compression,
-            skiprows=skip,
-            dtype={"trade_id": str},
-        )
+        return text.read(path, header=None, names=list(names), dtype={"trade_id": str})
 
     trades = HEADERLESS_TRADES.get(width)
     sided = trades is not None and "buyer_maker" in trades
@@ -533,25 +596,12 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
         else:
-            skip = _preamble(_first_lines(path, PREAMBLE_LINES + 1))
-            if skip:
-                log.info("%s: the first %d line(s) are not part of the table", path, skip)
-            sep, decimal = _delimiter(path, skip)
-            compression = _compression(path)
-            first = pd.read_csv(
-                path,
-                sep=sep,
-                nrows=1,
-                header=None,
-                dtype=str,
-                compression=compression,
-                skiprows=skip,
-            )
-            header = pd.read_csv(
-                path, sep=sep, nrows=0, compression=compression, skiprows=skip
-            ).columns
+            layout = TextLayout.of(path)
+            decimal = layout.decimal
+            first = layout.read(path, nrows=1, header=None, dtype=str)
+            header = layout.read(path, nrows=0).columns
             if _numbers_only(first.iloc[0] if len(first) else []):
-                frame = _by_shape(path, sep, compression, list(first.iloc[0]), skip)
+                frame = _by_shape(path, layout, list(first.iloc[0]))
                 names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
             else:
                 names = _rtml_names(header, mapping)
@@ -560,14 +610,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
                     # a day and a time of day apart are text: 090000 read as a number is 90000
                     loose = _loose(header)
                     text.update({loose[n]: str for n in ("date", "time") if n in loose})
-                frame = pd.read_csv(
-                    path,
-                    sep=sep,
-                    dtype=text,
-                    compression=compression,
-                    decimal=decimal,
-                    skiprows=skip,
-                )
+                frame = layout.read(path, dtype=text, decimal=decimal)
                 if decimal == ",":  # a column with a dot somewhere stays text: read its commas
                     for column, name in names.items():
                         if name in _NUMBERS and frame[column].dtype == object:

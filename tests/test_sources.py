@@ -576,8 +576,8 @@ def test_a_headerless_file_with_a_bad_row_or_an_empty_field_is_still_read_by_its
     """One row among the first thousand that is not a candle (a high below its open, a price
     that is text) made the whole file unreadable; a first line with an empty field (no volume
     given) was taken for a header. Now the file is read: the row that is not numbers is
-    refused on its own, and the odd candle is replayed as a candle of a file with a header
-    row is."""
+    refused on its own, and the odd candle is replayed as it would be in a file with a
+    header row."""
     rows = [f"{1704067200 + 60 * i},100,101,99,100.5,{'' if i == 0 else 5}" for i in range(60)]
     rows[7] = "1704067620,100,90,99,100.5,5"  # a high below its open: not a candle
     rows[9] = "1704067740,abc,101,99,100.5,5"  # a price that is not a number
@@ -666,6 +666,38 @@ def test_a_trade_file_without_ids_or_sides_as_rtml_names_them_is_trades(
     ]
     assert [t.side for t in trades] == sides and {t.symbol for t in trades} == {"XBTUSD"}
     assert len({t.trade_id for t in trades}) == 2
+
+
+@pytest.mark.parametrize(
+    ("how", "encoding", "sep", "first"),
+    [
+        ("Unicode text", "utf-16", "\t", ""),  # a spreadsheet's UTF-16 export, tabbed
+        ("Windows-1252", "cp1252", ";", ""),  # a Western locale's CSV: é, €
+        ("a delimiter line", "utf-8", ";", "sep=;\r\n"),  # a spreadsheet names its delimiter
+        ("gzipped Windows-1252", "cp1252", ",", ""),
+    ],
+)
+def test_files_as_spreadsheets_save_them(
+    tmp_path: Path, how: str, encoding: str, sep: str, first: str
+) -> None:
+    """A spreadsheet's "Unicode text" export is UTF-16; CSVs from Western locales are often
+    Windows-1252; some begin with `sep=;`. They were refused as not UTF-8, or read as one
+    column named `sep=`."""
+    rows = [
+        sep.join(["Date", "Open", "High", "Low", "Close", "Volume", "Note"]),
+        *(sep.join([f"2024-01-0{d}", "100", "102", "99", "101", "7", "café €"]) for d in (2, 3)),
+    ]
+    data = (first + "\r\n".join(rows) + "\r\n").encode(encoding)
+    path = tmp_path / "DAX.txt"
+    if how.startswith("gzipped"):
+        path = tmp_path / "DAX.csv.gz"
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 8
+    assert [t.price for t in trades[:4]] == [100.0, 102.0, 99.0, 101.0]
+    assert {t.symbol for t in trades} == {"DAX"}
 
 
 def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> None:
