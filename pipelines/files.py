@@ -638,6 +638,17 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     return frame
 
 
+ROWS_AT_ONCE = 20_000
+"""A replay turns this many rows at a time into records: the file is held as columns, and
+only these rows as Python objects (each several times its size as a column's)."""
+
+
+def _rows(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
+    for start in range(0, len(frame), ROWS_AT_ONCE):
+        chunk: list[dict[str, Any]] = frame.iloc[start : start + ROWS_AT_ONCE].to_dict("records")  # type: ignore[assignment]
+        yield from chunk
+
+
 def replay(
     path: Path, columns: dict[str, str] | None = None, candle_seconds: int = 60
 ) -> Iterator[Trade | BadRecord]:
@@ -652,8 +663,7 @@ def replay(
     frame = read_table(path, columns)
     if set(TRADE_COLUMNS) <= set(frame.columns):
         frame = in_event_time(frame)  # an export written newest first is the same market
-        records: list[dict[str, Any]] = frame[list(TRADE_COLUMNS)].to_dict("records")  # type: ignore[assignment]
-        for record in records:
+        for record in _rows(frame[list(TRADE_COLUMNS)]):
             try:
                 yield parse_trade(record)
             except BadRecord as exc:
@@ -667,7 +677,7 @@ def replay(
         )
     # each time parsed once; only an unreadable one is parsed again, for its BadRecord
     frame = in_event_time(frame)
-    rows: list[dict[str, Any]] = frame[[*CANDLE_COLUMNS, "_start"]].to_dict("records")  # type: ignore[assignment]
+    rows = _rows(frame[[*CANDLE_COLUMNS, "_start"]])
     at, given = math.nan, set[Any]()  # the symbols with a candle at `at` (rows are in time order)
     for i, row in enumerate(rows):
         # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
