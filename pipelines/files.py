@@ -19,7 +19,7 @@ import re
 import statistics
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -46,10 +46,14 @@ TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".dat")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def file_kind(path: Path) -> Literal["parquet", "text"]:
-    """What a replay file is, by its suffixes in any case: Parquet, or delimited text,
-    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`), or a zip archive of one
-    such file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for anything else."""
+JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+
+
+def file_kind(path: Path) -> Literal["parquet", "text", "json"]:
+    """What a replay file is, by its suffixes in any case: Parquet, delimited text or JSON,
+    gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`, `trades.jsonl.gz`), or a zip
+    archive of one such text file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for
+    anything else."""
     suffixes = [s.lower() for s in path.suffixes[-2:]]
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
         return "parquet"
@@ -59,9 +63,30 @@ def file_kind(path: Path) -> Literal["parquet", "text"]:
         suffixes.pop()
     if suffixes and suffixes[-1] in TEXT_SUFFIXES:
         return "text"
+    if suffixes and suffixes[-1] in JSON_SUFFIXES:
+        return "json"
     raise ConfigError(
         f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
-        "them gzipped as .gz or in a .zip of its own) or Parquet (.parquet)"
+        "them gzipped as .gz or in a .zip of its own), JSON (an array of objects or of rows, "
+        "or one object a line: .json, .jsonl, .ndjson) or Parquet (.parquet)"
+    )
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    """A JSON replay file: an array of objects (one a trade or a candle, keys as a CSV's
+    header), an array of rows (as exchanges' REST APIs give candles: read by their shape, as a
+    CSV without a header), or one object a line. Any other JSON says what to give."""
+    with _opened(path) as raw:
+        start = raw.read(64).lstrip()
+    lines = start[:1] == b"{"
+    frame = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, orient="records")
+    if not lines and len(frame) and list(frame.columns) == list(range(frame.shape[1])):
+        return frame  # rows: read by their shape
+    if frame.shape[1] and all(isinstance(c, str) for c in frame.columns):
+        return frame
+    raise ConfigError(
+        f"{path}: give a JSON array of objects (one a trade or a candle) or of rows, or one "
+        "object a line"
     )
 
 
@@ -455,7 +480,9 @@ def _shaped(mask: pd.Series, readable: pd.Series) -> bool:
     return bool(readable.any()) and int(mask.sum()) >= SHAPED * int(readable.sum())
 
 
-def _by_shape(path: Path, text: TextLayout, first: list[str]) -> pd.DataFrame:
+def _by_shape(
+    path: Path, read: Callable[[tuple[str, ...]], pd.DataFrame], first: list[str]
+) -> pd.DataFrame:
     """A file whose first line is values has no header: read by its number of columns and the
     shape of its first rows, as one of the `HEADERLESS_TRADES` (the `true`/`false` columns
     tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
@@ -464,9 +491,6 @@ def _by_shape(path: Path, text: TextLayout, first: list[str]) -> pd.DataFrame:
     file unreadable. Otherwise the file is refused, saying how to name its columns."""
     width = len(first)
     fields = [str(f).strip().lower() for f in first]
-
-    def read(names: tuple[str, ...]) -> pd.DataFrame:
-        return text.read(path, header=None, names=list(names), dtype={"trade_id": str})
 
     trades = HEADERLESS_TRADES.get(width)
     sided = trades is not None and "buyer_maker" in trades
@@ -595,13 +619,30 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
         if kind == "parquet":
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
+        elif kind == "json":
+            rows = _read_json(path)
+            if all(isinstance(c, int) for c in rows.columns):
+                frame = _by_shape(
+                    path,
+                    lambda names: rows.set_axis(list(names), axis=1),
+                    [str(v) for v in rows.iloc[0]],
+                )
+                names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
+            else:
+                frame, names = rows, _rtml_names(rows.columns, mapping)
         else:
             layout = TextLayout.of(path)
             decimal = layout.decimal
             first = layout.read(path, nrows=1, header=None, dtype=str)
             header = layout.read(path, nrows=0).columns
             if _numbers_only(first.iloc[0] if len(first) else []):
-                frame = _by_shape(path, layout, list(first.iloc[0]))
+
+                def read(names: tuple[str, ...]) -> pd.DataFrame:
+                    return layout.read(
+                        path, header=None, names=list(names), dtype={"trade_id": str}
+                    )
+
+                frame = _by_shape(path, read, list(first.iloc[0]))
                 names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
             else:
                 names = _rtml_names(header, mapping)
@@ -625,7 +666,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
-            "give a UTF-8 CSV with a header row, or a Parquet file"
+            "give a UTF-8 CSV with a header row, JSON, or a Parquet file"
         ) from None
     frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
     frame = _trades_without_id_or_side(frame)

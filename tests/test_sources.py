@@ -9,7 +9,7 @@ import json
 import statistics
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -836,3 +836,63 @@ def test_a_file_is_turned_into_records_a_part_at_a_time_with_the_same_result(
     monkeypatch.setattr(files, "ROWS_AT_ONCE", 7)
     assert [repr(r) for r in replay(path)] == whole
     assert sum("BadRecord" in r for r in whole) == 1 and len(whole) > 50
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        (  # an exchange's REST candles, saved as they came: an array of rows
+            "BTCUSDT-1h-2024-01.json",
+            lambda rows: json.dumps(
+                [
+                    [1704067200000 + 3_600_000 * i, str(o), str(h), str(lo), str(c), "7", *[0] * 6]
+                    for i, (o, h, lo, c) in enumerate(rows)
+                ]
+            ),
+        ),
+        (  # an array of objects, numbers as text (as many APIs write prices)
+            "BTCUSDT.json",
+            lambda rows: json.dumps(
+                [
+                    {"time": 1704067200 + 3600 * i, "open": str(o), "high": h, "low": lo}
+                    | {"close": c, "volume": 7}
+                    for i, (o, h, lo, c) in enumerate(rows)
+                ]
+            ),
+        ),
+        (  # one object a line
+            "BTCUSDT.jsonl",
+            lambda rows: "\n".join(
+                json.dumps({"ts": f"2024-01-01T{i:02d}:00:00Z", "open": o, "high": h}).replace(
+                    "}", f', "low": {lo}, "close": {c}, "volume": 7}}'
+                )
+                for i, (o, h, lo, c) in enumerate(rows)
+            ),
+        ),
+    ],
+)
+def test_a_json_file_of_candles_replays_as_a_csv_would(
+    tmp_path: Path, name: str, write: Callable[[list[tuple[float, ...]]], str]
+) -> None:
+    """JSON was refused by its suffix: exchanges' REST APIs give candles as arrays of rows,
+    and trade dumps are often one object a line."""
+    rows: list[tuple[float, ...]] = [(100.0, 102.0, 99.0, 101.0), (101.0, 103.0, 100.0, 102.0)]
+    path = tmp_path / name
+    path.write_text(write(rows))
+    got = list(replay(path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 8
+    assert [t.price for t in trades] == [p for row in rows for p in row]
+    assert [t.ts for t in trades[::4]] == [1704067200.0, 1704070800.0]
+    assert {t.symbol for t in trades} == {"BTCUSDT"}
+    assert candle_profile(path) == CandleProfile(3600, 0.0)
+
+
+def test_json_that_is_not_a_table_says_what_to_give(tmp_path: Path) -> None:
+    path = tmp_path / "trades.json"
+    path.write_text("[]")
+    with pytest.raises(ConfigError, match="JSON array of objects"):
+        list(replay(path))
+    path.write_text('[{"price": 1}, ')
+    with pytest.raises(ConfigError, match="could not be read"):
+        list(replay(path))

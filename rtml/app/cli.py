@@ -196,7 +196,8 @@ _source_option = click.option(
     "--source",
     default="synthetic",
     show_default=True,
-    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV/Parquet file.",
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON or "
+    "Parquet file of trades or candles.",
 )
 _column_option = click.option(
     "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."
