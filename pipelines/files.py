@@ -445,6 +445,10 @@ HEADERLESS_TRADES: dict[int, tuple[str, ...]] = {
 aggTrades (told from candles by their `true`/`false` columns) and Kraken's time, price and
 volume."""
 
+HEADERLESS_SINCE = 631_152_000.0
+"""1990-01-01: the times in a trade file without a header row are after it (electronic
+exchanges' dumps); a column of prices or sizes read as times would be in 1970."""
+
 SHAPED = 0.98
 """The share of a headerless file's first rows of numbers that must have its layout's shape
 for the file to be read so. Its other rows are read as any file's rows are: one that is not
@@ -502,7 +506,9 @@ def _by_shape(
         price, size = (pd.to_numeric(head[n], errors="coerce") for n in ("price", "size"))
         when = head["ts"].map(ts_or_none).astype(float)
         readable = price.notna() & size.notna() & when.notna()
-        if _shaped((price > 0) & (size >= 0), readable):
+        # a time of an exchange's trade: 42000.5 read as a time would be 1970, so a price or
+        # a size in the first column does not pass for one
+        if _shaped((price > 0) & (size >= 0) & (when >= HEADERLESS_SINCE), readable):
             log.info("%s has no header row: read as trades (%s)", path, ", ".join(trades))
             if sided:  # the buyer made the market: the taker sold
                 maker = frame["buyer_maker"].astype(str).str.strip().str.lower() == "true"

@@ -721,6 +721,7 @@ def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> Non
         ["1704067200,42283.5,0.5,7", "1704067201,42284.0,0.1,8"],  # four columns
         ["1704067200,5,4,1,2,10", "1704067260,2,9,1,3,10"],  # a high below its open
         ["1,42000.5,0.1,4200.05,1704067200000,1,true"],  # Binance's 7, its booleans misplaced
+        ["42000.5,0.1,1704067200", "42001.5,0.2,1704067201"],  # price, size, time: not Kraken's
     ],
 )
 def test_a_file_without_a_header_row_of_no_known_shape_says_so(
