@@ -180,16 +180,34 @@ _AMBIGUOUS_DAY = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b")
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
 """Epoch numbers this large are nanoseconds, microseconds or milliseconds: 1e11 seconds is
 the year 5138, and 1e11 milliseconds is 1973."""
-_LAST_SECOND = EPOCH_UNITS[-1][0]
-"""Times are read as seconds below this only: a later one (an ISO `9999-12-31`, 1e23 ns)
-would be read again as milliseconds wherever it is passed on as seconds, and land in 1978."""
+FIRST_TIME = -9_214_560_000.0
+"""1678-01-01, the earliest time rtml reads: the offline store's timestamps (pandas' and
+Arrow's nanoseconds) begin in 1677, and a candle of a trade dated 1600 failed the whole write
+of its batch."""
+LAST_TIME = 9_214_646_400.0
+"""2262-01-01, after the last time rtml reads: those timestamps end in 2262. A later one (an
+ISO `9999-12-31`, 1e23 ns) could not be stored, and past 1e11 s it would be read again as
+milliseconds wherever it is passed on as seconds, and land in 1978."""
 
 
 def _seconds_read_back(seconds: float, value: Any) -> float:
-    """`seconds`, if reading it again as an epoch number gives it back; else out of range."""
-    if seconds >= _LAST_SECOND:
+    """`seconds`, if it is a time rtml can store (and so reads back as it is); else out of
+    range."""
+    if not FIRST_TIME <= seconds < LAST_TIME:
         raise BadRecord(
-            "out_of_range", f"ts {value!r:.80} is after the year 5138, the last one rtml reads"
+            "out_of_range",
+            f"ts {value!r:.80} is outside 1678-2261, the years rtml's stores hold",
+        )
+    return seconds
+
+
+def event_time(record: dict[str, Any], field: str) -> float:
+    """`record[field]` as an epoch time in seconds of a record rtml writes (above zero, and
+    before `LAST_TIME`), or BadRecord."""
+    seconds = number(record, field, positive=True)
+    if seconds >= LAST_TIME:
+        raise BadRecord(
+            "out_of_range", f"{field} {record[field]!r:.80} is after 2261, the last year rtml reads"
         )
     return seconds
 
@@ -210,7 +228,7 @@ def parse_ts(value: Any) -> float:
     >>> parse_ts("9999-12-31")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    rtml.records.BadRecord: out_of_range: ts '9999-12-31' is after the year 5138, ...
+    rtml.records.BadRecord: out_of_range: ts '9999-12-31' is outside 1678-2261, ...
     """
     if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -257,7 +275,7 @@ def parse_ts(value: Any) -> float:
     for least, per_second in EPOCH_UNITS:
         if seconds >= least:
             return _seconds_read_back(seconds / per_second, value)
-    return seconds
+    return _seconds_read_back(seconds, value)
 
 
 def parse_trade(raw: bytes | str | dict[str, Any]) -> Trade:
@@ -416,15 +434,15 @@ PREDICTION_FIELDS = ("symbol", "ts", "prediction", "model_version")
 
 
 def usual_ts(ts: Any) -> float | None:
-    """A record's time as rtml writes it (a float) or as many write it (whole seconds), within
-    the bounds every number is held to; None for anything else, which `number` then reads.
+    """A record's time as rtml writes it (a float) or as many write it (whole seconds), above
+    zero and before `LAST_TIME`; None for anything else, which `event_time` then reads.
 
     >>> usual_ts(1_700_000_000), usual_ts(1.5), usual_ts(0), usual_ts("1"), usual_ts(True)
     (1700000000.0, 1.5, None, None, None)
     """
     if type(ts) is float:
-        return ts if 0.0 < ts < _FLOAT_BOUND else None
-    if type(ts) is int and 0 < ts < _INT_BOUND:
+        return ts if 0.0 < ts < LAST_TIME else None
+    if type(ts) is int and 0 < ts < LAST_TIME:
         return float(ts)
     return None
 
@@ -449,7 +467,7 @@ def parse_features(raw: bytes | dict[str, Any], names: Iterable[str] | None = No
             return FeatureRow(symbol, seconds, _values(features, names))
     _required(record, FEATURES_FIELDS)
     symbol = _symbol(record)
-    ts = number(record, "ts", positive=True)
+    ts = event_time(record, "ts")
     return FeatureRow(symbol, ts, _values(_object(record, "features"), names))
 
 
@@ -480,14 +498,14 @@ def parse_example(raw: bytes | dict[str, Any], names: Iterable[str] | None = Non
             and type(ts) is float
             and type(label_ts) is float
             and type(target) is float
-            and 0.0 < ts < label_ts < _FLOAT_BOUND
+            and 0.0 < ts < label_ts < LAST_TIME
             and -_FLOAT_BOUND < target < _FLOAT_BOUND
         ):
             return Example(symbol, ts, label_ts, _values(features, names), target)
     _required(record, EXAMPLE_FIELDS)
     symbol = _symbol(record)
     features = _object(record, "features")
-    ts, label_ts = number(record, "ts", positive=True), number(record, "label_ts", positive=True)
+    ts, label_ts = event_time(record, "ts"), event_time(record, "label_ts")
     target = number(record, "target", positive=False)
     if label_ts <= ts:
         raise BadRecord("leak", f"label_ts {label_ts} is not after ts {ts}")
@@ -499,7 +517,7 @@ def parse_prediction(raw: bytes) -> Prediction:
     record = decode_object(raw)
     _required(record, PREDICTION_FIELDS)
     symbol = _symbol(record)
-    ts = number(record, "ts", positive=True)
+    ts = event_time(record, "ts")
     if record["prediction"] is None:
         raise BadRecord("no_prediction", "the model gave no finite prediction")
     prediction = number(record, "prediction", positive=False)

@@ -527,3 +527,74 @@ def test_history_reads_recent_parts_of_a_live_store_and_all_of_a_replayed_past(
     )
     fs.append_parquet(directory, candles_frame(live.candles))
     assert History.read(settings, 3).candles["A"] == live.candles[-(WARMUP + 3) :]
+
+
+HOSTILE_TIMES: list[object] = [
+    "1600-01-01",
+    "0001-01-01T00:00:00",
+    "1677-09-21T00:12:43",
+    "1677-12-31T23:59:59",
+    "2262-04-12",
+    "2300-01-01T00:00:00+05:00",
+    "9999-12-31",
+    "99999999999999999999999",
+    9_300_000_000,  # seconds of the year 2264
+    9.3e12,  # milliseconds of it
+    1e29,
+    -1.0,
+    0,
+    "-62135596800",
+    "1e400",
+    "2024-01-02",  # and times that are fine, at the edges too
+    "1678-01-01T00:00:00",
+    "2261-12-31T23:59:59",
+    1_700_000_000,
+    1_700_000_000_000_000_000,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_TIMES)
+def test_every_time_rtml_reads_can_be_stored(value: object) -> None:
+    """A trade dated 1600, the first of its symbol, became a candle that could not be written
+    to the offline store (whose timestamps hold 1677 to 2262): the write of its whole batch
+    failed. Every time a trade, a features, an examples or a predictions record carries is
+    either one the stores hold or refused as `out_of_range` (or another class), on its own."""
+    import pandas as pd
+
+    from rtml.records import parse_example, parse_features, parse_prediction
+
+    trade = {"symbol": "X", "trade_id": "1", "price": 1.0, "size": 1.0, "side": "buy"}
+    readers = {
+        "trade": lambda ts: parse_trade(trade | {"ts": ts}).ts,
+        "features": lambda ts: (
+            parse_features(json.dumps({"symbol": "X", "ts": ts, "features": {}}).encode()).ts
+        ),
+        "example": lambda ts: (
+            parse_example(
+                {"symbol": "X", "ts": ts, "label_ts": 9.2e9, "features": {}, "target": 0.0}
+            ).ts
+        ),
+        "label": lambda ts: (
+            parse_example(
+                {"symbol": "X", "ts": 1.0, "label_ts": ts, "features": {}, "target": 0.0}
+            ).label_ts
+        ),
+        "prediction": lambda ts: (
+            parse_prediction(
+                json.dumps(
+                    {"symbol": "X", "ts": ts, "prediction": 0.0, "model_version": "1"}
+                ).encode()
+            ).ts
+        ),
+    }
+    for kind, read in readers.items():
+        try:
+            seconds = read(value)
+        except BadRecord:
+            continue
+        stored = pd.to_datetime(pd.Series([seconds]), unit="s", utc=True)  # as the sink does
+        assert stored.notna().all(), (kind, value)
+        assert datetime.fromtimestamp(seconds, UTC).year < 2262, (kind, value)
+    if value in ("1600-01-01", "9999-12-31", 9_300_000_000, "2262-04-12"):
+        with pytest.raises(BadRecord, match="out_of_range"):
+            parse_trade(trade | {"ts": value})

@@ -84,7 +84,8 @@ def spoiled() -> list[dict[str, Any] | bytes]:
         usual(ts=0.0),
         usual(ts=-5.0),
         usual(ts="1700000000"),
-        usual(ts=1e29),  # far ahead: future
+        usual(ts=9e9),  # the year 2255, far ahead of the clock: future
+        usual(ts=1e29),  # past 2261, beyond any time rtml stores: out_of_range
         usual(features=[1, 2]),
         {"symbol": "S", "ts": 1_700_000_120.0},
         b'{"symbol": "S", "ts": 1700000180.0, "features": {"ret_1": NaN}}',
