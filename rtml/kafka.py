@@ -320,7 +320,10 @@ def replay_value(dead: Mapping[str, Any]) -> bytes | None:
     if dead.get("raw_truncated"):
         return None
     if "raw_base64" in dead:
-        return base64.b64decode(str(dead["raw_base64"]))
+        try:
+            return base64.b64decode(str(dead["raw_base64"]), validate=True)
+        except ValueError:  # binascii.Error: not a copy rtml wrote
+            return None
     return str(dead.get("raw", "")).encode()
 
 
@@ -368,6 +371,26 @@ def read_messages(
     messages: list[tuple[bytes | None, bytes]] = []
     scan(settings, [topic], lambda m: messages.append((m.key(), m.value() or b"null")), timeout)
     return messages
+
+
+def read_dead_letters(
+    settings: Settings, topic: str, timeout: float = 30.0
+) -> tuple[list[tuple[bytes | None, dict[str, Any]]], int]:
+    """The dead letters on the DLQ `topic` as (key, record), and how many of its records are
+    not dead letters (not a JSON object with a reason): a DLQ is a topic like any other, and
+    anything a client writes to it must not stop the operator's window onto it."""
+    letters: list[tuple[bytes | None, dict[str, Any]]] = []
+    foreign = 0
+    for key, value in read_messages(settings, topic, timeout):
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and "reason" in record:
+            letters.append((key, record))
+        else:
+            foreign += 1
+    return letters, foreign
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict[str, Any]]:

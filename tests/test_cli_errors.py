@@ -79,7 +79,7 @@ def test_a_candle_file_unlike_the_settings_is_refused_with_what_to_set(tmp_path:
 def test_dlq_show_counts_reasons_and_replay_puts_records_back(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from rtml.kafka import Topics, dead_letter, ensure_topics, make_producer, read_messages
+    from rtml.kafka import Topics, dead_letter, dlq, ensure_topics, make_producer, read_messages
 
     local = settings.model_copy(update={"topic_prefix": f"dlq{free_port()}."})
     topics = Topics.of(local)
@@ -89,13 +89,17 @@ def test_dlq_show_counts_reasons_and_replay_puts_records_back(
     dead_letter(producer, topics.trades, "unknown_symbol: not configured", trade, key=b"NEW/USD")
     dead_letter(producer, topics.trades, "not_json: oops", b"{oops", origin="trades[0]@7")
     dead_letter(producer, topics.trades, "too_large: big", b'"' * 100_000, origin="trades[1]@9")
+    # a DLQ is a topic anyone can write to: what is not rtml's dead letter stops nothing
+    for foreign in (b"garbage", b"[1, 2]", None, b'{"reason": "x: y", "raw_base64": "!!"}'):
+        producer.produce(dlq(topics.trades), value=foreign)
     producer.flush(10)
     env = _env(tmp_path) | local.as_env(
         "state_dir", "kafka_port", "redis_port", "mlflow_port", "topic_prefix"
     )
     shown = _rtml(env, "dlq", "show", "trades", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert "3 record(s)" in shown.stdout
+    assert "4 record(s)" in shown.stdout
+    assert "3  other record(s) on it that are not rtml's dead letters" in shown.stdout
     for reason in ("unknown_symbol", "not_json", "too_large"):
         assert reason in shown.stdout
 
@@ -104,7 +108,10 @@ def test_dlq_show_counts_reasons_and_replay_puts_records_back(
     assert "replayed 1 record(s)" in replayed.stdout
     assert read_messages(local, topics.trades, timeout=30) == [(b"NEW/USD", trade)]
     everything = _rtml(env, "dlq", "replay", "trades", cwd=tmp_path)
-    assert "1 truncated copies skipped" in everything.stdout  # 100 KB kept only its first 16
+    assert everything.returncode == 0, everything.stderr[-2000:]
+    # 100 KB kept only its first 16; the copy that is not base64 cannot be read either
+    assert "2 truncated copies (or copies rtml cannot read) skipped" in everything.stdout
+    assert "3 record(s) that are not rtml's dead letters left alone" in everything.stdout
 
 
 def test_a_demo_or_evaluation_of_a_file_it_cannot_read_stops_before_starting_anything(

@@ -312,12 +312,15 @@ def dlq_show(settings: Settings, topic: str, last: int) -> None:
     """Count TOPIC's dead letters by reason and by origin; show the newest."""
     from collections import Counter
 
-    from rtml.kafka import Topics, read_topic
+    from rtml.kafka import Topics, read_dead_letters
     from rtml.kafka import dlq as dead_letters_of
 
     name = dead_letters_of(getattr(Topics.of(settings), topic))
-    records = read_topic(settings, name, timeout=30)
+    letters, foreign = read_dead_letters(settings, name, timeout=30)
+    records = [record for _, record in letters]
     click.echo(f"{name}: {len(records)} record(s)")
+    if foreign:
+        click.echo(f"  {foreign:8d}  other record(s) on it that are not rtml's dead letters")
     reasons = Counter(str(r.get("reason", "")).split(":", 1)[0] for r in records)
     for reason, n in reasons.most_common():
         click.echo(f"  {n:8d}  {reason}")
@@ -336,16 +339,14 @@ def dlq_show(settings: Settings, topic: str, last: int) -> None:
 def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
     """Produce TOPIC's dead letters back onto TOPIC, keyed as they came; for after the cause
     is fixed (e.g. a symbol added to RTML_SYMBOLS). Truncated copies cannot be replayed."""
-    import orjson
-
-    from rtml.kafka import Topics, make_producer, read_messages, replay_value, send
+    from rtml.kafka import Topics, make_producer, read_dead_letters, replay_value, send
     from rtml.kafka import dlq as dead_letters_of
 
     target = getattr(Topics.of(settings), topic)
     producer = make_producer(settings)
     sent = skipped = 0
-    for key, value in read_messages(settings, dead_letters_of(target), timeout=30):
-        record = orjson.loads(value)
+    letters, foreign = read_dead_letters(settings, dead_letters_of(target), timeout=30)
+    for key, record in letters:
         if reason is not None and str(record.get("reason", "")).split(":", 1)[0] != reason:
             continue
         original = replay_value(record)
@@ -357,7 +358,11 @@ def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
         send(producer, target, original, key=None if keyless else key)
         sent += 1
     producer.flush(30)
-    click.echo(f"replayed {sent} record(s) onto {target}; {skipped} truncated copies skipped")
+    other = f"; {foreign} record(s) that are not rtml's dead letters left alone" if foreign else ""
+    click.echo(
+        f"replayed {sent} record(s) onto {target}; {skipped} truncated copies (or copies rtml "
+        f"cannot read) skipped{other}"
+    )
 
 
 @cli.command()
