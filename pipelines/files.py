@@ -414,6 +414,57 @@ def _days_in_order(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame.assign(ts=_iso_days(frame["ts"], order))
 
 
+TIME_FORMATS = (
+    "%Y-%m-%d %H:%M",  # an hour of one digit (9:30), which ISO-8601 does not allow
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %I:%M %p",  # 9:30 AM, as US spreadsheets write times
+    "%Y-%m-%d %I:%M:%S %p",
+    "%b %d, %Y",  # Jan 02, 2024, as quote sites write days
+    "%B %d, %Y",  # January 2, 2024
+    "%d-%b-%Y",  # 02-Jan-2024
+    "%d %b %Y",  # 02 Jan 2024
+    "%d-%b-%Y %H:%M:%S",
+    "%d %b %Y %H:%M:%S",
+    "%b %d, %Y %I:%M %p",
+)
+"""Times a replay file may be written in that are not ISO-8601 (after `_days_in_order` has
+written days with the year last as YYYY-MM-DD), each tried on a sample of the file; the one
+that reads the most of it (the first of equals, and 90% at least) reads the whole column, as
+UTC (a trailing `UTC` or `GMT` is passed over)."""
+
+_TIME_SAMPLE = 50
+
+
+def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A file whose times are text rtml does not read as ISO-8601 or an epoch number, but one
+    of `TIME_FORMATS` reads: its times become epoch seconds, the whole column at once. A time
+    that format does not read is left as it was, and refused on its own with its reason.
+
+    >>> frame = pd.DataFrame({"ts": ["Jan 02, 2024"] * 9 + ["Jan 03, 2024", "soon"]})
+    >>> _times_in_known_formats(frame, Path("x.csv"))["ts"].tolist()[-3:]
+    [1704153600.0, 1704240000.0, 'soon']
+    """
+    if "ts" not in frame.columns or frame["ts"].dtype != object:
+        return frame
+    given = frame["ts"].dropna()
+    sample = [v.strip() for v in given.head(_TIME_SAMPLE) if isinstance(v, str)]
+    if not sample or sum(ts_or_none(v) is None for v in sample) * 2 <= len(sample):
+        return frame  # rtml reads these times as they are
+    text = frame["ts"].astype(str).str.strip().str.replace(r"\s+(UTC|GMT)$", "", regex=True)
+    probe = pd.Series(sample).str.replace(r"\s+(UTC|GMT)$", "", regex=True)
+    reads = {
+        pattern: int(pd.to_datetime(probe, format=pattern, errors="coerce").notna().sum())
+        for pattern in TIME_FORMATS
+    }
+    pattern = max(reads, key=lambda p: reads[p])  # the first of the best, in order
+    if reads[pattern] < 0.9 * len(sample):
+        return frame  # no known format: each time is refused with its reason
+    moments = pd.to_datetime(text, format=pattern, errors="coerce")
+    seconds = (moments - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
+    log.info("%s: times are read as %s (UTC)", path, pattern)
+    return frame.assign(ts=seconds.astype(object).where(moments.notna(), frame["ts"]))
+
+
 HEADERLESS: dict[int, tuple[str, ...]] = {
     12: (
         "ts",
@@ -678,7 +729,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     frame = _trades_without_id_or_side(frame)
     if "volume" in frame.columns and frame["volume"].dtype == object:
         frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))
-    frame = _days_in_order(_one_instrument(frame, path), path)
+    frame = _times_in_known_formats(_days_in_order(_one_instrument(frame, path), path), path)
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)

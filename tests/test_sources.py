@@ -10,7 +10,7 @@ import statistics
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -897,3 +897,36 @@ def test_json_that_is_not_a_table_says_what_to_give(tmp_path: Path) -> None:
     path.write_text('[{"price": 1}, ')
     with pytest.raises(ConfigError, match="could not be read"):
         list(replay(path))
+
+
+@pytest.mark.parametrize(
+    ("written", "hour"),
+    [
+        (lambda d: d.strftime("%b %d, %Y"), 0.0),  # quote sites' days: Jan 02, 2024
+        (lambda d: d.strftime("%B %-d, %Y"), 0.0),  # January 2, 2024
+        (lambda d: d.strftime("%d-%b-%Y"), 0.0),  # 02-Jan-2024
+        (lambda d: d.strftime("%d %b %Y"), 0.0),
+        (lambda d: d.strftime("%Y-%m-%d %-H:%M"), 9.5),  # an hour of one digit
+        (lambda d: d.strftime("%-m/%-d/%Y %-I:%M:%S %p"), 9.5),  # 1/2/2024 9:30:00 AM
+        (lambda d: (d + timedelta(hours=4)).strftime("%-m/%-d/%Y %-I:%M:%S %p"), 13.5),  # PM
+        (lambda d: d.strftime("%Y-%m-%d %H:%M:%S UTC"), 9.5),
+    ],
+)
+def test_times_written_as_people_and_vendors_write_them(
+    tmp_path: Path, written: Callable[[datetime], str], hour: float
+) -> None:
+    """Every row of such a file was refused as not ISO-8601. A sample of the file tells its
+    format, and the whole column is read in it; a row that format does not read is still
+    refused on its own."""
+    first = datetime(2024, 1, 2, 9, 30) if hour else datetime(2024, 1, 2)
+    days = [written(first + timedelta(days=i)) for i in range(30)]
+    rows = [f'"{d}",1,2,0.5,1.5,10' for d in days] + ['"the next day",1,2,0.5,1.5,10']
+    path = tmp_path / "X.csv"
+    path.write_text("Date,Open,High,Low,Close,Volume\n" + "\n".join(rows) + "\n")
+    got = list(replay(path, candle_seconds=60))
+    trades = [t for t in got if isinstance(t, Trade)]
+    refused = [r for r in got if isinstance(r, BadRecord)]
+    assert len(trades) == 4 * len(days) and [r.kind for r in refused] == ["wrong_type"]
+    starts = [datetime.fromtimestamp(t.ts, UTC) for t in trades[::4]]
+    assert [(s.year, s.month, s.day) for s in starts[:2]] == [(2024, 1, 2), (2024, 1, 3)]
+    assert starts[0].hour + starts[0].minute / 60 == hour
