@@ -350,7 +350,7 @@ class Predictor:
             raise HTTPException(422, "models are sharded: pass ?symbol= to choose its model")
         if self.holder.model_for(symbol or "") is None:
             self.metrics.errors.labels("unknown_symbol").inc()
-            raise HTTPException(404, f"no shard in RTML_SHARDS serves {symbol!r}")
+            raise HTTPException(404, f"no shard in RTML_SHARDS serves {symbol!r:.80}")
         current = self.holder.for_symbol(symbol or "")
         if current is None:
             self.metrics.errors.labels("no_model").inc()
@@ -379,7 +379,7 @@ class Predictor:
         x = {n: float(row[n][0]) for n in FEATURE_NAMES if row.get(n, [None])[0] is not None}
         if not x:
             self.metrics.errors.labels("unknown_symbol").inc()
-            raise HTTPException(404, f"no online features for {symbol!r}")
+            raise HTTPException(404, f"no online features for {symbol!r:.80}")
         feature_ts = max(row[f"{n}__ts"][0] for n in x)
         now = time.time()
         prediction = self._predict(model, x)

@@ -155,6 +155,8 @@ def _metric(text: str, name: str) -> float:
 def test_bad_requests_get_clear_statuses(served: tuple[TestClient, ModelHolder]) -> None:
     client, _ = served
     assert client.get("/predict/NOPE-never-seen").status_code == 404
+    long = client.get("/predict/" + "X" * 20_000)  # a symbol is echoed bounded, not whole
+    assert long.status_code == 404 and len(long.content) < 300
     assert client.post("/predict", json={"rows": "x"}).status_code == 422
     assert client.post("/predict", json={"rows": []}).status_code == 422
     typo = client.post("/predict", json={"rows": [{"ret_1": 0.01, "ret1": 0.02}]})
