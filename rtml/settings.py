@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from rtml.errors import ConfigError
 
@@ -32,6 +33,13 @@ SERVICE_VARIABLES = {
     "mlflow_tracking_uri": ("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI"),
 }
 """The variables that point at external services, the usual name first."""
+
+
+def _variable(field: str) -> str:
+    """The environment variable a field is read from."""
+    aliases = SERVICE_VARIABLES.get(field)
+    return aliases[0] if aliases else f"RTML_{field.upper()}"
+
 
 # feature_repo/ installs inside the package, so a non-editable install finds its Feast repo
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -47,10 +55,10 @@ class Settings(BaseSettings):
     # Embedded stack
     state_dir: Path = Path(".rtml")
     bind_host: str = "127.0.0.1"
-    kafka_port: int = 19092
-    redis_port: int = 16379
-    mlflow_port: int = 15000
-    up_timeout_s: float = 90.0
+    kafka_port: int = Field(default=19092, ge=0, le=65535)
+    redis_port: int = Field(default=16379, ge=0, le=65535)
+    mlflow_port: int = Field(default=15000, ge=0, le=65535)
+    up_timeout_s: float = Field(default=90.0, gt=0)
 
     # External services: when given, `rtml up` does not start the embedded one.
     kafka_bootstrap_servers: str | None = Field(
@@ -63,7 +71,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices(*SERVICE_VARIABLES["mlflow_tracking_uri"])
     )
 
-    redis_timeout_s: float = 1.0
+    redis_timeout_s: float = Field(default=1.0, gt=0)
 
     # Kafka clients
     kafka_security_protocol: str = "PLAINTEXT"
@@ -71,34 +79,34 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     topic_prefix: str = ""
-    kafka_partitions: int = 4
-    kafka_replication_factor: int = 1
+    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
     # Measured on the embedded broker: eager `range` assignment and short group timeouts make
     # consumer groups settle in seconds; they are valid for Apache Kafka and Redpanda too.
-    kafka_session_timeout_ms: int = 6000
-    kafka_heartbeat_interval_ms: int = 1000
-    kafka_max_poll_interval_ms: int = 10000
+    kafka_session_timeout_ms: int = Field(default=6000, gt=0)
+    kafka_heartbeat_interval_ms: int = Field(default=1000, gt=0)
+    kafka_max_poll_interval_ms: int = Field(default=10000, gt=0)
 
     # Feast
     feature_repo: Path = PACKAGE_DIR / "feature_repo"
     feast_project: str = "rtml"
 
     # Market data and labels
-    symbols: tuple[str, ...] = ("BTC/USD", "ETH/USD", "SOL/USD")
-    candle_seconds: int = 60
-    horizon: int = 5
-    allowed_lateness_s: float = 5.0
+    symbols: Annotated[tuple[str, ...], NoDecode] = ("BTC/USD", "ETH/USD", "SOL/USD")
+    candle_seconds: int = Field(default=60, ge=1)
+    horizon: int = Field(default=5, ge=1)
+    allowed_lateness_s: float = Field(default=5.0, ge=0)
     # a window without trades: `flat` candle at the last close (24/7 markets), or `skip` it
     # (markets with sessions: H then counts candles that exist)
     gap_policy: Literal["flat", "skip"] = "flat"
     # how far past both its symbol's newest time and the clock an event time may be (never
     # under two candles), else `future` (event_time.future_reason). Wide by default, as the demo's
     # simulator runs ahead of the clock; a live deployment sets minutes
-    max_future_s: float = 7 * 86400.0
+    max_future_s: float = Field(default=7 * 86400.0, gt=0)
     # the longest silence a symbol's series bridges (a longer one restarts it, with no flat
     # candles and no label across it), and how far a settled series may jump ahead in replay
     # time (a third record in a row agreeing on a longer jump is a real gap)
-    max_silence_s: float = 7 * 86400.0
+    max_silence_s: float = Field(default=7 * 86400.0, gt=0)
     # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
     commit_interval_s: float = Field(default=5.0, gt=0)
     # Prometheus metrics of the headless consumers (features, train, predict-stream); unset:
@@ -117,42 +125,68 @@ class Settings(BaseSettings):
 
     # Predictor
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: int = Field(default=8000, ge=0, le=65535)
     api_token: SecretStr | None = None
-    max_body_bytes: int = 1_000_000
-    max_batch_rows: int = 1000
-    model_poll_s: float = 1.0
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    max_batch_rows: int = Field(default=1000, ge=1)
+    model_poll_s: float = Field(default=1.0, gt=0)
     api_access_log: bool = True
 
     # Monitor and dashboard
     monitor_host: str = "127.0.0.1"
-    monitor_port: int = 8001
-    monitor_history: int = 2000
-    monitor_log_interval_s: float = 10.0
+    monitor_port: int = Field(default=8001, ge=0, le=65535)
+    monitor_history: int = Field(default=2000, ge=1)
+    monitor_log_interval_s: float = Field(default=10.0, gt=0)
 
     # Trainer
     model: str = "linear"
     model_params: dict[str, float] = Field(default_factory=dict)
-    warm_start_epochs: int = 3
-    metrics_window: int = 500
-    checkpoint_every: int = 1000
-    checkpoint_interval_s: float = 30.0
+    warm_start_epochs: int = Field(default=3, ge=0)
+    metrics_window: int = Field(default=500, ge=1)
+    checkpoint_every: int = Field(default=1000, ge=1)
+    checkpoint_interval_s: float = Field(default=30.0, gt=0)
     # count-based checkpoints at most this often: catching up at thousands of examples a
     # second, one every `checkpoint_every` would keep the uploader busy, and it shares the
     # interpreter with learning
-    checkpoint_min_interval_s: float = 1.0
+    checkpoint_min_interval_s: float = Field(default=1.0, ge=0)
     # a checkpoint that passes the gate becomes a model version at most this often
-    register_interval_s: float = 120.0
-    checkpoint_queue: int = 4
-    max_mae: float = 0.05
+    register_interval_s: float = Field(default=120.0, ge=0)
+    checkpoint_queue: int = Field(default=4, ge=1)
+    max_mae: float = Field(default=0.05, gt=0)
     # a candidate must beat the naive baseline by this many block standard errors, and the
     # champion by `gate_z_champion` (both versions already cleared naive: a fresher one need
     # not clear as high a bar to follow a drifting market)
     gate_z: float = 2.0
     gate_z_champion: float = 1.0
-    drift_delta: float = 0.002
+    drift_delta: float = Field(default=0.002, gt=0, lt=1)
     drift_response: Literal["none", "reset", "challenger"] = "none"
-    keep_versions: int = 50
+    keep_versions: int = Field(default=50, ge=1)
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols_as_written(cls, value: object) -> object:
+        """`RTML_SYMBOLS=BTC/USD,ETH/USD` as users write a list, or a JSON array, as `as_env`
+        writes it; at least one symbol, each once.
+
+        >>> Settings(symbols="BTC/USD, ETH/USD").symbols, Settings(symbols='["X/USD"]').symbols
+        (('BTC/USD', 'ETH/USD'), ('X/USD',))
+        """
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise ValueError(f"not a JSON array: {text[:80]!r}") from None
+            else:
+                value = [part.strip() for part in text.split(",")]
+        if isinstance(value, list | tuple):
+            if not value or any(not isinstance(v, str) or not v.strip() for v in value):
+                raise ValueError("give one symbol or more, e.g. BTC/USD,ETH/USD")
+            value = tuple(v.strip() for v in value)
+            if len(set(value)) < len(value):
+                raise ValueError(f"a symbol is given twice in {list(value)[:10]}")
+        return value
 
     @field_validator("api_token", mode="before")
     @classmethod
@@ -163,6 +197,42 @@ class Settings(BaseSettings):
         True
         """
         return None if value == "" else value
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings of the environment (and `.env`), or a ConfigError naming each
+        variable that is wrong and why, rather than a validation traceback.
+
+        >>> os.environ["RTML_CANDLE_SECONDS"] = "0"
+        >>> try:
+        ...     Settings.from_env()
+        ... except ConfigError as exc:
+        ...     print(exc)
+        RTML_CANDLE_SECONDS='0': Input should be greater than or equal to 1
+        >>> del os.environ["RTML_CANDLE_SECONDS"]
+        """
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else ""
+                variable = _variable(field)
+                given = error.get("input")
+                shown = f"={given!r:.80}" if isinstance(given, str | int | float) else ""
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append(f"{variable}{shown}: {message}")
+            raise ConfigError("; ".join(problems)) from None
+        except SettingsError as exc:  # a JSON setting that is not JSON
+            found = re.search(r'field "(\w+)"', str(exc))
+            variable = _variable(found[1]) if found else "a setting"
+            example = {
+                "RTML_SHARDS": """ (e.g. '{"majors": ["BTC/USD"], "alts": ["SOL/USD"]}')""",
+                "RTML_MODEL_PARAMS": """ (e.g. '{"lr": 0.01}')""",
+            }.get(variable, "")
+            raise ConfigError(
+                f"{variable} is not valid JSON: {exc.__cause__ or exc}; write it as JSON{example}"
+            ) from None
 
     def shard_model(self, shard: str) -> str:
         """The registered model of `shard`."""

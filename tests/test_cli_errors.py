@@ -41,6 +41,34 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     return ours[-1]
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("RTML_CANDLE_SECONDS", "0", "RTML_CANDLE_SECONDS='0': Input should be greater than"),
+        ("RTML_CANDLE_SECONDS", "1m", "RTML_CANDLE_SECONDS='1m': Input should be a valid int"),
+        ("RTML_HORIZON", "-1", "RTML_HORIZON='-1'"),
+        ("RTML_SYMBOLS", "", "RTML_SYMBOLS='': give one symbol or more"),
+        ("RTML_SYMBOLS", "A/USD,A/USD", "a symbol is given twice"),
+        ("RTML_KAFKA_PORT", "99999", "RTML_KAFKA_PORT='99999'"),
+        ("RTML_SHARDS", "{majors: BTC}", "RTML_SHARDS is not valid JSON"),
+    ],
+)
+def test_a_setting_that_is_wrong_says_which_and_why_in_one_line(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
+    """A symbol list written as users write lists was a traceback, and a candle length of 0
+    was accepted (and divided by later)."""
+    line = _one_line(_rtml(_env(tmp_path, **{variable: value}), "status", cwd=tmp_path))
+    assert said in line, line
+
+
+def test_symbols_are_read_as_users_write_a_list(tmp_path: Path) -> None:
+    done = _rtml(_env(tmp_path, RTML_SYMBOLS="BTC/USD, ETH/USD"), "status", cwd=tmp_path)
+    # the status of a stack that is not up (exit 1), not a settings error (exit 2)
+    assert done.returncode == 1 and not done.stderr, done.stderr[-2000:]
+    assert done.stdout.startswith("kafka")
+
+
 def test_serve_and_predict_stream_with_mlflow_unreachable(tmp_path: Path) -> None:
     env = _env(tmp_path, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
     for command in ("serve", "predict-stream"):

@@ -41,7 +41,7 @@ def _setup_logging(verbose: bool) -> None:
 def cli(ctx: click.Context, verbose: bool) -> None:
     """rtml: real-time ML with incremental re-training, centred on a feature store."""
     _setup_logging(verbose)
-    ctx.obj = Settings()
+    ctx.obj = Settings.from_env()
 
 
 @cli.command()
