@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 
-from rtml.records import BadRecord, Trade, parse_trade
+from rtml.records import BadRecord, Trade, decode_object, parse_trade
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,29 @@ def subscribe_message(symbols: Sequence[str], snapshot: bool = False) -> str:
 
 
 def trades_from_message(raw: str | bytes) -> Iterator[Trade | BadRecord]:
-    """The trades in one WebSocket message; a malformed trade is yielded as BadRecord."""
+    """The trades in one WebSocket message; a malformed trade, or a message that is not a JSON
+    object, is yielded as BadRecord. The message is decoded by the one guard every consumer
+    uses (`decode_object`: size, depth and integers bounded), so no message stops the feed.
+
+    >>> [b.kind for b in trades_from_message('{"channel": "trade", "data": 7}')]
+    ['wrong_type']
+    >>> [b.kind for b in trades_from_message("[" * 5_000 + "]" * 5_000)]
+    ['too_deep']
+    """
     try:
-        message = json.loads(raw)
-    except ValueError as exc:
-        yield BadRecord("not_json", f"websocket message: {exc}")
+        message = decode_object(raw)
+    except BadRecord as exc:
+        yield BadRecord(exc.kind, f"websocket message: {exc}")
         return
-    if not isinstance(message, dict) or message.get("channel") != "trade":
+    if message.get("channel") != "trade":
         return
-    for item in message.get("data") or []:
+    data = message.get("data") or []
+    if not isinstance(data, list):
+        yield BadRecord("wrong_type", f"trade data is not a list: {data!r:.80}")
+        return
+    for item in data:
         if not isinstance(item, dict):
-            yield BadRecord("wrong_type", f"trade entry is not an object: {item!r}")
+            yield BadRecord("wrong_type", f"trade entry is not an object: {item!r:.80}")
             continue
         record = {
             "symbol": item.get("symbol"),

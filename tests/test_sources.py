@@ -121,6 +121,11 @@ def kraken_server() -> Iterator[tuple[str, list[str]]]:
             return  # the server drops the connection: the client must reconnect
         ws.send(_trade_message("update", [_kraken_trade(4)]))
         ws.send("not json")
+        # hostile ones, each of which stopped the feed: nesting past the parser's depth, and
+        # trade data that is not a list (a number, a long string)
+        ws.send("[" * 50_000 + "]" * 50_000)
+        ws.send(json.dumps({"channel": "trade", "type": "update", "data": 7}))
+        ws.send(json.dumps({"channel": "trade", "type": "update", "data": "x" * 1_000}))
         ws.send(_trade_message("update", [_kraken_trade(5)]))
         try:
             ws.recv(timeout=10)
@@ -150,7 +155,13 @@ def test_live_feed_parses_reconnects_and_reports_bad_messages(
     bad = [i for i in got if isinstance(i, BadRecord)]
     assert [t.trade_id for t in trades] == ["1", "2", "4", "5"]
     assert trades[0].side == "buy" and trades[0].size == 0.5 and trades[0].price == 101.0
-    assert sorted(b.kind for b in bad) == ["not_finite", "not_json"]
+    assert sorted(b.kind for b in bad) == [
+        "not_finite",
+        "not_json",
+        "too_large",  # 100 KB of brackets is past the record size before its depth counts
+        "wrong_type",
+        "wrong_type",
+    ]
     assert len(subscriptions) == 2  # reconnected and subscribed again
     assert json.loads(subscriptions[0])["params"] == {
         "channel": "trade",
