@@ -35,7 +35,19 @@ from rtml.settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "rtml.source"
-_ORIGIN = re.compile(r"\[(\d+)\]@(\d+)$")
+_ORIGIN = re.compile(r"\[([0-9]{1,18})\]@([0-9]{1,18})$")
+"""A dead letter's origin, `trades[3]@1234`: a partition and an offset as Kafka's (a hostile
+copy's 5,000 digits would be past what `int` reads, and stop the pipeline reading back)."""
+
+
+def _position(text: str) -> bool:
+    """Whether a header's part is a partition or an offset as Kafka's: ASCII digits, at most
+    18 (`isdigit` takes `²`, which `int` refuses).
+
+    >>> _position("1234"), _position("²"), _position("9" * 5000), _position("")
+    (True, False, False, False)
+    """
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
 
 
 def source_header(position: tuple[int, int]) -> list[tuple[str, str | bytes | None]]:
@@ -137,6 +149,13 @@ class Emitted:
         >>> e.take(t, "features", b"B", b'{"symbol": "B", "ts": 60.0}', None, frozenset("A"), 1e9)
         >>> e.features, e.through
         ({'A': 120.0}, {('A', 0): 7})
+
+        Hostile positions (a header of `²@7`, an origin of 5,000 digits) are passed over:
+        >>> e.take(t, "features", b"A", row, [("rtml.source", "²@8".encode())], frozenset("A"), 1e9)
+        >>> dead = b'{"origin": "trades[' + b"9" * 5000 + b']@1"}'
+        >>> e.take(t, "trades.dlq", b"A", dead, None, frozenset("A"), 1e9)
+        >>> e.through, e.dead
+        ({('A', 0): 7}, {})
         """
         self.records += 1
         try:
@@ -160,6 +179,6 @@ class Emitted:
         for name, header in headers if isinstance(headers, list) else []:
             if name == SOURCE_HEADER and isinstance(header, bytes):
                 partition, _, offset = header.decode(errors="replace").partition("@")
-                if partition.isdigit() and offset.isdigit():
+                if _position(partition) and _position(offset):
                     where = (symbol, int(partition))
                     self.through[where] = max(int(offset), self.through.get(where, -1))
