@@ -794,6 +794,6 @@ def _positions(origins: list[str], topic: str) -> set[tuple[int, int]]:
     for origin in origins:
         name, _, rest = origin.partition("[")
         partition, _, offset = rest.partition("]@")
-        if name == topic and partition.isdigit() and offset.isdigit():
+        if name == topic and all(p.isascii() and p.isdigit() for p in (partition, offset)):
             found.add((int(partition), int(offset)))
     return found

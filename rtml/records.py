@@ -522,7 +522,13 @@ def parse_prediction(raw: bytes) -> Prediction:
         raise BadRecord("no_prediction", "the model gave no finite prediction")
     prediction = number(record, "prediction", positive=False)
     version = record["model_version"]  # rtml writes it as a string, as the registry does
-    if type(version) is str and version.isdigit() and len(version) <= MAX_INT_DIGITS:
+    # ASCII digits: `isdigit` takes `²`, which `int` refuses
+    if (
+        type(version) is str
+        and version.isascii()
+        and version.isdigit()
+        and len(version) <= MAX_INT_DIGITS
+    ):
         version = int(version)
     if type(version) is not int or not 0 <= version < _INT_BOUND:
         raise BadRecord("wrong_type", f"model_version must be a whole number, got {version!r:.80}")

@@ -201,7 +201,9 @@ class Fused:
     @classmethod
     def of(cls, model: Served) -> Fused:
         scorer = model.scorer
-        if type(scorer) is not LinearScorer or not model.version.isdigit():
+        if type(scorer) is not LinearScorer or not (
+            model.version.isascii() and model.version.isdigit()
+        ):
             return cls(model, 0.0, (), model.version)
         terms = []
         for name in FEATURE_NAMES:

@@ -598,3 +598,123 @@ def test_every_time_rtml_reads_can_be_stored(value: object) -> None:
     if value in ("1600-01-01", "9999-12-31", 9_300_000_000, "2262-04-12"):
         with pytest.raises(BadRecord, match="out_of_range"):
             parse_trade(trade | {"ts": value})
+
+
+ATOMS: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    1.5,
+    -0.0,
+    1e308,
+    -1e308,
+    float("nan"),
+    float("inf"),
+    "",
+    " ",
+    "²",  # a digit to `isdigit`, not to `int`
+    "١٢",  # Arabic-Indic digits, which `int` reads
+    "１２",
+    "9" * 5000,
+    "1e400",
+    "NaN",
+    "-inf",
+    "0x10",
+    "1_000",
+    "42,280.5",
+    "42,5",
+    "2024-01-02",
+    "9999-12-31",
+    "1600-01-01",
+    "\x00",
+    "x" * 300,
+    [],
+    {},
+    [1.0],
+    {"a": 1.0},
+    [[[[[[[[[[1]]]]]]]]]],
+]
+BIG_INTEGERS = [b"1" + b"0" * 40, b"-" + b"9" * 400]
+
+
+def _records() -> dict[str, tuple[dict[str, object], Callable[[bytes], object]]]:
+    from rtml.records import parse_example, parse_features, parse_prediction
+
+    features = {n: 0.01 for n in FEATURE_NAMES}
+    return {
+        "trade": (dict(GOOD, ts=1.7e9), parse_trade),
+        "features": (
+            {"symbol": "X", "ts": 1.7e9, "features": features},
+            lambda raw: parse_features(raw, FEATURE_NAMES),
+        ),
+        "example": (
+            {"symbol": "X", "ts": 1.7e9, "label_ts": 1.7e9 + 300, "features": features}
+            | {"target": 0.01},
+            lambda raw: parse_example(raw, FEATURE_NAMES),
+        ),
+        "prediction": (
+            {"symbol": "X", "ts": 1.7e9, "prediction": 0.01, "model_version": "3"}
+            | {"trained_through": 1.7e9, "model": "m"},
+            parse_prediction,
+        ),
+    }
+
+
+def _holds(kind: str, out: object) -> None:
+    """What a parser returns is bounded, whatever it was given."""
+    from rtml.records import FIRST_TIME, LAST_TIME, MAX_ID_CHARS, SIDES
+
+    ts = getattr(out, "ts")  # noqa: B009
+    assert isinstance(ts, float) and FIRST_TIME <= ts < LAST_TIME
+    assert isinstance(getattr(out, "symbol"), str) and getattr(out, "symbol")  # noqa: B009
+    if kind == "trade":
+        assert isinstance(out, Trade)
+        assert math.isfinite(out.price) and out.price > 0
+        assert math.isfinite(out.size) and out.size >= 0
+        assert out.side in SIDES and len(out.trade_id) <= MAX_ID_CHARS
+    if kind in ("features", "example"):
+        values = getattr(out, "values" if kind == "features" else "features")
+        assert set(values) <= set(FEATURE_NAMES)
+        assert all(type(v) is float and math.isfinite(v) for v in values.values())
+    if kind == "example":
+        assert ts < getattr(out, "label_ts") < LAST_TIME  # noqa: B009
+        assert math.isfinite(getattr(out, "target"))  # noqa: B009
+    if kind == "prediction":
+        assert math.isfinite(getattr(out, "prediction")) and getattr(out, "version") >= 0  # noqa: B009
+
+
+@pytest.mark.parametrize("kind", ["trade", "features", "example", "prediction"])
+def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kind: str) -> None:
+    """Each field of each wire record, and of its features, given every hostile value (types,
+    digits `int` refuses, numbers past any bound, times out of every store's range, nesting),
+    or taken away: the parser returns a record whose fields are bounded, or refuses it as a
+    `BadRecord` with a class. Nothing else: any other exception is a record that the runner
+    could only call an `error` (a model version of `²` was one)."""
+    base, parse = _records()[kind]
+    cases: list[bytes] = [b"", b"null", b"[]", b'"x"', json.dumps(base).encode()]
+    for field in list(base):
+        cases.append(json.dumps({k: v for k, v in base.items() if k != field}).encode())
+        for atom in ATOMS:
+            cases.append(json.dumps(base | {field: atom}).encode())
+        for digits in BIG_INTEGERS:
+            cases.append(json.dumps(base | {field: 0}).encode().replace(b": 0", b": " + digits))
+    if isinstance(base.get("features"), dict):
+        for atom in ATOMS:
+            spoiled = dict(base["features"]) | {"ret_1": atom}  # type: ignore[arg-type]
+            cases.append(json.dumps(base | {"features": spoiled}).encode())
+    unexpected = []
+    for raw in cases:
+        try:
+            out = parse(raw)
+        except BadRecord as exc:
+            assert exc.kind and str(exc), raw[:200]
+            continue
+        except Exception as exc:
+            unexpected.append(f"{type(exc).__name__}: {exc!s:.100} <- {raw[:160]!r}")
+            continue
+        _holds(kind, out)
+    assert not unexpected, "\n".join(unexpected)
+    assert len(cases) > 100
