@@ -250,7 +250,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
     "size": ("qty", "quantity", "amount"),
-    "volume": ("vol", "vol."),
+    "volume": ("vol", "vol.", "tickvol"),
     "trade_id": ("id", "tid", "trade id", "tradeid", "trdmatchid", "match_id", "matchid"),
     "side": ("taker_side", "takerside", "direction"),
 }
@@ -625,11 +625,12 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 _EXCHANGE_FILE = re.compile(
-    r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_\d+)$"
+    r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_(MN|[MHDW])?\d+)$"
 )
 """Exchanges' names of candle and trade files: data.binance.vision's BTCUSDT-1m-2024-01,
 BTCUSDT-1h-2024-01-15, BTCUSDT-1mo-2024-01, BTCUSDT-trades-2024-01-15 and
-BTCUSDT-aggTrades-2024-01, Kraken's XBTUSD_1 (its candle length in minutes)."""
+BTCUSDT-aggTrades-2024-01, Kraken's XBTUSD_1 (its candle length in minutes), MetaTrader's
+EURUSD_M1, EURUSD_H4 and EURUSD_D1."""
 
 
 def _symbol_of(path: Path) -> str:

@@ -300,6 +300,13 @@ def test_an_intraday_export_with_the_day_and_the_time_apart(
             "2024010209{m:02d}00\t1.1\t1.2\t1\t1.1{m}\t10",
             "AAPL",
         ),
+        # MetaTrader's export with its tick volume only (no `<VOL>`), tab-separated
+        (
+            "EURUSD_M1.txt",
+            "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<SPREAD>",
+            "2024.01.02\t09:{m:02d}:00\t1.1\t1.2\t1.0\t1.1{m}\t10\t2",
+            "EURUSD",  # the instrument, not its period
+        ),
         # a day and a time apart, gzipped, as a vendor ships it
         (
             "AAPL.CSV.GZ",
