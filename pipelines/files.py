@@ -249,6 +249,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "time_period_start",
     ),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
+    "price": ("last", "last price", "settle", "trade price"),
+    "close": ("adj close", "adj_close", "adjclose", "adjusted close"),
     "size": ("qty", "quantity", "amount"),
     "volume": ("vol", "vol.", "tickvol"),
     "trade_id": ("id", "tid", "trade id", "tradeid", "trdmatchid", "match_id", "matchid"),
@@ -259,9 +261,10 @@ no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, B
 `open_time`, Kraken's `qty`, the ticker column `Name` of datasets of many stocks, and the
 `<TICKER>`, `<DATE>`, `<TIME>` and `<VOL>` of Stooq's and MetaTrader's text exports, and the
 `Vol.` of quote sites' history downloads, CryptoDataDownload's `Unix`, Bybit's `startTime`,
-BitMEX's `trdMatchID`. Besides these, `openPrice`, `Open Price` or `price_open` is the open
-(and so for high, low and close), and the first `Volume BTC` or `Volume_(BTC)` is the volume
-(`_spelled_apart`)."""
+BitMEX's `trdMatchID`; `Last` or `Settle` (futures' candles) is the close of a candle file
+(`_price_as_close`), and `Adj Close` the close where a file gives no other. Besides these,
+`openPrice`, `Open Price` or `price_open` is the open (and so for high, low and close), and
+the first `Volume BTC` or `Volume_(BTC)` is the volume (`_spelled_apart`)."""
 
 
 def _spelled_apart(loose: Mapping[str, Any], name: str) -> Any | None:

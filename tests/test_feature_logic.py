@@ -703,7 +703,7 @@ def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kin
             cases.append(json.dumps(base | {field: 0}).encode().replace(b": 0", b": " + digits))
     if isinstance(base.get("features"), dict):
         for atom in ATOMS:
-            spoiled = dict(base["features"]) | {"ret_1": atom}  # type: ignore[arg-type]
+            spoiled = dict(base["features"]) | {"ret_1": atom}  # type: ignore[call-overload]
             cases.append(json.dumps(base | {"features": spoiled}).encode())
     unexpected = []
     for raw in cases:

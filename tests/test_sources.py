@@ -948,3 +948,29 @@ def test_times_written_as_people_and_vendors_write_them(
     starts = [datetime.fromtimestamp(t.ts, UTC) for t in trades[::4]]
     assert [(s.year, s.month, s.day) for s in starts[:2]] == [(2024, 1, 2), (2024, 1, 3)]
     assert starts[0].hour + starts[0].minute / 60 == hour
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Date,Open,High,Low,Last,Change,Settle,Volume",  # a futures exchange's daily candles
+        "Date,Open,High,Low,Adj Close,Volume",  # a download whose only close is adjusted
+        "Date,Open,High,Low,Close,Adj Close,Volume",  # both: the close is `Close`
+    ],
+)
+def test_a_close_named_last_settle_or_adj_close_is_the_close(tmp_path: Path, header: str) -> None:
+    """Such files had no column rtml calls `close`: neither trades nor candles, refused."""
+    width = header.count(",") + 1
+    closes = ["1.5", "1.6"]
+    rows = []
+    for day, close in zip(("2024-01-02", "2024-01-03"), closes, strict=True):
+        values = {"Date": day, "Open": "1", "High": "2", "Low": "0.5", "Volume": "10"}
+        names = header.split(",")
+        first_close = next(n for n in names if n in ("Last", "Adj Close", "Close"))
+        values |= {first_close: close}
+        rows.append(",".join(values.get(n, "0.9") for n in names))
+    assert all(row.count(",") + 1 == width for row in rows)
+    path = tmp_path / "ES.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    trades = [t for t in replay(path, candle_seconds=86_400) if isinstance(t, Trade)]
+    assert [t.price for t in trades[3::4]] == [1.5, 1.6]
