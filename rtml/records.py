@@ -184,32 +184,35 @@ FIRST_TIME = -9_214_560_000.0
 """1678-01-01, the earliest time rtml reads: the offline store's timestamps (pandas' and
 Arrow's nanoseconds) begin in 1677, and a candle of a trade dated 1600 failed the whole write
 of its batch."""
+_LAST_SECOND = EPOCH_UNITS[-1][0]
+"""1e11 s, the year 5138: a time past it is no time of any record (an end-of-time sentinel),
+and would be read again as milliseconds wherever it is passed on as seconds."""
 LAST_TIME = 9_214_646_400.0
 """2262-01-01, after the last time rtml reads: those timestamps end in 2262. A later one (an
 ISO `9999-12-31`, 1e23 ns) could not be stored, and past 1e11 s it would be read again as
 milliseconds wherever it is passed on as seconds, and land in 1978."""
 
 
-def _seconds_read_back(seconds: float, value: Any) -> float:
-    """`seconds`, if it is a time rtml can store (and so reads back as it is); else out of
-    range."""
-    if not FIRST_TIME <= seconds < LAST_TIME:
+def _seconds_read_back(seconds: float, value: Any, field: str = "ts") -> float:
+    """`seconds`, if it is a time rtml can store (and so reads back as it is). A time before
+    1678, or past the year 5138 (an end-of-time `9999-12-31`, 1e23 ns), is `out_of_range`;
+    one of the years between, after 2261, is `future`: a record dated 2286 is one from the
+    future, as the event-time rule calls it, that no store could hold either."""
+    if FIRST_TIME <= seconds < LAST_TIME:
+        return seconds
+    if LAST_TIME <= seconds < _LAST_SECOND:
         raise BadRecord(
-            "out_of_range",
-            f"ts {value!r:.80} is outside 1678-2261, the years rtml's stores hold",
+            "future", f"{field} {value!r:.80} is after 2261, the last year rtml's stores hold"
         )
-    return seconds
+    raise BadRecord(
+        "out_of_range", f"{field} {value!r:.80} is outside 1678-2261, the years rtml reads"
+    )
 
 
 def event_time(record: dict[str, Any], field: str) -> float:
     """`record[field]` as an epoch time in seconds of a record rtml writes (above zero, and
-    before `LAST_TIME`), or BadRecord."""
-    seconds = number(record, field, positive=True)
-    if seconds >= LAST_TIME:
-        raise BadRecord(
-            "out_of_range", f"{field} {record[field]!r:.80} is after 2261, the last year rtml reads"
-        )
-    return seconds
+    before `LAST_TIME`), or BadRecord (`future` for the years 2262 to 5138, as `parse_ts`)."""
+    return _seconds_read_back(number(record, field, positive=True), record[field], field)
 
 
 def parse_ts(value: Any) -> float:
@@ -229,6 +232,10 @@ def parse_ts(value: Any) -> float:
     Traceback (most recent call last):
     ...
     rtml.records.BadRecord: out_of_range: ts '9999-12-31' is outside 1678-2261, ...
+    >>> parse_ts("2286-01-01")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.records.BadRecord: future: ts '2286-01-01' is after 2261, ...
     """
     if isinstance(value, datetime):  # a pandas Timestamp is one too, and so is its NaT
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -558,7 +558,8 @@ def test_every_time_rtml_reads_can_be_stored(value: object) -> None:
     """A trade dated 1600, the first of its symbol, became a candle that could not be written
     to the offline store (whose timestamps hold 1677 to 2262): the write of its whole batch
     failed. Every time a trade, a features, an examples or a predictions record carries is
-    either one the stores hold or refused as `out_of_range` (or another class), on its own."""
+    either one the stores hold or refused on its own: `out_of_range` before 1678 or past
+    the year 5138, `future` between (a record dated 2286 is from the future)."""
     import pandas as pd
 
     from rtml.records import parse_example, parse_features, parse_prediction
@@ -595,8 +596,11 @@ def test_every_time_rtml_reads_can_be_stored(value: object) -> None:
         stored = pd.to_datetime(pd.Series([seconds]), unit="s", utc=True)  # as the sink does
         assert stored.notna().all(), (kind, value)
         assert datetime.fromtimestamp(seconds, UTC).year < 2262, (kind, value)
-    if value in ("1600-01-01", "9999-12-31", 9_300_000_000, "2262-04-12"):
+    if value in ("1600-01-01", "9999-12-31", "99999999999999999999999"):
         with pytest.raises(BadRecord, match="out_of_range"):
+            parse_trade(trade | {"ts": value})
+    if value in (9_300_000_000, "2262-04-12", "2300-01-01T00:00:00+05:00"):  # 2262 to 5138
+        with pytest.raises(BadRecord, match="future"):
             parse_trade(trade | {"ts": value})
 
 
