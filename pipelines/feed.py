@@ -54,6 +54,11 @@ def publish(
     return stats
 
 
+LOGGED_PER_CLASS = 10
+"""A backfill logs this many skipped records of each class; the rest are counted (the last
+line gives every class's count)."""
+
+
 def backfill(
     settings: Settings,
     trades: Iterable[Trade | BadRecord],
@@ -92,17 +97,24 @@ def backfill(
         if sink.pending_offline >= part_rows:
             sink.flush_offline()
 
+    def skipped(exc: BadRecord, where: str) -> None:
+        stats.rejected[exc.kind] += 1
+        n = stats.rejected[exc.kind]
+        if n <= LOGGED_PER_CLASS:  # a file of a million bad rows is not a million log lines
+            more = " (later ones of this class are counted, not logged)"
+            log.warning(
+                "backfill skipped %s: %s%s", where, exc, more if n == LOGGED_PER_CLASS else ""
+            )
+
     for item in tqdm(trades, total=total, unit="trade", desc="backfill", mininterval=1.0):
         if isinstance(item, BadRecord):
-            stats.rejected[item.kind] += 1
-            log.warning("backfill skipped a bad record: %s", item)
+            skipped(item, "a bad record")
             continue
         stats.trades += 1
         try:
             take(processor.on_trade(item))
         except BadRecord as exc:
-            stats.rejected[exc.kind] += 1
-            log.warning("backfill skipped %s@%s: %s", item.symbol, item.ts, exc)
+            skipped(exc, f"{item.symbol}@{item.ts}")
     take(processor.flush(math.inf))
     sink.flush_offline()
     if write_online and latest:

@@ -70,3 +70,22 @@ def test_backfill_twice_over_the_same_span_writes_each_row_once(settings: Settin
         assert not mine.duplicated(["symbol", "event_timestamp"]).any(), name
         before = first[name][first[name]["symbol"].isin(local.symbols)]
         assert len(mine) == len(before) > 0, name
+
+
+def test_a_file_of_bad_rows_is_counted_and_logged_a_few_at_a_time(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each skipped record was a warning of its own: a file of a million bad rows, a million
+    lines. The first few of each class are logged, and every one is counted."""
+    from rtml.pipelines.feed import LOGGED_PER_CLASS
+    from rtml.records import BadRecord
+
+    local = settings.model_copy(update={"symbols": (f"C{uuid.uuid4().hex[:6]}",)})
+    bad = [BadRecord("wrong_type", f"row {i}: ts is not a time") for i in range(500)]
+    bad += [BadRecord("not_finite", f"row {i}: price is NaN") for i in range(3)]
+    with caplog.at_level("WARNING", logger="rtml.pipelines.feed"):
+        stats = backfill(local, bad, write_online=False)
+    assert stats.rejected == {"wrong_type": 500, "not_finite": 3}
+    lines = [r.getMessage() for r in caplog.records if "backfill skipped" in r.getMessage()]
+    assert len(lines) == LOGGED_PER_CLASS + 3
+    assert "counted, not logged" in lines[LOGGED_PER_CLASS - 1]
