@@ -18,6 +18,7 @@ import math
 import re
 import statistics
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -670,7 +671,61 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     """A replay file with rtml's column names (`columns` maps them to the file's own).
 
     Symbols, trade ids and sides are text even when they look like numbers (a ticker such
-    as 7203, an id column of integers). A file that cannot be read says so, with what to do."""
+    as 7203, an id column of integers). A file that cannot be read says so, with what to do.
+    Lines with more fields than the header are left out (`replay` refuses each of them)."""
+    return _read(path, columns)[0]
+
+
+_TOO_MANY_FIELDS = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
+
+
+def _read_delimited(
+    path: Path, mapping: Mapping[str, str]
+) -> tuple[pd.DataFrame, dict[Any, str], str, list[BadRecord]]:
+    """A delimited file as `_read` reads it: its frame, its columns' rtml names, its decimal
+    mark, and a BadRecord for each line with more fields than the header."""
+    layout = TextLayout.of(path)
+    first = layout.read(path, nrows=1, header=None, dtype=str)
+    header = layout.read(path, nrows=0).columns
+    if _numbers_only(first.iloc[0] if len(first) else []):
+
+        def read(names: tuple[str, ...]) -> pd.DataFrame:
+            return layout.read(path, header=None, names=list(names), dtype={"trade_id": str})
+
+        frame = _by_shape(path, read, list(first.iloc[0]))
+        names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
+        return frame, names, layout.decimal, []
+    names = _rtml_names(header, mapping)
+    text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
+    if "ts" not in names.values():
+        # a day and a time of day apart are text: 090000 read as a number is 90000
+        loose = _loose(header)
+        text.update({loose[n]: str for n in ("date", "time") if n in loose})
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always", pd.errors.ParserWarning)
+        frame = layout.read(path, dtype=text, decimal=layout.decimal, on_bad_lines="warn")
+    refused = [
+        BadRecord(
+            "wrong_type",
+            f"line {line} of {path.name} has {saw} fields where its header has {expected}; "
+            "the line is not read",
+        )
+        for warning in told
+        for line, expected, saw in _TOO_MANY_FIELDS.findall(str(warning.message))
+    ]
+    if layout.decimal == ",":  # a column with a dot somewhere stays text: read its commas
+        for column, name in names.items():
+            if name in _NUMBERS and frame[column].dtype == object:
+                frame[column] = frame[column].map(_decimal_comma)
+    return frame, names, layout.decimal, refused
+
+
+def _read(
+    path: Path, columns: Mapping[str, str] | None = None
+) -> tuple[pd.DataFrame, list[BadRecord]]:
+    """`read_table`'s frame, and a BadRecord for each line of the file that has more fields
+    than its header: one such line made the whole file unreadable."""
+    refused: list[BadRecord] = []
     if not path.exists():
         raise ConfigError(f"replay file {path} does not exist")
     mapping = dict(columns or {})
@@ -692,31 +747,7 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
             else:
                 frame, names = rows, _rtml_names(rows.columns, mapping)
         else:
-            layout = TextLayout.of(path)
-            decimal = layout.decimal
-            first = layout.read(path, nrows=1, header=None, dtype=str)
-            header = layout.read(path, nrows=0).columns
-            if _numbers_only(first.iloc[0] if len(first) else []):
-
-                def read(names: tuple[str, ...]) -> pd.DataFrame:
-                    return layout.read(
-                        path, header=None, names=list(names), dtype={"trade_id": str}
-                    )
-
-                frame = _by_shape(path, read, list(first.iloc[0]))
-                names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
-            else:
-                names = _rtml_names(header, mapping)
-                text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
-                if "ts" not in names.values():
-                    # a day and a time of day apart are text: 090000 read as a number is 90000
-                    loose = _loose(header)
-                    text.update({loose[n]: str for n in ("date", "time") if n in loose})
-                frame = layout.read(path, dtype=text, decimal=decimal)
-                if decimal == ",":  # a column with a dot somewhere stays text: read its commas
-                    for column, name in names.items():
-                        if name in _NUMBERS and frame[column].dtype == object:
-                            frame[column] = frame[column].map(_decimal_comma)
+            frame, names, decimal, refused = _read_delimited(path, mapping)
     except (
         ValueError,
         OSError,
@@ -737,7 +768,9 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
     for name in set(TEXT_COLUMNS) & set(frame.columns):
         if frame[name].dtype.kind in "iub":
             frame[name] = frame[name].astype(str)
-    return frame
+    if refused:
+        log.warning("%s: %d line(s) with more fields than the header", path, len(refused))
+    return frame, refused
 
 
 ROWS_AT_ONCE = 20_000
@@ -762,7 +795,8 @@ def replay(
     A candle becomes four trades (open, high, low, close) inside its window, so the candle
     builder reproduces its OHLC and volume. Bad rows are yielded as BadRecord, not dropped.
     """
-    frame = read_table(path, columns)
+    frame, refused = _read(path, columns)
+    yield from refused
     if set(TRADE_COLUMNS) <= set(frame.columns):
         frame = in_event_time(frame)  # an export written newest first is the same market
         for record in _rows(frame[list(TRADE_COLUMNS)]):

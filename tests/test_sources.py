@@ -974,3 +974,23 @@ def test_a_close_named_last_settle_or_adj_close_is_the_close(tmp_path: Path, hea
     path.write_text("\n".join([header, *rows]) + "\n")
     trades = [t for t in replay(path, candle_seconds=86_400) if isinstance(t, Trade)]
     assert [t.price for t in trades[3::4]] == [1.5, 1.6]
+
+
+def test_a_line_with_more_fields_than_the_header_is_refused_on_its_own(tmp_path: Path) -> None:
+    """One such line (a stray comma, a note after a row) made the whole file unreadable."""
+    path = tmp_path / "X.csv"
+    path.write_text(
+        "Date,Open,High,Low,Close,Volume\n"
+        "2024-01-02,1,2,0.5,1.5,10\n"
+        "2024-01-03,1,2,0.5,1.5,10,see note\n"
+        "2024-01-04,1,2,0.5,1.5,10\n"
+        "2024-01-05,1,2,0.5,1.5,10,,\n"
+    )
+    got = list(replay(path, candle_seconds=86_400))
+    refused = [r for r in got if isinstance(r, BadRecord)]
+    assert [str(r).split(" has ")[0] for r in refused] == [
+        "wrong_type: line 3 of X.csv",
+        "wrong_type: line 5 of X.csv",
+    ]
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert [datetime.fromtimestamp(t.ts, UTC).day for t in trades[::4]] == [2, 4]
