@@ -679,12 +679,56 @@ def read_table(path: Path, columns: Mapping[str, str] | None = None) -> pd.DataF
 _TOO_MANY_FIELDS = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
 
 
+def _ticker_levels(head: list[list[str]]) -> bool:
+    """Whether a file begins as yfinance writes a download: a line of fields (`Price, Close,
+    High, ...`), a line of tickers (`Ticker, AAPL, AAPL, ...`) and a line naming the index
+    (`Date,,,...`), before the rows.
+
+    >>> _ticker_levels([["Price", "Close"], ["Ticker", "AAPL"], ["Date", ""]])
+    True
+    >>> _ticker_levels([["Date", "Close"], ["2024-01-02", "1.5"], ["2024-01-03", "1.6"]])
+    False
+    """
+    if len(head) < 3 or len({len(line) for line in head}) != 1:
+        return False
+    price, ticker, index = ([f.strip().strip('"').lower() for f in line] for line in head)
+    return (
+        price[0] == "price"
+        and ticker[0] == "ticker"
+        and bool(index[0])
+        and not any(index[1:])
+        and all(ticker[1:])
+    )
+
+
+def _by_ticker(raw: pd.DataFrame) -> pd.DataFrame:
+    """A yfinance download (`_ticker_levels`) as one frame of rows: each ticker's columns
+    under their field's name, its symbol the ticker, the time the index's column (`Date`).
+    A download of several tickers becomes the rows of each in turn."""
+    fields = [str(f).strip() for f in raw.iloc[0]]
+    tickers = [str(t).strip() for t in raw.iloc[1]]
+    index = str(raw.iloc[2, 0]).strip()
+    body = raw.iloc[3:].reset_index(drop=True)
+    parts = []
+    for ticker in dict.fromkeys(tickers[1:]):
+        part = pd.DataFrame({index: body[0]})
+        for i in range(1, len(fields)):
+            if tickers[i] == ticker:
+                part[fields[i]] = body[i]
+        parts.append(part.assign(symbol=ticker))
+    return pd.concat(parts, ignore_index=True)
+
+
 def _read_delimited(
     path: Path, mapping: Mapping[str, str]
 ) -> tuple[pd.DataFrame, dict[Any, str], str, list[BadRecord]]:
     """A delimited file as `_read` reads it: its frame, its columns' rtml names, its decimal
     mark, and a BadRecord for each line with more fields than the header."""
     layout = TextLayout.of(path)
+    head = _first_lines(path, layout.skip + 3, layout.encoding)[layout.skip :]
+    if _ticker_levels([line.rstrip("\r\n").split(layout.sep) for line in head]):
+        frame = _by_ticker(layout.read(path, header=None, dtype=str))
+        return frame, _rtml_names(frame.columns, mapping), layout.decimal, []
     first = layout.read(path, nrows=1, header=None, dtype=str)
     header = layout.read(path, nrows=0).columns
     if _numbers_only(first.iloc[0] if len(first) else []):

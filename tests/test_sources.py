@@ -994,3 +994,41 @@ def test_a_line_with_more_fields_than_the_header_is_refused_on_its_own(tmp_path:
     ]
     trades = [t for t in got if isinstance(t, Trade)]
     assert [datetime.fromtimestamp(t.ts, UTC).day for t in trades[::4]] == [2, 4]
+
+
+@pytest.mark.parametrize("tickers", [("AAPL",), ("AAPL", "MSFT")])
+def test_a_yfinance_download_replays_as_its_tickers_candles(
+    tmp_path: Path, tickers: tuple[str, ...]
+) -> None:
+    """yfinance writes a download with three header lines (the field, the ticker, the index's
+    name), and a download of several tickers side by side: it was refused, `Price` taken for
+    a price. Each ticker's candles replay under its own symbol."""
+    fields = ["Adj Close", "Close", "High", "Low", "Open", "Volume"]
+    columns = [(f, t) for f in fields for t in tickers]
+    lines = [
+        ",".join(["Price", *(f for f, _ in columns)]),
+        ",".join(["Ticker", *(t for _, t in columns)]),
+        "Date" + "," * len(columns),
+    ]
+    values = {"Adj Close": 9.0, "Close": 1.5, "High": 2.0, "Low": 0.5, "Open": 1.0, "Volume": 7}
+    for day in ("2024-01-02", "2024-01-03"):
+        row = [day]
+        for field, ticker in columns:
+            shift = tickers.index(ticker) * 10 if field != "Volume" else 0
+            row.append(str(values[field] + shift))
+        lines.append(",".join(row))
+    path = tmp_path / "download.csv"
+    path.write_text("\n".join(lines) + "\n")
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 4 * 2 * len(tickers)
+    for i, ticker in enumerate(tickers):
+        mine = [t for t in trades if t.symbol == ticker]
+        assert [t.price for t in mine[:4]] == [
+            1.0 + 10 * i,
+            2.0 + 10 * i,
+            0.5 + 10 * i,
+            1.5 + 10 * i,
+        ]
+        assert sum(t.size for t in mine) == 14.0
+    assert candle_profile(path) == CandleProfile(86_400, 0.0)
