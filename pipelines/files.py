@@ -10,6 +10,7 @@ dropped; a file that cannot be read at all is a `ConfigError` saying what to giv
 from __future__ import annotations
 
 import contextlib
+import csv
 import gzip
 import io
 import itertools
@@ -747,7 +748,24 @@ def _read_delimited(
         text.update({loose[n]: str for n in ("date", "time") if n in loose})
     with warnings.catch_warnings(record=True) as told:
         warnings.simplefilter("always", pd.errors.ParserWarning)
-        frame = layout.read(path, dtype=text, decimal=layout.decimal, on_bad_lines="warn")
+        try:
+            frame = layout.read(path, dtype=text, decimal=layout.decimal, on_bad_lines="warn")
+        except pd.errors.ParserError as exc:
+            if "EOF inside string" not in str(exc):
+                raise
+            # a quote never closed swallows the rest of the file: read quotes as characters
+            # and take them off each field's ends, so the rows after it are read (a field
+            # quoted for its commas becomes a line of too many fields, refused on its own)
+            log.warning("%s: a quote is never closed (%s); quotes are read as text", path, exc)
+            frame = layout.read(
+                path,
+                dtype=str,
+                decimal=layout.decimal,
+                on_bad_lines="warn",
+                quoting=csv.QUOTE_NONE,
+            )
+            frame.columns = [str(c).strip('"') for c in frame.columns]
+            frame = frame.apply(lambda column: column.str.strip('"'))  # numbers as text
     refused = [
         BadRecord(
             "wrong_type",

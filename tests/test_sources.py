@@ -1032,3 +1032,20 @@ def test_a_yfinance_download_replays_as_its_tickers_candles(
         ]
         assert sum(t.size for t in mine) == 14.0
     assert candle_profile(path) == CandleProfile(86_400, 0.0)
+
+
+def test_a_quote_never_closed_does_not_swallow_the_rest_of_the_file(tmp_path: Path) -> None:
+    """A stray quote (`"2024-01-03`) made the parser read the rest of the file as one field,
+    and the whole file was refused. Quotes are then read as text, taken off each field's
+    ends: the row with the stray quote reads as it was meant, and so do the rows after it."""
+    path = tmp_path / "X.csv"
+    path.write_text(
+        "Date,Open,High,Low,Close,Volume\n"
+        "2024-01-02,1,2,0.5,1.5,10\n"
+        '"2024-01-03,1,2,0.5,1.6,10\n'
+        "2024-01-04,1,2,0.5,1.7,10\n"
+    )
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 12
+    assert [t.price for t in trades[3::4]] == [1.5, 1.6, 1.7]
