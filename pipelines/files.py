@@ -23,6 +23,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -49,9 +50,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
+EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 
 
-def file_kind(path: Path) -> Literal["parquet", "text", "json"]:
+def file_kind(path: Path) -> Literal["parquet", "text", "json", "excel"]:
     """What a replay file is, by its suffixes in any case: Parquet, delimited text or JSON,
     gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`, `trades.jsonl.gz`), or a zip
     archive of one such text file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for
@@ -59,6 +61,13 @@ def file_kind(path: Path) -> Literal["parquet", "text", "json"]:
     suffixes = [s.lower() for s in path.suffixes[-2:]]
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
         return "parquet"
+    if suffixes and suffixes[-1] in EXCEL_SUFFIXES:
+        return "excel"
+    if suffixes and suffixes[-1] == ".xls":
+        raise ConfigError(
+            f"replay file {path}: a workbook of the old Excel format (.xls); save it as .xlsx "
+            "or as CSV"
+        )
     if suffixes and suffixes[-1] == ".zip":
         return "text"  # pandas refuses an archive of several files, and says so
     if suffixes and suffixes[-1] == ".gz":
@@ -70,8 +79,33 @@ def file_kind(path: Path) -> Literal["parquet", "text", "json"]:
     raise ConfigError(
         f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
         "them gzipped as .gz or in a .zip of its own), JSON (an array of objects or of rows, "
-        "or one object a line: .json, .jsonl, .ndjson) or Parquet (.parquet)"
+        "or one object a line: .json, .jsonl, .ndjson), an Excel workbook (.xlsx: its first "
+        "sheet) or Parquet (.parquet)"
     )
+
+
+def _read_excel(path: Path) -> pd.DataFrame:
+    """The first sheet of a workbook as a table: its header is its first row as wide as the
+    widest of its first rows (a title above the table, as spreadsheets often have, is passed
+    over); a sheet whose first row is values has no header, and its columns are numbered
+    (read by their shape, as a CSV without a header)."""
+    try:
+        raw = pd.read_excel(path, sheet_name=0, header=None, dtype=object, engine="openpyxl")
+    except Exception as exc:  # openpyxl's own errors for a workbook that is not one are many
+        raise ConfigError(
+            f"replay file {path} could not be read as a workbook ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); give an .xlsx saved by a spreadsheet, or a CSV"
+        ) from None
+    if raw.empty:
+        raise ConfigError(f"{path}: its first sheet is empty")
+    filled = raw.head(PREAMBLE_LINES + 1).notna().sum(axis=1)
+    top = int((filled == filled.max()).to_numpy().argmax())  # the first of the widest rows
+    body = raw.iloc[top:].dropna(axis=1, how="all").reset_index(drop=True)
+    first = body.iloc[0].dropna()
+    if len(first) and all(isinstance(v, int | float | date) or _is_number(str(v)) for v in first):
+        return body.set_axis(range(body.shape[1]), axis=1)  # values (a date is a datetime)
+    names = [str(c).strip() if pd.notna(c) else f"column {i}" for i, c in enumerate(body.iloc[0])]
+    return body.iloc[1:].set_axis(names, axis=1).reset_index(drop=True)
 
 
 def _read_json(path: Path) -> pd.DataFrame:
@@ -797,8 +831,8 @@ def _read(
         if kind == "parquet":
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
-        elif kind == "json":
-            rows = _read_json(path)
+        elif kind in ("json", "excel"):
+            rows = _read_json(path) if kind == "json" else _read_excel(path)
             if all(isinstance(c, int) for c in rows.columns):
                 frame = _by_shape(
                     path,

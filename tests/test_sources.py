@@ -485,10 +485,15 @@ def test_the_demo_splits_a_vendors_file_into_parts_it_reads_back(tmp_path: Path,
 
 
 def test_a_file_of_another_kind_says_which_kinds_are_read(tmp_path: Path) -> None:
-    path = tmp_path / "prices.xlsx"
+    path = tmp_path / "prices.ods"
     path.write_bytes(b"PK\x03\x04")
-    with pytest.raises(ConfigError, match=r"\.csv, \.txt, \.tsv.*gzipped.*Parquet"):
+    with pytest.raises(ConfigError, match=r"\.csv, \.txt, \.tsv.*gzipped.*JSON.*xlsx.*Parquet"):
         list(replay(path))
+    broken = tmp_path / "prices.xlsx"  # workbooks that are not one
+    for content in (b"PK\x03\x04", b"", _zipped(**{"hello.txt": "hi"})):
+        broken.write_bytes(content)
+        with pytest.raises(ConfigError, match="could not be read"):
+            list(replay(broken))
 
 
 @pytest.mark.parametrize(
@@ -1049,3 +1054,31 @@ def test_a_quote_never_closed_does_not_swallow_the_rest_of_the_file(tmp_path: Pa
     trades = [t for t in got if isinstance(t, Trade)]
     assert len(trades) == len(got) == 12
     assert [t.price for t in trades[3::4]] == [1.5, 1.6, 1.7]
+
+
+@pytest.mark.parametrize("layout", ["plain", "a title above", "no header row"])
+def test_an_excel_workbook_replays_its_first_sheet(tmp_path: Path, layout: str) -> None:
+    """Workbooks were refused by their suffix. The first sheet is read as a table: its
+    dates as the times they are, a title above the table passed over, a sheet without a
+    header row read by its shape. An old `.xls` says to save it as `.xlsx` or CSV."""
+    days = [datetime(2024, 1, 2) + timedelta(days=i) for i in range(5)]
+    table = pd.DataFrame(
+        {"Date": days, "Open": 1.0, "High": 2.0, "Low": 0.5, "Close": [1.5, 1.6, 1.7, 1.8, 1.9]}
+    ).assign(Volume=10)
+    path = tmp_path / "SPX.xlsx"
+    if layout == "a title above":
+        with pd.ExcelWriter(path) as book:
+            pd.DataFrame([["S&P 500, daily"]]).to_excel(book, index=False, header=False)
+            table.to_excel(book, index=False, startrow=2)
+    else:
+        table.to_excel(path, index=False, header=layout == "plain")
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 20 and {t.symbol for t in trades} == {"SPX"}
+    assert [t.price for t in trades[3::4]] == [1.5, 1.6, 1.7, 1.8, 1.9]
+    assert trades[0].ts == datetime(2024, 1, 2, tzinfo=UTC).timestamp()
+    assert candle_profile(path) == CandleProfile(86_400, 0.0)
+    old = tmp_path / "SPX.xls"
+    old.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"save it as \.xlsx or as CSV"):
+        list(replay(old))

@@ -196,7 +196,7 @@ _source_option = click.option(
     "--source",
     default="synthetic",
     show_default=True,
-    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON or "
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON, Excel or "
     "Parquet file of trades or candles.",
 )
 _column_option = click.option(
