@@ -206,6 +206,8 @@ class TextLayout:
         return cls(compression, encoding, skip, sep, decimal)
 
     def read(self, path: Path, **kwargs: Any) -> pd.DataFrame:
+        if kwargs.get("decimal") == self.sep:  # pandas reads these as text: `_decimal_comma`
+            kwargs["decimal"] = "."
         return pd.read_csv(
             path,
             sep=self.sep,
@@ -251,13 +253,19 @@ def _delimiter(lines: list[str]) -> tuple[str, str]:
     numbers)."""
     header = lines[0] if lines else ""
     sep = next((d for d in DELIMITERS if d in header), ",")
-    fields = (f for line in lines[1:] for f in line.strip().split(sep))
-    comma = sep != "," and any(_DECIMAL_COMMA.match(f.strip('" ')) for f in fields)
+    fields = [f.strip() for row in csv.reader(lines[1:], delimiter=sep) for f in row]
+    if sep != ",":
+        comma = any(_DECIMAL_COMMA.match(f) for f in fields)
+    else:  # in a comma-separated file only a quoted `16.751,64` says so: `1,234` may be US
+        comma = any(_GROUPED_DECIMAL_COMMA.match(f) for f in fields)
     return sep, "," if comma else "."
 
 
 _DECIMAL_COMMA = re.compile(r"^[-+]?(\d{1,3}(\.\d{3})+|\d+),\d+$")
 """A decimal comma, after thousands grouped by dots or not: `142,5`, `42.580,5`."""
+_GROUPED_DECIMAL_COMMA = re.compile(r"^[-+]?\d{1,3}(\.\d{3})+,\d+$")
+"""A decimal comma after thousands grouped by dots, `16.751,64`: a European number in any
+file (a quote site's German download quotes it in a comma-separated file)."""
 _NUMBERS = ("price", "size", "open", "high", "low", "close", "volume")
 
 
@@ -268,6 +276,19 @@ def _decimal_comma(value: Any) -> Any:
         return value.strip().replace(".", "").replace(",", ".")
     return value
 
+
+LOCAL: dict[str, tuple[str, ...]] = {
+    "ts": ("datum", "fecha", "data", "zeit"),
+    "open": ("eröffnung", "eröffn.", "erster", "ouverture", "ouv.", "apertura", "abertura"),
+    "high": ("hoch", "plus haut", "máximo", "maximo", "máxima", "massimo", "höchst"),
+    "low": ("tief", "plus bas", "mínimo", "minimo", "mínima", "tiefst"),
+    "close": ("schluss", "schlusskurs", "clôture", "cloture", "cierre", "chiusura", "fechamento"),
+    "price": ("zuletzt", "dernier", "último", "ultimo"),
+    "volume": ("volumen", "umsatz", "volume (stück)"),
+}
+"""Column names of spreadsheets and quote sites in German, French, Spanish, Italian and
+Portuguese (`Datum, Eröffnung, Hoch, Tief, Schluss, Volumen`; a quote site's `Zuletzt`,
+`Dernier` or `Último` is its price, the close of a candle file)."""
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "ts": (
@@ -283,12 +304,16 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "start time",
         "start",
         "time_period_start",
+        *LOCAL["ts"],
     ),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
-    "price": ("last", "last price", "settle", "trade price"),
-    "close": ("adj close", "adj_close", "adjclose", "adjusted close"),
+    "price": ("last", "last price", "settle", "trade price", *LOCAL["price"]),
+    "open": LOCAL["open"],
+    "high": LOCAL["high"],
+    "low": LOCAL["low"],
+    "close": ("adj close", "adj_close", "adjclose", "adjusted close", *LOCAL["close"]),
     "size": ("qty", "quantity", "amount"),
-    "volume": ("vol", "vol.", "tickvol"),
+    "volume": ("vol", "vol.", "tickvol", *LOCAL["volume"]),
     "trade_id": ("id", "tid", "trade id", "tradeid", "trdmatchid", "match_id", "matchid"),
     "side": ("taker_side", "takerside", "direction"),
 }

@@ -1082,3 +1082,23 @@ def test_an_excel_workbook_replays_its_first_sheet(tmp_path: Path, layout: str) 
     old.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"save it as \.xlsx or as CSV"):
         list(replay(old))
+
+
+def test_a_quote_sites_german_download_replays_as_its_candles(tmp_path: Path) -> None:
+    """German column names (`Datum, Zuletzt, Eröffn., Hoch, Tief, Vol.`), D.M.Y days, and
+    numbers written `16.751,64` quoted in a comma-separated file: every column was unknown,
+    and those numbers would have been text."""
+    path = tmp_path / "DAX.csv"
+    path.write_text(
+        '"Datum","Zuletzt","Eröffn.","Hoch","Tief","Vol.","+/- %"\n'
+        '"03.01.2024","16.538,39","16.769,36","16.772,84","16.503,49","85,55M","-1,37%"\n'
+        '"02.01.2024","16.769,36","16.706,16","16.789,68","16.674,55","62,18M","0,44%"\n'
+        '"29.12.2023","16.751,64","16.738,01","16.788,47","16.701,93","56,73M","-0,19%"\n',
+        encoding="utf-8",
+    )
+    got = list(replay(path, candle_seconds=86_400))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert len(trades) == len(got) == 12 and {t.symbol for t in trades} == {"DAX"}
+    assert [t.price for t in trades[:4]] == [16738.01, 16788.47, 16701.93, 16751.64]
+    assert sum(t.size for t in trades[:4]) == pytest.approx(56_730_000)
+    assert trades[0].ts == datetime(2023, 12, 29, tzinfo=UTC).timestamp()  # in event time
