@@ -205,6 +205,24 @@ class TextLayout:
         sep, decimal = _delimiter(_first_lines(path, 6 + skip, encoding)[skip:])
         return cls(compression, encoding, skip, sep, decimal)
 
+    def rows(self, path: Path, **kwargs: Any) -> tuple[pd.DataFrame, list[BadRecord]]:
+        """The file read as `read` does, but a line with more fields than the table is left
+        out and refused on its own, naming its line: one such line made the whole file
+        unreadable, whatever its layout (a header, none, yfinance's three)."""
+        with warnings.catch_warnings(record=True) as told:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = self.read(path, on_bad_lines="warn", **kwargs)
+        refused = [
+            BadRecord(
+                "wrong_type",
+                f"line {line} of {path.name} has {saw} fields where its table has "
+                f"{expected}; the line is not read",
+            )
+            for warning in told
+            for line, expected, saw in _TOO_MANY_FIELDS.findall(str(warning.message))
+        ]
+        return frame, refused
+
     def read(self, path: Path, **kwargs: Any) -> pd.DataFrame:
         if kwargs.get("decimal") == self.sep:  # pandas reads these as text: `_decimal_comma`
             kwargs["decimal"] = "."
@@ -514,7 +532,6 @@ def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     sample = [v.strip() for v in given.head(_TIME_SAMPLE) if isinstance(v, str)]
     if not sample or sum(ts_or_none(v) is None for v in sample) * 2 <= len(sample):
         return frame  # rtml reads these times as they are
-    text = frame["ts"].astype(str).str.strip().str.replace(r"\s+(UTC|GMT)$", "", regex=True)
     probe = pd.Series(sample).str.replace(r"\s+(UTC|GMT)$", "", regex=True)
     reads = {
         pattern: int(pd.to_datetime(probe, format=pattern, errors="coerce").notna().sum())
@@ -523,6 +540,7 @@ def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     pattern = max(reads, key=lambda p: reads[p])  # the first of the best, in order
     if reads[pattern] < 0.9 * len(sample):
         return frame  # no known format: each time is refused with its reason
+    text = frame["ts"].astype(str).str.strip().str.replace(r"\s+(UTC|GMT)$", "", regex=True)
     moments = pd.to_datetime(text, format=pattern, errors="coerce")
     seconds = (moments - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
     log.info("%s: times are read as %s (UTC)", path, pattern)
@@ -787,53 +805,42 @@ def _read_delimited(
     layout = TextLayout.of(path)
     head = _first_lines(path, layout.skip + 3, layout.encoding)[layout.skip :]
     if _ticker_levels([line.rstrip("\r\n").split(layout.sep) for line in head]):
-        frame = _by_ticker(layout.read(path, header=None, dtype=str))
-        return frame, _rtml_names(frame.columns, mapping), layout.decimal, []
+        raw, refused = layout.rows(path, header=None, dtype=str)
+        frame = _by_ticker(raw)
+        return frame, _rtml_names(frame.columns, mapping), layout.decimal, refused
     first = layout.read(path, nrows=1, header=None, dtype=str)
     header = layout.read(path, nrows=0).columns
     if _numbers_only(first.iloc[0] if len(first) else []):
+        refused = []
 
         def read(names: tuple[str, ...]) -> pd.DataFrame:
-            return layout.read(path, header=None, names=list(names), dtype={"trade_id": str})
+            frame, told = layout.rows(path, header=None, names=list(names), dtype={"trade_id": str})
+            refused[:] = told  # the layout read last is the one kept
+            return frame
 
         frame = _by_shape(path, read, list(first.iloc[0]))
         names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
-        return frame, names, layout.decimal, []
+        return frame, names, layout.decimal, refused
     names = _rtml_names(header, mapping)
     text = {column: str for column, name in names.items() if name in TEXT_COLUMNS}
     if "ts" not in names.values():
         # a day and a time of day apart are text: 090000 read as a number is 90000
         loose = _loose(header)
         text.update({loose[n]: str for n in ("date", "time") if n in loose})
-    with warnings.catch_warnings(record=True) as told:
-        warnings.simplefilter("always", pd.errors.ParserWarning)
-        try:
-            frame = layout.read(path, dtype=text, decimal=layout.decimal, on_bad_lines="warn")
-        except pd.errors.ParserError as exc:
-            if "EOF inside string" not in str(exc):
-                raise
-            # a quote never closed swallows the rest of the file: read quotes as characters
-            # and take them off each field's ends, so the rows after it are read (a field
-            # quoted for its commas becomes a line of too many fields, refused on its own)
-            log.warning("%s: a quote is never closed (%s); quotes are read as text", path, exc)
-            frame = layout.read(
-                path,
-                dtype=str,
-                decimal=layout.decimal,
-                on_bad_lines="warn",
-                quoting=csv.QUOTE_NONE,
-            )
-            frame.columns = [str(c).strip('"') for c in frame.columns]
-            frame = frame.apply(lambda column: column.str.strip('"'))  # numbers as text
-    refused = [
-        BadRecord(
-            "wrong_type",
-            f"line {line} of {path.name} has {saw} fields where its header has {expected}; "
-            "the line is not read",
+    try:
+        frame, refused = layout.rows(path, dtype=text, decimal=layout.decimal)
+    except pd.errors.ParserError as exc:
+        if "EOF inside string" not in str(exc):
+            raise
+        # a quote never closed swallows the rest of the file: read quotes as characters and
+        # take them off each field's ends, so the rows after it are read (a field quoted for
+        # its commas becomes a line of too many fields, refused on its own)
+        log.warning("%s: a quote is never closed (%s); quotes are read as text", path, exc)
+        frame, refused = layout.rows(
+            path, dtype=str, decimal=layout.decimal, quoting=csv.QUOTE_NONE
         )
-        for warning in told
-        for line, expected, saw in _TOO_MANY_FIELDS.findall(str(warning.message))
-    ]
+        frame.columns = [str(c).strip('"') for c in frame.columns]
+        frame = frame.apply(lambda column: column.str.strip('"'))  # numbers as text
     if layout.decimal == ",":  # a column with a dot somewhere stays text: read its commas
         for column, name in names.items():
             if name in _NUMBERS and frame[column].dtype == object:

@@ -1102,3 +1102,35 @@ def test_a_quote_sites_german_download_replays_as_its_candles(tmp_path: Path) ->
     assert [t.price for t in trades[:4]] == [16738.01, 16788.47, 16701.93, 16751.64]
     assert sum(t.size for t in trades[:4]) == pytest.approx(56_730_000)
     assert trades[0].ts == datetime(2023, 12, 29, tzinfo=UTC).timestamp()  # in event time
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        ["Price,Close,High,Low,Open,Volume", "Ticker,AAPL,AAPL,AAPL,AAPL,AAPL", "Date,,,,,"],
+        [],  # no header row: read by its shape
+    ],
+)
+def test_a_line_of_too_many_fields_is_refused_on_its_own_whatever_the_layout(
+    tmp_path: Path, head: list[str]
+) -> None:
+    """The refusal was the headered read's only: in a yfinance download or a file without a
+    header row, one such line still made the whole file unreadable."""
+    rows = [
+        "1704153600,1.5,2,0.5,1,7",
+        "1704240000,1.5,2,0.5,1,7,a note",
+        "1704326400,1.5,2,0.5,1,7",
+    ]
+    if not head:  # time, open, high, low, close, volume
+        rows = [
+            ",".join([r.split(",")[0], "1", "2", "0.5", "1.5", *r.split(",")[5:]]) for r in rows
+        ]
+    path = tmp_path / "AAPL.csv"
+    path.write_text("\n".join([*head, *rows]) + "\n")
+    got = list(replay(path, candle_seconds=86_400))
+    refused = [r for r in got if isinstance(r, BadRecord)]
+    assert [str(r).split(" has ")[0] for r in refused] == [
+        f"wrong_type: line {len(head) + 2} of AAPL.csv"
+    ]
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert [t.ts for t in trades[::4]] == [1704153600.0, 1704326400.0]
