@@ -41,12 +41,14 @@ import contextlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
+from msgspec.structs import astuple
 
 from rtml.errors import RtmlError
 
@@ -476,6 +478,57 @@ def parse_features(raw: bytes | dict[str, Any], names: Iterable[str] | None = No
     symbol = _symbol(record)
     ts = event_time(record, "ts")
     return FeatureRow(symbol, ts, _values(_object(record, "features"), names))
+
+
+class UsualFeatures:
+    """rtml's own `features` record, read and checked in one go: for a consumer that reads
+    many of them (the streaming predictor), where `parse_features` after `decode_object`
+    builds a dict and checks it in Python.
+
+    `read` gives (symbol, ts, values) when the record is a JSON object with a non-empty
+    string `symbol`, a `ts` that `usual_ts` takes and a `features` object in which each of
+    `names` is a number within its `bounds` (inclusive; every name has bounds); other keys
+    are passed over. For those records `parse_features(raw, names)` gives the same symbol,
+    time and values (tests/test_feature_logic.py). Any other record gives None, and
+    `parse_features` says what is wrong with it.
+
+    >>> usual = UsualFeatures(["a", "b"], {"a": (-1.0, 1.0), "b": (0.0, 9.0)})
+    >>> usual.read(b'{"symbol": "X", "ts": 60, "features": {"b": 3, "a": 0.5, "c": "?"}}')
+    ('X', 60.0, (0.5, 3.0))
+    >>> usual.read(b'{"symbol": "X", "ts": 60, "features": {"b": 3, "a": 1.5}}') is None
+    True
+    """
+
+    __slots__ = ("_decode",)
+
+    def __init__(self, names: Sequence[str], bounds: Mapping[str, tuple[float, float]]) -> None:
+        if unbounded := [name for name in names if name not in bounds]:
+            raise ValueError(f"no bounds for {unbounded}")
+        values = msgspec.defstruct(
+            "UsualFeatureValues",
+            [
+                (name, Annotated[float, msgspec.Meta(ge=bounds[name][0], le=bounds[name][1])])
+                for name in names
+            ],
+            gc=False,
+        )
+        record = msgspec.defstruct(
+            "UsualFeaturesRecord",
+            [
+                ("symbol", Annotated[str, msgspec.Meta(min_length=1)]),
+                ("ts", Annotated[float, msgspec.Meta(gt=0.0, lt=LAST_TIME)]),
+                ("features", values),
+            ],
+            gc=False,
+        )
+        self._decode = msgspec.json.Decoder(record).decode
+
+    def read(self, raw: bytes) -> tuple[str, float, tuple[float, ...]] | None:
+        try:
+            record: Any = self._decode(raw)
+        except Exception:  # not the usual record (however the decoder says so): the slow path
+            return None  # reads it again, and says what is wrong
+        return record.symbol, record.ts, astuple(record.features)
 
 
 def parse_example(raw: bytes | dict[str, Any], names: Iterable[str] | None = None) -> Example:

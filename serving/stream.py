@@ -14,13 +14,14 @@ import threading
 from collections import Counter
 from typing import Any
 
+import orjson
 from confluent_kafka import Message, Producer
 
 from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.models import LinearScorer
-from rtml.records import BadRecord, Prediction, decode_object, parse_features, usual_ts
+from rtml.records import BadRecord, Prediction, UsualFeatures, decode_object, parse_features
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.serving.model_holder import ModelHolder, ModelRouter, Served
 from rtml.settings import Settings
@@ -47,6 +48,7 @@ class StreamingPredictor:
         self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
         self._producer: Producer | None = None
         self._fused: dict[int, Fused] = {}  # each model served, as `_usual` reads it
+        self._usual_features = UsualFeatures(FEATURE_NAMES, FEATURE_BOUNDS)
 
     @property
     def predicted(self) -> int:
@@ -62,24 +64,21 @@ class StreamingPredictor:
 
     def step(self, msg: Message) -> None:
         """Predict one `features` record onto `predictions`."""
-        record = decode_object(msg.value() or b"")
-        if not self._usual(record):
-            self._predict(record)
+        raw = msg.value() or b""
+        usual = self._usual_features.read(raw)
+        if usual is None or not self._usual(*usual):
+            self._predict(decode_object(raw))
 
-    def _usual(self, record: dict[str, Any]) -> bool:
-        """Predict the usual record (rtml's own shape, a configured symbol, every feature a
-        float within its bounds, a linear model) in one pass over its features; False, with
-        nothing done, for any other record, which `_predict` then reads field by field. The
-        prediction and what is produced are the same either way (tests/test_stream_unit.py)."""
-        try:
-            symbol, ts, features = record["symbol"], record["ts"], record["features"]
-        except KeyError:
+    def _usual(self, symbol: str, ts: float, values: tuple[float, ...]) -> bool:
+        """Predict the usual record (rtml's own shape, checked as `UsualFeatures` reads it)
+        of a configured symbol served by a linear model, in one pass over its features;
+        False, with nothing done, for any other, which `_predict` then reads field by field.
+        The prediction and what is produced are the same either way
+        (tests/test_stream_unit.py)."""
+        if symbol not in self.symbols:
             return False
-        if type(symbol) is not str or symbol not in self.symbols or type(features) is not dict:
-            return False
-        ts = usual_ts(ts)
         model = self.holder.for_symbol(symbol)
-        if ts is None or model is None:
+        if model is None:
             return False
         fused = self._fused.get(id(model))
         if fused is None or fused.served is not model:
@@ -89,27 +88,15 @@ class StreamingPredictor:
         if not fused.terms:
             return False  # not a linear model
         total = fused.intercept
-        for name, low, high, weight, mean in fused.terms:
-            value = features.get(name)
-            if type(value) is not float or not low <= value <= high:
-                return False
+        for x, (weight, mean) in zip(values, fused.terms, strict=True):
             if weight:
-                total += weight * (value - mean)
+                total += weight * (x - mean)
         self.event_times.admit(symbol, ts)
-        value = encode(
-            {
-                "symbol": symbol,
-                "ts": ts,
-                "prediction": total if math.isfinite(total) else None,
-                "model": model.model,
-                "model_version": fused.version,
-                "trained_through": model.trained_through,
-            }
-        )
+        value, key = fused.encode(symbol, ts, total)
         try:
-            self._producer.produce(self.topics.predictions, value, symbol.encode())  # type: ignore[union-attr]
+            self._producer.produce(self.topics.predictions, value, key)  # type: ignore[union-attr]
         except BufferError:  # the local queue is full: wait for the broker, as `send` does
-            send(self._producer, self.topics.predictions, value, symbol.encode())
+            send(self._producer, self.topics.predictions, value, key)
         return True
 
     def _predict(self, record: dict[str, Any]) -> None:
@@ -179,24 +166,33 @@ pass; past it the reading starts over."""
 
 class Fused:
     """A served model as the streaming predictor's one pass reads it. For a linear model, for
-    each feature the model is given, in order, its bounds and its folded weight and mean (zero
-    weight for a feature the model does not use): the sum is `LinearScorer.predict_one`'s,
-    term by term. For any other model, or a version that is not a number, no terms: every
-    record is read field by field."""
+    each feature in `FEATURE_NAMES`' order, its folded weight and mean (zero weight for a
+    feature the model does not use): the sum is `LinearScorer.predict_one`'s, term by term.
+    For any other model, or a version that is not a number, no terms: every record is read
+    field by field. `encode` writes `Prediction.to_json` of this version as `encode` would,
+    from parts made once per symbol and version."""
 
-    __slots__ = ("intercept", "served", "terms", "version")
+    __slots__ = ("_heads", "_tail", "intercept", "served", "terms")
 
     def __init__(
-        self,
-        served: Served,
-        intercept: float,
-        terms: tuple[tuple[str, float, float, float, float], ...],
-        version: str,
+        self, served: Served, intercept: float, terms: tuple[tuple[float, float], ...]
     ) -> None:
         self.served = served
         self.intercept = intercept
         self.terms = terms
-        self.version = version
+        version = str(int(served.version)) if terms else served.version
+        self._tail = b"".join(
+            (
+                b',"model":',
+                orjson.dumps(served.model),
+                b',"model_version":',
+                orjson.dumps(version),
+                b',"trained_through":',
+                orjson.dumps(served.trained_through),
+                b"}",
+            )
+        )
+        self._heads: dict[str, tuple[bytes, bytes]] = {}
 
     @classmethod
     def of(cls, model: Served) -> Fused:
@@ -204,10 +200,25 @@ class Fused:
         if type(scorer) is not LinearScorer or not (
             model.version.isascii() and model.version.isdigit()
         ):
-            return cls(model, 0.0, (), model.version)
-        terms = []
-        for name in FEATURE_NAMES:
-            low, high = FEATURE_BOUNDS.get(name, (-math.inf, math.inf))
-            weight, mean = scorer.terms.get(name, (0.0, 0.0))
-            terms.append((name, low, high, weight, mean))
-        return cls(model, scorer.intercept, tuple(terms), str(int(model.version)))
+            return cls(model, 0.0, ())
+        terms = tuple(scorer.terms.get(name, (0.0, 0.0)) for name in FEATURE_NAMES)
+        return cls(model, scorer.intercept, terms)
+
+    def encode(self, symbol: str, ts: float, prediction: float) -> tuple[bytes, bytes]:
+        """The `predictions` record's value, and its key."""
+        head = self._heads.get(symbol)
+        if head is None:  # one per configured symbol
+            head = self._heads[symbol] = (
+                b'{"symbol":' + orjson.dumps(symbol) + b',"ts":',
+                symbol.encode(),
+            )
+        value = b"".join(
+            (
+                head[0],
+                orjson.dumps(ts),
+                b',"prediction":',
+                orjson.dumps(prediction if math.isfinite(prediction) else None),
+                self._tail,
+            )
+        )
+        return value, head[1]

@@ -690,14 +690,9 @@ def _holds(kind: str, out: object) -> None:
         assert math.isfinite(getattr(out, "prediction")) and getattr(out, "version") >= 0  # noqa: B009
 
 
-@pytest.mark.parametrize("kind", ["trade", "features", "example", "prediction"])
-def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kind: str) -> None:
-    """Each field of each wire record, and of its features, given every hostile value (types,
-    digits `int` refuses, numbers past any bound, times out of every store's range, nesting),
-    or taken away: the parser returns a record whose fields are bounded, or refuses it as a
-    `BadRecord` with a class. Nothing else: any other exception is a record that the runner
-    could only call an `error` (a model version of `²` was one)."""
-    base, parse = _records()[kind]
+def _hostile(base: dict[str, object]) -> list[bytes]:
+    """`base` with each field, and each of its features, given every hostile value or taken
+    away, encoded."""
     cases: list[bytes] = [b"", b"null", b"[]", b'"x"', json.dumps(base).encode()]
     for field in list(base):
         cases.append(json.dumps({k: v for k, v in base.items() if k != field}).encode())
@@ -709,6 +704,18 @@ def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kin
         for atom in ATOMS:
             spoiled = dict(base["features"]) | {"ret_1": atom}  # type: ignore[call-overload]
             cases.append(json.dumps(base | {"features": spoiled}).encode())
+    return cases
+
+
+@pytest.mark.parametrize("kind", ["trade", "features", "example", "prediction"])
+def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kind: str) -> None:
+    """Each field of each wire record, and of its features, given every hostile value (types,
+    digits `int` refuses, numbers past any bound, times out of every store's range, nesting),
+    or taken away: the parser returns a record whose fields are bounded, or refuses it as a
+    `BadRecord` with a class. Nothing else: any other exception is a record that the runner
+    could only call an `error` (a model version of `²` was one)."""
+    base, parse = _records()[kind]
+    cases = _hostile(base)
     unexpected = []
     for raw in cases:
         try:
@@ -722,3 +729,44 @@ def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kin
         _holds(kind, out)
     assert not unexpected, "\n".join(unexpected)
     assert len(cases) > 100
+
+
+def test_the_usual_features_record_is_read_in_one_go_as_parse_features_reads_it() -> None:
+    """`UsualFeatures`, the streaming predictor's fast reading, against `parse_features` on
+    every hostile record above and the usual ones in other spellings: what it reads,
+    `parse_features` reads the same (symbol, time, every value within its bounds); what it
+    passes over, `parse_features` is left to refuse or read."""
+    from rtml.pipelines.features import FEATURE_BOUNDS
+    from rtml.records import UsualFeatures, parse_features
+
+    usual = UsualFeatures(FEATURE_NAMES, FEATURE_BOUNDS)
+    base, _ = _records()["features"]
+    features = {n: 0.01 * (i + 1) for i, n in enumerate(FEATURE_NAMES)}
+    good = json.dumps(base | {"features": features | {"close": 5.0}}).encode()
+    cases = [
+        *_hostile(base),
+        good,
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
+        good.replace(b'"ret_1": 0.01', b'"ret_1": 1'),  # a whole number
+        good.replace(b"}}", b', "ret_1": 0.5}}'),  # a key twice: the last counts
+        good.replace(b"}}", b', "ret_1": "x"}}'),
+        good.replace(b"}}", b'}, "symbol": "Y"}'),
+        good.replace(b"}}", b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}"),
+        good.replace(b"}}", b', "rsi_14": 1.5}}'),  # out of its bounds
+        good.replace(b"0.01", b"1e400"),
+        good.replace(b'"X"', rb'"\ud800"'),  # half a character
+        good[:-5],
+    ]
+    read = 0
+    for raw in cases:
+        got = usual.read(raw)
+        if got is None:
+            continue
+        read += 1
+        row = parse_features(raw, FEATURE_NAMES)
+        assert got == (row.symbol, row.ts, tuple(row.values[n] for n in FEATURE_NAMES)), raw
+        assert all(type(v) is float for v in got[2]) and type(got[1]) is float
+        for name, value in zip(FEATURE_NAMES, got[2], strict=True):
+            low, high = FEATURE_BOUNDS[name]
+            assert low <= value <= high, (name, value)
+    assert read >= 6  # the usual records, and the hostile ones that are in fact usual

@@ -71,7 +71,6 @@ def spoiled() -> list[dict[str, Any] | bytes]:
     missing = usual()
     del missing["features"]["rsi_14"]
     return [
-        usual(ret_1=1),  # a whole number among the features
         usual(rsi_14=True),
         usual(ret_5="0.01"),
         usual(vol_15=-0.5),  # out of its bounds
@@ -92,13 +91,22 @@ def spoiled() -> list[dict[str, Any] | bytes]:
     ]
 
 
-def usual_too() -> list[dict[str, Any]]:
+def usual_too() -> list[dict[str, Any] | bytes]:
     """Records in other shapes the one pass reads as well."""
     reordered = usual(ts=1_700_000_240.0)
     reordered["features"] = dict(reversed(list(reordered["features"].items())))
     extra = usual(ts=1_700_000_300.0)
     extra["features"]["spread"] = "n/a"  # a key the model does not read
-    return [usual(ts=1_700_000_200), reordered, extra, usual(ts=1_700_000_360.0) | {"v": 2}]
+    whole = usual(ts=1_700_000_420.0, ret_1=1, volume_z=-2)  # whole numbers among the features
+    twice = orjson.dumps(usual(ts=1_700_000_480.0))[:-2] + b',"ret_5":0.5}}'  # the last counts
+    return [
+        usual(ts=1_700_000_200),
+        reordered,
+        extra,
+        usual(ts=1_700_000_360.0) | {"v": 2},
+        whole,
+        twice,
+    ]
 
 
 def run(step: Any, raw: bytes) -> tuple[str, str]:
@@ -116,7 +124,7 @@ def test_the_one_pass_predicts_and_produces_what_the_field_by_field_reading_does
     model = served(kind)
     fast, fast_out = predictor(tmp_path / "fast", model)
     slow, slow_out = predictor(tmp_path / "slow", model)
-    slow._usual = lambda record: False  # type: ignore[method-assign]
+    slow._usual = lambda *usual: False  # type: ignore[method-assign]
     general = fast._predict
     read_field_by_field: list[bytes] = []
 
