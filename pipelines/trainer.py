@@ -44,11 +44,11 @@ from rtml.kafka import (
     make_producer,
     send,
 )
-from rtml.pipelines.features import FEATURE_NAMES, out_of_bounds
+from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
 from rtml.pipelines.gate import GateDecision, champion_fails, gate
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
-from rtml.records import BadRecord, Example, parse_example
+from rtml.records import BadRecord, Example, UsualExamples, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -404,6 +404,8 @@ class Trainer:
         self.most_span = settings.horizon * (settings.max_gap_s + settings.candle_seconds)
         # the labels it learns are one series (the learner's watermark is global)
         self._future = FutureRule(settings.max_step_s, settings.max_gap_s)
+        # only the features the model reads: other keys would each become a weight for good
+        self._usual_examples = UsualExamples(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -550,8 +552,11 @@ class Trainer:
         if (partition, offset) in self.skips:
             done["skipped"] += 1
             return
-        # only the features the model reads: other keys would each become a weight for good
-        ex = self._admit(parse_example(msg.value() or b"", FEATURE_NAMES))
+        raw = msg.value() or b""
+        if (usual := self._usual_examples.read(raw)) is not None:
+            ex = self._admit(usual, bounded=True)
+        else:  # anything but rtml's own record, in bounds: read and checked field by field
+            ex = self._admit(parse_example(raw, FEATURE_NAMES))
         if ex.symbol not in self.own_symbols:
             done["other_shard"] += 1
             return
@@ -575,10 +580,11 @@ class Trainer:
         if self.max_examples is not None and self.learner.learned >= self.max_examples:
             self.stop.set()
 
-    def _admit(self, ex: Example) -> Example:
+    def _admit(self, ex: Example, bounded: bool = False) -> Example:
         """Event-time sanity: the symbol is configured, the label came a horizon after its
         features (not sooner; and not later where every window has a candle), and the label
-        time is not far ahead.
+        time is not far ahead; and each value within its bounds, unless it is known to be
+        (`bounded`).
 
         An example from the year 2286 would otherwise become every later example's "seen
         before" and the model's `trained_through`. One whose features date from long before
@@ -594,7 +600,7 @@ class Trainer:
         self._future.jumped(
             "", ex.label_ts, learner.watermark, learner.learned >= SETTLED, ex.symbol
         )
-        if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
+        if not bounded and (beyond := out_of_bounds(ex.features, ex.target)) is not None:
             raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")
         span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:

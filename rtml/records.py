@@ -480,6 +480,24 @@ def parse_features(raw: bytes | dict[str, Any], names: Iterable[str] | None = No
     return FeatureRow(symbol, ts, _values(_object(record, "features"), names))
 
 
+def _bounded(
+    kind: str, names: Sequence[str], bounds: Mapping[str, tuple[float, float]]
+) -> type[msgspec.Struct]:
+    """A msgspec object of `names`, each a number within its `bounds` (inclusive); keys not
+    named are passed over."""
+    if unbounded := [name for name in names if name not in bounds]:
+        raise ValueError(f"no bounds for {unbounded}")
+    return msgspec.defstruct(
+        kind,
+        [(n, Annotated[float, msgspec.Meta(ge=bounds[n][0], le=bounds[n][1])]) for n in names],
+        gc=False,
+    )
+
+
+_SYMBOL = Annotated[str, msgspec.Meta(min_length=1)]
+_TIME = Annotated[float, msgspec.Meta(gt=0.0, lt=LAST_TIME)]  # as `usual_ts` takes it
+
+
 class UsualFeatures:
     """rtml's own `features` record, read and checked in one go: for a consumer that reads
     many of them (the streaming predictor), where `parse_features` after `decode_object`
@@ -502,22 +520,12 @@ class UsualFeatures:
     __slots__ = ("_decode",)
 
     def __init__(self, names: Sequence[str], bounds: Mapping[str, tuple[float, float]]) -> None:
-        if unbounded := [name for name in names if name not in bounds]:
-            raise ValueError(f"no bounds for {unbounded}")
-        values = msgspec.defstruct(
-            "UsualFeatureValues",
-            [
-                (name, Annotated[float, msgspec.Meta(ge=bounds[name][0], le=bounds[name][1])])
-                for name in names
-            ],
-            gc=False,
-        )
         record = msgspec.defstruct(
             "UsualFeaturesRecord",
             [
-                ("symbol", Annotated[str, msgspec.Meta(min_length=1)]),
-                ("ts", Annotated[float, msgspec.Meta(gt=0.0, lt=LAST_TIME)]),
-                ("features", values),
+                ("symbol", _SYMBOL),
+                ("ts", _TIME),
+                ("features", _bounded("UsualFeatureValues", names, bounds)),
             ],
             gc=False,
         )
@@ -529,6 +537,54 @@ class UsualFeatures:
         except Exception:  # not the usual record (however the decoder says so): the slow path
             return None  # reads it again, and says what is wrong
         return record.symbol, record.ts, astuple(record.features)
+
+
+class UsualExamples:
+    """rtml's own `examples` record, read and checked in one go, for the trainer, as
+    `UsualFeatures` reads `features`: a non-empty string `symbol`, `ts` and `label_ts` that
+    `usual_ts` takes with the label after the features, each of `names` a number within its
+    `bounds` and the `target` within `target_bounds`. For those records
+    `parse_example(raw, names)` gives the same example, with every name, and none is
+    out of its bounds (tests/test_feature_logic.py); any other record gives None.
+
+    >>> usual = UsualExamples(["a"], {"a": (-1.0, 1.0)}, (-1.0, 1.0))
+    >>> usual.read(b'{"symbol":"X","ts":60,"label_ts":360,"features":{"a":0.5},"target":0}')
+    Example(symbol='X', ts=60.0, label_ts=360.0, features={'a': 0.5}, target=0.0)
+    >>> usual.read(b'{"symbol":"X","ts":60,"label_ts":60,"features":{"a":0.5},"target":0}')
+    """
+
+    __slots__ = ("_decode", "_names")
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        bounds: Mapping[str, tuple[float, float]],
+        target_bounds: tuple[float, float],
+    ) -> None:
+        low, high = target_bounds
+        record = msgspec.defstruct(
+            "UsualExampleRecord",
+            [
+                ("symbol", _SYMBOL),
+                ("ts", _TIME),
+                ("label_ts", _TIME),
+                ("features", _bounded("UsualExampleValues", names, bounds)),
+                ("target", Annotated[float, msgspec.Meta(ge=low, le=high)]),
+            ],
+            gc=False,
+        )
+        self._decode = msgspec.json.Decoder(record).decode
+        self._names = tuple(names)
+
+    def read(self, raw: bytes) -> Example | None:
+        try:
+            record: Any = self._decode(raw)
+        except Exception:  # not the usual record: `parse_example` says what is wrong
+            return None
+        if not record.ts < record.label_ts:
+            return None
+        features = dict(zip(self._names, astuple(record.features), strict=True))
+        return Example(record.symbol, record.ts, record.label_ts, features, record.target)
 
 
 def parse_example(raw: bytes | dict[str, Any], names: Iterable[str] | None = None) -> Example:

@@ -770,3 +770,46 @@ def test_the_usual_features_record_is_read_in_one_go_as_parse_features_reads_it(
             low, high = FEATURE_BOUNDS[name]
             assert low <= value <= high, (name, value)
     assert read >= 6  # the usual records, and the hostile ones that are in fact usual
+
+
+def test_the_usual_examples_record_is_read_in_one_go_as_parse_example_reads_it() -> None:
+    """`UsualExamples`, the trainer's fast reading, against `parse_example` on every hostile
+    record above and the usual ones in other spellings: what it reads, `parse_example` reads
+    the same, with every feature, and none of it is out of bounds (so the trainer need not
+    check); what it passes over, `parse_example` and the trainer's checks are left to."""
+    from rtml.pipelines.features import FEATURE_BOUNDS, TARGET_BOUNDS, out_of_bounds
+    from rtml.records import UsualExamples, parse_example
+
+    usual = UsualExamples(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
+    base, _ = _records()["example"]
+    features = {n: 0.01 * (i + 1) for i, n in enumerate(FEATURE_NAMES)}
+    good = json.dumps(base | {"features": features | {"close": 5.0}}).encode()
+    cases = [
+        *_hostile(base),
+        good,
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000300.0'),  # label at the features
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000400.0'),  # label before them
+        good.replace(b'"target": 0.01', b'"target": 0'),
+        good.replace(b'"target": 0.01', b'"target": -0.995'),  # out of its bounds
+        good.replace(b'"ret_1": 0.01', b'"ret_1": 1'),  # a whole number
+        good.replace(b'"ret_1": 0.01', b'"ret_1": 1e300'),
+        good.replace(b', "close": 5.0}', b', "ret_1": 0.5}'),  # a key twice: the last counts
+        good.replace(b', "close": 5.0}', b', "rsi_14": 2.0}'),
+        good.replace(b', "close": 5.0}', b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        good.replace(b'"X"', rb'"\ud800"'),  # half a character
+        good[:-5],
+    ]
+    read = 0
+    for raw in cases:
+        got = usual.read(raw)
+        if got is None:
+            continue
+        read += 1
+        assert got == parse_example(raw, FEATURE_NAMES), raw
+        assert list(got.features) == FEATURE_NAMES and got.ts < got.label_ts
+        assert out_of_bounds(got.features, got.target) is None, raw
+        assert all(
+            type(v) is float for v in [got.ts, got.label_ts, got.target, *got.features.values()]
+        )
+    assert read >= 5  # the usual records, and the hostile ones that are in fact usual
