@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from rtml import feature_store as fs
+from rtml.errors import ConfigError
 from rtml.kafka import dead_letter, encode, send
 from rtml.pipelines.feature_pipeline import PipelineStats
 from rtml.pipelines.processor import FeatureProcessor, Outputs
@@ -54,9 +55,28 @@ def publish(
     return stats
 
 
+def _not_configured(symbol: str, unknown: dict[str, None]) -> BadRecord:
+    """A backfill's `unknown_symbol`; the first few such symbols are kept in `unknown`."""
+    if len(unknown) < NAMED_UNKNOWN:
+        unknown[symbol[:60]] = None
+    reason = "is not in RTML_SYMBOLS (or RTML_SHARDS); add it to backfill it"
+    return BadRecord("unknown_symbol", f"{symbol!r:.60} {reason}")
+
+
+def _none_configured(configured: Iterable[str], unknown: list[str]) -> ConfigError:
+    named = ", ".join(unknown) + (", ..." if len(unknown) == NAMED_UNKNOWN else "")
+    return ConfigError(
+        f"none of the trades is of a configured symbol ({', '.join(sorted(configured))}): "
+        f"they are of {named}; set RTML_SYMBOLS to the ones to backfill, e.g. "
+        f"RTML_SYMBOLS={','.join(unknown)}"
+    )
+
+
 LOGGED_PER_CLASS = 10
 """A backfill logs this many skipped records of each class; the rest are counted (the last
 line gives every class's count)."""
+NAMED_UNKNOWN = 5
+"""Where none of a backfill's symbols is configured, how many of them its error names."""
 
 
 def backfill(
@@ -69,9 +89,14 @@ def backfill(
     """Build offline features and targets from `trades` with the live pipeline's own code.
 
     Rejected records are counted and logged (there is no topic to dead-letter them to); the
-    newest features of each symbol are written online at the end so serving can start.
+    newest features of each symbol are written online at the end so serving can start. As in
+    the live pipeline, only the configured symbols are built (`unknown_symbol` for the rest:
+    a file of a million symbols would otherwise hold a million windows open); where none of
+    the input is of a configured symbol, ConfigError names the ones it holds.
     """
     processor = FeatureProcessor.of(settings)
+    configured = frozenset(settings.symbols).union(*settings.shards.values())
+    unknown: dict[str, None] = {}  # the first few not configured, in order, to name them
     sink = FeatureSink(settings, store=None, producer=None)
     stats = PipelineStats()
     latest: dict[str, FeatureRow] = {}
@@ -110,11 +135,16 @@ def backfill(
         if isinstance(item, BadRecord):
             skipped(item, "a bad record")
             continue
+        if item.symbol not in configured:
+            skipped(_not_configured(item.symbol, unknown), "a trade")
+            continue
         stats.trades += 1
         try:
             take(processor.on_trade(item))
         except BadRecord as exc:
             skipped(exc, f"{item.symbol}@{item.ts}")
+    if unknown and not stats.trades:
+        raise _none_configured(configured, list(unknown))
     take(processor.flush(math.inf))
     sink.flush_offline()
     if write_online and latest:

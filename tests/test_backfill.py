@@ -89,3 +89,32 @@ def test_a_file_of_bad_rows_is_counted_and_logged_a_few_at_a_time(
     lines = [r.getMessage() for r in caplog.records if "backfill skipped" in r.getMessage()]
     assert len(lines) == LOGGED_PER_CLASS + 3
     assert "counted, not logged" in lines[LOGGED_PER_CLASS - 1]
+
+
+def test_only_configured_symbols_are_built_and_none_configured_says_what_to_set(
+    settings: Settings,
+) -> None:
+    """As in the live pipeline, a trade of a symbol that is not configured is `unknown_symbol`
+    (a file of a million symbols held a million windows open); where none is configured,
+    the error names the symbols the input holds and what to set."""
+    from rtml.errors import ConfigError
+    from rtml.pipelines.feed import NAMED_UNKNOWN
+
+    tag = uuid.uuid4().hex[:6]
+    local = settings.model_copy(update={"symbols": (f"K{tag}",)})
+    mixed = SyntheticMarket((f"K{tag}", f"U{tag}"), seed=2, start_ts=1_700_000_040)
+    trades = list(mixed.candles_of_trades(30))
+    stats = backfill(local, trades, write_online=False)
+    theirs = sum(t.symbol == f"U{tag}" for t in trades)
+    assert stats.rejected == {"unknown_symbol": theirs} and stats.trades == len(trades) - theirs
+    stored = fs.stored_keys(local.offline_dir / fs.FEATURES_DATASET)
+    symbols = {symbol for symbol, _ in stored}
+    assert f"K{tag}" in symbols and f"U{tag}" not in symbols
+
+    many = [SyntheticMarket((f"Z{i}{tag}",), seed=i, start_ts=1_700_000_040) for i in range(9)]
+    others = [t for market in many for t in market.candles_of_trades(2)]
+    with pytest.raises(ConfigError) as refused:
+        backfill(local, others, write_online=False)
+    message = str(refused.value)
+    named = [f"Z{i}{tag}" for i in range(NAMED_UNKNOWN)]
+    assert f"RTML_SYMBOLS={','.join(named)}" in message and f"Z8{tag}" not in message, message

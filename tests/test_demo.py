@@ -52,3 +52,49 @@ def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
     # the trainer checkpointed on SIGTERM: its newest checkpoint learned the stream's examples
     learned = registry.learned(demo.settings)
     assert learned is not None and learned >= summary["examples"]
+
+
+def test_the_evaluation_scores_what_it_can_and_counts_the_records_it_leaves_out(
+    settings: Settings,
+) -> None:
+    """A demo's topics are topics like any other: a record a client wrote there that is not
+    rtml's, or is spoiled, is left out of the evaluation and counted, where it stopped it."""
+    from rtml.app.demo import evaluate
+    from rtml.kafka import Topics, encode, ensure_topics, make_producer
+    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.records import Example, Prediction
+
+    local = settings.model_copy(update={"topic_prefix": f"eval{uuid.uuid4().hex[:6]}."})
+    topics = Topics.of(local)
+    ensure_topics(local, [topics.examples, topics.predictions])
+    x = {n: 0.01 for n in FEATURE_NAMES}
+    examples = [Example("A", 60.0 * i, 60.0 * i + 300, x, 0.001 * i) for i in range(1, 4)]
+    predictions = [Prediction("A", 60.0 * i, 0.002, 1, 50.0, "m") for i in range(1, 3)]
+    producer = make_producer(local)
+    for ex in examples:
+        producer.produce(topics.examples, encode(ex.to_json()), b"A")
+    for p in predictions:
+        producer.produce(topics.predictions, encode(p.to_json()), b"A")
+    hostile = [
+        b"not json",
+        b"[1, 2]",
+        b'{"symbol": "A", "ts": "x"}',
+        b'{"ts": 1' + b"0" * 400 + b"}",
+    ]
+    for raw in hostile:
+        producer.produce(topics.examples, raw)
+        producer.produce(topics.predictions, raw)
+    none = Prediction("A", 180.0, math.nan, 1, 50.0, "m")  # the model gave no prediction
+    producer.produce(topics.predictions, encode(none.to_json()), b"A")
+    assert producer.flush(10) == 0
+
+    class Static:
+        def predict_one(self, x: dict[str, float]) -> float:
+            return 0.0
+
+    ev = evaluate(local, Static())
+    assert ev.ts == [60.0, 120.0] and ev.target == [0.001, 0.002] and ev.served == [0.002] * 2
+    assert ev.versions == [1, 1] and ev.trained_through == [50.0, 50.0]
+    assert sum(ev.refused.values()) == 2 * len(hostile) + 1
+    assert ev.refused["predictions no_prediction"] == 1
+    assert ev.refused["examples not_json"] == 2 and ev.refused["predictions not_json"] == 2

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from typing import Any
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ServiceError
-from rtml.kafka import Topics, read_topic
+from rtml.kafka import Topics, read_messages
+from rtml.pipelines.features import FEATURE_NAMES
+from rtml.records import BadRecord, Example, Prediction, parse_example, parse_prediction
 from rtml.settings import Settings
 
 # what each child gets from the demo's settings; the rest they read as the demo did
@@ -111,6 +114,9 @@ class Evaluation:
     label_ts: list[float] = field(default_factory=list)
     trained_through: list[float] = field(default_factory=list)
     """The newest label time the served model had learned (NaN for the baseline)."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Records of the topics that could not be scored, by topic and class (`no_prediction`
+    where the model gave none): not rtml's, or spoiled."""
 
     def mae(self, predictions: list[float]) -> float:
         errors = [abs(p - t) for p, t in zip(predictions, self.target, strict=True)]
@@ -126,28 +132,42 @@ class Evaluation:
 
 
 def evaluate(settings: Settings, static: Any) -> Evaluation:
-    """Join the run's `predictions` with its `examples`; predict each with `static` too."""
+    """Join the run's `predictions` with its `examples`; predict each with `static` too.
+    Each record is read as its consumers read it; one that is not rtml's, or is spoiled, is
+    counted in `refused` and left out."""
     topics = Topics.of(settings)
-    examples = {(e["symbol"], float(e["ts"])): e for e in read_topic(settings, topics.examples, 60)}
-    predictions = read_topic(settings, topics.predictions, 60)
     out = Evaluation()
+    examples: dict[tuple[str, float], Example] = {}
+    for _, raw in read_messages(settings, topics.examples, 60):
+        try:
+            ex = parse_example(raw, FEATURE_NAMES)
+        except BadRecord as exc:
+            out.refused[f"examples {exc.kind}"] += 1
+            continue
+        examples[ex.symbol, ex.ts] = ex
+    predictions: list[Prediction] = []
+    for _, raw in read_messages(settings, topics.predictions, 60):
+        try:
+            predictions.append(parse_prediction(raw))
+        except BadRecord as exc:
+            out.refused[f"predictions {exc.kind}"] += 1
     seen: set[tuple[str, float]] = set()
-    for p in sorted(predictions, key=lambda p: (float(p["ts"]), p["symbol"])):
-        key = (p["symbol"], float(p["ts"]))
-        ex = examples.get(key)
-        if ex is None or key in seen or p["prediction"] is None:
+    for p in sorted(predictions, key=lambda p: (p.ts, p.symbol)):
+        key = (p.symbol, p.ts)
+        known = examples.get(key)
+        if known is None or key in seen:
             continue  # target not known yet, or a redelivered prediction
         seen.add(key)
-        out.ts.append(key[1])
-        out.symbol.append(key[0])
-        out.target.append(float(ex["target"]))
-        out.served.append(float(p["prediction"]))
-        out.static.append(float(static.predict_one(ex["features"])))
-        out.versions.append(int(p["model_version"] or 0))
-        out.features.append(ex["features"])
-        out.label_ts.append(float(ex["label_ts"]))
-        through = p.get("trained_through")
-        out.trained_through.append(float(through) if through is not None else math.nan)
+        ex = known
+        out.ts.append(p.ts)
+        out.symbol.append(p.symbol)
+        out.target.append(ex.target)
+        out.served.append(p.prediction)
+        out.static.append(float(static.predict_one(ex.features)))
+        out.versions.append(p.version)
+        out.features.append(ex.features)
+        out.label_ts.append(ex.label_ts)
+        out.trained_through.append(p.trained_through)
     return out
 
 
@@ -503,4 +523,7 @@ class Demo:
             ratio = s["served_mae"] / s["static_mae"]
             ahead = "ahead of" if ratio < 1 else "behind"
             lines.append(f"   incremental is {ahead} static: ratio {ratio:.3f}")
+        if ev.refused:
+            left_out = ", ".join(f"{kind} {n:,}" for kind, n in sorted(ev.refused.items()))
+            lines.append(f"   records left out       {left_out}")
         return lines
