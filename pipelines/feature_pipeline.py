@@ -42,7 +42,7 @@ from rtml.pipelines.emitted import Emitted
 from rtml.pipelines.features import WARMUP, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
-from rtml.records import BadRecord, Trade, parse_trade
+from rtml.records import BadRecord, Trade, UsualTrades, parse_trade
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -168,6 +168,7 @@ class FeaturePipeline:
         self.stats = PipelineStats()
         self.processor = FeatureProcessor.of(settings)
         self.symbols = frozenset(settings.symbols)
+        self._usual_trades = UsualTrades()  # the usual trade in one go; the rest field by field
         self._emitted = Emitted()
         self._history = History()
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
@@ -344,7 +345,8 @@ class FeaturePipeline:
         partition, offset = msg.partition() or 0, msg.offset() or 0
         trade: Trade | None = None
         try:
-            trade = parse_trade(msg.value() or b"")
+            raw = msg.value() or b""
+            trade = self._usual_trades.read(raw) or parse_trade(raw)
             if trade.symbol not in self.symbols:
                 # a window opened for it would never close and pin the commit behind it
                 raise BadRecord(

@@ -44,7 +44,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -496,6 +496,49 @@ def _bounded(
 
 _SYMBOL = Annotated[str, msgspec.Meta(min_length=1)]
 _TIME = Annotated[float, msgspec.Meta(gt=0.0, lt=LAST_TIME)]  # as `usual_ts` takes it
+
+
+class UsualTrades:
+    """A trade as rtml and exchanges' feeds write it, read and checked in one go, for the
+    feature pipeline, as `UsualFeatures` reads `features`: a non-empty string `symbol`, a
+    string (at most `MAX_ID_CHARS`) or 64-bit integer `trade_id`, a `price` above zero and a
+    `size` not below it (numbers, both below 1e30), a `side` of `SIDES` and a `ts` of epoch
+    seconds from 1973 on, before `LAST_TIME` (smaller numbers may be days written as digits).
+    For those records `parse_trade(raw)` gives the same trade (tests/test_feature_logic.py);
+    any other record (a price as text, an ISO time, milliseconds) gives None, and
+    `parse_trade` reads it.
+
+    >>> UsualTrades().read(b'{"symbol":"X","trade_id":7,"price":10,"size":2,"side":"buy",'
+    ...                    b'"ts":1700000000.5}')
+    Trade(symbol='X', trade_id='7', price=10.0, size=2.0, side='buy', ts=1700000000.5)
+    """
+
+    __slots__ = ("_decode",)
+
+    def __init__(self) -> None:
+        record = msgspec.defstruct(
+            "UsualTrade",
+            [
+                ("symbol", _SYMBOL),
+                ("trade_id", Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | int),
+                ("price", Annotated[float, msgspec.Meta(gt=0.0, lt=_FLOAT_BOUND)]),
+                ("size", Annotated[float, msgspec.Meta(ge=0.0, lt=_FLOAT_BOUND)]),
+                ("side", Literal[SIDES]),
+                ("ts", Annotated[float, msgspec.Meta(ge=1e8, lt=LAST_TIME)]),
+            ],
+            gc=False,
+        )
+        self._decode = msgspec.json.Decoder(record).decode
+
+    def read(self, raw: bytes) -> Trade | None:
+        try:
+            t: Any = self._decode(raw)
+        except Exception:  # not the usual trade: `parse_trade` says what is wrong
+            return None
+        trade_id = t.trade_id
+        if type(trade_id) is int and not -(2**63) <= trade_id < 2**64:
+            return None  # beyond 64 bits, which `decode_object` reads as a float
+        return Trade(t.symbol, str(trade_id), t.price, t.size, t.side, t.ts)
 
 
 class UsualFeatures:

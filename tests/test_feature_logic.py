@@ -813,3 +813,43 @@ def test_the_usual_examples_record_is_read_in_one_go_as_parse_example_reads_it()
             type(v) is float for v in [got.ts, got.label_ts, got.target, *got.features.values()]
         )
     assert read >= 5  # the usual records, and the hostile ones that are in fact usual
+
+
+def test_the_usual_trade_is_read_in_one_go_as_parse_trade_reads_it() -> None:
+    """`UsualTrades`, the feature pipeline's fast reading, against `parse_trade` on every
+    hostile record above and the usual ones in other spellings: what it reads, `parse_trade`
+    reads the same; what it passes over (a price as text, an ISO or digit-written time,
+    milliseconds), `parse_trade` is left to read or refuse."""
+    from rtml.records import UsualTrades
+
+    usual = UsualTrades()
+    base, _ = _records()["trade"]
+    good = json.dumps(base).encode()
+    assert b'"ts": 1700000000.0' in good and b'"trade_id": "1"' in good
+    cases = [
+        *_hostile(base),
+        good,
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
+        good.replace(b'"ts": 1700000000.0', b'"ts": 20240102'),  # a day written as digits
+        good.replace(b'"ts": 1700000000.0', b'"ts": 20240102.0'),
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000000'),  # milliseconds
+        good.replace(b'"trade_id": "1"', b'"trade_id": 42'),
+        good.replace(b'"trade_id": "1"', b'"trade_id": 1' + b"0" * 25),
+        good.replace(b'"trade_id": "1"', b'"trade_id": 1' + b"0" * 35),
+        good.replace(b'"trade_id": "1"', b'"trade_id": "' + b"x" * 200 + b'"'),
+        good.replace(b'"side": "buy"', b'"side": "BUY"'),
+        good.replace(b"}", b', "price": 5.5}'),  # a key twice: the last counts
+        good.replace(b"}", b', "price": "5.5"}'),
+        good.replace(b"}", b', "size": 0}'),
+        good.replace(b"}", b', "size": 1' + b"0" * 29 + b"}"),
+        good.replace(b"}", b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    ]
+    read = 0
+    for raw in cases:
+        got = usual.read(raw)
+        if got is None:
+            continue
+        read += 1
+        assert got == parse_trade(raw), raw
+        assert all(type(v) is float for v in (got.price, got.size, got.ts)), raw
+    assert read >= 8  # the usual trades, and the hostile ones that are in fact usual
