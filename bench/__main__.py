@@ -8,6 +8,7 @@ embedded Kafka and Redis in a temporary state directory.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -380,13 +381,16 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
     ]
 
 
-def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.0) -> list[Figure]:
+def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 100.0) -> list[Figure]:
     """From an example's arrival on `examples` to a served model that has learned it.
 
     A trainer (checkpointing every `checkpoint_interval_s`) and a predictor's model holder
     (polling the champion alias every `model_poll_s`) run as they would in production; examples
-    arrive at `rate` per second. Reference: one bare MLflow round trip in the same run (log a
-    version, point the alias at it, load it back), the least any served update costs.
+    arrive at `rate` per second. The gate replaces a champion only once the candidate has been
+    scored on `gate.MIN_EXAMPLES` (50) examples the champion has not learned, so at `rate` that
+    alone takes 50 / `rate` seconds, and examples keep arriving until each one measured has
+    been served. Reference: one bare MLflow round trip in the same run (log a version, point
+    the alias at it, load it back), the least any served update costs.
     """
     from rtml.pipelines.features import FEATURE_NAMES
     from rtml.pipelines.trainer import Trainer
@@ -438,7 +442,10 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 10.
         runner.join(60)
     ref = statistics.median(reference)
     p50, p99 = _percentile(staleness, 0.5), _percentile(staleness, 0.99)
-    label = f"poll {local.model_poll_s:g} s, checkpoint {local.checkpoint_interval_s:g} s"
+    label = (
+        f"{rate:g} examples/s, poll {local.model_poll_s:g} s, "
+        f"checkpoint {local.checkpoint_interval_s:g} s"
+    )
     return [
         Figure(
             f"staleness p50, example -> served model ({label})",
@@ -470,31 +477,41 @@ def _arrival_to_served(
     seconds: float,
     rate: float,
 ) -> list[float]:
-    """Produce examples from number `first` on at `rate`; for each, the seconds until the
-    served model's trained-through watermark covers its label time."""
+    """Produce examples from number `first` on at `rate`; for each produced in the first
+    `seconds`, the seconds until the served model's trained-through watermark covers its
+    label time. Examples go on arriving after that (as a stream does) until each of those is
+    served, or 60 s more have passed."""
+
+    def through() -> float:
+        """The served model's trained-through time; -inf for none, or the naive baseline
+        (which learned nothing: NaN)."""
+        current = holder.current
+        learned = current.trained_through if current is not None else -math.inf
+        return learned if math.isfinite(learned) else -math.inf
+
     deadline = time.monotonic() + 120
-    while holder.current is None or holder.current.trained_through < example(first - 1).label_ts:
+    while through() < example(first - 1).label_ts:
         if time.monotonic() > deadline:
             raise RuntimeError("the trainer never promoted a version that learned the history")
         time.sleep(0.01)
     arrived: dict[float, float] = {}  # label time -> when its example was produced
     staleness: list[float] = []
-    served_through = holder.current.trained_through
+    served_through = through()
     i, start = first, time.perf_counter()
     next_send = start
     while time.perf_counter() - start < seconds or (
-        arrived and time.perf_counter() - start < seconds + 30
+        arrived and time.perf_counter() - start < seconds + 60
     ):
         now = time.perf_counter()
-        if now >= next_send and now - start < seconds:
+        while now >= next_send:
             ex = example(i)
             producer.produce(topic, key=ex.symbol.encode(), value=encode(ex.to_json()))
             producer.poll(0)
-            arrived[ex.label_ts] = time.perf_counter()
+            if now - start < seconds:
+                arrived[ex.label_ts] = time.perf_counter()
             i, next_send = i + 1, next_send + 1 / rate
-        current = holder.current
-        if current is not None and current.trained_through > served_through:
-            served_through, seen = current.trained_through, time.perf_counter()
+        if (now_through := through()) > served_through:
+            served_through, seen = now_through, time.perf_counter()
             for label_ts in [t for t in arrived if t <= served_through]:
                 staleness.append(seen - arrived.pop(label_ts))
         time.sleep(0.005)
