@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -731,6 +732,33 @@ def test_no_value_in_any_field_fails_a_parser_otherwise_than_as_a_bad_record(kin
     assert len(cases) > 100
 
 
+def _taken(read: Callable[[bytes], Any], cases: list[bytes]) -> list[tuple[bytes, Any]]:
+    """Each case a fast reader takes, with what it read."""
+    return [(raw, got) for raw in cases if (got := read(raw)) is not None]
+
+
+def _spellings(good: bytes) -> list[bytes]:
+    """`good`, a usual record with `"close": 5.0` among its features, and the same spelled
+    other ways: some still usual, some not."""
+    inside = b'"close": 5.0'
+
+    def add(extra: bytes) -> bytes:  # a key more among the features
+        return good.replace(inside, inside + b", " + extra)
+
+    return [
+        good,
+        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
+        good.replace(b'"ret_1": 0.01', b'"ret_1": 1'),  # a whole number
+        add(b'"ret_1": 0.5'),  # a key twice: the last counts
+        add(b'"ret_1": "x"'),
+        add(b'"rsi_14": 1.5'),  # out of its bounds
+        add(b'"deep": ' + b"[" * 5000 + b"]" * 5000),
+        good.replace(b"0.01", b"1e400"),
+        good.replace(b'"X"', rb'"\ud800"'),  # half a character
+        good[:-5],
+    ]
+
+
 def test_the_usual_features_record_is_read_in_one_go_as_parse_features_reads_it() -> None:
     """`UsualFeatures`, the streaming predictor's fast reading, against `parse_features` on
     every hostile record above and the usual ones in other spellings: what it reads,
@@ -743,33 +771,16 @@ def test_the_usual_features_record_is_read_in_one_go_as_parse_features_reads_it(
     base, _ = _records()["features"]
     features = {n: 0.01 * (i + 1) for i, n in enumerate(FEATURE_NAMES)}
     good = json.dumps(base | {"features": features | {"close": 5.0}}).encode()
-    cases = [
-        *_hostile(base),
-        good,
-        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
-        good.replace(b'"ret_1": 0.01', b'"ret_1": 1'),  # a whole number
-        good.replace(b"}}", b', "ret_1": 0.5}}'),  # a key twice: the last counts
-        good.replace(b"}}", b', "ret_1": "x"}}'),
-        good.replace(b"}}", b'}, "symbol": "Y"}'),
-        good.replace(b"}}", b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}"),
-        good.replace(b"}}", b', "rsi_14": 1.5}}'),  # out of its bounds
-        good.replace(b"0.01", b"1e400"),
-        good.replace(b'"X"', rb'"\ud800"'),  # half a character
-        good[:-5],
-    ]
-    read = 0
-    for raw in cases:
-        got = usual.read(raw)
-        if got is None:
-            continue
-        read += 1
+    cases = [*_hostile(base), *_spellings(good), good.replace(b"}}", b'}, "symbol": "Y"}')]
+    taken = _taken(usual.read, cases)
+    for raw, got in taken:
         row = parse_features(raw, FEATURE_NAMES)
         assert got == (row.symbol, row.ts, tuple(row.values[n] for n in FEATURE_NAMES)), raw
         assert all(type(v) is float for v in got[2]) and type(got[1]) is float
         for name, value in zip(FEATURE_NAMES, got[2], strict=True):
             low, high = FEATURE_BOUNDS[name]
             assert low <= value <= high, (name, value)
-    assert read >= 6  # the usual records, and the hostile ones that are in fact usual
+    assert len(taken) >= 6  # the usual records, and the hostile ones that are in fact usual
 
 
 def test_the_usual_examples_record_is_read_in_one_go_as_parse_example_reads_it() -> None:
@@ -786,33 +797,22 @@ def test_the_usual_examples_record_is_read_in_one_go_as_parse_example_reads_it()
     good = json.dumps(base | {"features": features | {"close": 5.0}}).encode()
     cases = [
         *_hostile(base),
-        good,
-        good.replace(b'"ts": 1700000000.0', b'"ts": 1700000000'),
+        *_spellings(good),
         good.replace(b'"ts": 1700000000.0', b'"ts": 1700000300.0'),  # label at the features
         good.replace(b'"ts": 1700000000.0', b'"ts": 1700000400.0'),  # label before them
         good.replace(b'"target": 0.01', b'"target": 0'),
         good.replace(b'"target": 0.01', b'"target": -0.995'),  # out of its bounds
-        good.replace(b'"ret_1": 0.01', b'"ret_1": 1'),  # a whole number
         good.replace(b'"ret_1": 0.01', b'"ret_1": 1e300'),
-        good.replace(b', "close": 5.0}', b', "ret_1": 0.5}'),  # a key twice: the last counts
-        good.replace(b', "close": 5.0}', b', "rsi_14": 2.0}'),
-        good.replace(b', "close": 5.0}', b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
-        good.replace(b'"X"', rb'"\ud800"'),  # half a character
-        good[:-5],
     ]
-    read = 0
-    for raw in cases:
-        got = usual.read(raw)
-        if got is None:
-            continue
-        read += 1
+    taken = _taken(usual.read, cases)
+    for raw, got in taken:
         assert got == parse_example(raw, FEATURE_NAMES), raw
         assert list(got.features) == FEATURE_NAMES and got.ts < got.label_ts
         assert out_of_bounds(got.features, got.target) is None, raw
         assert all(
             type(v) is float for v in [got.ts, got.label_ts, got.target, *got.features.values()]
         )
-    assert read >= 5  # the usual records, and the hostile ones that are in fact usual
+    assert len(taken) >= 5  # the usual records, and the hostile ones that are in fact usual
 
 
 def test_the_usual_trade_is_read_in_one_go_as_parse_trade_reads_it() -> None:
@@ -844,12 +844,8 @@ def test_the_usual_trade_is_read_in_one_go_as_parse_trade_reads_it() -> None:
         good.replace(b"}", b', "size": 1' + b"0" * 29 + b"}"),
         good.replace(b"}", b', "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
     ]
-    read = 0
-    for raw in cases:
-        got = usual.read(raw)
-        if got is None:
-            continue
-        read += 1
+    taken = _taken(usual.read, cases)
+    for raw, got in taken:
         assert got == parse_trade(raw), raw
         assert all(type(v) is float for v in (got.price, got.size, got.ts)), raw
-    assert read >= 8  # the usual trades, and the hostile ones that are in fact usual
+    assert len(taken) >= 8  # the usual trades, and the hostile ones that are in fact usual
