@@ -21,7 +21,14 @@ from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.models import LinearScorer
-from rtml.records import BadRecord, Prediction, UsualFeatures, decode_object, parse_features
+from rtml.records import (
+    BadRecord,
+    FeatureRow,
+    Prediction,
+    UsualFeatures,
+    decode_object,
+    parse_features,
+)
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.serving.model_holder import ModelHolder, ModelRouter, Served
 from rtml.settings import Settings
@@ -66,8 +73,11 @@ class StreamingPredictor:
         """Predict one `features` record onto `predictions`."""
         raw = msg.value() or b""
         usual = self._usual_features.read(raw)
-        if usual is None or not self._usual(*usual):
+        if usual is None:
             self._predict(decode_object(raw))
+        elif not self._usual(*usual):  # read already: another kind of model, or symbol
+            symbol, ts, values = usual
+            self._predict_row(FeatureRow(symbol, ts, dict(zip(FEATURE_NAMES, values, strict=True))))
 
     def _usual(self, symbol: str, ts: float, values: tuple[float, ...]) -> bool:
         """Predict the usual record (rtml's own shape, checked as `UsualFeatures` reads it)
@@ -100,7 +110,10 @@ class StreamingPredictor:
         return True
 
     def _predict(self, record: dict[str, Any]) -> None:
-        row = parse_features(record, FEATURE_NAMES)
+        """Predict a record that is not the usual one, read field by field."""
+        self._predict_row(parse_features(record, FEATURE_NAMES))
+
+    def _predict_row(self, row: FeatureRow) -> None:
         if row.symbol not in self.symbols:
             raise BadRecord(
                 "unknown_symbol",

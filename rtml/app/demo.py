@@ -140,11 +140,11 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
     examples: dict[tuple[str, float], Example] = {}
     for _, raw in read_messages(settings, topics.examples, 60):
         try:
-            ex = parse_example(raw, FEATURE_NAMES)
+            parsed = parse_example(raw, FEATURE_NAMES)
         except BadRecord as exc:
             out.refused[f"examples {exc.kind}"] += 1
             continue
-        examples[ex.symbol, ex.ts] = ex
+        examples[parsed.symbol, parsed.ts] = parsed
     predictions: list[Prediction] = []
     for _, raw in read_messages(settings, topics.predictions, 60):
         try:
@@ -154,11 +154,9 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
     seen: set[tuple[str, float]] = set()
     for p in sorted(predictions, key=lambda p: (p.ts, p.symbol)):
         key = (p.symbol, p.ts)
-        known = examples.get(key)
-        if known is None or key in seen:
-            continue  # target not known yet, or a redelivered prediction
+        if key in seen or (ex := examples.get(key)) is None:
+            continue  # a redelivered prediction, or its target not known yet
         seen.add(key)
-        ex = known
         out.ts.append(p.ts)
         out.symbol.append(p.symbol)
         out.target.append(ex.target)
