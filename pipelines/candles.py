@@ -47,6 +47,7 @@ class _Window:
     high: float
     low: float
     close: float
+    first_ts: float
     last_ts: float
     volume: float = 0.0
     notional: float = 0.0
@@ -58,6 +59,33 @@ class _Window:
 
 _LOG_MOVE = math.log(MAX_MOVE)
 _LEAST_MOVE = 1.0 / MAX_MOVE
+
+
+class _Series:
+    """What the builder holds for one symbol, in one place: a trade looks it up once."""
+
+    __slots__ = (
+        "arrived",
+        "closed_until",
+        "earliest_end",
+        "ids",
+        "last_close",
+        "order",
+        "run",
+        "watermark",
+        "windows",
+    )
+
+    def __init__(self) -> None:
+        self.watermark = -math.inf
+        self.earliest_end = math.inf  # the end of the oldest open window: most trades close none
+        self.windows: dict[float, _Window] = {}
+        self.closed_until = -math.inf
+        self.last_close: float | None = None
+        self.ids: set[str] = set()  # trade ids seen, the newest `dedup_capacity` of them
+        self.order: deque[str] = deque()
+        self.run = 0  # candles closed since the series (re)started, capped at SETTLED
+        self.arrived: float | None = None  # clock time of the newest trade
 
 
 class CandleBuilder:
@@ -91,15 +119,8 @@ class CandleBuilder:
         # it reads `trades` from the start of its history and resumes restored symbols as
         # settled, so a young symbol never needs a run of records ahead of the clock confirmed
         self._future = FutureRule(self.max_step_s, self.max_gap_s, clock, young_confirms=False)
-        self._watermark: dict[str, float] = {}
-        self._earliest: dict[str, float] = {}
-        self._open: dict[str, dict[float, _Window]] = {}
-        self._closed_until: dict[str, float] = {}
-        self._last_close: dict[str, float] = {}
-        self._seen: dict[str, tuple[set[str], deque[str]]] = {}
-        self._run: dict[str, int] = {}  # candles closed since the series (re)started, capped
+        self._series: dict[str, _Series] = {}
         self._moves = Jumps()  # trades in a row priced far from their symbol's last close
-        self._arrived: dict[str, float] = {}  # clock time of each symbol's newest trade
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -110,83 +131,81 @@ class CandleBuilder:
     def clock(self, clock: Callable[[], float]) -> None:
         self._future.clock = clock
 
+    def _of(self, symbol: str) -> _Series:
+        series = self._series.get(symbol)
+        if series is None:
+            series = self._series[symbol] = _Series()
+        return series
+
     def add(self, trade: Trade, position: tuple[int, int] | None = None) -> list[Candle]:
         """Add one trade; returns the candles that closed because of it, oldest first."""
-        start = float(math.floor(trade.ts / self.seconds) * self.seconds)
-        closed_until = self._closed_until.get(trade.symbol, -math.inf)
-        mark = self._watermark.get(trade.symbol, -math.inf)
-        newest = mark if mark > closed_until else closed_until
-        self._future.jumped(
-            trade.symbol, trade.ts, newest, self._run.get(trade.symbol, 0) >= SETTLED
-        )
-        if start + self.seconds <= closed_until:
+        symbol, ts, price, seconds = trade.symbol, trade.ts, trade.price, self.seconds
+        start = float(math.floor(ts / seconds) * seconds)
+        s = self._series.get(symbol) or self._of(symbol)
+        newest = s.watermark if s.watermark > s.closed_until else s.closed_until
+        future = self._future
+        if ts > newest + future.least or future.jumps.pending:
+            future.jumped(symbol, ts, newest, s.run >= SETTLED)
+        if start + seconds <= s.closed_until:
             raise BadRecord(
                 "late",
-                f"{trade.symbol}@{trade.ts}: its window [{start}, {start + self.seconds}) closed "
-                f"(watermark {self.watermark(trade.symbol)})",
+                f"{symbol}@{ts}: its window [{start}, {start + seconds}) closed "
+                f"(watermark {s.watermark})",
             )
-        last = self._last_close.get(trade.symbol)
-        if last is not None and not last * _LEAST_MOVE <= trade.price <= last * MAX_MOVE:
+        last = s.last_close
+        if last is not None and not last * _LEAST_MOVE <= price <= last * MAX_MOVE:
             # the third trade in a row at the new level is the market (a redenomination)
-            if not self._moves.confirmed(trade.symbol, math.log(trade.price), _LOG_MOVE):
+            if not self._moves.confirmed(symbol, math.log(price), _LOG_MOVE):
                 raise BadRecord(
                     "out_of_range",
-                    f"{trade.symbol}@{trade.ts}: price {trade.price:g} is more than "
+                    f"{symbol}@{ts}: price {price:g} is more than "
                     f"{MAX_MOVE:g}-fold from its last close {last:g}",
                 )
         elif self._moves.pending:
-            self._moves.clear(trade.symbol)
-        self._remember(trade)
-        self._arrived[trade.symbol] = self.clock()
-        windows = self._open.setdefault(trade.symbol, {})
-        w = windows.get(start)
+            self._moves.clear(symbol)
+        ids, trade_id = s.ids, trade.trade_id
+        if trade_id in ids:
+            raise BadRecord("duplicate", f"{symbol} trade_id {trade_id} seen before")
+        ids.add(trade_id)
+        s.order.append(trade_id)
+        if len(s.order) > self.dedup_capacity:
+            ids.discard(s.order.popleft())
+        s.arrived = future.clock()
+        w = s.windows.get(start)
         if w is None:
-            w = windows[start] = _Window(
-                start, trade.price, trade.price, trade.price, trade.price, trade.ts
-            )
-        w.high = max(w.high, trade.price)
-        w.low = min(w.low, trade.price)
-        if trade.ts >= w.last_ts:
-            w.close, w.last_ts = trade.price, trade.ts
+            w = s.windows[start] = _Window(start, price, price, price, price, ts, ts)
+            s.earliest_end = min(s.earliest_end, start + seconds)
+        elif price > w.high:
+            w.high = price
+        elif price < w.low:
+            w.low = price
+        if ts >= w.last_ts:
+            w.close, w.last_ts = price, ts
+        elif ts < w.first_ts:  # a trade that arrives after a newer one can be the open
+            w.open, w.first_ts = price, ts
         w.volume += trade.size
-        w.notional += trade.size * trade.price
+        w.notional += trade.size * price
         w.trades += 1
         if position is not None:
             partition, offset = position
             w.first_positions.setdefault(partition, offset)
-        mark = max(self.watermark(trade.symbol), trade.ts - self.allowed_lateness)
-        self._watermark[trade.symbol] = mark
-        if mark < self._earliest_end(trade.symbol, start):
+        mark = ts - self.allowed_lateness
+        s.watermark = max(s.watermark, mark)
+        if s.watermark < s.earliest_end:
             return []
-        return self._close_ready(trade.symbol)
-
-    def _earliest_end(self, symbol: str, start: float) -> float:
-        """The end of `symbol`'s oldest open window, cached: most trades close nothing."""
-        cached = self._earliest.get(symbol, math.inf)
-        if start + self.seconds < cached:
-            cached = self._earliest[symbol] = start + self.seconds
-        return cached
+        return self._close_ready(symbol, s)
 
     def watermark(self, symbol: str) -> float:
-        return self._watermark.get(symbol, -math.inf)
+        series = self._series.get(symbol)
+        return -math.inf if series is None else series.watermark
 
-    def _close_ready(self, symbol: str) -> list[Candle]:
-        windows = self._open.get(symbol, {})
-        mark = self.watermark(symbol)
+    def _close_ready(self, symbol: str, s: _Series) -> list[Candle]:
+        windows, mark = s.windows, s.watermark
         closed: list[Candle] = []
-        for start in sorted(s for s in windows if s + self.seconds <= mark):
-            closed.extend(self._close(symbol, windows.pop(start)))
-        self._earliest[symbol] = min(windows, default=math.inf) + self.seconds
+        for start in sorted(start for start in windows if start + self.seconds <= mark):
+            closed.extend(self._close(symbol, s, windows.pop(start)))
+        s.earliest_end = min(windows, default=math.inf) + self.seconds
         return closed
-
-    def _remember(self, trade: Trade) -> None:
-        ids, order = self._seen.setdefault(trade.symbol, (set(), deque()))
-        if trade.trade_id in ids:
-            raise BadRecord("duplicate", f"{trade.symbol} trade_id {trade.trade_id} seen before")
-        ids.add(trade.trade_id)
-        order.append(trade.trade_id)
-        if len(order) > self.dedup_capacity:
-            ids.discard(order.popleft())
 
     def close_idle(self, idle_s: float) -> list[Candle]:
         """Close the open windows of symbols with no trade for `idle_s` of clock time.
@@ -195,30 +214,31 @@ class CandleBuilder:
         its last window open, and the commit behind it, forever.
         """
         now, closed = self.clock(), []
-        for symbol, windows in self._open.items():
-            if windows and now - self._arrived.get(symbol, now) >= idle_s:
-                end = max(windows) + self.seconds
-                self._watermark[symbol] = max(self.watermark(symbol), end)
-                closed.extend(self._close_ready(symbol))
+        for symbol, s in self._series.items():
+            arrived = now if s.arrived is None else s.arrived
+            if s.windows and now - arrived >= idle_s:
+                s.watermark = max(s.watermark, max(s.windows) + self.seconds)
+                closed.extend(self._close_ready(symbol, s))
         closed.sort(key=lambda c: (c.end, c.symbol))
         return closed
 
     def advance(self, watermark: float) -> list[Candle]:
         """Move every symbol's watermark to at least `watermark`; returns what that closes."""
         closed: list[Candle] = []
-        for symbol in self._open:
-            self._watermark[symbol] = max(self.watermark(symbol), watermark)
-            closed.extend(self._close_ready(symbol))
+        for symbol, s in self._series.items():
+            if s.windows:
+                s.watermark = max(s.watermark, watermark)
+                closed.extend(self._close_ready(symbol, s))
         closed.sort(key=lambda c: (c.end, c.symbol))
         return closed
 
-    def _close(self, symbol: str, w: _Window) -> list[Candle]:
+    def _close(self, symbol: str, s: _Series, w: _Window) -> list[Candle]:
         out = []
-        prev_end = self._closed_until.get(symbol)
-        prev_close = self._last_close.get(symbol)
+        prev_end: float | None = s.closed_until if s.closed_until > -math.inf else None
+        prev_close = s.last_close
         if prev_end is not None and w.start - prev_end > self.max_gap_s:
             prev_end = None  # too long a silence to bridge: the series restarts
-            self._run[symbol] = 0
+            s.run = 0
         if prev_end is not None and prev_close is not None and self.gap_policy == "flat":
             for gap_start in range(int(prev_end), int(w.start), self.seconds):
                 out.append(
@@ -249,42 +269,33 @@ class CandleBuilder:
                 w.trades,
             )
         )
-        self._closed_until[symbol] = w.start + self.seconds
-        self._last_close[symbol] = w.close
-        self._run[symbol] = min(self._run.get(symbol, 0) + 1, SETTLED)
+        s.closed_until = w.start + self.seconds
+        s.last_close = w.close
+        s.run = min(s.run + 1, SETTLED)
         return out
 
     def open_positions(self) -> dict[int, int]:
         """Per partition, the lowest offset feeding a window that is still open."""
         lowest: dict[int, int] = {}
-        for windows in self._open.values():
-            for w in windows.values():
+        for s in self._series.values():
+            for w in s.windows.values():
                 for partition, offset in w.first_positions.items():
                     lowest[partition] = min(offset, lowest.get(partition, offset))
         return lowest
 
     def forget_positions(self) -> None:
         """The input topic was lost with its offsets: open windows keep their trades only."""
-        for windows in self._open.values():
-            for w in windows.values():
+        for s in self._series.values():
+            for w in s.windows.values():
                 w.first_positions.clear()
 
     def forget(self, symbol: str) -> None:
         """Drop everything held for `symbol`: its partition went to another replica."""
-        for held in (
-            self._watermark,
-            self._earliest,
-            self._open,
-            self._closed_until,
-            self._last_close,
-            self._seen,
-            self._arrived,
-            self._run,
-        ):
-            held.pop(symbol, None)
+        self._series.pop(symbol, None)
 
     def restore(self, symbol: str, closed_until: float, last_close: float) -> None:
         """Resume a symbol after a restart: windows before `closed_until` are closed."""
-        self._closed_until[symbol] = closed_until
-        self._last_close[symbol] = last_close
-        self._run[symbol] = SETTLED
+        s = self._of(symbol)
+        s.closed_until = closed_until
+        s.last_close = last_close
+        s.run = SETTLED

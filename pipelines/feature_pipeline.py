@@ -373,7 +373,7 @@ class FeaturePipeline:
                 )
             if resumed_on is None:
                 self._resume(trade.symbol, partition)
-            self._out.extend(self.processor.on_trade(trade, (partition, offset)))
+            self.processor.on_trade(trade, (partition, offset), self._out)
         except BadRecord as exc:
             if (
                 exc.kind == "late"

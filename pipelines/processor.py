@@ -82,10 +82,15 @@ class FeatureProcessor:
             max_silence_s=settings.max_silence_s,
         )
 
-    def on_trade(self, trade: Trade, position: tuple[int, int] | None = None) -> Outputs:
-        """Raises BadRecord for late and duplicate trades."""
+    def on_trade(
+        self, trade: Trade, position: tuple[int, int] | None = None, into: Outputs | None = None
+    ) -> Outputs:
+        """What `trade` led to, added to `into` (a new Outputs by default) and returned: a
+        loop that gathers a batch's outputs passes its own, and most trades add nothing.
+        Raises BadRecord for late and duplicate trades."""
+        out = Outputs() if into is None else into
         candles = self.builder.add(trade, position)
-        return self.on_candles(candles, position) if candles else Outputs()
+        return self.on_candles(candles, position, out) if candles else out
 
     def close_idle(self, idle_s: float) -> Outputs:
         """Close the windows of symbols that have not traded for `idle_s` (clock time)."""
@@ -95,8 +100,14 @@ class FeatureProcessor:
         """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""
         return self.on_candles(self.builder.advance(watermark))
 
-    def on_candles(self, candles: list[Candle], source: tuple[int, int] | None = None) -> Outputs:
-        out, max_gap = Outputs(candles=list(candles)), self.builder.max_gap_s
+    def on_candles(
+        self,
+        candles: list[Candle],
+        source: tuple[int, int] | None = None,
+        into: Outputs | None = None,
+    ) -> Outputs:
+        out, max_gap = Outputs() if into is None else into, self.builder.max_gap_s
+        out.candles.extend(candles)
         for candle in candles:
             state = self._state.get(candle.symbol)
             if state and state.history and candle.start - state.history[-1].end > max_gap:

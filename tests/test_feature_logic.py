@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -85,6 +86,54 @@ def test_gaps_are_filled_with_flat_candles_and_vwap_is_volume_weighted() -> None
         (120, 20, 0),
         (180, 30, 1),
     ]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_candles_equal_each_window_computed_from_its_trades_in_any_order(seed: int) -> None:
+    """Symbols interleaved, each one's trades shuffled within the allowed lateness: every
+    window's candle is what its trades say (open and close by time, high, low, volume, VWAP,
+    count), empty windows are flat at the previous close, and nothing is refused."""
+    rng = random.Random(seed)
+    seconds, lateness = 60, 120
+    trades: dict[str, list[Trade]] = {}
+    for symbol in ("X", "Y", "Z"):
+        ts, price, made = 1_700_000_000.0 + rng.uniform(0, 60), 100.0, []
+        for i in range(400):
+            ts += rng.choice([0.0, rng.uniform(0, 20), rng.uniform(0, 200)])
+            price *= math.exp(rng.gauss(0, 0.01))
+            made.append(Trade(symbol, str(i), price, rng.uniform(0.0, 2.0), "buy", ts))
+        # shuffled within a lateness window: a trade overtakes ones at most `lateness` older
+        trades[symbol] = sorted(made, key=lambda t: t.ts + rng.uniform(0, lateness * 0.9))
+    arrival = [t for group in zip(*trades.values(), strict=True) for t in group]
+    builder = CandleBuilder(seconds=seconds, allowed_lateness=lateness)
+    built = [c for t in arrival for c in builder.add(t)] + builder.advance(math.inf)
+    for symbol, of_symbol in trades.items():
+        windows: dict[float, list[Trade]] = {}
+        for t in of_symbol:
+            windows.setdefault(math.floor(t.ts / seconds) * seconds, []).append(t)
+        expected, prev_close = [], None
+        for start in range(int(min(windows)), int(max(windows)) + seconds, seconds):
+            window = sorted(windows.get(float(start), []), key=lambda t: t.ts)
+            if not window:
+                assert prev_close is not None
+                expected.append((start, prev_close, prev_close, prev_close, prev_close, 0.0, 0))
+                continue
+            volume = sum(t.size for t in window)
+            prices = [t.price for t in window]
+            expected.append(
+                (start, prices[0], max(prices), min(prices), prices[-1], volume, len(window))
+            )
+            prev_close = prices[-1]
+        got = [c for c in built if c.symbol == symbol]
+        assert [(c.start, c.open, c.high, c.low, c.close, c.trades) for c in got] == [
+            (s, o, h, lo, c, n) for s, o, h, lo, c, _, n in expected
+        ]
+        assert [c.volume for c in got] == pytest.approx([e[5] for e in expected])
+        for candle, (start, *_) in zip(got, expected, strict=True):
+            window = windows.get(float(start), [])
+            if window:
+                vwap = sum(t.price * t.size for t in window) / sum(t.size for t in window)
+                assert candle.vwap == pytest.approx(vwap)
 
 
 def test_open_positions_point_at_the_oldest_open_window() -> None:
