@@ -48,6 +48,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
+from msgspec.structs import asdict as struct_dict
 from msgspec.structs import astuple
 
 from rtml.errors import RtmlError
@@ -596,7 +597,7 @@ class UsualExamples:
     >>> usual.read(b'{"symbol":"X","ts":60,"label_ts":60,"features":{"a":0.5},"target":0}')
     """
 
-    __slots__ = ("_decode", "_names")
+    __slots__ = ("_decode",)
 
     def __init__(
         self,
@@ -617,7 +618,6 @@ class UsualExamples:
             gc=False,
         )
         self._decode = msgspec.json.Decoder(record).decode
-        self._names = tuple(names)
 
     def read(self, raw: bytes) -> Example | None:
         try:
@@ -626,7 +626,8 @@ class UsualExamples:
             return None
         if not record.ts < record.label_ts:
             return None
-        features = dict(zip(self._names, astuple(record.features), strict=True))
+        # the struct's fields are `names`, in order
+        features = struct_dict(record.features)
         return Example(record.symbol, record.ts, record.label_ts, features, record.target)
 
 
