@@ -322,18 +322,46 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "start time",
         "start",
         "time_period_start",
+        "transact_time",
+        "trade_time",
+        "tradetime",
+        "ts_event",
+        "sip_timestamp",
+        "participant_timestamp",
+        "time_exchange",
+        "transacttime",
         *LOCAL["ts"],
     ),
     "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
-    "price": ("last", "last price", "settle", "trade price", *LOCAL["price"]),
+    "price": (
+        "last",
+        "last price",
+        "settle",
+        "trade price",
+        "px",
+        "last_px",
+        "lastpx",
+        "trade_px",
+        *LOCAL["price"],
+    ),
     "open": LOCAL["open"],
     "high": LOCAL["high"],
     "low": LOCAL["low"],
     "close": ("adj close", "adj_close", "adjclose", "adjusted close", *LOCAL["close"]),
-    "size": ("qty", "quantity", "amount"),
+    "size": ("qty", "quantity", "amount", "last_qty", "lastqty", "sz", "trade_size"),
     "volume": ("vol", "vol.", "tickvol", *LOCAL["volume"]),
-    "trade_id": ("id", "tid", "trade id", "tradeid", "trdmatchid", "match_id", "matchid"),
-    "side": ("taker_side", "takerside", "direction"),
+    "trade_id": (
+        "id",
+        "tid",
+        "trade id",
+        "tradeid",
+        "trdmatchid",
+        "match_id",
+        "matchid",
+        "agg_trade_id",
+        "aggtradeid",
+    ),
+    "side": ("taker_side", "takerside", "direction", "aggressor_side", "aggressor"),
 }
 """What exchanges and data vendors call rtml's columns, tried (in this order) when a file has
 no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, Binance's
@@ -343,7 +371,10 @@ no column of rtml's name and `--column` maps none: Yahoo's and Stooq's `Date`, B
 BitMEX's `trdMatchID`; `Last` or `Settle` (futures' candles) is the close of a candle file
 (`_price_as_close`), and `Adj Close` the close where a file gives no other. Besides these,
 `openPrice`, `Open Price` or `price_open` is the open (and so for high, low and close), and
-the first `Volume BTC` or `Volume_(BTC)` is the volume (`_spelled_apart`)."""
+the first `Volume BTC` or `Volume_(BTC)` is the volume (`_spelled_apart`). Trade files:
+Binance's `transact_time` and `agg_trade_id` (its `is_buyer_maker` gives the side, see
+`_trades_without_id_or_side`), Databento's `ts_event`, Polygon's `sip_timestamp`, CoinAPI's
+`time_exchange`, and an `aggressor_side`."""
 
 
 def _spelled_apart(loose: Mapping[str, Any], name: str) -> Any | None:
@@ -413,6 +444,27 @@ def _in_order(columns: Iterable[Any]) -> dict[str, Any]:
     return {_loose_name(c): c for c in columns}
 
 
+_TIME_NAME = re.compile(r"time|date|(^|[\s_])ts($|[\s_])")
+_NOT_THE_TIME = re.compile(r"close|end|recv|receiv|update|modif|expir|settle")
+
+
+def _named_as_time(found: Iterable[Any]) -> Any | None:
+    """The first column named as a time (`Gmt time`, `Local time`, `event_time`,
+    `timestamp_utc`, `ts_exchange`) when none of rtml's `ALIASES` is there; not one named as
+    another moment (a candle's close time, a time received, updated or expiring).
+
+    >>> _named_as_time(["Gmt time", "Ask"]), _named_as_time(["close_time", "exec_ts", "px"])
+    ('Gmt time', 'exec_ts')
+    >>> _named_as_time(["price", "closeTime"]) is None
+    True
+    """
+    for column in found:
+        name = _loose_name(column)
+        if _TIME_NAME.search(name) and not _NOT_THE_TIME.search(name):
+            return column
+    return None
+
+
 def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, str]:
     """The file's columns renamed to rtml's: mapped ones as mapped, and otherwise a column
     whose name is rtml's up to case and surrounding spaces (`Close`, ` volume`), or else one
@@ -431,6 +483,8 @@ def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, s
             column = next((loose[a] for a in aliases if a in loose), column)
             if column not in found:
                 column = _spelled_apart(_in_order(found), name) or column
+            if column not in found and name == "ts" and aliases is ALIASES["ts"]:
+                column = _named_as_time(found) or column  # not a day and a time apart
         if column in found and column not in names:
             names[column] = name
     return names
@@ -469,15 +523,18 @@ def _day_order(times: pd.Series) -> Literal["dmy", "mdy"] | None:
     return "dmy" if day_first else "mdy"
 
 
-def _iso_days(times: pd.Series, order: Literal["dmy", "mdy"]) -> pd.Series:
-    """`times` with each day written with its year last rewritten YYYY-MM-DD, in `order`;
-    everything else as it was (and refused or read as before)."""
+def _iso_days(times: pd.Series, order: Literal["dmy", "mdy"], same_only: bool = False) -> pd.Series:
+    """`times` with each day written with its year last rewritten YYYY-MM-DD, in `order`
+    (with `same_only`, only the days whose day and month are one number: 01.01.2025 is that
+    day either way); everything else as it was (and refused or read as before)."""
 
     def iso(value: Any) -> Any:
         found = _NUMERIC_DAY.match(value) if isinstance(value, str) else None
         if found is None:
             return value
         first, _, second, year = found.groups()
+        if same_only and int(first) != int(second):
+            return value
         day, month = (first, second) if order == "dmy" else (second, first)
         return f"{year}-{int(month):02d}-{int(day):02d}{value[found.end() :]}"
 
@@ -486,12 +543,13 @@ def _iso_days(times: pd.Series, order: Literal["dmy", "mdy"]) -> pd.Series:
 
 def _days_in_order(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Days written D/M/Y or M/D/Y (spreadsheets' and quote sites' exports) read in the order
-    the file shows. Where nothing in the file tells, each such row is refused as ambiguous."""
+    the file shows. Where nothing in the file tells, each such row is refused as ambiguous,
+    unless its day and month are one number (a file of one day, 01.01.2025)."""
     if "ts" not in frame.columns or frame["ts"].dtype != object:
         return frame
     order = _day_order(frame["ts"])
-    if order is None:
-        return frame
+    if order is None:  # the days no order is needed for are read; the rest are refused
+        return frame.assign(ts=_iso_days(frame["ts"], "dmy", same_only=True))
     log.info("%s: days are read as %s (a day above 12 says so)", path, order.upper())
     return frame.assign(ts=_iso_days(frame["ts"], order))
 
@@ -684,6 +742,35 @@ def _row_ids(frame: pd.DataFrame) -> pd.Series:
     return frame["ts"].astype(str) + "#" + pd.Series(range(len(frame)), frame.index).astype(str)
 
 
+_BIDS = ("bid", "bid price", "bidprice", "bid_price", "best_bid", "bestbid", "bid quote")
+_ASKS = ("ask", "ask price", "askprice", "ask_price", "best_ask", "bestask", "ask quote")
+_QUOTE_SIZES = (
+    ("bidvolume", "bid volume", "bid_volume", "bid size", "bidsize", "bid_size", "bid_qty"),
+    ("askvolume", "ask volume", "ask_volume", "ask size", "asksize", "ask_size", "ask_qty"),
+)
+
+
+def _quotes_as_mid(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A file of quotes, not trades (forex ticks as Dukascopy and TrueFX give them: a time, a
+    bid and an ask): each quote is a trade at the mid price, of the size quoted at both sides
+    (none where the file gives no sizes). A bid or ask that is not a number makes its row's
+    price refused, with its reason."""
+    if "price" in frame.columns or not {"ts"} <= set(frame.columns):
+        return frame
+    loose = _loose(frame.columns)
+    bid = next((loose[n] for n in _BIDS if n in loose), None)
+    ask = next((loose[n] for n in _ASKS if n in loose), None)
+    if bid is None or ask is None or frame.columns.intersection(["open", "close"]).size:
+        return frame
+    log.info("%s: quotes, read as trades at the mid of %r and %r", path, bid, ask)
+    mid = pd.to_numeric(frame[bid], errors="coerce") + pd.to_numeric(frame[ask], errors="coerce")
+    size = pd.Series(0.0, frame.index)
+    for names in _QUOTE_SIZES:
+        if (column := next((loose[n] for n in names if n in loose), None)) is not None:
+            size = size + pd.to_numeric(frame[column], errors="coerce")
+    return frame.assign(price=mid / 2, size=size if "size" not in frame.columns else frame["size"])
+
+
 def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
     """A file of trades often gives no trade id (Kraken's, a vendor's time and sales) or no
     side, and some call the size `volume`: a file with a time and a price, a size or volume,
@@ -697,22 +784,42 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     if "trade_id" not in frame.columns:
         frame = frame.assign(trade_id=_row_ids(frame))
+    maker = _loose(frame.columns).get("is_buyer_maker", _loose(frame.columns).get("isbuyermaker"))
+    if "side" not in frame.columns and maker is not None:
+        # Binance's: the buyer made the market, so the taker sold
+        made = frame[maker].astype(str).str.strip().str.lower()
+        frame = frame.assign(side=made.map({"true": "sell", "false": "buy"}).fillna(frame[maker]))
     if "side" not in frame.columns:
         frame = frame.assign(side="buy")  # not given (rtml does not use a side)
     else:
         sides = frame["side"].astype(str).str.strip().str.lower()
-        known = sides.map({"b": "buy", "s": "sell", "buy": "buy", "sell": "sell"})
+        known = sides.map(SIDE_SPELLINGS)
         frame = frame.assign(side=known.where(known.notna(), frame["side"]))
     return frame
 
 
+SIDE_SPELLINGS = {
+    **{spelled: "buy" for spelled in ("buy", "b", "bid", "bought", "1")},
+    **{spelled: "sell" for spelled in ("sell", "s", "a", "ask", "sold", "2", "-1")},
+    # no aggressor (an auction, a cross): rtml does not use a side, as for a file that gives
+    # none
+    **{spelled: "buy" for spelled in ("n", "none", "nan", "", "-", "unknown")},
+}
+"""How exchanges and vendors write a trade's side, by the taker's (aggressor's) side:
+`Buy`/`SELL`, `b`/`s`, Databento's `B` (bid), `A` (ask) and `N` (none), FIX's `1` (buy) and
+`2` (sell), a sign's `-1` (sell), an empty field. Any other value is refused with the
+trade."""
+
+
 _EXCHANGE_FILE = re.compile(
-    r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_(MN|[MHDW])?\d+)$"
+    r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_(MN|[MHDW])?\d+"
+    r"|_(Candlestick|Ticks)_.*)$"
 )
 """Exchanges' names of candle and trade files: data.binance.vision's BTCUSDT-1m-2024-01,
 BTCUSDT-1h-2024-01-15, BTCUSDT-1mo-2024-01, BTCUSDT-trades-2024-01-15 and
 BTCUSDT-aggTrades-2024-01, Kraken's XBTUSD_1 (its candle length in minutes), MetaTrader's
-EURUSD_M1, EURUSD_H4 and EURUSD_D1."""
+EURUSD_M1, EURUSD_H4 and EURUSD_D1, Dukascopy's EURUSD_Candlestick_1_M_BID_01.01.2025-... and
+EURUSD_Ticks_01.01.2025-..."""
 
 
 def _symbol_of(path: Path) -> str:
@@ -723,6 +830,8 @@ def _symbol_of(path: Path) -> str:
     >>> names = ("MSFT.csv", "BTCUSDT-1mo-2024-01.zip", "XBTUSD_1.csv", "ETHBTC-aggTrades-2024-01")
     >>> [_symbol_of(Path(n)) for n in names]
     ['MSFT', 'BTCUSDT', 'XBTUSD', 'ETHBTC']
+    >>> _symbol_of(Path("EURUSD_Candlestick_1_M_BID_01.01.2025-31.01.2025.csv"))
+    'EURUSD'
     """
     stem = path.name.split(".")[0]
     found = _EXCHANGE_FILE.match(stem)
@@ -889,7 +998,7 @@ def _read(
             "give a UTF-8 CSV with a header row, JSON, or a Parquet file"
         ) from None
     frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
-    frame = _trades_without_id_or_side(frame)
+    frame = _trades_without_id_or_side(_quotes_as_mid(frame, path))
     if "volume" in frame.columns and frame["volume"].dtype == object:
         frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))
     frame = _times_in_known_formats(_days_in_order(_one_instrument(frame, path), path), path)

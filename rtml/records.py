@@ -178,6 +178,9 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
 
 _GROUPED = re.compile(r"^\s*[-+]?\d{1,3}(,\d{3})+(\.\d*)?\s*$")
 """A number grouped in thousands by commas: 42,280.5 and 1,000,000, not 42,5."""
+_NAMED_ZONE = re.compile(r"\s*(?:UTC|GMT)(?:([+-])(\d{1,2}):?(\d{2})?)?$", re.IGNORECASE)
+"""A zone written after a time as Dukascopy's and MetaTrader's exports write it: `GMT+0100`,
+`UTC-05:00`, `GMT`."""
 _DOTTED_DAY = re.compile(r"^(\d{4})[./](\d{1,2})[./](\d{1,2})")
 _AMBIGUOUS_DAY = re.compile(r"^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}\b")
 EPOCH_UNITS = ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3))
@@ -231,6 +234,8 @@ def parse_ts(value: Any) -> float:
     (1514851200.0, 1514851200.0, 1514851200.0)
     >>> parse_ts("20180102093000"), parse_ts("2018-01-02 09:30:00")
     (1514885400.0, 1514885400.0)
+    >>> parse_ts("2018-01-02 10:30:00.000 GMT+0100"), parse_ts("2018-01-02 09:30 UTC")
+    (1514885400.0, 1514885400.0)
     >>> parse_ts("9999-12-31")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -248,6 +253,10 @@ def parse_ts(value: Any) -> float:
             raise BadRecord("missing_field", "ts is empty (NaT)") from None
     if isinstance(value, str) and not value.replace(".", "", 1).isdigit():
         text = value.strip().replace("Z", "+00:00")
+        if found := _NAMED_ZONE.search(text):  # `GMT+0100`, ` UTC`: the offset ISO writes
+            sign, hours, minutes = found.groups()
+            offset = f"{sign}{int(hours):02d}:{minutes or '00'}" if sign else "+00:00"
+            text = text[: found.start()] + offset
         if found := _DOTTED_DAY.match(text):  # 2024.01.02 or 2024/1/2: the same day
             year, month, day = found.groups()
             text = f"{year}-{int(month):02d}-{int(day):02d}{text[found.end() :]}"

@@ -673,6 +673,29 @@ def test_candle_columns_spelled_with_more_words_are_read(tmp_path: Path, header:
             ["buy", "sell"],
         ),
         ("Time,Price,Qty", ["1569888000.5,8300.5,100", "1569888001,8300.0,200"], ["buy", "buy"]),
+        (  # Binance's aggTrades with their header: milliseconds, the maker's side
+            "agg_trade_id,price,quantity,first_trade_id,last_trade_id,transact_time,is_buyer_maker",
+            ["7,8300.5,100,10,11,1569888000500,true", "8,8300.0,200,12,12,1569888001000,False"],
+            ["sell", "buy"],
+        ),
+        (  # Databento's trades: nanoseconds, the aggressor's side B, A or N
+            "ts_recv,ts_event,rtype,publisher_id,instrument_id,action,side,depth,price,size,"
+            "flags,ts_in_delta,sequence,symbol",
+            [
+                "1569888000500100000,1569888000500000000,0,1,42,T,A,0,8300.5,100,0,100,1,XBTUSD",
+                "1569888001000100000,1569888001000000000,0,1,42,T,N,0,8300.0,200,0,100,2,XBTUSD",
+            ],
+            ["sell", "buy"],
+        ),
+        (  # Polygon's flat files: the SIP's time, an id
+            "ticker,conditions,correction,exchange,id,participant_timestamp,price,"
+            "sequence_number,sip_timestamp,size,tape,trf_id,trf_timestamp",
+            [
+                'XBTUSD,"12,37",0,11,1,1569888000400000000,8300.5,1,1569888000500000000,100,3,,',
+                'XBTUSD,"12,37",0,11,2,1569888000900000000,8300.0,2,1569888001000000000,200,3,,',
+            ],
+            ["buy", "buy"],
+        ),
     ],
 )
 def test_a_trade_file_without_ids_or_sides_as_rtml_names_them_is_trades(
@@ -1134,3 +1157,73 @@ def test_a_line_of_too_many_fields_is_refused_on_its_own_whatever_the_layout(
     ]
     trades = [t for t in got if isinstance(t, Trade)]
     assert [t.ts for t in trades[::4]] == [1704153600.0, 1704326400.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "expected"),
+    [
+        (  # Dukascopy's forex ticks: quotes, read as trades at the mid, of both sides' sizes
+            "EURUSD_Ticks_01.01.2025-01.01.2025.csv",
+            [
+                "Gmt time,Ask,Bid,AskVolume,BidVolume",
+                "01.01.2025 00:00:00.500,1.03510,1.03490,1.5,0.5",
+                "01.01.2025 00:00:01.000,1.03530,1.03510,2.25,1",
+            ],
+            [
+                ("EURUSD", 1735689600.5, 1.035, 2.0, "buy"),
+                ("EURUSD", 1735689601.0, 1.0352, 3.25, "buy"),
+            ],
+        ),
+        (  # Dukascopy's candles: `Local time` with its zone written GMT+0100, a file of one day
+            "EURUSD_Candlestick_1_M_BID_02.02.2025-02.02.2025.csv",
+            [
+                "Local time,Open,High,Low,Close,Volume",
+                "02.02.2025 01:00:00.000 GMT+0100,1.035,1.036,1.034,1.0355,8",
+            ],
+            [
+                ("EURUSD", 1738454400.0 + 15 * i, price, 2.0, "buy")
+                for i, price in enumerate((1.035, 1.036, 1.034, 1.0355))
+            ],
+        ),
+        (  # FIX's names: TransactTime, LastPx, LastQty, and Side 1 (buy) or 2 (sell)
+            "ESH5.csv",
+            [
+                "TransactTime,Symbol,LastPx,LastQty,Side,TradeID",
+                "20250102-14:30:00.250,ESH5,6000.25,3,2,a",
+                "20250102-14:30:01.000,ESH5,6000.5,1,1,b",
+            ],
+            [
+                ("ESH5", 1735828200.25, 6000.25, 3.0, "sell"),
+                ("ESH5", 1735828201.0, 6000.5, 1.0, "buy"),
+            ],
+        ),
+        (  # a time column of a name no vendor list has, found by its name
+            "SOLUSD.csv",
+            [
+                "exec_ts,px,sz,close_time",
+                "1735828200.5,190.5,2,1735828260",
+                "1735828201,190.25,1,1",
+            ],
+            [
+                ("SOLUSD", 1735828200.5, 190.5, 2.0, "buy"),
+                ("SOLUSD", 1735828201.0, 190.25, 1.0, "buy"),
+            ],
+        ),
+    ],
+)
+def test_quote_files_fix_exports_and_times_of_any_name_replay_as_trades(
+    tmp_path: Path,
+    name: str,
+    lines: list[str],
+    expected: list[tuple[str, float, float, float, str]],
+) -> None:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    got = list(replay(path, candle_seconds=60))
+    assert all(isinstance(t, Trade) for t in got), got
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert [(t.symbol, t.ts, t.side) for t in trades] == [
+        (s, ts, side) for s, ts, _, _, side in expected
+    ]
+    assert [t.price for t in trades] == pytest.approx([p for _, _, p, _, _ in expected])
+    assert [t.size for t in trades] == pytest.approx([z for _, _, _, z, _ in expected])
