@@ -88,6 +88,10 @@ class _Series:
         self.arrived: float | None = None  # clock time of the newest trade
 
 
+_UNSEEN = _Series()
+"""What a symbol not yet held reads as; never changed (a refused trade holds nothing)."""
+
+
 class CandleBuilder:
     """Builds candles of every symbol from trades in any order within the allowed lateness."""
 
@@ -141,7 +145,7 @@ class CandleBuilder:
         """Add one trade; returns the candles that closed because of it, oldest first."""
         symbol, ts, price, seconds = trade.symbol, trade.ts, trade.price, self.seconds
         start = float(math.floor(ts / seconds) * seconds)
-        s = self._series.get(symbol) or self._of(symbol)
+        s = self._series.get(symbol) or _UNSEEN  # held only once a trade of it is taken
         newest = s.watermark if s.watermark > s.closed_until else s.closed_until
         future = self._future
         if ts > newest + future.least or future.jumps.pending:
@@ -163,9 +167,11 @@ class CandleBuilder:
                 )
         elif self._moves.pending:
             self._moves.clear(symbol)
+        if trade.trade_id in s.ids:
+            raise BadRecord("duplicate", f"{symbol} trade_id {trade.trade_id} seen before")
+        if s is _UNSEEN:
+            s = self._series[symbol] = _Series()
         ids, trade_id = s.ids, trade.trade_id
-        if trade_id in ids:
-            raise BadRecord("duplicate", f"{symbol} trade_id {trade_id} seen before")
         ids.add(trade_id)
         s.order.append(trade_id)
         if len(s.order) > self.dedup_capacity:

@@ -383,6 +383,19 @@ def test_a_trade_far_in_the_future_is_refused_and_leaves_the_watermark_alone() -
     quiet.add(Trade("Y", "2", 10.0, 1.0, "buy", now + 30 * 86_400))
 
 
+def test_refused_trades_of_a_symbol_not_held_leave_nothing_held() -> None:
+    """A refused trade is nothing: many symbols' refused trades cannot grow the builder, and a
+    symbol's first taken trade starts it as if none had come before."""
+    now = 1_000_000.0
+    b = CandleBuilder(seconds=60, allowed_lateness=0, max_future_s=86_400, clock=lambda: now)
+    for i in range(1000):
+        with pytest.raises(BadRecord, match="future"):
+            b.add(Trade(f"S{i}", "1", 10.0, 1.0, "buy", 9.9e9))
+    assert b._series == {}
+    assert b.add(Trade("S1", "1", 10.0, 1.0, "buy", now)) == []
+    assert list(b._series) == ["S1"] and b.watermark("S1") == now
+
+
 def test_one_stale_trade_atop_a_series_costs_one_candle_not_decades_of_flat_ones() -> None:
     """A trade dated 1970 as a symbol's first (a bad first row of a file, or the first record
     after a restart) was followed by flat candles for every minute up to the next real trade:
