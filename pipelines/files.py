@@ -799,8 +799,8 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 SIDE_SPELLINGS = {
-    **{spelled: "buy" for spelled in ("buy", "b", "bid", "bought", "1")},
-    **{spelled: "sell" for spelled in ("sell", "s", "a", "ask", "sold", "2", "-1")},
+    **{spelled: "buy" for spelled in ("buy", "b", "bid", "bought", "1", "1.0")},
+    **{spelled: "sell" for spelled in ("sell", "s", "a", "ask", "sold", "2", "2.0", "-1", "-1.0")},
     # no aggressor (an auction, a cross): rtml does not use a side, as for a file that gives
     # none
     **{spelled: "buy" for spelled in ("n", "none", "nan", "", "-", "unknown")},
