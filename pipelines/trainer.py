@@ -157,7 +157,8 @@ class Uploader:
     """Uploads checkpoints to the trainer's run off the learning thread; the queue is bounded.
 
     Each checkpoint is gated; one that passes is registered as a model version (at most every
-    `register_interval_s`) and promoted, unless a person pinned the champion. A champion that
+    `register_interval_s`, counted from the newest `candidate` in the registry, so across
+    restarts too) and promoted, unless a person pinned the champion. A champion that
     errs more than the naive baseline, by the gate's margin, is retired: predictors then serve
     the baseline until a version earns the place. When MLflow is slow or away and the queue is
     full, the oldest waiting checkpoint is dropped (only the newest is needed to resume) and
@@ -172,6 +173,7 @@ class Uploader:
         on_promote: Callable[[Any | None, float], None] = lambda *_: None,
         first_version_due: bool = False,
         last_checkpoint: str | None = None,
+        registered_ago_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.on_promote = on_promote
@@ -183,7 +185,11 @@ class Uploader:
         self.uploaded: list[str] = []  # checkpoint artifacts, oldest first
         self.registered: list[str] = []  # model versions, oldest first
         self.decisions: list[tuple[str | None, bool, str]] = []  # (version, promoted, reason)
-        self._last_registered: float | None = None
+        # a version at most every `register_interval_s` across restarts too: a trainer that
+        # restarts (a crash loop, a deploy) does not register one at each start
+        self._last_registered: float | None = (
+            None if registered_ago_s is None else time.monotonic() - registered_ago_s
+        )
         # the slot the run's checkpoint tag points at is never the one being overwritten
         self._last_slot = "a" if last_checkpoint and "/a/" in last_checkpoint else "b"
         self.diverging = False  # the newest candidate's error is infinite or above MAX_MAE
@@ -658,13 +664,15 @@ class Trainer:
             log.info("passing over %d records an operator skipped", len(self.skips))
         self.restore_or_warm_start()
         assert self.learner is not None
+        registered_ago_s = registry.alias_age_s(settings, registry.CANDIDATE)
         self.uploader = Uploader(
             settings,
             run_id,
             settings.checkpoint_queue,
             on_promote=self._new_champion,
-            first_version_due=registry.alias_version(settings, registry.CANDIDATE) is None,
+            first_version_due=registered_ago_s is None,
             last_checkpoint=self.restored_from,
+            registered_ago_s=registered_ago_s,
         )
         watch = TopicWatch(settings, [self.topics.examples])
         self.topic_id = watch.remember()[self.topics.examples]

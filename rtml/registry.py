@@ -123,6 +123,19 @@ def alias_version(settings: Settings, alias: str, name: str | None = None) -> st
     return str(found.version)
 
 
+def alias_age_s(settings: Settings, alias: str, name: str | None = None) -> float | None:
+    """Seconds since the version `alias` points at was registered, or None (no such alias,
+    or no model yet). The registry's clock, never below zero."""
+    try:
+        found = client(settings).get_model_version_by_alias(name or settings.model_name, alias)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+    created = found.creation_timestamp
+    return None if created is None else max(0.0, time.time() - created / 1000.0)
+
+
 class Loaded(NamedTuple):
     model: Any  # the pyfunc's python model: `predict_one(x)`, `predict_row(row)`
     metadata: dict[str, Any]  # what `log_version` was given as metadata

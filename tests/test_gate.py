@@ -7,8 +7,9 @@ import random
 
 from rtml.pipelines.gate import champion_fails, gate, paired
 from rtml.pipelines.learner import Learner
-from rtml.pipelines.trainer import champion_errors
+from rtml.pipelines.trainer import Uploader, champion_errors
 from rtml.records import Example
+from rtml.settings import Settings
 
 H = 5  # candles between an example's features and its label
 STEP = 60.0
@@ -121,3 +122,15 @@ def test_a_champion_is_scored_only_on_examples_it_has_not_learned_from() -> None
     # right after a promotion there is too little to compare, whatever the errors say
     decision = gate(errors, naive, [math.nan] * len(errors), max_mae=1.0, z=-1e9)
     assert not decision.promote and "too few to compare" in decision.reason
+
+
+def test_the_interval_between_versions_holds_across_a_trainer_restart() -> None:
+    """A trainer started a minute after the newest version registers none for the rest of
+    `register_interval_s`; one started after it, or with none registered, may at once."""
+    settings = Settings(register_interval_s=120.0)
+    due = {}
+    for ago in (60.0, 120.0, None):
+        uploader = Uploader(settings, "run", 1, first_version_due=ago is None, registered_ago_s=ago)
+        due[ago] = uploader._register_due()
+        uploader.close()
+    assert due == {60.0: False, 120.0: True, None: True}
