@@ -590,7 +590,7 @@ def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     sample = [v.strip() for v in given.head(_TIME_SAMPLE) if isinstance(v, str)]
     if not sample or sum(ts_or_none(v) is None for v in sample) * 2 <= len(sample):
         return frame  # rtml reads these times as they are
-    probe = pd.Series(sample).str.replace(r"\s+(UTC|GMT)$", "", regex=True)
+    probe = pd.Series(sample).str.replace(r"\s(?:UTC|GMT)$", "", regex=True).str.rstrip()
     reads = {
         pattern: int(pd.to_datetime(probe, format=pattern, errors="coerce").notna().sum())
         for pattern in TIME_FORMATS
@@ -598,7 +598,13 @@ def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     pattern = max(reads, key=lambda p: reads[p])  # the first of the best, in order
     if reads[pattern] < 0.9 * len(sample):
         return frame  # no known format: each time is refused with its reason
-    text = frame["ts"].astype(str).str.strip().str.replace(r"\s+(UTC|GMT)$", "", regex=True)
+    text = (
+        frame["ts"]
+        .astype(str)
+        .str.strip()
+        .str.replace(r"\s(?:UTC|GMT)$", "", regex=True)
+        .str.rstrip()
+    )
     moments = pd.to_datetime(text, format=pattern, errors="coerce")
     seconds = (moments - pd.Timestamp(0)) / pd.Timedelta(seconds=1)
     log.info("%s: times are read as %s (UTC)", path, pattern)

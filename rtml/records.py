@@ -178,7 +178,7 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
 
 _GROUPED = re.compile(r"^\s*[-+]?\d{1,3}(,\d{3})+(\.\d*)?\s*$")
 """A number grouped in thousands by commas: 42,280.5 and 1,000,000, not 42,5."""
-_NAMED_ZONE = re.compile(r"\s*(?:UTC|GMT)(?:([+-])(\d{1,2}):?(\d{2})?)?$", re.IGNORECASE)
+_NAMED_ZONE = re.compile(r"(?:UTC|GMT)(?:([+-])(\d{1,2}):?(\d{2})?)?$", re.IGNORECASE)
 """A zone written after a time as Dukascopy's and MetaTrader's exports write it: `GMT+0100`,
 `UTC-05:00`, `GMT`."""
 _DOTTED_DAY = re.compile(r"^(\d{4})[./](\d{1,2})[./](\d{1,2})")
@@ -256,7 +256,7 @@ def parse_ts(value: Any) -> float:
         if found := _NAMED_ZONE.search(text):  # `GMT+0100`, ` UTC`: the offset ISO writes
             sign, hours, minutes = found.groups()
             offset = f"{sign}{int(hours):02d}:{minutes or '00'}" if sign else "+00:00"
-            text = text[: found.start()] + offset
+            text = text[: found.start()].rstrip() + offset
         if found := _DOTTED_DAY.match(text):  # 2024.01.02 or 2024/1/2: the same day
             year, month, day = found.groups()
             text = f"{year}-{int(month):02d}-{int(day):02d}{text[found.end() :]}"

@@ -698,6 +698,8 @@ ATOMS: list[object] = [
     "1600-01-01",
     "\x00",
     "x" * 300,
+    "1" + " " * 30_000 + "x",  # a pattern that backtracks over the spaces takes minutes
+    "2024-01-02 09:30 GMT+0100",
     [],
     {},
     [1.0],
