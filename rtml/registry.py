@@ -216,6 +216,20 @@ def set_alias(settings: Settings, alias: str, version: str, name: str | None = N
         mlflow_client.set_registered_model_alias(name, alias, version)
 
 
+def _set_model_tag(mlflow_client: Any, name: str, key: str, value: str) -> None:
+    """Set a registered model's tag. MLflow's SQL store inserts a new tag after looking for
+    it, so two deciders at once (the trainer's gate and a person's `promote`) can collide on
+    its unique key; the tag exists then, and setting it again updates it."""
+    for attempt in range(3):
+        try:
+            mlflow_client.set_registered_model_tag(name, key, value)
+            return
+        except MlflowException as exc:
+            if "UNIQUE constraint" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.05)
+
+
 def _decide(
     settings: Settings, history: list[str], version: str, action: str, by: str, pin: bool
 ) -> None:
@@ -223,8 +237,8 @@ def _decide(
     name = settings.model_name
     set_alias(settings, CHAMPION, version)
     record = {"version": version, "action": action, "by": by, "at": time.time(), "pinned": pin}
-    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
-    mlflow_client.set_registered_model_tag(name, DECISION_TAG, json.dumps(record))
+    _set_model_tag(mlflow_client, name, HISTORY_TAG, json.dumps(history[-100:]))
+    _set_model_tag(mlflow_client, name, DECISION_TAG, json.dumps(record))
     log.info("champion of %s is now version %s (%s by %s)", name, version, action, by)
 
 
