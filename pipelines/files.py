@@ -478,13 +478,14 @@ def _rtml_names(found: Iterable[Any], mapping: Mapping[str, str]) -> dict[Any, s
             column = loose.get(column.strip().lower(), column)
         if column not in found and name not in mapping:
             aliases = ALIASES.get(name, ())
-            if name == "ts" and "date" in loose and "time" in loose:
+            apart = name == "ts" and "date" in loose and "time" in loose
+            if apart:
                 aliases = aliases[:2]  # a date and a time of day: `_date_and_time` joins them
             column = next((loose[a] for a in aliases if a in loose), column)
             if column not in found:
                 column = _spelled_apart(_in_order(found), name) or column
-            if column not in found and name == "ts" and aliases is ALIASES["ts"]:
-                column = _named_as_time(found) or column  # not a day and a time apart
+            if column not in found and name == "ts" and not apart:
+                column = _named_as_time(found) or column
         if column in found and column not in names:
             names[column] = name
     return names
@@ -790,7 +791,8 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     if "trade_id" not in frame.columns:
         frame = frame.assign(trade_id=_row_ids(frame))
-    maker = _loose(frame.columns).get("is_buyer_maker", _loose(frame.columns).get("isbuyermaker"))
+    loose = _loose(frame.columns)
+    maker = loose.get("is_buyer_maker", loose.get("isbuyermaker"))
     if "side" not in frame.columns and maker is not None:
         # Binance's: the buyer made the market, so the taker sold
         made = frame[maker].astype(str).str.strip().str.lower()

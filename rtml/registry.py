@@ -17,7 +17,7 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -203,31 +203,28 @@ def pinned(settings: Settings) -> bool:
 
 
 def set_alias(settings: Settings, alias: str, version: str, name: str | None = None) -> None:
-    """Point `alias` at `version`. Two writers at once (a person and the trainer) can both
-    try to create the alias and one insert collides; the alias exists by then, so setting it
-    again is an update."""
+    """Point `alias` at `version` (`_written_once_more` if a person and the trainer collide)."""
     mlflow_client = client(settings)
     name = name or settings.model_name
+    _written_once_more(lambda: mlflow_client.set_registered_model_alias(name, alias, version))
+
+
+def _written_once_more(write: Callable[[], object]) -> None:
+    """`write`, and once more if it collided with another writer's insert of the same key.
+
+    MLflow's SQL store inserts an alias or a tag after looking for it, so two writers at once
+    (a person's `promote` and the trainer's gate) can both insert, and one fails on the
+    unique key: SQLite's `UNIQUE constraint failed`, PostgreSQL's `duplicate key value
+    violates unique constraint`, MySQL's `Duplicate entry`. The key exists by then, so
+    writing again is an update."""
     try:
-        mlflow_client.set_registered_model_alias(name, alias, version)
+        write()
     except MlflowException as exc:
-        if "UNIQUE constraint" not in str(exc) and exc.error_code != "RESOURCE_ALREADY_EXISTS":
+        text = str(exc).lower()
+        collided = "unique constraint" in text or "duplicate entry" in text
+        if not collided and exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        mlflow_client.set_registered_model_alias(name, alias, version)
-
-
-def _set_model_tag(mlflow_client: Any, name: str, key: str, value: str) -> None:
-    """Set a registered model's tag. MLflow's SQL store inserts a new tag after looking for
-    it, so two deciders at once (the trainer's gate and a person's `promote`) can collide on
-    its unique key; the tag exists then, and setting it again updates it."""
-    for attempt in range(3):
-        try:
-            mlflow_client.set_registered_model_tag(name, key, value)
-            return
-        except MlflowException as exc:
-            if "UNIQUE constraint" not in str(exc) or attempt == 2:
-                raise
-            time.sleep(0.05)
+        write()
 
 
 def _decide(
@@ -237,8 +234,13 @@ def _decide(
     name = settings.model_name
     set_alias(settings, CHAMPION, version)
     record = {"version": version, "action": action, "by": by, "at": time.time(), "pinned": pin}
-    _set_model_tag(mlflow_client, name, HISTORY_TAG, json.dumps(history[-100:]))
-    _set_model_tag(mlflow_client, name, DECISION_TAG, json.dumps(record))
+    history_text, decision_text = json.dumps(history[-100:]), json.dumps(record)
+    _written_once_more(
+        lambda: mlflow_client.set_registered_model_tag(name, HISTORY_TAG, history_text)
+    )
+    _written_once_more(
+        lambda: mlflow_client.set_registered_model_tag(name, DECISION_TAG, decision_text)
+    )
     log.info("champion of %s is now version %s (%s by %s)", name, version, action, by)
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+from mlflow.exceptions import MlflowException
+
+from rtml import registry
 from rtml.pipelines.gate import champion_fails, gate, paired
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.trainer import Uploader, champion_errors
@@ -134,3 +138,33 @@ def test_the_interval_between_versions_holds_across_a_trainer_restart() -> None:
         due[ago] = uploader._register_due()
         uploader.close()
     assert due == {60.0: False, 120.0: True, None: True}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_tags.key",
+        '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "pk"',
+        "(pymysql.err.IntegrityError) (1062, \"Duplicate entry 'm-rtml.champion' for key\")",
+    ],
+)
+def test_a_champion_decision_that_collides_with_another_is_written_again(message: str) -> None:
+    """Two deciders at once (a person's `promote`, the trainer's gate) collide on the SQL
+    store's unique key, whatever the database; the second write is an update. Anything else
+    is raised."""
+    writes: list[int] = []
+
+    def colliding() -> None:
+        writes.append(1)
+        if len(writes) == 1:
+            raise MlflowException(f"BAD_REQUEST: {message}")
+
+    def missing() -> None:
+        writes.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such model")
+
+    registry._written_once_more(colliding)
+    assert len(writes) == 2
+    with pytest.raises(MlflowException, match="no such model"):
+        registry._written_once_more(missing)
+    assert len(writes) == 3  # not written again
