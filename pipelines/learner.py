@@ -64,6 +64,10 @@ class RollingMean:
 class Learner:
     """A model with its learning history; pickled whole into every checkpoint."""
 
+    _model: Any
+    _step: LinearStep | None
+    _read: bool  # the model was read since the step last learned it
+
     def __init__(self, model: Any, window: int = 500, drift_delta: float = 0.002) -> None:
         self.model = model
         self.window = window
@@ -87,15 +91,46 @@ class Learner:
         """The newest examples with the error of the prediction serving would have made."""
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
+
+    @property
+    def model(self) -> Any:
+        """The River model as learned so far.
+
+        A `linear` model is learned by a `LinearStep` in its own lists; reading the model
+        writes them into it, and the next example starts a step from the model as it is then,
+        so a model its reader changed is learned on from what it became.
+        """
+        if self._step is not None:
+            self._step.write_back()
+            self._step, self._read = None, True
+        return self._model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._model = model
         self._step = LinearStep.of(model)  # River's predict-then-learn in one pass, if linear
+        self._read = False
+
+    def _stepper(self) -> LinearStep | None:
+        """The step that learns the model, started again after the model was read; None
+        when River learns it."""
+        step = self._step
+        if step is None and self._read:
+            step = self._step = LinearStep.of(self._model)
+            self._read = False
+        return step
 
     def __getstate__(self) -> dict[str, Any]:
-        # the step is rebuilt from the model on load: a checkpoint holds River objects only
-        return {k: v for k, v in self.__dict__.items() if k != "_step"}
+        # the model as learned, and no step (rebuilt on load): a checkpoint holds River
+        # objects only, and reads as one pickled by an older rtml
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_step", "_model", "_read")}
+        state["model"] = self.model
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        model = state.pop("model")
         self.__dict__.update(state)
-        self._step = LinearStep.of(self.model)
+        self.model = model
         if "recent" not in state:  # a learner pickled by an older rtml
             self.recent = deque(maxlen=self.window)
             self._snapshots = deque(maxlen=SNAPSHOTS)
@@ -106,7 +141,8 @@ class Learner:
         `watermark` (the newest label learned, by default)."""
         at = self.watermark if watermark is None else watermark
         # only predicted with: a linear model folds into a scorer, anything else is copied
-        scorer = LinearScorer.of(self.model)
+        step = self._step
+        scorer = step.scorer() if step is not None else LinearScorer.of(self.model)
         copy = scorer if scorer is not None else pickle.loads(pickle.dumps(self.model))
         self._snapshots.append((at, copy))
 
@@ -140,18 +176,19 @@ class Learner:
     def reset_model(self, model: Any) -> None:
         """Start a fresh model after a drift; history and metrics carry on."""
         self.model = model
-        self._step = LinearStep.of(model)
         self.drift = drift.ADWIN(delta=self.drift_delta)
 
     def predict_one(self, x: dict[str, float]) -> float:
-        return float(self.model.predict_one(x))
+        step = self._step
+        return float(step.predict_one(x) if step is not None else self._model.predict_one(x))
 
     def learn_one(self, x: dict[str, float], y: float) -> None:
         """Learn `x` -> `y`, and nothing else (no prediction, no metrics)."""
-        if self._step is not None:
-            self._step.learn_one(x, y)
+        step = self._stepper()
+        if step is not None:
+            step.learn_one(x, y)
         else:
-            self.model.learn_one(x, y)
+            self._model.learn_one(x, y)
 
     def step(self, ex: Example) -> bool:
         """Predict, score, learn; False (and nothing learned) for an example seen before."""
@@ -159,7 +196,7 @@ class Learner:
             self.skipped += 1
             return False
         # predicted before it learns; the step does both in one pass, a River model in two
-        step = self._step
+        step = self._stepper()
         if step is not None:
             error = abs(ex.target - step.learn_one(ex.features, ex.target))
         else:
@@ -190,7 +227,7 @@ class Learner:
         self.drift_detected = self.drift.drift_detected
         self.drifts += self.drift_detected
         if step is None:
-            self.model.learn_one(ex.features, ex.target)
+            self._model.learn_one(ex.features, ex.target)
         self.last_ts[ex.symbol] = ex.ts
         self.learned += 1
         self.watermark = max(self.watermark, ex.label_ts)

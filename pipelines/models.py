@@ -145,13 +145,18 @@ class LinearStep:
     The trainer predicts each example before it learns it. River does that in two calls that
     each scale every feature into a new dict, and the regression computes its prediction once
     more for the gradient: about 15 µs for eight features, most of an example's cost. This
-    step does the same arithmetic on the model's own state (the scaler's counts, means and
-    variances, the weights, the intercept, the optimizer's step count) in one loop: the
-    prediction it returns is River's `predict_one` before the example, and the model after it
-    is the one `learn_one` leaves, up to the order of a dot product's terms. It is the
-    model's state that is kept, so the model stays a River pipeline: pickled, registered and
-    served as before, and learned by River itself wherever this step does not apply
-    (`of` is None for any other model, optimizer or penalty).
+    step does the same arithmetic in one loop: the prediction it returns is River's
+    `predict_one` before the example, and the model it leaves is the one `learn_one` leaves,
+    up to the order of a dot product's terms.
+
+    It takes the model's state (the scaler's counts, means and variances, the weights, the
+    intercept, the optimizer's step count) into lists, one slot a feature, and reads each
+    example's features by position: a record's features come in the same order every time,
+    so the positions of one order of names are worked out once. The model itself is written
+    only by `write_back`, which whoever reads the model calls first (`Learner.model` does);
+    so the model stays a River pipeline, pickled, registered and served as before, and
+    learned by River itself wherever this step does not apply (`of` is None for any other
+    model, optimizer, schedule or penalty).
 
     >>> model, twin = build_model("linear", {"lr": 0.05}), build_model("linear", {"lr": 0.05})
     >>> step = LinearStep.of(model)
@@ -159,17 +164,64 @@ class LinearStep:
     ...     x = {"a": i % 5 / 10, "b": i % 3 - 1.0}
     ...     assert abs(step.learn_one(x, i % 5 / 100) - twin.predict_one(x)) < 1e-12
     ...     twin.learn_one(x, i % 5 / 100)
+    >>> step.write_back()
     >>> probe = {"a": 0.3, "b": 1.0}
     >>> abs(model.predict_one(probe) - twin.predict_one(probe)) < 1e-12
     True
     """
 
-    __slots__ = ("model", "regressor", "scaler")
+    __slots__ = (
+        "_positions",
+        "clip",
+        "counts",
+        "intercept",
+        "intercept_rate",
+        "iterations",
+        "learned",
+        "means",
+        "model",
+        "names",
+        "rate",
+        "regressor",
+        "scaler",
+        "variances",
+        "weights",
+    )
+
+    POSITIONS = 256
+    """At most this many orders of feature names are remembered; past it they start over, so
+    records with ever-new sets of names cannot grow it."""
 
     def __init__(self, model: Any, scaler: Any, regressor: Any) -> None:
-        self.model = model
-        self.scaler = scaler
-        self.regressor = regressor
+        self.model, self.scaler, self.regressor = model, scaler, regressor
+        optimizer = regressor.optimizer
+        self.rate = float(optimizer.lr.learning_rate)
+        self.intercept_rate = float(regressor.intercept_lr.learning_rate)
+        self.clip = float(regressor.clip_gradient)
+        self.intercept = float(regressor.intercept)
+        self.iterations = int(optimizer.n_iterations)
+        weights = regressor._weights
+        self.names: dict[str, int] = {}
+        self.counts: list[int] = []
+        self.means: list[float] = []
+        self.variances: list[float] = []
+        self.weights: list[float] = []
+        for name in [*scaler.counts, *(n for n in weights if n not in scaler.counts)]:
+            self._slot(name)
+        self._positions: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self.learned = False  # since the model was last written
+
+    def _slot(self, name: str) -> int:
+        """The position of `name`, given one (with River's state, or none yet) if it is new."""
+        at = self.names.get(name)
+        if at is None:
+            scaler = self.scaler
+            at = self.names[name] = len(self.counts)
+            self.counts.append(scaler.counts.get(name, 0))
+            self.means.append(scaler.means.get(name, 0.0))
+            self.variances.append(scaler.vars.get(name, 0.0))
+            self.weights.append(self.regressor._weights.get(name, 0.0))
+        return at
 
     @classmethod
     def of(cls, model: Any) -> LinearStep | None:
@@ -181,6 +233,8 @@ class LinearStep:
         optimizer = regressor.optimizer
         if (
             type(optimizer) is not optim.SGD
+            or type(optimizer.lr) is not optim.schedulers.Constant
+            or type(regressor.intercept_lr) is not optim.schedulers.Constant
             or regressor.l1 != 0
             or regressor.l2 != 0
             or type(regressor.initializer) is not optim.initializers.Zeros
@@ -191,32 +245,78 @@ class LinearStep:
 
     def learn_one(self, x: Mapping[str, float], y: float) -> float:
         """Learn `x` -> `y`; returns what the model predicted for `x` before it learned it."""
-        scaler, regressor = self.scaler, self.regressor
-        counts, means, variances = scaler.counts, scaler.means, scaler.vars
-        weights = regressor._weights
-        weight_of = weights.get
-        predicted = dot = regressor.intercept
-        learned: list[tuple[str, float, float]] = []
-        for name, value in x.items():
-            weight = weight_of(name, 0.0)
-            mean, var = means[name], variances[name]
+        order = tuple(x)
+        positions = self._positions.get(order)
+        if positions is None:
+            if len(self._positions) >= self.POSITIONS:
+                self._positions.clear()
+            positions = self._positions[order] = tuple(self._slot(name) for name in order)
+        counts, means, variances, weights = self.counts, self.means, self.variances, self.weights
+        predicted = dot = self.intercept
+        scaled_all: list[float] = []
+        keep = scaled_all.append
+        for at, value in zip(positions, x.values(), strict=False):
+            weight, mean, var = weights[at], means[at], variances[at]
             if var:  # the prediction scales by the statistics before this example
                 predicted += weight * ((value - mean) / var**0.5)
-            count = counts[name] + 1
-            counts[name] = count
-            new_mean = means[name] = mean + (value - mean) / count
-            var = variances[name] = var + ((value - mean) * (value - new_mean) - var) / count
-            scaled = (value - new_mean) / var**0.5 if var else 0.0  # the gradient, by the new
-            dot += weight * scaled
-            learned.append((name, scaled, weight))
-        clip = regressor.clip_gradient
+            count = counts[at] = counts[at] + 1
+            off = value - mean
+            new_mean = means[at] = mean + off / count
+            var = variances[at] = var + (off * (value - new_mean) - var) / count
+            if var:  # the gradient scales by the statistics after it
+                scaled = (value - new_mean) / var**0.5
+                dot += weight * scaled
+                keep(scaled)
+            else:
+                keep(0.0)
+        clip = self.clip
         gradient = 2 * (dot - y)  # the squared loss's, clamped as River clamps it
         gradient = -clip if gradient < -clip else clip if gradient > clip else gradient
-        optimizer = regressor.optimizer
-        t = optimizer.n_iterations
-        regressor.intercept -= regressor.intercept_lr.get(t) * gradient
-        rate = optimizer.lr.get(t)
-        for name, scaled, weight in learned:
-            weights[name] = weight - rate * (scaled * gradient)
-        optimizer.n_iterations = t + 1
+        self.intercept -= self.intercept_rate * gradient
+        rate = self.rate
+        for at, scaled in zip(positions, scaled_all, strict=False):
+            weights[at] -= rate * (scaled * gradient)
+        self.iterations += 1
+        self.learned = True
         return predicted
+
+    def predict_one(self, x: Mapping[str, float]) -> float:
+        """River's `predict_one` of the model as learned so far."""
+        names, means, variances, weights = self.names, self.means, self.variances, self.weights
+        total = self.intercept
+        for name, value in x.items():
+            at = names.get(name)
+            if at is not None and (var := variances[at]):
+                total += weights[at] * ((value - means[at]) / var**0.5)
+        return total
+
+    def write_back(self) -> None:
+        """Write what was learned into the River model, which is then the model as learned."""
+        if not self.learned:
+            return
+        scaler, regressor = self.scaler, self.regressor
+        counts, means, variances, weights = (
+            scaler.counts,
+            scaler.means,
+            scaler.vars,
+            regressor._weights,
+        )
+        for name, at in self.names.items():
+            if self.counts[at]:  # a name River has (a weight read from it, or learned since)
+                counts[name] = self.counts[at]
+                means[name] = self.means[at]
+                variances[name] = self.variances[at]
+            if self.counts[at] or name in weights:
+                weights[name] = self.weights[at]
+        regressor.intercept = self.intercept
+        regressor.optimizer.n_iterations = self.iterations
+        self.learned = False
+
+    def scorer(self) -> LinearScorer:
+        """The model as it is now as a `LinearScorer`, without writing it back."""
+        terms = {}
+        for name, at in self.names.items():
+            var, weight = self.variances[at], self.weights[at]
+            if var and weight:
+                terms[name] = (weight / var**0.5, self.means[at])
+        return LinearScorer(self.intercept, terms)

@@ -198,8 +198,11 @@ def test_the_one_pass_step_learns_as_river_does(params: dict[str, float]) -> Non
             del x["b"]  # sometimes missing
         if i > 1_000:
             x["late"] = rng.gauss(0, 1)  # a feature first seen half-way
+        if i % 5 == 0:  # the same names in another order
+            x = dict(rng.sample(sorted(x.items()), len(x)))
         assert step.learn_one(x, y) == pytest.approx(river.predict_one(x), rel=1e-9, abs=1e-12)
         river.learn_one(x, y)
+    step.write_back()  # the step learns in its own lists; the model is written when read
     ours_scaler, river_scaler = ours.steps["StandardScaler"], river.steps["StandardScaler"]
     assert ours_scaler.counts == river_scaler.counts
     assert ours_scaler.means == pytest.approx(river_scaler.means, rel=1e-12)
@@ -213,6 +216,56 @@ def test_the_one_pass_step_learns_as_river_does(params: dict[str, float]) -> Non
         assert clone.predict_one(x) == pytest.approx(river.predict_one(x), rel=1e-9, abs=1e-12)
         clone.learn_one(x, y)
         river.learn_one(x, y)
+
+
+def test_the_one_pass_step_holds_a_bounded_number_of_feature_orders() -> None:
+    """Records whose names come in ever-new orders and sets are learned as River learns
+    them, and what the step keeps to read them by position does not grow with them."""
+    ours, river = build_model("linear"), build_model("linear")
+    step = LinearStep.of(ours)
+    assert step is not None
+    rng = random.Random(3)
+    names = [f"f{i}" for i in range(12)]
+    for _ in range(3 * LinearStep.POSITIONS):
+        x = {name: rng.gauss(0, 1) for name in rng.sample(names, rng.randint(1, len(names)))}
+        assert step.learn_one(x, x.get("f0", 0.0)) == pytest.approx(
+            river.predict_one(x), rel=1e-9, abs=1e-12
+        )
+        river.learn_one(x, x.get("f0", 0.0))
+        assert len(step._positions) <= LinearStep.POSITIONS
+    probe = {name: 0.5 for name in names}
+    assert step.predict_one(probe) == pytest.approx(river.predict_one(probe), rel=1e-9)
+    step.write_back()
+    assert ours.predict_one(probe) == pytest.approx(river.predict_one(probe), rel=1e-9)
+
+
+def test_a_learners_model_read_while_it_learns_is_the_model_as_learned() -> None:
+    """The step learns in its own lists; whoever reads `Learner.model` (a checkpoint, a
+    registration, a promotion) gets the model as learned up to then, and a model changed by
+    its reader is learned on from what it became, exactly as River alone would."""
+    learner = Learner(build_model("linear"), window=50)
+    assert learner._step is not None
+    river = build_model("linear")
+    stream = _stream(600, seed=2)
+    for t, (x, y) in enumerate(stream):
+        learner.step(Example("X", 60.0 * t, 60.0 * (t + 5), x, y))
+        river.learn_one(x, y)
+        if t % 37 == 0:
+            probe = stream[(t * 7) % len(stream)][0]
+            assert learner.model.predict_one(probe) == pytest.approx(
+                river.predict_one(probe), rel=1e-9, abs=1e-12
+            )
+        if t == 300:  # the reader learns the model itself
+            for x2, y2 in _stream(10, seed=11):
+                learner.model.learn_one(x2, y2)
+                river.learn_one(x2, y2)
+    probes = [x for x, _ in _stream(20, seed=9)]
+    want = [river.predict_one(x) for x in probes]
+    assert [learner.predict_one(x) for x in probes] == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert [learner.model.predict_one(x) for x in probes] == pytest.approx(
+        want, rel=1e-9, abs=1e-12
+    )
+    assert learner.model.steps["LinearRegression"].optimizer.n_iterations == 610
 
 
 @pytest.mark.parametrize(
