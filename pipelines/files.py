@@ -21,7 +21,7 @@ import statistics
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -30,6 +30,14 @@ from typing import IO, Any, Literal
 import pandas as pd
 
 from rtml.errors import ConfigError
+from rtml.pipelines.shapes import (
+    SIDE_SPELLINGS,
+    by_shape,
+    is_number,
+    row_ids,
+    ts_or_none,
+    values_only,
+)
 from rtml.records import BadRecord, Trade, number, parse_trade, parse_ts
 
 log = logging.getLogger(__name__)
@@ -102,7 +110,10 @@ def _read_excel(path: Path) -> pd.DataFrame:
     top = int((filled == filled.max()).to_numpy().argmax())  # the first of the widest rows
     body = raw.iloc[top:].dropna(axis=1, how="all").reset_index(drop=True)
     first = body.iloc[0].dropna()
-    if len(first) and all(isinstance(v, int | float | date) or _is_number(str(v)) for v in first):
+    if len(first) and (
+        all(isinstance(v, int | float | date) or is_number(str(v)) for v in first)
+        or values_only(str(v) for v in first)
+    ):
         return body.set_axis(range(body.shape[1]), axis=1)  # values (a date is a datetime)
     names = [str(c).strip() if pd.notna(c) else f"column {i}" for i, c in enumerate(body.iloc[0])]
     return body.iloc[1:].set_axis(names, axis=1).reset_index(drop=True)
@@ -612,143 +623,6 @@ def _times_in_known_formats(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame.assign(ts=seconds.astype(object).where(moments.notna(), frame["ts"]))
 
 
-HEADERLESS: dict[int, tuple[str, ...]] = {
-    12: (
-        "ts",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "close_time",
-        "quote_volume",
-        "trades",
-        "taker_base_volume",
-        "taker_quote_volume",
-        "ignore",
-    ),
-    7: ("ts", "open", "high", "low", "close", "volume", "trades"),
-    6: ("ts", "open", "high", "low", "close", "volume"),
-}
-"""Candle files without a header row, by their number of columns: Binance's klines (as
-data.binance.vision serves them), Kraken's OHLCVT downloads, and a time, OHLC and volume."""
-
-
-HEADERLESS_TRADES: dict[int, tuple[str, ...]] = {
-    7: ("trade_id", "price", "size", "quote_size", "ts", "buyer_maker", "best_match"),
-    8: ("trade_id", "price", "size", "first_id", "last_id", "ts", "buyer_maker", "best_match"),
-    3: ("ts", "price", "size"),
-}
-"""Trade files without a header row, by their number of columns: Binance's trades and
-aggTrades (told from candles by their `true`/`false` columns) and Kraken's time, price and
-volume."""
-
-HEADERLESS_SINCE = 631_152_000.0
-"""1990-01-01: the times in a trade file without a header row are after it (electronic
-exchanges' dumps); a column of prices or sizes read as times would be in 1970."""
-
-SHAPED = 0.98
-"""The share of a headerless file's first rows of numbers that must have its layout's shape
-for the file to be read so. Its other rows are read as any file's rows are: one that is not
-numbers is refused on its own, with its reason."""
-
-_BOOLEANS = frozenset({"true", "false"})
-
-
-def _is_number(text: str) -> bool:
-    return text.replace(".", "", 1).replace("-", "", 1).replace("e", "", 1).isdigit()
-
-
-def _numbers_only(first_line: Iterable[Any]) -> bool:
-    """Whether a file's first line is values, not names: numbers, the `true`/`false` that
-    exchanges write of a trade's side, and empty fields (a volume not given), with numbers
-    the most of them. Then the file has no header row.
-
-    >>> _numbers_only(["1704067200", "42000.5", "", "41999", "42001", "3.5"])
-    True
-    >>> _numbers_only(["1", "42000.5", "0.1", "42.1", "1704067200000", "true", "true"])
-    True
-    >>> _numbers_only(["ts", "open"]), _numbers_only(["", "Open"]), _numbers_only(["", ""])
-    (False, False, False)
-    """
-    fields = [str(f).strip().lstrip("\ufeff") for f in first_line]
-    given = [f for f in fields if f and f.lower() != "nan"]  # an empty field is read as NaN
-    numbers = sum(_is_number(f) for f in given)
-    return numbers * 2 > len(fields) and all(_is_number(f) or f.lower() in _BOOLEANS for f in given)
-
-
-def _shaped(mask: pd.Series, readable: pd.Series) -> bool:
-    """Whether `mask` holds for all but a few of the rows that are numbers at all."""
-    return bool(readable.any()) and int(mask.sum()) >= SHAPED * int(readable.sum())
-
-
-def _by_shape(
-    path: Path, read: Callable[[tuple[str, ...]], pd.DataFrame], first: list[str]
-) -> pd.DataFrame:
-    """A file whose first line is values has no header: read by its number of columns and the
-    shape of its first rows, as one of the `HEADERLESS_TRADES` (the `true`/`false` columns
-    tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
-    of 0 or more for 3) or `HEADERLESS` candles (low <= open, close <= high, all above 0).
-    All but a few rows (`SHAPED`) must have the shape, so one odd row does not make the whole
-    file unreadable. Otherwise the file is refused, saying how to name its columns."""
-    width = len(first)
-    fields = [str(f).strip().lower() for f in first]
-
-    trades = HEADERLESS_TRADES.get(width)
-    sided = trades is not None and "buyer_maker" in trades
-    if trades is not None and sided and fields[trades.index("buyer_maker")] not in _BOOLEANS:
-        trades = None  # no true/false where Binance writes them: not its trades
-    if trades is not None:
-        frame = read(trades)
-        head = frame.head(1000)
-        price, size = (pd.to_numeric(head[n], errors="coerce") for n in ("price", "size"))
-        when = head["ts"].map(ts_or_none).astype(float)
-        readable = price.notna() & size.notna() & when.notna()
-        # a time of an exchange's trade: 42000.5 read as a time would be 1970, so a price or
-        # a size in the first column does not pass for one
-        if _shaped((price > 0) & (size >= 0) & (when >= HEADERLESS_SINCE), readable):
-            log.info("%s has no header row: read as trades (%s)", path, ", ".join(trades))
-            if sided:  # the buyer made the market: the taker sold
-                maker = frame["buyer_maker"].astype(str).str.strip().str.lower() == "true"
-                side = maker.map({True: "sell", False: "buy"})
-            else:
-                side = pd.Series("buy", frame.index)  # not given (rtml does not use a side)
-            frame = frame.assign(side=side)
-            if "trade_id" not in frame.columns:
-                frame = frame.assign(trade_id=_row_ids(frame))
-            return frame
-    names = HEADERLESS.get(width)
-    if names is not None and trades is None:
-        frame = read(names)
-        head = frame.head(1000)
-        o, h, low, c = (
-            pd.to_numeric(head[n], errors="coerce") for n in ("open", "high", "low", "close")
-        )
-        readable = o.notna() & h.notna() & low.notna() & c.notna()
-        candles = (low > 0) & (low <= o) & (low <= c) & (o <= h) & (c <= h)
-        if _shaped(candles, readable):
-            log.info("%s has no header row: read as candles (%s)", path, ", ".join(names))
-            return frame
-    known = "; ".join(
-        [
-            *(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items()),
-            *(f"trades of {n} columns: {','.join(c)}" for n, c in HEADERLESS_TRADES.items()),
-        ]
-    )
-    raise ConfigError(
-        f"{path} has no header row (its first line is numbers) and its {width} columns are not "
-        f"a candle or trade file rtml knows ({known}): add a header row naming the columns, "
-        "e.g. ts,open,high,low,close,volume for candles or ts,price,size for trades"
-    )
-
-
-def _row_ids(frame: pd.DataFrame) -> pd.Series:
-    """Trade ids for a file that gives none: its time and row, so each trade of the file is
-    one trade (the pipeline drops a trade id it has seen), the same file replayed twice is
-    the same trades, and two files of one symbol's different days do not collide."""
-    return frame["ts"].astype(str) + "#" + pd.Series(range(len(frame)), frame.index).astype(str)
-
-
 _BIDS = ("bid", "bid price", "bidprice", "bid_price", "best_bid", "bestbid", "bid quote")
 _ASKS = ("ask", "ask price", "askprice", "ask_price", "best_ask", "bestask", "ask quote")
 _QUOTE_SIZES = (
@@ -790,7 +664,7 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
     if "size" not in frame.columns:
         return frame
     if "trade_id" not in frame.columns:
-        frame = frame.assign(trade_id=_row_ids(frame))
+        frame = frame.assign(trade_id=row_ids(frame))
     loose = _loose(frame.columns)
     maker = loose.get("is_buyer_maker", loose.get("isbuyermaker"))
     if "side" not in frame.columns and maker is not None:
@@ -806,19 +680,6 @@ def _trades_without_id_or_side(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-SIDE_SPELLINGS = {
-    **{spelled: "buy" for spelled in ("buy", "b", "bid", "bought", "1", "1.0")},
-    **{spelled: "sell" for spelled in ("sell", "s", "a", "ask", "sold", "2", "2.0", "-1", "-1.0")},
-    # no aggressor (an auction, a cross): rtml does not use a side, as for a file that gives
-    # none
-    **{spelled: "buy" for spelled in ("n", "none", "nan", "", "-", "unknown")},
-}
-"""How exchanges and vendors write a trade's side, by the taker's (aggressor's) side:
-`Buy`/`SELL`, `b`/`s`, Databento's `B` (bid), `A` (ask) and `N` (none), FIX's `1` (buy) and
-`2` (sell), a sign's `-1` (sell), an empty field. Any other value is refused with the
-trade."""
-
-
 _EXCHANGE_FILE = re.compile(
     r"^([A-Za-z0-9]+)(-(\d+(mo|[smhdw])|trades|aggTrades)-\d{4}-\d{2}(-\d{2})?|_(MN|[MHDW])?\d+"
     r"|_(Candlestick|Ticks)_.*)$"
@@ -828,6 +689,10 @@ BTCUSDT-1h-2024-01-15, BTCUSDT-1mo-2024-01, BTCUSDT-trades-2024-01-15 and
 BTCUSDT-aggTrades-2024-01, Kraken's XBTUSD_1 (its candle length in minutes), MetaTrader's
 EURUSD_M1, EURUSD_H4 and EURUSD_D1, Dukascopy's EURUSD_Candlestick_1_M_BID_01.01.2025-... and
 EURUSD_Ticks_01.01.2025-..."""
+
+
+_HISTDATA_FILE = re.compile(r"^DAT_[A-Z]+_([A-Z0-9]+)_(T|M1)(_|$)")
+"""HistData's names of tick and minute files: DAT_ASCII_EURUSD_T_202501, DAT_MT_EURUSD_M1_2025."""
 
 
 def _symbol_of(path: Path) -> str:
@@ -840,8 +705,12 @@ def _symbol_of(path: Path) -> str:
     ['MSFT', 'BTCUSDT', 'XBTUSD', 'ETHBTC']
     >>> _symbol_of(Path("EURUSD_Candlestick_1_M_BID_01.01.2025-31.01.2025.csv"))
     'EURUSD'
+    >>> [_symbol_of(Path(n)) for n in ("DAT_ASCII_EURUSD_T_202501.csv", "DAT_MT_GBPUSD_M1_2024")]
+    ['EURUSD', 'GBPUSD']
     """
     stem = path.name.split(".")[0]
+    if histdata := _HISTDATA_FILE.match(stem):
+        return histdata[1]
     found = _EXCHANGE_FILE.match(stem)
     return found[1] if found else stem
 
@@ -927,7 +796,7 @@ def _read_delimited(
         return frame, _rtml_names(frame.columns, mapping), layout.decimal, refused
     first = layout.read(path, nrows=1, header=None, dtype=str)
     header = layout.read(path, nrows=0).columns
-    if _numbers_only(first.iloc[0] if len(first) else []):
+    if values_only(first.iloc[0] if len(first) else []):
         refused = []
 
         def read(names: tuple[str, ...]) -> pd.DataFrame:
@@ -935,7 +804,7 @@ def _read_delimited(
             refused[:] = told  # the layout read last is the one kept
             return frame
 
-        frame = _by_shape(path, read, list(first.iloc[0]))
+        frame = by_shape(path, read, list(first.iloc[0]))
         names = {c: c for c in frame.columns if c in (*CANDLE_COLUMNS, *TRADE_COLUMNS)}
         return frame, names, layout.decimal, refused
     names = _rtml_names(header, mapping)
@@ -983,7 +852,7 @@ def _read(
         elif kind in ("json", "excel"):
             rows = _read_json(path) if kind == "json" else _read_excel(path)
             if all(isinstance(c, int) for c in rows.columns):
-                frame = _by_shape(
+                frame = by_shape(
                     path,
                     lambda names: rows.set_axis(list(names), axis=1),
                     [str(v) for v in rows.iloc[0]],
@@ -1116,13 +985,6 @@ def in_event_time(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reset_index(drop=True)
     frame = frame.assign(_start=frame["ts"].map(ts_or_none).astype(float))
     return frame.sort_values("_start", na_position="first", kind="stable")
-
-
-def ts_or_none(value: Any) -> float | None:
-    try:
-        return parse_ts(value)
-    except BadRecord:
-        return None  # replay yields it as a bad record; it says nothing of the candle length
 
 
 def candle_profile(path: Path, columns: dict[str, str] | None = None) -> CandleProfile | None:

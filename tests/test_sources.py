@@ -6,8 +6,10 @@ import bisect
 import gzip
 import io
 import json
+import random
 import statistics
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -764,10 +766,12 @@ def test_binances_monthly_zip_is_read_as_it_is_downloaded(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "rows",
     [
-        ["1704067200,42283.5,0.5,7", "1704067201,42284.0,0.1,8"],  # four columns
         ["1704067200,5,4,1,2,10", "1704067260,2,9,1,3,10"],  # a high below its open
         ["1,42000.5,0.1,4200.05,1704067200000,1,true"],  # Binance's 7, its booleans misplaced
-        ["42000.5,0.1,1704067200", "42001.5,0.2,1704067201"],  # price, size, time: not Kraken's
+        [f"{1735689600 + i},{100 + i / 100}" for i in range(30)],  # a time and a price: no size
+        [f"{i},{2 * i},{3 * i}" for i in range(30)],  # numbers, no time among them
+        [f"{1735689600 + i},1,2,3,4,5,6" for i in range(30)],  # six numbers, not a candle
+        [",".join(str(1735689600 + i + j) for j in range(40)) for i in range(20)],  # too wide
     ],
 )
 def test_a_file_without_a_header_row_of_no_known_shape_says_so(
@@ -1227,3 +1231,89 @@ def test_quote_files_fix_exports_and_times_of_any_name_replay_as_trades(
     ]
     assert [t.price for t in trades] == pytest.approx([p for _, _, p, _, _ in expected])
     assert [t.size for t in trades] == pytest.approx([z for _, _, _, z, _ in expected])
+
+
+def _headerless_rows(kind: str, seed: int) -> tuple[list[str], list[tuple[float, float, float]]]:
+    """Lines of a headerless file of `kind`, and the (time, price, size) of each trade its
+    rows are: a quote's at its mid and both sides' sizes, a candle's four prices in 15 s."""
+    rng = random.Random(seed)
+    lines, want = [], []
+    price, start = 1.0 + rng.random(), 1_735_689_600 + 60 * rng.randrange(1_440 * 300)
+    for i in range(40):
+        ts = start + 60 * i
+        day = time.strftime("%Y%m%d", time.gmtime(ts))
+        clock = time.strftime("%H%M%S", time.gmtime(ts))
+        iso = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+        price = round(price * (1 + rng.gauss(0, 0.001)), 5)
+        other = round(price + rng.choice((1, 2, 3)) * 1e-5, 5)
+        size, id_ = round(rng.random() * 5, 3), 7_000 + 3 * i
+        if kind == "histdata_ticks":  # DateTime, Bid, Ask, Volume
+            lines.append(f"{day} {clock}250,{price},{other},0")
+            want.append((ts + 0.25, (price + other) / 2, 0.0))
+        elif kind == "truefx":  # Symbol, DateTime, Bid, Ask
+            lines.append(
+                f"EUR/USD,{day} {time.strftime('%H:%M:%S', time.gmtime(ts))}.5,{price},{other}"
+            )
+            want.append((ts + 0.5, (price + other) / 2, 0.0))
+        elif kind == "ask_bid_sizes":  # Time, Ask, Bid, AskVolume, BidVolume
+            lines.append(f"{iso},{other},{price},{size},1.5")
+            want.append((ts, (price + other) / 2, size + 1.5))
+        elif kind == "symbol_ms_price_size":
+            lines.append(f"ETHUSD,{ts * 1000 + 125},{price * 1000},{size}")
+            want.append((ts + 0.125, price * 1000, size))
+        elif kind == "iso_price_size_id":
+            lines.append(f"{iso},{price * 100},{size},{id_}")
+            want.append((ts, price * 100, size))
+        elif kind == "ms_price_size_side":
+            lines.append(f"{ts * 1000},{price * 100},{size},{rng.choice(('buy', 'SELL', 's'))}")
+            want.append((ts, price * 100, size))
+        else:  # a day and a time apart, then a candle (MetaTrader's, HistData's MT files)
+            o, c = price, other
+            high, low = max(o, c) + 1e-4, min(o, c) - 1e-4
+            day_dotted = time.strftime("%Y.%m.%d", time.gmtime(ts))
+            volume = rng.randrange(1, 900)  # not rising row by row: not an id
+            clock = time.strftime("%H:%M", time.gmtime(ts))
+            lines.append(f"{day_dotted},{clock},{o},{high},{low},{c},{volume}")
+            want.append((ts, o, float(volume)))
+    return lines, want
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "symbol"),
+    [
+        ("histdata_ticks", "DAT_ASCII_EURUSD_T_202501.csv", "EURUSD"),
+        ("truefx", "EURUSD-2025-01.csv", "EUR/USD"),
+        ("ask_bid_sizes", "gbpusd_ticks.csv", "gbpusd_ticks"),
+        ("symbol_ms_price_size", "dump.csv", "ETHUSD"),
+        ("iso_price_size_id", "AAPL_tape.csv", "AAPL_tape"),
+        ("ms_price_size_side", "SOL.txt", "SOL"),
+        ("date_time_candles", "DAT_MT_GBPUSD_M1_2024.csv", "GBPUSD"),
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_headerless_file_of_any_layout_is_read_by_what_its_columns_hold(
+    tmp_path: Path, kind: str, name: str, symbol: str, seed: int
+) -> None:
+    """A file without a header row whose width no exchange's layout has (a forex tick file, a
+    vendor's tape, a terminal's export) was refused whole; one whose first line held a time
+    written as text or a side was taken for a header and refused as having no known columns.
+    Now its columns are told by what they hold: a time (or a day and a time of day), an id,
+    a side, a symbol, and a candle's, a quote's or a trade's numbers."""
+    lines, want = _headerless_rows(kind, seed)
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    got = list(replay(path, candle_seconds=60))
+    assert all(isinstance(t, Trade) for t in got), got[:3]
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert {t.symbol for t in trades} == {symbol}
+    if kind == "date_time_candles":  # four trades a candle: its open first, at its start
+        assert len(trades) == 4 * len(want)
+        firsts = trades[::4]
+        assert [t.ts for t in firsts] == [ts for ts, _, _ in want]
+        assert [t.price for t in firsts] == pytest.approx([p for _, p, _ in want])
+        assert sum(t.size for t in trades[:4]) == pytest.approx(want[0][2])
+        return
+    assert [t.ts for t in trades] == pytest.approx([ts for ts, _, _ in want])
+    assert [t.price for t in trades] == pytest.approx([p for _, p, _ in want])
+    assert [t.size for t in trades] == pytest.approx([z for _, _, z in want])
+    assert len({t.trade_id for t in trades}) == len(trades)
