@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import itertools
+import json
 import logging
 import math
 import re
@@ -30,6 +31,7 @@ from typing import IO, Any, Literal
 import pandas as pd
 
 from rtml.errors import ConfigError
+from rtml.pipelines.payloads import one_letter_names, records_in_lines, records_of
 from rtml.pipelines.shapes import (
     SIDE_SPELLINGS,
     by_shape,
@@ -119,21 +121,39 @@ def _read_excel(path: Path) -> pd.DataFrame:
     return body.iloc[1:].set_axis(names, axis=1).reset_index(drop=True)
 
 
-def _read_json(path: Path) -> pd.DataFrame:
+def _read_json(path: Path) -> tuple[pd.DataFrame, str | None]:
     """A JSON replay file: an array of objects (one a trade or a candle, keys as a CSV's
     header), an array of rows (as exchanges' REST APIs give candles: read by their shape, as a
-    CSV without a header), or one object a line. Any other JSON says what to give."""
+    CSV without a header), one object a line, or an API's response holding such an array
+    (`payloads.records_of`), with the instrument the response names. Any other JSON says
+    what to give."""
     with _opened(path) as raw:
-        start = raw.read(64).lstrip()
-    lines = start[:1] == b"{"
-    frame = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, orient="records")
+        data = raw.read()
+    symbol = None
+    document: Any = None
+    if data.lstrip()[:1] == b"{":
+        try:  # one object: a response, or a file of one line
+            document = json.loads(data)
+        except (ValueError, RecursionError):
+            document = None  # one object a line (or not JSON: read below, which says so)
+    if isinstance(document, dict):
+        found = records_of(document)
+        records = [document] if found is None else found[0]
+        symbol = None if found is None else found[1]
+        data = json.dumps(records).encode()
+    lines = document is None and data.lstrip()[:1] == b"{"
+    frame = pd.read_json(
+        io.BytesIO(data), lines=lines, dtype=False, convert_dates=False, orient="records"
+    )
+    if lines and (inner := records_in_lines(frame.to_dict("records"))) is not None:
+        frame = pd.DataFrame.from_records(inner)  # each message wraps its records
     if not lines and len(frame) and list(frame.columns) == list(range(frame.shape[1])):
-        return frame  # rows: read by their shape
+        return frame, symbol  # rows: read by their shape
     if frame.shape[1] and all(isinstance(c, str) for c in frame.columns):
-        return frame
+        return frame, symbol
     raise ConfigError(
-        f"{path}: give a JSON array of objects (one a trade or a candle) or of rows, or one "
-        "object a line"
+        f"{path}: give a JSON array of objects (one a trade or a candle) or of rows, one "
+        "object a line, or an API's response holding such an array"
     )
 
 
@@ -343,7 +363,17 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "transacttime",
         *LOCAL["ts"],
     ),
-    "symbol": ("ticker", "pair", "instrument", "product_id", "name"),
+    "symbol": (
+        "ticker",
+        "pair",
+        "instrument",
+        "product_id",
+        "name",
+        "instid",
+        "inst_id",
+        "instrument_id",
+        "market",
+    ),
     "price": (
         "last",
         "last price",
@@ -369,6 +399,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "trdmatchid",
         "match_id",
         "matchid",
+        "execid",
+        "exec_id",
         "agg_trade_id",
         "aggtradeid",
     ),
@@ -845,12 +877,13 @@ def _read(
     mapping = dict(columns or {})
     kind = file_kind(path)
     decimal = "."
+    symbol: str | None = None
     try:
         if kind == "parquet":
             frame = pd.read_parquet(path)
             names = _rtml_names(frame.columns, mapping)
         elif kind in ("json", "excel"):
-            rows = _read_json(path) if kind == "json" else _read_excel(path)
+            rows, symbol = _read_json(path) if kind == "json" else (_read_excel(path), None)
             if all(isinstance(c, int) for c in rows.columns):
                 frame = by_shape(
                     path,
@@ -874,6 +907,10 @@ def _read(
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
             "give a UTF-8 CSV with a header row, JSON, or a Parquet file"
         ) from None
+    if not {"price", "open", "close"} & set(names.values()):  # an API's one-letter fields
+        names.update({c: n for c, n in one_letter_names(frame.columns).items() if c not in names})
+    if symbol is not None and "symbol" not in names.values():
+        frame = frame.assign(symbol=symbol)  # the instrument an API's response names
     frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
     frame = _trades_without_id_or_side(_quotes_as_mid(frame, path))
     if "volume" in frame.columns and frame["volume"].dtype == object:

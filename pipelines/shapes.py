@@ -195,8 +195,9 @@ never above the other and they are this close (a share of the higher): a trade's
 size are not."""
 
 
-_SYMBOL = re.compile(r"^(?=.{1,40}$)[A-Za-z0-9]*[A-Za-z][A-Za-z0-9./:_-]*$")
-"""A symbol in a column of its own: a word of letters and digits, with . / : _ - between."""
+_SYMBOL = re.compile(r"^(?=.{2,40}$)[A-Za-z0-9]*[A-Za-z][A-Za-z0-9./:_-]*$")
+"""A symbol in a column of its own: a word of letters and digits, with . / : _ - between;
+not one letter, which vendors use for flags (Kraken's `l`imit and `m`arket)."""
 
 
 def _a_time(text: str) -> bool:

@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -1316,4 +1317,211 @@ def test_a_headerless_file_of_any_layout_is_read_by_what_its_columns_hold(
     assert [t.ts for t in trades] == pytest.approx([ts for ts, _, _ in want])
     assert [t.price for t in trades] == pytest.approx([p for _, p, _ in want])
     assert [t.size for t in trades] == pytest.approx([z for _, _, z in want])
+    assert len({t.trade_id for t in trades}) == len(trades)
+
+
+_T0 = 1_735_689_600  # 2025-01-01
+
+
+def _api_payloads() -> list[tuple[str, Any]]:
+    """(file name, content) of market data as APIs send it, each 12 trades or candles priced
+    100.5 + i at _T0 + 60 i (a candle: open 100.5 + i)."""
+    n, ms = range(12), [(_T0 + 60 * i) * 1000 for i in range(12)]
+    bars = [{"o": 100.5 + i, "h": 101 + i, "l": 99 + i, "c": 100.75 + i, "v": 5} for i in n]
+    return [
+        (  # OKX: wrapped in `data`, `instId`, `px`, `sz`
+            "okx.json",
+            {
+                "code": "0",
+                "data": [
+                    {
+                        "instId": "BTC-USDT",
+                        "tradeId": str(i),
+                        "px": str(100.5 + i),
+                        "sz": "0.1",
+                        "side": "buy",
+                        "ts": str(ms[i]),
+                    }
+                    for i in n
+                ],
+            },
+        ),
+        (  # Bybit: two levels down, `execId`
+            "bybit.json",
+            {
+                "retCode": 0,
+                "result": {
+                    "category": "spot",
+                    "list": [
+                        {
+                            "execId": str(i),
+                            "symbol": "BTCUSDT",
+                            "price": str(100.5 + i),
+                            "size": "0.1",
+                            "side": "Sell",
+                            "time": str(ms[i]),
+                        }
+                        for i in n
+                    ],
+                },
+            },
+        ),
+        (  # Kraken's REST trades: rows under the pair's name
+            "kraken.json",
+            {
+                "error": [],
+                "result": {
+                    "XXBTZUSD": [
+                        [str(100.5 + i), "0.1", _T0 + 60 * i + 0.25, "s", "l", "", 7 + i] for i in n
+                    ],
+                    "last": "1",
+                },
+            },
+        ),
+        (  # Polygon's aggregates: one-letter candles, `ticker` beside them
+            "aggs.json",
+            {
+                "ticker": "AAPL",
+                "results": [{**b, "t": m, "n": 3} for b, m in zip(bars, ms, strict=True)],
+            },
+        ),
+        (  # Alpaca's bars: ISO times, `symbol` beside them
+            "bars.json",
+            {
+                "bars": [
+                    {**b, "t": f"2025-01-01T00:{i:02d}:00Z"} for i, b in zip(n, bars, strict=True)
+                ],
+                "symbol": "MSFT",
+                "next_page_token": None,
+            },
+        ),
+        (  # Alpaca's trades: `p`, `s` is the size, `i` the id
+            "trades.json",
+            {
+                "trades": [
+                    {
+                        "t": f"2025-01-01T00:{i:02d}:00Z",
+                        "x": "V",
+                        "p": 100.5 + i,
+                        "s": 10,
+                        "c": ["@"],
+                        "i": 50 + i,
+                        "z": "C",
+                    }
+                    for i in n
+                ],
+                "symbol": "TSLA",
+            },
+        ),
+        (  # Binance's REST aggTrades: `a`, `p`, `q`, `T`, `m`
+            "BTCUSDT-aggTrades-2025-01-01.json",
+            [
+                {
+                    "a": 9 + i,
+                    "p": str(100.5 + i),
+                    "q": "0.1",
+                    "f": 1,
+                    "l": 1,
+                    "T": ms[i],
+                    "m": i % 2 == 0,
+                    "M": True,
+                }
+                for i in n
+            ],
+        ),
+        (  # Binance's trade stream, one message a line
+            "stream.jsonl",
+            [
+                {
+                    "e": "trade",
+                    "E": ms[i] + 3,
+                    "s": "BNBBTC",
+                    "t": 9 + i,
+                    "p": str(100.5 + i),
+                    "q": "0.1",
+                    "T": ms[i],
+                    "m": True,
+                    "M": True,
+                }
+                for i in n
+            ],
+        ),
+        (  # Binance's combined streams: each message wraps its trade
+            "combined.jsonl",
+            [
+                {
+                    "stream": "ethusdt@trade",
+                    "data": {
+                        "e": "trade",
+                        "s": "ETHUSDT",
+                        "t": 9 + i,
+                        "p": str(100.5 + i),
+                        "q": "0.1",
+                        "T": ms[i],
+                        "m": False,
+                    },
+                }
+                for i in n
+            ],
+        ),
+        (  # Kraken's websocket (v2): each message an array of trades
+            "kraken_ws.jsonl",
+            [
+                {
+                    "channel": "trade",
+                    "type": "update",
+                    "data": [
+                        {
+                            "symbol": "BTC/USD",
+                            "side": "buy",
+                            "price": 100.5 + i,
+                            "qty": 0.1,
+                            "ord_type": "market",
+                            "trade_id": 9 + i,
+                            "timestamp": f"2025-01-01T00:{i:02d}:00.000000Z",
+                        }
+                    ],
+                }
+                for i in n
+            ],
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"), _api_payloads(), ids=[name for name, _ in _api_payloads()]
+)
+def test_market_data_saved_as_an_api_sent_it_replays(
+    tmp_path: Path, name: str, content: Any
+) -> None:
+    """REST responses wrap their records in an object (refused: its keys were taken for
+    columns), APIs name fields with one letter (refused: no column was rtml's), and stream
+    messages wrap each trade (refused). Each is read as the trades or candles it holds, of
+    the instrument it names."""
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        path.write_text("".join(json.dumps(line) + "\n" for line in content))
+    else:
+        path.write_text(json.dumps(content))
+    got = list(replay(path, candle_seconds=60))
+    assert all(isinstance(t, Trade) for t in got), got[:3]
+    trades = [t for t in got if isinstance(t, Trade)]
+    symbol = {
+        "okx.json": "BTC-USDT",
+        "bybit.json": "BTCUSDT",
+        "kraken.json": "XXBTZUSD",
+        "aggs.json": "AAPL",
+        "bars.json": "MSFT",
+        "trades.json": "TSLA",
+        "BTCUSDT-aggTrades-2025-01-01.json": "BTCUSDT",
+        "stream.jsonl": "BNBBTC",
+        "combined.jsonl": "ETHUSDT",
+        "kraken_ws.jsonl": "BTC/USD",
+    }[name]
+    assert {t.symbol for t in trades} == {symbol}
+    firsts = trades[::4] if len(trades) == 48 else trades  # a candle is four trades
+    assert len(firsts) == 12
+    assert [t.price for t in firsts] == pytest.approx([100.5 + i for i in range(12)])
+    offset = 0.25 if name == "kraken.json" else 0.0
+    assert [t.ts for t in firsts] == pytest.approx([_T0 + 60 * i + offset for i in range(12)])
     assert len({t.trade_id for t in trades}) == len(trades)
