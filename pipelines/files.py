@@ -9,6 +9,7 @@ dropped; a file that cannot be read at all is a `ConfigError` saying what to giv
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import gzip
@@ -16,6 +17,7 @@ import io
 import itertools
 import json
 import logging
+import lzma
 import math
 import re
 import statistics
@@ -24,7 +26,8 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -57,13 +60,14 @@ DELIMITERS = (",", ";", "\t", "|")
 
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv", ".tab", ".dat")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+ARROW_SUFFIXES = (".feather", ".arrow", ".ipc")
 
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 
 
-def file_kind(path: Path) -> Literal["parquet", "text", "json", "excel"]:
+def file_kind(path: Path) -> Literal["parquet", "arrow", "text", "json", "excel"]:
     """What a replay file is, by its suffixes in any case: Parquet, delimited text or JSON,
     gzipped or not (`MSFT.CSV`, Stooq's `.txt`, `trades.tsv.gz`, `trades.jsonl.gz`), or a zip
     archive of one such text file (Binance's `BTCUSDT-1m-2024-01.zip`); a ConfigError for
@@ -71,6 +75,8 @@ def file_kind(path: Path) -> Literal["parquet", "text", "json", "excel"]:
     suffixes = [s.lower() for s in path.suffixes[-2:]]
     if suffixes and suffixes[-1] in PARQUET_SUFFIXES:
         return "parquet"
+    if suffixes and suffixes[-1] in ARROW_SUFFIXES:
+        return "arrow"
     if suffixes and suffixes[-1] in EXCEL_SUFFIXES:
         return "excel"
     if suffixes and suffixes[-1] == ".xls":
@@ -80,7 +86,7 @@ def file_kind(path: Path) -> Literal["parquet", "text", "json", "excel"]:
         )
     if suffixes and suffixes[-1] == ".zip":
         return "text"  # pandas refuses an archive of several files, and says so
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz"):
         suffixes.pop()
     if suffixes and suffixes[-1] in TEXT_SUFFIXES:
         return "text"
@@ -88,9 +94,9 @@ def file_kind(path: Path) -> Literal["parquet", "text", "json", "excel"]:
         return "json"
     raise ConfigError(
         f"replay file {path}: use a delimited text file ({', '.join(TEXT_SUFFIXES)}, or one of "
-        "them gzipped as .gz or in a .zip of its own), JSON (an array of objects or of rows, "
-        "or one object a line: .json, .jsonl, .ndjson), an Excel workbook (.xlsx: its first "
-        "sheet) or Parquet (.parquet)"
+        "them compressed as .gz, .bz2 or .xz, or in a .zip of its own), JSON (an array of "
+        "objects or of rows, or one object a line: .json, .jsonl, .ndjson, compressed too), an "
+        "Excel workbook (.xlsx: its first sheet), Parquet (.parquet) or Arrow (.feather, .arrow)"
     )
 
 
@@ -157,14 +163,20 @@ def _read_json(path: Path) -> tuple[pd.DataFrame, str | None]:
     )
 
 
-def _compression(path: Path) -> Literal["gzip", "zip"] | None:
-    suffix = path.suffix.lower()
-    return "gzip" if suffix == ".gz" else "zip" if suffix == ".zip" else None
+Compression = Literal["gzip", "bz2", "xz", "zip"]
+
+COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
+"""A text file's compression by its last suffix (pandas' names for them)."""
+
+
+def _compression(path: Path) -> Compression | None:
+    return COMPRESSIONS.get(path.suffix.lower())
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[IO[bytes] | gzip.GzipFile]:
-    """The bytes of a text file, gzipped, zipped (its first member) or plain."""
+def _opened(path: Path) -> Iterator[IO[bytes] | gzip.GzipFile | bz2.BZ2File | lzma.LZMAFile]:
+    """The bytes of a text file, compressed (gzip, bzip2, xz), zipped (its first member) or
+    plain."""
     kind = _compression(path)
     if kind == "zip":
         with zipfile.ZipFile(path) as archive:
@@ -175,9 +187,15 @@ def _opened(path: Path) -> Iterator[IO[bytes] | gzip.GzipFile]:
     if kind == "gzip":
         with gzip.open(path, "rb") as unzipped:
             yield unzipped
-        return
-    with path.open("rb") as plain:
-        yield plain
+    elif kind == "bz2":
+        with bz2.open(path, "rb") as unpacked:
+            yield unpacked
+    elif kind == "xz":
+        with lzma.open(path, "rb") as unpacked:
+            yield unpacked
+    else:
+        with path.open("rb") as plain:
+            yield plain
 
 
 def _first_lines(path: Path, n: int, encoding: str = "utf-8-sig") -> list[str]:
@@ -219,7 +237,7 @@ def _encoding(path: Path) -> str:
 class TextLayout:
     """How a delimited file is written, as `read_table` works it out before reading it."""
 
-    compression: Literal["gzip", "zip"] | None
+    compression: Compression | None
     encoding: str
     skip: int  # lines above the header that are not part of the table
     sep: str
@@ -316,6 +334,32 @@ _GROUPED_DECIMAL_COMMA = re.compile(r"^[-+]?\d{1,3}(\.\d{3})+,\d+$")
 """A decimal comma after thousands grouped by dots, `16.751,64`: a European number in any
 file (a quote site's German download quotes it in a comma-separated file)."""
 _NUMBERS = ("price", "size", "open", "high", "low", "close", "volume")
+
+
+def _plain(value: Any) -> Any:
+    """A decimal as a float and a day as its midnight UTC; any other value as it is."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+def _plain_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """rtml's columns of the types file formats have beyond numbers, times and text, as a
+    replay reads them: decimals (Parquet's `decimal128`) as floats, days (Parquet's `date32`)
+    as their midnight UTC, and pandas' nullable numbers, flags and text with their gaps as
+    NaN or None. Each had its every row refused (`price must be a number, got Decimal`)."""
+    for name in set(frame.columns) & {*_NUMBERS, *TEXT_COLUMNS, "ts"}:
+        column = frame[name]
+        if isinstance(column.dtype, pd.api.extensions.ExtensionDtype):
+            if column.dtype.kind in "iuf" and name not in TEXT_COLUMNS:  # an id stays whole
+                frame[name] = column.astype("float64")
+            elif not isinstance(column.dtype, pd.DatetimeTZDtype):
+                frame[name] = column.astype(object).where(column.notna(), None)
+        elif column.dtype == object:
+            frame[name] = column.map(_plain)
+    return frame
 
 
 def _decimal_comma(value: Any) -> Any:
@@ -879,8 +923,8 @@ def _read(
     decimal = "."
     symbol: str | None = None
     try:
-        if kind == "parquet":
-            frame = pd.read_parquet(path)
+        if kind in ("parquet", "arrow"):
+            frame = pd.read_parquet(path) if kind == "parquet" else pd.read_feather(path)
             names = _rtml_names(frame.columns, mapping)
         elif kind in ("json", "excel"):
             rows, symbol = _read_json(path) if kind == "json" else (_read_excel(path), None)
@@ -898,6 +942,8 @@ def _read(
     except (
         ValueError,
         OSError,
+        EOFError,  # a compressed file cut short
+        lzma.LZMAError,
         UnicodeDecodeError,
         pd.errors.ParserError,
         zipfile.BadZipFile,
@@ -905,13 +951,13 @@ def _read(
         # pandas' and pyarrow's read errors (empty, binary, truncated, not Parquet) are these
         raise ConfigError(
             f"replay file {path} could not be read ({type(exc).__name__}: {str(exc)[:200]}); "
-            "give a UTF-8 CSV with a header row, JSON, or a Parquet file"
+            "give a UTF-8 CSV with a header row, JSON, a Parquet or an Arrow file"
         ) from None
     if not {"price", "open", "close"} & set(names.values()):  # an API's one-letter fields
         names.update({c: n for c, n in one_letter_names(frame.columns).items() if c not in names})
     if symbol is not None and "symbol" not in names.values():
         frame = frame.assign(symbol=symbol)  # the instrument an API's response names
-    frame = _price_as_close(_date_and_time(frame.rename(columns=names)))
+    frame = _price_as_close(_date_and_time(_plain_values(frame.rename(columns=names))))
     frame = _trades_without_id_or_side(_quotes_as_mid(frame, path))
     if "volume" in frame.columns and frame["volume"].dtype == object:
         frame["volume"] = frame["volume"].map(lambda v: _volume_text(v, decimal))

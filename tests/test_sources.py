@@ -12,7 +12,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -490,7 +490,9 @@ def test_the_demo_splits_a_vendors_file_into_parts_it_reads_back(tmp_path: Path,
 def test_a_file_of_another_kind_says_which_kinds_are_read(tmp_path: Path) -> None:
     path = tmp_path / "prices.ods"
     path.write_bytes(b"PK\x03\x04")
-    with pytest.raises(ConfigError, match=r"\.csv, \.txt, \.tsv.*gzipped.*JSON.*xlsx.*Parquet"):
+    with pytest.raises(
+        ConfigError, match=r"\.csv, \.txt, \.tsv.*\.gz, \.bz2.*JSON.*xlsx.*Parquet.*Arrow"
+    ):
         list(replay(path))
     broken = tmp_path / "prices.xlsx"  # workbooks that are not one
     for content in (b"PK\x03\x04", b"", _zipped(**{"hello.txt": "hi"})):
@@ -1525,3 +1527,102 @@ def test_market_data_saved_as_an_api_sent_it_replays(
     offset = 0.25 if name == "kraken.json" else 0.0
     assert [t.ts for t in firsts] == pytest.approx([_T0 + 60 * i + offset for i in range(12)])
     assert len({t.trade_id for t in trades}) == len(trades)
+
+
+def _typed_files(tmp_path: Path) -> dict[str, Path]:
+    """The same 12 trades (or daily candles) in the types file formats give them."""
+    import bz2
+    import decimal
+    import lzma
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import feather
+
+    n = 12
+    starts = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=60 * i) for i in range(n)]
+    paths: dict[str, Path] = {}
+    decimals = pa.table(
+        {
+            "symbol": pa.array(["BTC-USD"] * n).dictionary_encode(),
+            "trade_id": pa.array(range(n), pa.uint64()),
+            "price": pa.array(
+                [decimal.Decimal("100.25") + i for i in range(n)], pa.decimal128(18, 8)
+            ),
+            "size": pa.array([decimal.Decimal("0.5")] * n, pa.decimal128(18, 8)),
+            "side": ["buy"] * n,
+            "ts": pa.array(starts, pa.timestamp("ms", tz="UTC")),
+        }
+    )
+    pq.write_table(decimals, paths.setdefault("decimal", tmp_path / "decimal.parquet"))
+    feather.write_feather(decimals, paths.setdefault("feather", tmp_path / "trades.feather"))
+    nullable = pd.DataFrame(
+        {
+            "ts": pd.Series(starts),
+            "price": pd.array([100.25 + i for i in range(n)], dtype="Float64"),
+            "size": pd.array([0.5] * n, dtype="Float64"),
+            "symbol": pd.array(["BTC-USD"] * n, dtype="string"),
+            "trade_id": pd.array(range(n), dtype="Int64"),
+        }
+    )
+    nullable.to_parquet(paths.setdefault("nullable", tmp_path / "nullable.parquet"))
+    days = pa.table(
+        {
+            "date": pa.array([date(2025, 1, 1) + timedelta(days=i) for i in range(n)], pa.date32()),
+            "open": [100.25 + i for i in range(n)],
+            "high": [101.0 + i for i in range(n)],
+            "low": [99.0 + i for i in range(n)],
+            "close": [100.5 + i for i in range(n)],
+            "volume": pa.array([5] * n, pa.int64()),
+        }
+    )
+    pq.write_table(days, paths.setdefault("days", tmp_path / "BTC-USD.parquet"))
+    text = nullable.assign(ts=[s.isoformat() for s in starts]).to_csv(index=False).encode()
+    paths["bz2"] = tmp_path / "BTC-USD.csv.bz2"
+    paths["bz2"].write_bytes(bz2.compress(text))
+    paths["xz"] = tmp_path / "BTC-USD.csv.xz"
+    paths["xz"].write_bytes(lzma.compress(text))
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["decimal", "feather", "nullable", "days", "bz2", "xz"])
+def test_files_in_the_types_and_compressions_formats_have_replay_as_their_trades(
+    tmp_path: Path, kind: str
+) -> None:
+    """Parquet's decimal prices and day dates had every row refused (`price must be a number,
+    got Decimal`, `ts must be a number, got date`); Feather files and bzip2 or xz text were
+    refused whole. Each is the trades (or candles) it holds."""
+    path = _typed_files(tmp_path)[kind]
+    got = list(replay(path, candle_seconds=86_400 if kind == "days" else 60))
+    assert all(isinstance(t, Trade) for t in got), got[:3]
+    trades = [t for t in got if isinstance(t, Trade)]
+    firsts = trades[::4] if kind == "days" else trades
+    assert [t.price for t in firsts] == pytest.approx([100.25 + i for i in range(12)])
+    step = 86_400 if kind == "days" else 60
+    assert [t.ts for t in firsts] == [1_735_689_600.0 + step * i for i in range(12)]
+    assert {t.symbol for t in trades} == {"BTC-USD"}
+
+
+@pytest.mark.parametrize("name", ["cut.csv.gz", "cut.csv.xz", "cut.csv.bz2", "junk.feather"])
+def test_a_compressed_file_cut_short_or_a_broken_arrow_file_says_so(
+    tmp_path: Path, name: str
+) -> None:
+    """A download cut short ended the replay with an `EOFError` traceback."""
+    import bz2
+    import gzip as gz
+    import lzma
+
+    text = b"ts,price,size,symbol\n" + b"".join(
+        b"2025-01-01T00:00:%02dZ,100,1,X\n" % i for i in range(50)
+    )
+    compress: dict[str, Callable[[bytes], bytes]] = {
+        ".gz": gz.compress,
+        ".xz": lzma.compress,
+        ".bz2": bz2.compress,
+    }
+    suffix = Path(name).suffix
+    packed = compress[suffix](text) if suffix in compress else b"not an arrow file " * 10
+    path = tmp_path / name
+    path.write_bytes(packed[: len(packed) // 2] if "cut" in name else packed)
+    with pytest.raises(ConfigError, match="could not be read"):
+        list(replay(path))

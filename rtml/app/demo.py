@@ -371,7 +371,7 @@ class Demo:
         folder = self.settings.state / f"demo-{self.run_id}"
         folder.mkdir(parents=True, exist_ok=True)
         # written as rtml writes them, whatever the user's file was named (`.CSV.GZ`, `.txt`)
-        parquet = file_kind(path) == "parquet"
+        parquet = file_kind(path) in ("parquet", "arrow")
         suffix = ".parquet" if parquet else ".csv"
         parts = (folder / f"history{suffix}", folder / f"stream{suffix}")
         for part, rows in zip(parts, (frame.iloc[:half], frame.iloc[half:]), strict=True):
