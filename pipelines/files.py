@@ -1012,7 +1012,7 @@ def replay(
     frame = in_event_time(frame)
     rows = _rows(frame[[*CANDLE_COLUMNS, "_start"]])
     at, given = math.nan, set[Any]()  # the symbols with a candle at `at` (rows are in time order)
-    for i, row in enumerate(rows):
+    for row in rows:
         # a candle is good or bad as a whole: one BadRecord for it, never part of a candle
         try:
             start = row["_start"] if not math.isnan(row["_start"]) else parse_ts(row["ts"])
@@ -1035,7 +1035,9 @@ def replay(
                 parse_trade(
                     {
                         "symbol": row["symbol"],
-                        "trade_id": f"c{i}-{j}",
+                        # named by the candle, not its row: the next day's file has rows
+                        # 0, 1, ... too, and its trades would be dropped as seen before
+                        "trade_id": f"c{start:.3f}-{j}",
                         "price": price,
                         "size": volume / 4,
                         "side": "buy",

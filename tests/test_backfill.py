@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -118,3 +119,40 @@ def test_only_configured_symbols_are_built_and_none_configured_says_what_to_set(
     message = str(refused.value)
     named = [f"Z{i}{tag}" for i in range(NAMED_UNKNOWN)]
     assert f"RTML_SYMBOLS={','.join(named)}" in message and f"Z8{tag}" not in message, message
+
+
+def test_a_folder_of_daily_candle_files_backfills_every_candle_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """History a file a day and a symbol (as Binance's dumps come): each day's candles were
+    named like the day before's (`c0-0`), so after the first file of a symbol every candle of
+    the next was dropped as seen before. A folder of them is one market: every candle of
+    every day is built, once."""
+    from rtml.pipelines.folders import replay_folder
+
+    tag = uuid.uuid4().hex[:6].upper()
+    local = settings.model_copy(update={"symbols": (f"A{tag}", f"B{tag}")})
+    folder = tmp_path / "history"
+    folder.mkdir()
+    days, per_day = 3, 120
+    for symbol in local.symbols:
+        for day in range(days):
+            start = 1_700_006_400 + 86_400 * day
+            rows = [
+                f"{(start + 60 * m) * 1000},{100 + m % 7},{101 + m % 7},{99 + m % 7},"
+                f"{100.5 + m % 7},2,{(start + 60 * m + 59) * 1000 + 999},1,1,1,1,0"
+                for m in range(per_day)
+            ]
+            (folder / f"{symbol}-1m-2023-11-{15 + day}.csv").write_text("\n".join(rows) + "\n")
+    stats = backfill(local, replay_folder(folder, None, local.candle_seconds), write_online=False)
+    assert stats.rejected == {}
+    assert stats.trades == 2 * days * per_day * 4
+    offline = fs.read_parquet_dir(local.offline_dir / fs.FEATURES_DATASET)
+    mine = offline[offline["symbol"].isin(local.symbols)]
+    assert not mine.duplicated(["symbol", "event_timestamp"]).any()
+    # each symbol's candles of every day, less the warm-up
+    assert len(mine) == stats.features
+    for symbol in local.symbols:
+        stamps = mine[mine["symbol"] == symbol]["event_timestamp"]
+        days_built = {t.day for t in stamps}
+        assert days_built == {15, 16, 17}, days_built

@@ -1626,3 +1626,79 @@ def test_a_compressed_file_cut_short_or_a_broken_arrow_file_says_so(
     path.write_bytes(packed[: len(packed) // 2] if "cut" in name else packed)
     with pytest.raises(ConfigError, match="could not be read"):
         list(replay(path))
+
+
+def _day_file(folder: Path, symbol: str, day: int, rng: random.Random) -> list[Trade]:
+    """A file of `symbol`'s trades on `day` (of 2025), in no order, with a bad row; returns
+    the trades it holds."""
+    start = 1_735_689_600 + 86_400 * day
+    trades = [
+        Trade(symbol, f"{symbol}-{day}-{i}", round(100 + rng.random(), 4), 1.0, "buy", start + t)
+        for i, t in enumerate(sorted(rng.sample(range(86_400), 30)))
+    ]
+    rows = [f"{t.symbol},{t.trade_id},{t.price},{t.size},{t.side},{t.ts}" for t in trades]
+    rng.shuffle(rows)
+    rows.insert(5, f"{symbol},bad-{day},abc,1,buy,{start}")  # refused on its own
+    path = folder / f"{symbol}-trades-2025-01-{day + 1:02d}.csv"
+    path.write_text("\n".join(["symbol,trade_id,price,size,side,ts", *rows]) + "\n")
+    return trades
+
+
+def test_a_folder_of_daily_files_replays_as_one_market_in_event_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History comes a file a day and a file a symbol; `--source` took one file. A folder is
+    now the market its files hold: every trade once, in event time across files, each bad
+    row refused, and a file read only once the replay reaches it (two symbols' files of one
+    day at once, never a later day's)."""
+    from rtml.pipelines import folders
+
+    rng = random.Random(3)
+    want = [
+        t for day in (2, 0, 1) for s in ("ETH", "BTC") for t in _day_file(tmp_path, s, day, rng)
+    ]
+    (tmp_path / "notes.md").write_text("not a market file")
+    open_now, most = set[Path](), 0
+    real = folders.replay
+
+    def watched(path: Path, *args: Any) -> Iterator[Trade | BadRecord]:
+        nonlocal most
+        open_now.add(path)
+        most = max(most, len(open_now))
+        yield from real(path, *args)
+        open_now.discard(path)
+
+    monkeypatch.setattr(folders, "replay", watched)
+    got = list(folders.replay_folder(tmp_path))
+    trades = [t for t in got if isinstance(t, Trade)]
+    assert [b.kind for b in got if isinstance(b, BadRecord)] == ["wrong_type"] * 6
+    assert [t.ts for t in trades] == sorted(t.ts for t in want)
+    assert sorted(trades, key=lambda t: t.trade_id) == sorted(want, key=lambda t: t.trade_id)
+    assert most == 2
+
+
+def test_a_folder_without_market_files_says_what_to_put_in_it(tmp_path: Path) -> None:
+    from rtml.pipelines import folders
+
+    (tmp_path / "readme.md").write_text("x")
+    with pytest.raises(ConfigError, match="holds no replay file"):
+        list(folders.replay_folder(tmp_path))
+
+
+def test_candle_files_of_consecutive_days_share_no_trade_id(tmp_path: Path) -> None:
+    """A candle's four trades were named by its row (`c0-0`): the next day's file of the same
+    symbol named its own the same, so fed after the first, every one of its trades was
+    dropped as seen before. They are named by the candle's start: a file fed twice is the
+    same trades again (dropped as duplicates), the next day's are new."""
+    ids = []
+    for day in range(2):
+        start = 1_735_689_600 + 86_400 * day
+        path = tmp_path / f"BTCUSDT-1m-2025-01-0{day + 1}.csv"
+        path.write_text(
+            "ts,open,high,low,close,volume\n"
+            + "".join(f"{start + 60 * m},100,101,99,100.5,4\n" for m in range(30))
+        )
+        ids.append([t.trade_id for t in replay(path) if isinstance(t, Trade)])
+        assert ids[-1] == [t.trade_id for t in replay(path) if isinstance(t, Trade)]
+    assert len(ids[0]) == len(set(ids[0])) == 120
+    assert not set(ids[0]) & set(ids[1])

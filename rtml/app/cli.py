@@ -158,8 +158,14 @@ def _trade_source(
         url = kraken.KRAKEN_WS_URL if source == "kraken" else source
         return kraken.stream(settings.symbols, url=url, stop=stop)
     mapping = column_mapping(columns)
-    check_candle_file(settings, Path(source), mapping)
-    return files.replay(Path(source), mapping, settings.candle_seconds)
+    path = Path(source)
+    if path.is_dir():  # a file a day or a symbol: one market, in event time
+        from rtml.pipelines import folders
+
+        check_candle_file(settings, folders.replay_files(path)[0], mapping)
+        return folders.replay_folder(path, mapping, settings.candle_seconds)
+    check_candle_file(settings, path, mapping)
+    return files.replay(path, mapping, settings.candle_seconds)
 
 
 def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
@@ -196,8 +202,9 @@ _source_option = click.option(
     "--source",
     default="synthetic",
     show_default=True,
-    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON, Excel or "
-    "Parquet file of trades or candles.",
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON, Excel, "
+    "Parquet or Arrow file of trades or candles, or a folder of them (a file a day or a "
+    "symbol: replayed as one market in event time).",
 )
 _column_option = click.option(
     "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."

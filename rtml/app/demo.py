@@ -320,6 +320,11 @@ class Demo:
         if self.source == "synthetic":
             return
         path = Path(self.source)
+        if path.is_dir():
+            raise ConfigError(
+                f"{path} is a folder: the demo replays one file (half of it as history); "
+                "`rtml backfill --source` and `rtml feed --source` replay a folder of files"
+            )
         frame = self._read(path)
         if not (set(TRADE_COLUMNS) <= set(frame.columns)) and not (
             set(CANDLE_COLUMNS) <= set(frame.columns)
