@@ -721,10 +721,14 @@ def _quotes_as_mid(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
         return frame
     log.info("%s: quotes, read as trades at the mid of %r and %r", path, bid, ask)
     mid = pd.to_numeric(frame[bid], errors="coerce") + pd.to_numeric(frame[ask], errors="coerce")
-    size = pd.Series(0.0, frame.index)
+    size, negative = pd.Series(0.0, frame.index), []
     for names in _QUOTE_SIZES:
         if (column := next((loose[n] for n in names if n in loose), None)) is not None:
-            size = size + pd.to_numeric(frame[column], errors="coerce")
+            quoted = pd.to_numeric(frame[column], errors="coerce")
+            size = size + quoted
+            negative.append(quoted.where(quoted < 0))
+    for quoted in negative:  # a row with a side quoted below zero is refused for that side's
+        size = size.mask(quoted.notna(), quoted)
     return frame.assign(price=mid / 2, size=size if "size" not in frame.columns else frame["size"])
 
 

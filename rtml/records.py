@@ -147,6 +147,10 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
     Traceback (most recent call last):
     ...
     rtml.records.BadRecord: out_of_range: size is beyond 1e+30 in magnitude, got 1e+308
+    >>> number({"price": "1" + "0" * 400}, "price", positive=True, text=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.records.BadRecord: out_of_range: price is beyond 1e+30 in magnitude, got '1000...
     """
     value = record[field]
     kind = type(value)
@@ -165,14 +169,16 @@ def number(record: dict[str, Any], field: str, positive: bool, text: bool = Fals
         if not (type(value) is str and _GROUPED.match(value)):
             raise BadRecord("wrong_type", f"{field} must be a number, got {value!r:.80}") from None
         number = float(value.replace(",", ""))  # "42,280.5", as spreadsheets export prices
+    if math.isinf(number) and type(value) is str and "inf" not in value.lower():
+        number = math.copysign(_FLOAT_BOUND, number)  # digits too many for a float: too large
     if not math.isfinite(number):
-        raise BadRecord("not_finite", f"{field} must be finite, got {value!r}")
+        raise BadRecord("not_finite", f"{field} must be finite, got {value!r:.80}")
     if not -_FLOAT_BOUND < number < _FLOAT_BOUND:
         raise BadRecord(
             "out_of_range", f"{field} is beyond {_FLOAT_BOUND:g} in magnitude, got {value!r:.80}"
         )
     if positive and number <= 0:
-        raise BadRecord("non_positive", f"{field} must be > 0, got {value!r}")
+        raise BadRecord("non_positive", f"{field} must be > 0, got {value!r:.80}")
     return number
 
 

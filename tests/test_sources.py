@@ -1702,3 +1702,22 @@ def test_candle_files_of_consecutive_days_share_no_trade_id(tmp_path: Path) -> N
         assert ids[-1] == [t.trade_id for t in replay(path) if isinstance(t, Trade)]
     assert len(ids[0]) == len(set(ids[0])) == 120
     assert not set(ids[0]) & set(ids[1])
+
+
+def test_a_refused_row_says_the_value_that_is_wrong_not_one_rtml_made(tmp_path: Path) -> None:
+    """A price of 400 digits was `not_finite` with all 400 in the reason (it is a number
+    too large: `out_of_range`, quoted in part); a quote with one side's size below zero was
+    refused for the two sides' sum, a number the file does not hold."""
+    trades, quotes = tmp_path / "BTCUSD.csv", tmp_path / "EURUSD.csv"
+    trades.write_text(f"ts,price,size\n1735689600,{'1' + '0' * 400},1\n1735689601,5,1\n")
+    quotes.write_text(
+        "Gmt time,Ask,Bid,AskVolume,BidVolume\n"
+        "2025-01-01 00:00:01,1.1,1.0,2,-3\n"
+        "2025-01-01 00:00:02,1.1,1.0,2,3\n"
+    )
+    got = [*replay(trades), *replay(quotes)]
+    bad = [b for b in got if isinstance(b, BadRecord)]
+    assert [b.kind for b in bad] == ["out_of_range", "non_positive"]
+    assert len(str(bad[0])) < 200
+    assert str(bad[1]).endswith("got -3.0")
+    assert [t.size for t in got if isinstance(t, Trade)] == [1.0, 5.0]
