@@ -151,8 +151,17 @@ def _read_json(path: Path) -> tuple[pd.DataFrame, str | None]:
     frame = pd.read_json(
         io.BytesIO(data), lines=lines, dtype=False, convert_dates=False, orient="records"
     )
-    if lines and (inner := records_in_lines(frame.to_dict("records"))) is not None:
-        frame = pd.DataFrame.from_records(inner)  # each message wraps its records
+    if (
+        lines
+        and not _market_columns(frame.columns)  # the messages are the records themselves
+        and (inner := records_in_lines(frame.to_dict("records"))) is not None
+    ):
+        records, other = inner  # each message wraps its records
+        if other:
+            log.info(
+                "%s: %d message(s) without records (answers, heartbeats) passed over", path, other
+            )
+        frame = pd.DataFrame.from_records(records)
     if not lines and len(frame) and list(frame.columns) == list(range(frame.shape[1])):
         return frame, symbol  # rows: read by their shape
     if frame.shape[1] and all(isinstance(c, str) for c in frame.columns):
@@ -167,6 +176,13 @@ Compression = Literal["gzip", "bz2", "xz", "zip"]
 
 COMPRESSIONS: dict[str, Compression] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip"}
 """A text file's compression by its last suffix (pandas' names for them)."""
+
+
+def _market_columns(columns: Iterable[Any]) -> bool:
+    """Whether `columns` name a trade's price or a candle's prices, as a file or an API does."""
+    columns = list(columns)
+    named = {*_rtml_names(columns, {}).values(), *one_letter_names(columns).values()}
+    return bool(named & {"price", "open", "close"})
 
 
 def _compression(path: Path) -> Compression | None:

@@ -145,31 +145,39 @@ def one_letter_names(columns: Iterable[Any]) -> dict[Any, str]:
     return names
 
 
-def records_in_lines(lines: list[dict[Any, Any]]) -> list[dict[str, Any]] | None:
-    """The records of a file of one message a line when each message wraps them (Binance's
+def records_in_lines(lines: list[dict[Any, Any]]) -> tuple[list[dict[str, Any]], int] | None:
+    """The records of a file of one message a line when the messages wrap them (Binance's
     combined streams' `{"stream": ..., "data": {...}}`, Kraken's `{"channel": "trade",
-    "data": [{...}, ...]}`): the objects under the first field that holds one, or an array
-    of them, in every message. None when the messages are the records.
+    "data": [{...}, ...]}`): the objects under the field that holds one, or an array of
+    them, in most messages, and how many messages hold none (a subscription's answer, a
+    heartbeat). None when the messages are the records themselves.
 
     >>> records_in_lines([{"stream": "x", "data": {"p": "1"}}, {"stream": "x", "data": {"p": "2"}}])
-    [{'p': '1'}, {'p': '2'}]
-    >>> records_in_lines([{"channel": "trade", "data": [{"price": 1}, {"price": 2}]}])
-    [{'price': 1}, {'price': 2}]
+    ([{'p': '1'}, {'p': '2'}], 0)
+    >>> records_in_lines([{"method": "subscribe", "success": True},
+    ...                   {"channel": "trade", "data": [{"price": 1}, {"price": 2}]},
+    ...                   {"channel": "trade", "data": [{"price": 3}]}])
+    ([{'price': 1}, {'price': 2}, {'price': 3}], 1)
     >>> records_in_lines([{"p": "1", "q": "2"}]) is None
     True
     """
-    if not lines:
+    held: dict[Any, int] = {}
+    for message in lines:
+        for field, value in message.items():
+            if isinstance(value, dict) or (
+                isinstance(value, list) and _is_records(value) and isinstance(value[0], dict)
+            ):
+                held[field] = held.get(field, 0) + 1
+    if not held:
         return None
-    for field in lines[0]:
-        found: list[dict[str, Any]] = []
-        for message in lines:
-            value = message.get(field)
-            if isinstance(value, dict):
-                found.append(value)
-            elif isinstance(value, list) and _is_records(value) and isinstance(value[0], dict):
-                found.extend(v for v in value if isinstance(v, dict))
-            else:
-                break
-        else:
-            return found
-    return None
+    field, count = max(held.items(), key=lambda item: item[1])
+    if count * 2 < len(lines):
+        return None
+    found: list[dict[str, Any]] = []
+    for message in lines:
+        value = message.get(field)
+        if isinstance(value, dict):
+            found.append(value)
+        elif isinstance(value, list):
+            found.extend(v for v in value if isinstance(v, dict))
+    return found, len(lines) - count

@@ -1431,6 +1431,20 @@ def _api_payloads() -> list[tuple[str, Any]]:
                 for i in n
             ],
         ),
+        (  # a trade a line, each with an object of its own inside: not a wrapper
+            "nested.jsonl",
+            [
+                {
+                    "symbol": "SOLUSD",
+                    "id": 9 + i,
+                    "price": 100.5 + i,
+                    "size": 1,
+                    "ts": ms[i],
+                    "venue": {"name": "X", "mic": "XOFF"},
+                }
+                for i in n
+            ],
+        ),
         (  # Binance's trade stream, one message a line
             "stream.jsonl",
             [
@@ -1466,25 +1480,28 @@ def _api_payloads() -> list[tuple[str, Any]]:
                 for i in n
             ],
         ),
-        (  # Kraken's websocket (v2): each message an array of trades
+        (  # Kraken's websocket (v2): each message an array of trades, after the answer
             "kraken_ws.jsonl",
             [
-                {
-                    "channel": "trade",
-                    "type": "update",
-                    "data": [
-                        {
-                            "symbol": "BTC/USD",
-                            "side": "buy",
-                            "price": 100.5 + i,
-                            "qty": 0.1,
-                            "ord_type": "market",
-                            "trade_id": 9 + i,
-                            "timestamp": f"2025-01-01T00:{i:02d}:00.000000Z",
-                        }
-                    ],
-                }
-                for i in n
+                {"method": "subscribe", "result": {"channel": "trade"}, "success": True},
+                *(
+                    {
+                        "channel": "trade",
+                        "type": "update",
+                        "data": [
+                            {
+                                "symbol": "BTC/USD",
+                                "side": "buy",
+                                "price": 100.5 + i,
+                                "qty": 0.1,
+                                "ord_type": "market",
+                                "trade_id": 9 + i,
+                                "timestamp": f"2025-01-01T00:{i:02d}:00.000000Z",
+                            }
+                        ],
+                    }
+                    for i in n
+                ),
             ],
         ),
     ]
@@ -1519,6 +1536,7 @@ def test_market_data_saved_as_an_api_sent_it_replays(
         "stream.jsonl": "BNBBTC",
         "combined.jsonl": "ETHUSDT",
         "kraken_ws.jsonl": "BTC/USD",
+        "nested.jsonl": "SOLUSD",
     }[name]
     assert {t.symbol for t in trades} == {symbol}
     firsts = trades[::4] if len(trades) == 48 else trades  # a candle is four trades
