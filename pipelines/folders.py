@@ -2,10 +2,10 @@
 
 History often comes a file a day or a month (Binance's `BTCUSDT-trades-2024-01-01.zip`,
 HistData's monthly files, a vendor's daily exports), and a file a symbol. A folder of them is
-replayed as the one market they hold: the trades of all its files in event time, each file
-read when the replay reaches its first trade and let go when it ends, so a year of daily
-files holds about one day in memory, and files that overlap in time (one a symbol) are
-merged.
+replayed as the one market they hold: the trades of all its files in event time. A first pass
+reads each file once for the time of its first trade; then each file is read again when the
+replay reaches that time and let go when it ends, so a year of daily files holds about one
+day in memory, and files that overlap in time (one a symbol) are merged.
 """
 
 from __future__ import annotations
