@@ -373,7 +373,10 @@ def _plain_values(frame: pd.DataFrame) -> pd.DataFrame:
                 frame[name] = column.astype("float64")
             elif not isinstance(column.dtype, pd.DatetimeTZDtype):
                 frame[name] = column.astype(object).where(column.notna(), None)
-        elif column.dtype == object:
+        elif column.dtype == object and any(
+            isinstance(v, Decimal | date)
+            for v in column.head(100)  # a format's column is of one type
+        ):
             frame[name] = column.map(_plain)
     return frame
 
