@@ -374,8 +374,8 @@ def _plain_values(frame: pd.DataFrame) -> pd.DataFrame:
             elif not isinstance(column.dtype, pd.DatetimeTZDtype):
                 frame[name] = column.astype(object).where(column.notna(), None)
         elif column.dtype == object and any(
-            isinstance(v, Decimal | date)
-            for v in column.head(100)  # a format's column is of one type
+            isinstance(v, Decimal | date)  # a format's column is of one type: its first tell
+            for v in column.dropna().head(20)
         ):
             frame[name] = column.map(_plain)
     return frame
