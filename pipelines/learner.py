@@ -179,8 +179,9 @@ class Learner:
         self.drift = drift.ADWIN(delta=self.drift_delta)
 
     def predict_one(self, x: dict[str, float]) -> float:
-        step = self._step
-        return float(step.predict_one(x) if step is not None else self._model.predict_one(x))
+        # River's own prediction, whether or not a step has the model's state: the same
+        # learner must predict alike resumed from a checkpoint or not (a dot product's order)
+        return float(self.model.predict_one(x))
 
     def learn_one(self, x: dict[str, float], y: float) -> None:
         """Learn `x` -> `y`, and nothing else (no prediction, no metrics)."""

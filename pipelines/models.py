@@ -280,16 +280,6 @@ class LinearStep:
         self.learned = True
         return predicted
 
-    def predict_one(self, x: Mapping[str, float]) -> float:
-        """River's `predict_one` of the model as learned so far."""
-        names, means, variances, weights = self.names, self.means, self.variances, self.weights
-        total = self.intercept
-        for name, value in x.items():
-            at = names.get(name)
-            if at is not None and (var := variances[at]):
-                total += weights[at] * ((value - means[at]) / var**0.5)
-        return total
-
     def write_back(self) -> None:
         """Write what was learned into the River model, which is then the model as learned."""
         if not self.learned:
