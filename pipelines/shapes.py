@@ -110,7 +110,8 @@ def by_shape(
     tell Binance's trades from Kraken's candles, both of 7; a time, a price above 0 and a size
     of 0 or more for 3) or `HEADERLESS` candles (low <= open, close <= high, all above 0).
     All but a few rows (`SHAPED`) must have the shape, so one odd row does not make the whole
-    file unreadable. Otherwise the file is refused, saying how to name its columns."""
+    file unreadable. A file of no such layout is read by what its columns hold (`_guessed`);
+    one that cannot be told is refused, saying how to name its columns."""
     width = len(first)
     fields = [str(f).strip().lower() for f in first]
 
