@@ -136,8 +136,7 @@ def by_shape(
                 side = maker.map({True: "sell", False: "buy"})
             else:
                 side = pd.Series("buy", frame.index)  # not given (rtml does not use a side)
-            frame = frame.assign(side=side)
-            return _with_ids(frame)
+            return frame.assign(side=side)
     names = HEADERLESS.get(width)
     if names is not None and trades is None:
         frame = read(names)
@@ -153,7 +152,7 @@ def by_shape(
     guessed = _guessed(read(tuple(f"{_UNREAD}{i}" for i in range(width))).head(1000))
     if guessed is not None:
         log.info("%s has no header row: read as %s", path, ", ".join(n for n in guessed if n))
-        return _with_ids(read(tuple(name or f"{_UNREAD}{i}" for i, name in enumerate(guessed))))
+        return _read_columns(read(tuple(name or f"{_UNREAD}{i}" for i, name in enumerate(guessed))))
     known = "; ".join(
         [
             *(f"{n} columns: {','.join(c)}" for n, c in HEADERLESS.items()),
@@ -319,13 +318,10 @@ def _numbers_as(numbers: list[pd.Series]) -> list[str] | None:
     return None
 
 
-def _with_ids(frame: pd.DataFrame) -> pd.DataFrame:
-    """A headerless file's frame with its columns of no name left out, and trade ids for
-    trades that have none."""
-    frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith(_UNREAD)])
-    if "price" in frame.columns and "trade_id" not in frame.columns and "ts" in frame.columns:
-        frame = frame.assign(trade_id=row_ids(frame))
-    return frame
+def _read_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """A headerless file's frame without its columns that are none of rtml's. Trades without
+    ids get theirs where every file's do (`files._trades_without_id_or_side`)."""
+    return frame.drop(columns=[c for c in frame.columns if str(c).startswith(_UNREAD)])
 
 
 def row_ids(frame: pd.DataFrame) -> pd.Series:
