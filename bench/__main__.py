@@ -422,7 +422,7 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 100
             "checkpoint_interval_s": 0.5,
             "register_interval_s": 0.0,  # the loop's own latency: each checkpoint a version
             "gate_z": -1e9,  # a margin every candidate clears: measure the path, not the gate
-            "gate_z_champion": -1e9,
+            "gate_alpha": 1.0,
             "max_mae": 1.0,
             "metrics_window": 50,
         }
@@ -849,7 +849,7 @@ def bench_drift(
         b = int((ts - start) // (refit_every * step))
         if b != block:  # refit on what was labelled by the block's start
             cutoff = start + b * refit_every * step
-            learner = Learner(build_model(local.model, local.model_params))
+            learner = Learner(build_model(local.model, local.model_params, local.target))
             known = [e for e in stream if e.label_ts <= cutoff]
             fit(learner, history + known, local.warm_start_epochs, progress=False)
             block, model = b, learner.model

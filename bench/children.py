@@ -19,7 +19,7 @@ def warm_start_child(env: dict[str, str], out: Any) -> None:
     from rtml.pipelines.trainer import warm_start
 
     settings = Settings()
-    learner = Learner(build_model(settings.model, settings.model_params))
+    learner = Learner(build_model(settings.model, settings.model_params, settings.target))
     began = time.perf_counter()
     dataset = warm_start(settings, learner)
     seconds = time.perf_counter() - began

@@ -12,6 +12,7 @@ from feast.data_format import ParquetFormat
 from feast.types import Float64
 
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.targets import TARGETS
 from rtml.settings import Settings
 
 _settings = Settings()
@@ -53,17 +54,17 @@ candle_targets_source = FileSource(
     file_format=ParquetFormat(),
     timestamp_field="event_timestamp",
     created_timestamp_column="created",
-    description="target_return of the candle closing at event_timestamp; created when known.",
+    description="The label of the candle closing at event_timestamp; created when known.",
 )
 
 candle_targets = FeatureView(
     name="candle_targets",
     entities=[symbol],
     ttl=timedelta(hours=1),
-    schema=[Field(name="target_return", dtype=Float64)],
+    schema=[Field(name=t.column, dtype=Float64) for t in TARGETS.values()],
     source=candle_targets_source,
     online=False,
-    description="The return from a candle's close to the close H candles later.",
+    description="; ".join(f"{t.column}: {t.description}" for t in TARGETS.values()),
 )
 
 price_change_model = FeatureService(

@@ -39,7 +39,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.emitted import Emitted
-from rtml.pipelines.features import WARMUP, Candle
+from rtml.pipelines.features import HISTORY, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
 from rtml.records import BadRecord, Trade, UsualTrades, parse_trade
@@ -105,7 +105,7 @@ class History:
         have no candles (a store written before candles were), not read at all otherwise."""
         history = cls()
         directory = settings.offline_dir / fs.CANDLES_DATASET
-        wanted = WARMUP + horizon
+        wanted = HISTORY + horizon
         # a live store: the newest candles are recent, and older parts need not be read
         recent = pd.Timestamp.now(tz="UTC") - pd.Timedelta(
             seconds=4 * wanted * settings.candle_seconds
@@ -126,7 +126,7 @@ class History:
         frame = frame[~frame["symbol"].isin(history.candles)] if not frame.empty else frame
         if frame.empty:
             return history
-        frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(WARMUP)
+        frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(HISTORY)
         for symbol, rows in frame.groupby("symbol", sort=False):
             values: list[dict[str, float]] = rows.drop(  # type: ignore[assignment]
                 columns=["symbol", "event_timestamp", "created"]

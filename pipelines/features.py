@@ -21,9 +21,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from rtml.pipelines.targets import MAX_MOVE, VOL_FLOOR, realised_volatility
+
 LOOKBACK = 15
 WARMUP = LOOKBACK + 1
 """Closed candles needed before a symbol has features: returns over LOOKBACK need one more."""
+
+HISTORY = 101
+"""Closed candles a symbol keeps: the longest volatility window reads 100 returns. Until a
+symbol has that many, the long windows read what it has."""
+
+MAX_HORIZON = HISTORY - 1
+"""The longest horizon: the naive volatility forecast reads the last H returns."""
 
 FEATURE_NAMES: list[str] = [
     "ret_1",
@@ -34,17 +43,19 @@ FEATURE_NAMES: list[str] = [
     "volume_z",
     "vwap_dist",
     "rsi_14",
+    "rv_h",
+    "log_rv_h",
+    "log_rv_4h",
+    "log_rv_20h",
 ]
-"""What the model sees."""
-
-MAX_MOVE = 100.0
-"""rtml's market bound: a trade is within this factor of its symbol's last close, and a
-return over the feature window (15 candles) or the horizon is less than this factor. A trade
-from a fat finger or a hostile producer (a price of 1e-20 or 1e25) would otherwise become
-candles, features and targets that reshape the model for good."""
+"""What the model sees. `rv_h` is the realised volatility of the last H candles (the naive
+volatility forecast); `log_rv_*` are the logs of the realised volatility over H, 4H and 20H
+candles (at most 100), each scaled to H candles, so a model of log volatility is linear in them."""
 
 _RETURN = (1.0 / MAX_MOVE - 1.0, MAX_MOVE - 1.0)
 _WIDE = (1.0 / MAX_MOVE**2 - 1.0, MAX_MOVE**2 - 1.0)  # within one candle: low and high apart
+_VOL = (VOL_FLOOR, math.log(MAX_MOVE) * 10.0)  # sqrt(99) log returns, each within the bound
+_LOG_VOL = (math.log(VOL_FLOOR), math.log(_VOL[1]))
 _Z = (LOOKBACK - 1) / math.sqrt(LOOKBACK) + 1e-9  # a z-score among n values is within this
 
 FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -56,10 +67,14 @@ FEATURE_BOUNDS: dict[str, tuple[float, float]] = {
     "volume_z": (-_Z, _Z),
     "vwap_dist": _WIDE,
     "rsi_14": (-1.0, 1.0),
+    "rv_h": _VOL,
+    "log_rv_h": _LOG_VOL,
+    "log_rv_4h": _LOG_VOL,
+    "log_rv_20h": _LOG_VOL,
 }
 """Where each feature can be, by its definition (a return is above -1, an RSI within [-1, 1],
-a z-score among 15 values within 3.62) and `MAX_MOVE`. The target is a return too."""
-TARGET_BOUNDS = _RETURN
+a z-score among 15 values within 3.62) and `MAX_MOVE`. A target is a return or a volatility."""
+TARGET_BOUNDS = (_RETURN[0], _RETURN[1])
 
 
 def out_of_bounds(values: Mapping[str, float], target: float | None = None) -> str | None:
@@ -126,13 +141,22 @@ def _rsi(candles: Sequence[Candle], period: int = 14) -> float:
     return (gains - losses) / (gains + losses)
 
 
-def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
+def _log_volatility(closes: Sequence[float], window: int, horizon: int) -> float:
+    """The log realised volatility of the last `window` returns of `closes` (as many as there
+    are, if fewer), scaled to `horizon` returns."""
+    n = min(window, len(closes) - 1)
+    return math.log(max(realised_volatility(closes[-n - 1 :]) * math.sqrt(horizon / n), VOL_FLOOR))
+
+
+def compute_features(history: Sequence[Candle], horizon: int = 5) -> dict[str, float] | None:
     """Features of the newest candle in `history` (oldest first), or None before WARMUP candles.
 
-    Only the last WARMUP candles are read, so callers keep a bounded window.
+    Only the last HISTORY candles are read, so callers keep a bounded window; `horizon` is H,
+    the candles a label looks ahead (the volatility features' windows are H, 4H and 20H).
     """
     if len(history) < WARMUP:
         return None
+    closes = [c.close for c in list(history)[-HISTORY:]]
     window = list(history)[-WARMUP:]
     last = window[-1]
     one_step = [cur.close / prev.close - 1.0 for prev, cur in pairwise(window)]
@@ -147,6 +171,10 @@ def compute_features(history: Sequence[Candle]) -> dict[str, float] | None:
         "volume_z": (last.volume - sum(volumes) / len(volumes)) / vol_std if vol_std > 0 else 0.0,
         "vwap_dist": last.close / last.vwap - 1.0 if last.vwap > 0 else 0.0,
         "rsi_14": _rsi(window, 14),
+        "rv_h": realised_volatility(closes[-min(horizon, len(closes) - 1) - 1 :]),
+        "log_rv_h": _log_volatility(closes, horizon, horizon),
+        "log_rv_4h": _log_volatility(closes, 4 * horizon, horizon),
+        "log_rv_20h": _log_volatility(closes, 20 * horizon, horizon),
         "close": last.close,
         "volume": last.volume,
     }
@@ -163,8 +191,3 @@ def model_inputs(values: Mapping[str, float]) -> dict[str, float]:
     {'ret_1': 0.01}
     """
     return {n: values[n] for n in FEATURE_NAMES if n in values}
-
-
-def target_return(close_t: float, close_t_plus_h: float) -> float:
-    """The label of the candle closing at t: its simple return to the close H candles later."""
-    return close_t_plus_h / close_t - 1.0

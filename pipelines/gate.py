@@ -1,27 +1,36 @@
-"""The validation gate: whether a candidate version may become the champion that is served.
+"""The validation gate: whether a candidate version may take the place of what is served.
 
-The gate compares errors over the same examples, each scored as serving would have scored it:
-the candidate's prediction is the one the model made when the example's features were new,
-before any label overlapping its own was learned (see `Learner.recent`). A candidate passes
-only when it beats the naive baseline (no change) *and* the champion by more than `z` block
-standard errors of the paired differences. Targets of consecutive examples overlap, so errors
-are correlated: blocks of consecutive examples, not single examples, are the samples.
+What is served is the champion, or the naive forecast while there is none (the incumbent). The
+gate compares losses over the same examples, each scored as serving would have scored it: the
+candidate's prediction is the one the model made when the example's features were new, before
+any label overlapping its own was learned (see `Learner.recent`). Targets of consecutive
+examples overlap, so losses are correlated: blocks of consecutive examples, not single
+examples, are the samples, and the paired difference's mean over its block standard error is
+read as a Student t with `blocks - 1` degrees of freedom.
 
->>> naive = [0.010, 0.012, 0.011, 0.009] * 25
->>> gate([e * 0.8 for e in naive], naive, None, max_mae=0.05, z=2.0).promote
+The trainer tests at every checkpoint, hundreds of times a run, so a fixed margin would let a
+version no better than the incumbent through sooner or later. The gate spends a budget
+instead: the k-th test against one incumbent is made at level `alpha * 6 / (pi^2 k^2)`, and
+those levels sum to `alpha`. However many checkpoints a run has, and however they depend on
+each other (a union bound), the chance that a version no better than the incumbent is ever
+promoted over it is at most `alpha` (RTML_GATE_ALPHA), for as long as that incumbent serves.
+
+>>> naive = [0.010, 0.012, 0.011, 0.009, 0.0105] * 40
+>>> gate([e * 0.8 for e in naive], naive, None, z=spent_z(0.05, 1)).promote
 True
->>> gate([e + 0.001 for e in naive], naive, None, max_mae=0.05, z=2.0).reason[:44]
-'MAE 0.0115 does not beat the naive baseline '
+>>> alike = [e * (1 + 0.05 * (i % 3 - 1)) for i, e in enumerate(naive)]
+>>> gate(alike, naive, None, z=spent_z(0.05, 1)).reason[:41]
+'loss 0.0105 does not beat the naive forec'
 >>> better = [e * 0.8 for e in naive]
->>> gate(better, naive, [e * 0.79 for e in naive], max_mae=0.05, z=2.0).promote
+>>> gate(better, naive, [e * 0.79 for e in naive], z=spent_z(0.05, 1)).promote
 False
 
 The champion is scored only on examples it has not learned from (NaN elsewhere): on the
-examples before its training cut its errors would flatter it, and no candidate could catch
+examples before its training cut its losses would flatter it, and no candidate could catch
 up with a champion that stopped following a drifting market.
 
->>> unseen = [math.nan] * 60 + [e * 0.79 for e in naive[:40]]
->>> gate(better, naive, unseen, max_mae=0.05, z=2.0).reason.split("; ")[1]
+>>> unseen = [math.nan] * 160 + [e * 0.79 for e in naive[:40]]
+>>> gate(better, naive, unseen, z=2.0).reason.split("; ")[1]
 'only 40 examples the champion has not learned from, too few to compare: it stays'
 """
 
@@ -32,12 +41,30 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from scipy.stats import t as student_t
+
 MIN_EXAMPLES = 50
 """Fewer scored examples than this decide nothing."""
+
+BLOCKS = 20
+"""Blocks of consecutive examples a comparison is made of."""
 
 LATELY = (100,)
 """The newest examples looked at on their own as well: a version that errs more than naive
 on the newest of them is failing now (the market turned), whatever its earlier record says."""
+
+
+def spent_z(alpha: float, test: int, blocks: int = BLOCKS) -> float:
+    """The margin of the `test`-th test (1, 2, ...) against one incumbent, in block standard
+    errors: the Student t quantile at `1 - alpha * 6 / (pi^2 test^2)`.
+
+    >>> round(spent_z(0.05, 1), 2), round(spent_z(0.05, 10), 2), round(spent_z(0.05, 200), 2)
+    (1.99, 4.1, 6.86)
+    """
+    if alpha >= 1:
+        return -math.inf  # no gate: every version tested passes
+    level = alpha * 6.0 / (math.pi**2 * max(test, 1) ** 2)
+    return float(student_t.ppf(1.0 - level, max(blocks - 1, 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +85,11 @@ class Paired:
 
     def beats(self, z: float) -> bool:
         """`a` erred less than `b` by more than `z` standard errors."""
-        return self.mean + z * self.se < 0
+        return z == -math.inf or self.mean + z * self.se < 0
+
+    def sigmas(self) -> str:
+        """By how many standard errors `a` erred less than `b`."""
+        return f"{-self.mean / self.se:.1f}" if self.se > 0 else "inf" if self.mean < 0 else "0"
 
     def loses(self, z: float) -> bool:
         """`a` erred more than `b` by more than `z` standard errors."""
@@ -93,62 +124,65 @@ def gate(
     candidate: Sequence[float],
     naive: Sequence[float],
     champion: Sequence[float] | None,
-    max_mae: float,
     z: float,
-    z_champion: float | None = None,
+    z_lately: float = 2.0,
 ) -> GateDecision:
-    """Errors of the candidate, the naive baseline and the champion on the same examples.
+    """Losses of the candidate, the naive forecast and the champion on the same examples.
 
-    A candidate passes when it has at least `MIN_EXAMPLES` finite errors, its MAE is at most
-    `max_mae`, and it beats the naive baseline by `z` block standard errors and the champion
-    by `z_champion` (`z` by default).
+    A candidate passes when it has at least `MIN_EXAMPLES` finite losses, beats the incumbent
+    (the champion where there is one, else the naive forecast) by `z` block standard errors,
+    and does not err more than the naive forecast on the newest examples by `z_lately`.
     """
     if len(candidate) < MIN_EXAMPLES:
         return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
-    mae = sum(candidate) / len(candidate)
-    if not math.isfinite(mae):
-        return GateDecision(False, "no finite MAE yet")
-    if mae > max_mae:
-        return GateDecision(False, f"MAE {mae:.3g} is above MAX_MAE {max_mae:.3g}")
-    vs_naive = paired(candidate, naive)
-    if not vs_naive.beats(z):
-        return GateDecision(
-            False,
-            f"MAE {mae:.3g} does not beat the naive baseline {sum(naive) / len(naive):.3g} "
-            f"(difference {vs_naive.mean:.2g} +- {vs_naive.se:.2g})",
-        )
-    failing = loses_lately(candidate, naive, z)
+    loss = sum(candidate) / len(candidate)
+    if not math.isfinite(loss):
+        return GateDecision(False, "no finite loss yet")
+    failing = loses_lately(candidate, naive, z_lately)
     if failing:
         return GateDecision(
-            False,
-            f"MAE {mae:.3g} beats the naive baseline over the window but errs more than it on "
-            f"the newest {failing} examples",
+            False, f"loss {loss:.3g} errs more than the naive forecast's on the newest {failing}"
         )
-    passed = f"MAE {mae:.3g} passed ({vs_naive.better}/{vs_naive.blocks} blocks beat naive)"
-    if champion is not None:
-        theirs, ours = unseen_by(champion, candidate)
-        if len(theirs) < MIN_EXAMPLES:
+    if champion is None:
+        vs_naive = paired(candidate, naive, BLOCKS)
+        if not vs_naive.beats(z):
             return GateDecision(
                 False,
-                f"{passed}; only {len(theirs)} examples the champion has not learned from, "
-                "too few to compare: it stays",
+                f"loss {loss:.3g} does not beat the naive forecast {sum(naive) / len(naive):.3g} "
+                f"by {z:.2f} SE (difference {vs_naive.mean:.2g} +- {vs_naive.se:.2g})",
             )
-        vs_champion = paired(ours, theirs)
-        champion_mae = sum(theirs) / len(theirs)
-        if not math.isfinite(champion_mae):
-            return GateDecision(True, f"{passed}; the champion's error is infinite")
-        if not vs_champion.beats(z if z_champion is None else z_champion):
-            return GateDecision(
-                False,
-                f"MAE {mae:.3g} does not beat the champion's {champion_mae:.3g} "
-                f"(difference {vs_champion.mean:.2g} +- {vs_champion.se:.2g})",
-            )
-    return GateDecision(True, passed)
+        return GateDecision(
+            True,
+            f"loss {loss:.3g} beats the naive forecast by {vs_naive.sigmas()} SE "
+            f"(needed {z:.2f}; {vs_naive.better}/{vs_naive.blocks} blocks better)",
+        )
+    theirs, ours = unseen_by(champion, candidate)
+    if len(theirs) < MIN_EXAMPLES:
+        return GateDecision(
+            False,
+            f"loss {loss:.3g}; only {len(theirs)} examples the champion has not learned from, "
+            "too few to compare: it stays",
+        )
+    champion_loss = sum(theirs) / len(theirs)
+    if not math.isfinite(champion_loss):
+        return GateDecision(True, f"loss {loss:.3g}; the champion's loss is infinite")
+    vs_champion = paired(ours, theirs, BLOCKS)
+    if not vs_champion.beats(z):
+        return GateDecision(
+            False,
+            f"loss {sum(ours) / len(ours):.3g} does not beat the champion's {champion_loss:.3g} "
+            f"by {z:.2f} SE (difference {vs_champion.mean:.2g} +- {vs_champion.se:.2g})",
+        )
+    return GateDecision(
+        True,
+        f"loss {sum(ours) / len(ours):.3g} beats the champion's {champion_loss:.3g} by "
+        f"{vs_champion.sigmas()} SE (needed {z:.2f})",
+    )
 
 
 def champion_fails(champion: Sequence[float], naive: Sequence[float], z: float) -> bool:
-    """The champion errs more than the naive baseline by `z` block standard errors: serving
-    the baseline instead is better.
+    """The champion errs more than the naive forecast by `z` block standard errors: serving
+    the naive forecast instead is better.
 
     >>> champion_fails([0.01] * 60, [0.01] * 60, z=2.0)
     False
@@ -178,7 +212,7 @@ def loses_lately(a: Sequence[float], b: Sequence[float], z: float) -> int:
 
 
 def unseen_by(champion: Sequence[float], other: Sequence[float]) -> tuple[list[float], list[float]]:
-    """The champion's errors and `other`'s on the examples the champion has not learned
+    """The champion's losses and `other`'s on the examples the champion has not learned
     from (the others are NaN in `champion`)."""
     keep = [i for i, e in enumerate(champion) if not math.isnan(e)]
     return [champion[i] for i in keep], [other[i] for i in keep]

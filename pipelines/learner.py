@@ -1,7 +1,9 @@
 """The trainer's state: a River model, what it has learned, and its progressive metrics.
 
-Pure: no I/O. Every example is first predicted, scored (beside a naive baseline that predicts
-no change), then learned, so the metrics are out-of-sample errors. An example at or before the
+Pure: no I/O. Every example is first predicted, scored (beside the target's naive forecast:
+no change for a return, the last H candles' volatility for a volatility), then learned, so the
+metrics are out-of-sample errors. The metrics are absolute errors (MAE), whatever the target;
+the gate reads `served_errors`, in the target's own loss. An example at or before the
 newest one learned for its symbol is skipped: the feature pipeline delivers at least once, and
 the warm start has already learned everything up to its cutoff.
 
@@ -35,6 +37,7 @@ from typing import Any
 from river import drift
 
 from rtml.pipelines.models import LinearScorer, LinearStep
+from rtml.pipelines.targets import TARGETS, Target
 from rtml.records import Example
 
 SNAPSHOTS = 8
@@ -68,7 +71,10 @@ class Learner:
     _step: LinearStep | None
     _read: bool  # the model was read since the step last learned it
 
-    def __init__(self, model: Any, window: int = 500, drift_delta: float = 0.002) -> None:
+    def __init__(
+        self, model: Any, window: int = 500, drift_delta: float = 0.002, target: str = "return"
+    ) -> None:
+        self.target: Target = TARGETS[target]
         self.model = model
         self.window = window
         self.drift_delta = drift_delta
@@ -88,7 +94,13 @@ class Learner:
         self._rolling_baseline = RollingMean(window)
         self._per_symbol: dict[str, list[float]] = {}
         self.recent: deque[tuple[Example, float]] = deque(maxlen=window)
-        """The newest examples with the error of the prediction serving would have made."""
+        """The newest examples with the prediction serving would have made."""
+        self.scored = 0
+        """Examples scored as served, ever."""
+        self.gate_tests = 0
+        """Gate tests since the champion (or the naive forecast) took its place."""
+        self.tested_at = 0
+        """`scored` at the last gate test."""
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
 
@@ -131,7 +143,8 @@ class Learner:
         model = state.pop("model")
         self.__dict__.update(state)
         self.model = model
-        if "recent" not in state:  # a learner pickled by an older rtml
+        if "target" not in state:  # a learner pickled by an older rtml: its recent are errors
+            self.target, self.scored, self.gate_tests, self.tested_at = TARGETS["return"], 0, 0, 0
             self.recent = deque(maxlen=self.window)
             self._snapshots = deque(maxlen=SNAPSHOTS)
             self.snapshot()
@@ -206,9 +219,9 @@ class Learner:
             error = math.inf
         served = self.served_prediction(ex)
         if served is not None:
-            served_error = abs(ex.target - served)
-            self.recent.append((ex, served_error if math.isfinite(served_error) else math.inf))
-        naive = abs(ex.target)
+            self.recent.append((ex, served if math.isfinite(served) else math.inf))
+            self.scored += 1
+        naive = abs(ex.target - self.target.naive(ex.features))
         self._abs_error += error
         self._abs_baseline += naive
         self._rolling.add(error)
@@ -241,9 +254,27 @@ class Learner:
             self._snapshots.popleft()
         return True
 
+    def gate_test(self) -> int | None:
+        """The number of a gate test due now against the incumbent (1, 2, ...), or None.
+
+        A test is due once half a window of examples has been scored since the last: tests
+        then look at evidence at least half new, and a run of many checkpoints spends its
+        gate's budget (`gate.spent_z`) on a number of tests that grows with the examples.
+        """
+        if self.scored - self.tested_at < max(1, (self.recent.maxlen or 1) // 2):
+            return None
+        self.tested_at = self.scored
+        self.gate_tests += 1
+        return self.gate_tests
+
     def served_errors(self) -> tuple[list[float], list[float]]:
-        """The errors of `recent`, as served, beside the naive baseline's on the same examples."""
-        return [e for _, e in self.recent], [abs(ex.target) for ex, _ in self.recent]
+        """The losses of `recent`, as served, beside the naive forecast's on the same examples,
+        in the target's loss."""
+        loss, naive = self.target.loss, self.target.naive
+        ours = [loss(p, ex.target) for ex, p in self.recent]
+        return [e if math.isfinite(e) else math.inf for e in ours], [
+            loss(naive(ex.features), ex.target) for ex, _ in self.recent
+        ]
 
     def metrics(self) -> dict[str, float]:
         n = max(self.learned, 1)
@@ -252,7 +283,9 @@ class Learner:
             "baseline_mae": self._abs_baseline / n,
             "rolling_mae": self._rolling.mean,
             "served_rolling_mae": (
-                sum(e for _, e in self.recent) / len(self.recent) if self.recent else math.nan
+                sum(abs(ex.target - p) for ex, p in self.recent) / len(self.recent)
+                if self.recent
+                else math.nan
             ),
             "baseline_rolling_mae": self._rolling_baseline.mean,
             "learned": float(self.learned),

@@ -4,9 +4,21 @@ Every model is a pipeline that scales its inputs first, so hyperparameters mean 
 whatever the features' units. Missing features (a dict without a key) are treated as zero by
 the scaler-and-linear models and skipped by trees.
 
+The default, `ols`, is online least squares (River's `BayesianLinearRegression`, whose
+`smoothing` forgets old examples so that it follows a drifting market) on a standardised
+target: the target's running mean is its intercept, so it is calibrated from the first
+example, and it needs no learning rate to tune. A `volatility` model learns the log of the
+target (volatility is positive and its changes are multiplicative) and predicts its exp, the
+conditional median, which is what the absolute error rewards.
+
 >>> model = build_model("linear", {"lr": 0.05})
 >>> model.learn_one({"a": 1.0}, 0.5)
 >>> isinstance(model.predict_one({"a": 1.0}), float)
+True
+>>> vol = build_model("ols", target="volatility")
+>>> for i in range(50):
+...     vol.learn_one({"log_rv_h": np.log(0.01 * (1 + i % 3))}, 0.01 * (1 + i % 3))
+>>> bool(abs(vol.predict_one({"log_rv_h": np.log(0.02)}) - 0.02) < 0.003)
 True
 """
 
@@ -15,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 
 from rtml.errors import ConfigError
@@ -28,6 +41,15 @@ def _linear(p: Mapping[str, Any]) -> Any:
         # the loss gradient is clipped so that one outlier (a gap, a bad print) moves the
         # weights a bounded step instead of starting a divergence
         clip_gradient=float(p.get("clip_gradient", 0.1)),
+    )
+
+
+def _ols(p: Mapping[str, Any]) -> Any:
+    smoothing = float(p.get("smoothing", 0.999))
+    return linear_model.BayesianLinearRegression(
+        alpha=float(p.get("alpha", 1.0)),
+        beta=float(p.get("beta", 1.0)),
+        smoothing=smoothing if smoothing < 1 else None,
     )
 
 
@@ -54,6 +76,7 @@ def _bagging(p: Mapping[str, Any]) -> Any:
 
 
 MODELS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "ols": _ols,
     "linear": _linear,
     "pa": _pa,
     "hat": _hat,
@@ -63,15 +86,26 @@ MODELS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 """Model names for RTML_MODEL, each with the hyperparameters RTML_MODEL_PARAMS may set."""
 
 
-def build_model(name: str, params: Mapping[str, Any] | None = None) -> Any:
-    """A fresh, untrained `name` model behind a standard scaler."""
+CALIBRATED = ("ols",)
+"""Models that learn a standardised target, whose running mean is their intercept."""
+
+
+def build_model(name: str, params: Mapping[str, Any] | None = None, target: str = "return") -> Any:
+    """A fresh, untrained `name` model behind a standard scaler, for `target`."""
     try:
         factory = MODELS[name]
     except KeyError:
         raise ConfigError(
             f"unknown model {name!r}; RTML_MODEL is one of {sorted(MODELS)}"
         ) from None
-    return compose.Pipeline(preprocessing.StandardScaler(), factory(params or {}))
+    model: Any = compose.Pipeline(preprocessing.StandardScaler(), factory(params or {}))
+    if name in CALIBRATED:
+        model = preprocessing.TargetStandardScaler(model)
+    if target == "volatility":
+        # numpy's log and exp, not math's: they pickle by name as math's do, and an exp that
+        # overflows is inf (a refused version), not an exception in a serving loop
+        model = compose.TargetTransformRegressor(model, func=np.log, inverse_func=np.exp)
+    return model
 
 
 def _scaler_and_linear(model: Any) -> tuple[Any, Any] | None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from rtml.pipelines.candles import CandleBuilder
-from rtml.pipelines.features import WARMUP, Candle, compute_features, model_inputs, target_return
+from rtml.pipelines.features import HISTORY, Candle, compute_features, model_inputs
+from rtml.pipelines.targets import TARGETS, Target, target
 from rtml.records import Example, FeatureRow, Trade
 from rtml.settings import Settings
 
@@ -58,8 +59,10 @@ class FeatureProcessor:
         max_future_s: float = math.inf,
         gap_policy: str = "flat",
         max_silence_s: float | None = None,
+        label: Target = TARGETS["return"],
     ) -> None:
         self.horizon = horizon
+        self.target = label
         self.builder = CandleBuilder(
             candle_seconds,
             allowed_lateness,
@@ -80,6 +83,7 @@ class FeatureProcessor:
             settings.max_future_s,
             settings.gap_policy,
             max_silence_s=settings.max_silence_s,
+            label=target(settings.target),
         )
 
     def on_trade(
@@ -100,6 +104,12 @@ class FeatureProcessor:
         """Close the windows a watermark of `watermark` closes (at the end of a finite input)."""
         return self.on_candles(self.builder.advance(watermark))
 
+    def _state_of(self, symbol: str) -> _SymbolState:
+        state = self._state[symbol] = _SymbolState(
+            deque(maxlen=HISTORY), deque(maxlen=self.horizon + 1)
+        )
+        return state
+
     def on_candles(
         self,
         candles: list[Candle],
@@ -113,24 +123,23 @@ class FeatureProcessor:
             if state and state.history and candle.start - state.history[-1].end > max_gap:
                 state = None  # a silence the series does not bridge: it starts again
             if state is None:
-                state = self._state[candle.symbol] = _SymbolState(
-                    deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
-                )
+                state = self._state_of(candle.symbol)
             state.history.append(candle)
-            values = compute_features(state.history)
+            values = compute_features(state.history, self.horizon)
             if values is not None:
                 out.features.append(FeatureRow(candle.symbol, candle.end, values, source))
             state.pending.append((candle.end, candle.close, values))
             if len(state.pending) == self.horizon + 1:
-                ts, close, features = state.pending[0]
+                ts, _, features = state.pending[0]
                 if features is not None:
+                    closes = [close for _, close, _ in state.pending]
                     out.examples.append(
                         Example(
                             candle.symbol,
                             ts,
                             candle.end,
                             model_inputs(features),
-                            target_return(close, candle.close),
+                            self.target.label(closes),
                         )
                     )
         return out
@@ -150,12 +159,11 @@ class FeatureProcessor:
         self.forget(symbol)
         if not candles:
             return
-        state = self._state[symbol] = _SymbolState(
-            deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
-        )
-        for candle in candles[-(WARMUP + self.horizon) :]:
+        state = self._state_of(symbol)
+        for candle in candles[-(HISTORY + self.horizon) :]:
             state.history.append(candle)
-            state.pending.append((candle.end, candle.close, compute_features(state.history)))
+            features = compute_features(state.history, self.horizon)
+            state.pending.append((candle.end, candle.close, features))
         self.builder.restore(symbol, candles[-1].end, candles[-1].close)
 
     def restore(self, symbol: str, rows: list[tuple[float, dict[str, float]]]) -> None:
@@ -167,10 +175,8 @@ class FeatureProcessor:
         if not rows:
             return
         seconds = self.builder.seconds
-        state = self._state[symbol] = _SymbolState(
-            deque(maxlen=WARMUP), deque(maxlen=self.horizon + 1)
-        )
-        for ts, values in rows[-WARMUP:]:
+        state = self._state_of(symbol)
+        for ts, values in rows[-HISTORY:]:
             close = values["close"]
             state.history.append(
                 Candle(

@@ -16,6 +16,7 @@ from rtml.kafka import Topics, encode, send
 from rtml.pipelines.emitted import Emitted, source_header
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
 from rtml.pipelines.processor import Outputs
+from rtml.pipelines.targets import target
 from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FEATURE_COLUMNS = ["symbol", "event_timestamp", "created", *FEATURE_NAMES, *EXTRA_COLUMNS]
-TARGET_COLUMNS = ["symbol", "event_timestamp", "created", "target_return"]
 
 
 def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -102,18 +102,14 @@ def read_candles(frame: pd.DataFrame) -> list[Candle]:
     ]
 
 
-def targets_frame(examples: Iterable[Example]) -> pd.DataFrame:
-    """Labels: event_timestamp is the labelled candle's close, created is when it became known."""
+def targets_frame(examples: Iterable[Example], column: str) -> pd.DataFrame:
+    """Labels in the target's `column`: event_timestamp is the labelled candle's close, created
+    is when it became known."""
     records = [
-        {
-            "symbol": e.symbol,
-            "event_timestamp": e.ts,
-            "created": e.label_ts,
-            "target_return": e.target,
-        }
+        {"symbol": e.symbol, "event_timestamp": e.ts, "created": e.label_ts, column: e.target}
         for e in examples
     ]
-    return _frame(records, TARGET_COLUMNS)
+    return _frame(records, ["symbol", "event_timestamp", "created", column])
 
 
 def retrying(
@@ -255,7 +251,8 @@ class FeatureSink:
         """Append buffered rows as new parquet parts: durable before offsets are committed."""
         offline = self.settings.offline_dir
         fs.append_parquet(offline / fs.FEATURES_DATASET, features_frame(self._features))
-        fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(self._examples))
+        column = target(self.settings.target).column
+        fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(self._examples, column))
         # last: a symbol resumes from its newest candle, and every row before it is stored
         fs.append_parquet(offline / fs.CANDLES_DATASET, candles_frame(self._candles))
         self._features.clear()

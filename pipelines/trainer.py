@@ -45,9 +45,10 @@ from rtml.kafka import (
     send,
 )
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
-from rtml.pipelines.gate import GateDecision, champion_fails, gate
+from rtml.pipelines.gate import GateDecision, champion_fails, gate, spent_z
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
+from rtml.pipelines.targets import Target, target
 from rtml.records import BadRecord, Example, UsualExamples, parse_example
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
@@ -62,9 +63,17 @@ def offline_examples(settings: Settings, after: Mapping[str, float] | None = Non
 
     `after` keeps, per symbol, only the examples whose event time is past the given one.
     """
+    column = target(settings.target).column
     targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
     if not targets.empty:
+        if column not in targets:
+            raise ConfigError(
+                f"the offline store in {settings.offline_dir} holds no {settings.target} labels "
+                f"({column}); backfill it with `rtml backfill --target {settings.target}`, or "
+                "train the target it holds"
+            )
         targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
+        targets = targets[targets[column].notna()]
     if after and not targets.empty:
         since = targets["symbol"].map(after).fillna(-math.inf).astype(float)
         stamps = targets["event_timestamp"].map(lambda t: t.timestamp())
@@ -76,21 +85,19 @@ def offline_examples(settings: Settings, after: Mapping[str, float] | None = Non
     frame, names = fs.historical_features(
         fs.open_store(settings),
         # `created` would clash with the feature sources' own created-timestamp column
-        targets[["symbol", "event_timestamp", "target_return", "created"]].rename(
+        targets[["symbol", "event_timestamp", column, "created"]].rename(
             columns={"created": "label_time"}
         ),
     )
     frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
-    rows = frame[["symbol", "event_timestamp", "label_time", "target_return", *names]].to_dict(
-        "records"
-    )
+    rows = frame[["symbol", "event_timestamp", "label_time", column, *names]].to_dict("records")
     return [
         Example(
             str(r["symbol"]),
             r["event_timestamp"].timestamp(),
             r["label_time"].timestamp(),
             {n: float(r[n]) for n in names if r[n] is not None and math.isfinite(r[n])},
-            float(r["target_return"]),
+            float(r[column]),
         )
         for r in rows
     ]
@@ -151,6 +158,8 @@ class Checkpoint:
     champion: list[float] | None
     """The champion's errors on the same examples, when there is a champion."""
     topic_id: str | None = None  # the incarnation of `examples` the offsets belong to
+    test: int | None = None
+    """The number of this checkpoint's gate test against the incumbent; None: no test due."""
 
 
 class Uploader:
@@ -290,7 +299,16 @@ class Uploader:
     def _upload(self, cp: Checkpoint) -> None:
         learner = pickle.loads(cp.learner_bytes)
         s = self.settings
-        decision = gate(cp.errors, cp.naive, cp.champion, s.max_mae, s.gate_z, s.gate_z_champion)
+        if cp.test is None:
+            decision = GateDecision(False, "no gate test due (too few new examples since the last)")
+        elif not cp.metrics["rolling_mae"] <= s.max_mae:
+            decision = GateDecision(
+                False,
+                f"rolling MAE {cp.metrics['rolling_mae']:.3g} is above MAX_MAE {s.max_mae:.3g}",
+            )
+        else:
+            z = spent_z(s.gate_alpha, cp.test)
+            decision = gate(cp.errors, cp.naive, cp.champion, z, s.gate_z)
         # the checkpoint first: it is what a restart resumes from, registered or not
         state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
         slot = "b" if self._last_slot == "a" else "a"
@@ -412,6 +430,7 @@ class Trainer:
         self._future = FutureRule(settings.max_step_s, settings.max_gap_s)
         # only the features the model reads: other keys would each become a weight for good
         self._usual_examples = UsualExamples(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
+        self.label = target(settings.target)
 
     def restore_or_warm_start(self) -> None:
         restored = registry.latest_checkpoint(self.settings)
@@ -424,9 +443,10 @@ class Trainer:
             )
         else:
             self.learner = Learner(
-                build_model(self.settings.model, self.settings.model_params),
+                build_model(self.settings.model, self.settings.model_params, self.settings.target),
                 window=self.settings.metrics_window,
                 drift_delta=self.settings.drift_delta,
+                target=self.settings.target,
             )
             dataset = warm_start(self.settings, self.learner)
             log.info("warm start learned %d examples from the offline store", dataset.examples)
@@ -448,6 +468,8 @@ class Trainer:
     def _new_champion(self, model: Any | None, through: float = -math.inf) -> None:
         # called on the uploader thread; reference swaps, read at the next checkpoint
         self._champion, self._champion_through = model, through
+        if self.learner is not None:
+            self.learner.gate_tests = 0  # a new incumbent: the gate's budget starts again
 
     def params(self) -> dict[str, Any]:
         """What the trainer's MLflow run records as its parameters."""
@@ -467,7 +489,7 @@ class Trainer:
             "register_interval_s": s.register_interval_s,
             "max_mae": s.max_mae,
             "gate_z": s.gate_z,
-            "gate_z_champion": s.gate_z_champion,
+            "gate_alpha": s.gate_alpha,
             "drift_delta": s.drift_delta,
             "drift_response": s.drift_response,
         }
@@ -481,7 +503,9 @@ class Trainer:
         assert self.learner is not None
         if self._champion is None:
             return None
-        return champion_errors(self._champion, self._champion_through, self.learner.recent)
+        return champion_errors(
+            self._champion, self._champion_through, self.learner.recent, self.learner.target
+        )
 
     def checkpoint(self) -> None:
         assert self.learner is not None and self.uploader is not None
@@ -489,6 +513,7 @@ class Trainer:
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
+        test = self.learner.gate_test()
         errors, naive = self.learner.served_errors()
         self.uploader.submit(
             Checkpoint(
@@ -497,8 +522,9 @@ class Trainer:
                 metrics,
                 errors,
                 naive,
-                self._champion_errors(),
+                self._champion_errors() if test is not None else None,
                 self.topic_id,
+                test,
             )
         )
 
@@ -608,6 +634,13 @@ class Trainer:
         )
         if not bounded and (beyond := out_of_bounds(ex.features, ex.target)) is not None:
             raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")
+        low, high = self.label.bounds
+        if not low <= ex.target <= high:  # a return's bounds admit what no volatility can be
+            raise BadRecord(
+                "out_of_range",
+                f"{ex.symbol}@{ex.ts}: a {self.label.name} target {ex.target:g} is outside "
+                f"[{low:g}, {high:g}]",
+            )
         span, least = ex.label_ts - ex.ts, self.least_span
         if span < least:
             raise BadRecord(
@@ -649,7 +682,7 @@ class Trainer:
         assert self._producer is not None
         send(self._producer, self.topics.alerts, encode(alert), ex.symbol.encode())
         log.warning("drift in the error stream at %s@%s: %s", ex.symbol, ex.ts, alert)
-        fresh = build_model(self.settings.model, self.settings.model_params)
+        fresh = build_model(self.settings.model, self.settings.model_params, self.settings.target)
         if self.settings.drift_response == "reset":
             self.learner.reset_model(fresh)
         elif self.settings.drift_response == "challenger" and self.learner.challenger is None:
@@ -729,10 +762,10 @@ def trained_through(loaded: registry.Loaded) -> float:
 
 
 def champion_errors(
-    champion: Any, through: float, recent: Iterable[tuple[Example, float]]
+    champion: Any, through: float, recent: Iterable[tuple[Example, float]], label: Target
 ) -> list[float]:
-    """The champion's errors on `recent`; NaN on an example whose target overlaps a label it
-    learned (features older than `through`): there its error would flatter it.
+    """The champion's losses on `recent`; NaN on an example whose target overlaps a label it
+    learned (features older than `through`): there its loss would flatter it.
 
     Scored at checkpoint time rather than per example: the learning loop stays as cheap as
     the candidate alone.
@@ -742,7 +775,7 @@ def champion_errors(
         if ex.ts < through:
             out.append(math.nan)
             continue
-        error = abs(ex.target - float(champion.predict_one(ex.features)))
+        error = label.loss(float(champion.predict_one(ex.features)), ex.target)
         out.append(error if math.isfinite(error) else math.inf)
     return out
 
@@ -756,9 +789,10 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
     import mlflow
 
     learner = Learner(
-        build_model(settings.model, settings.model_params),
+        build_model(settings.model, settings.model_params, settings.target),
         window=settings.metrics_window,
         drift_delta=settings.drift_delta,
+        target=settings.target,
     )
     dataset = warm_start(settings, learner)
     if dataset.examples == 0:
@@ -772,11 +806,10 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
     theirs = (
         None
         if loaded is None
-        else champion_errors(loaded.model, trained_through(loaded), learner.recent)
+        else champion_errors(loaded.model, trained_through(loaded), learner.recent, learner.target)
     )
-    decision = gate(
-        errors, naive, theirs, settings.max_mae, settings.gate_z, settings.gate_z_champion
-    )
+    # one test against the incumbent: a person asked for it, it spends the first level
+    decision = gate(errors, naive, theirs, spent_z(settings.gate_alpha, 1), settings.gate_z)
     mlflow.set_tracking_uri(settings.mlflow_uri)
     mlflow.set_experiment(settings.experiment_name)
     with mlflow.start_run(run_name="retrain"):

@@ -94,7 +94,10 @@ class Settings(BaseSettings):
     # Market data and labels
     symbols: Annotated[tuple[str, ...], NoDecode] = ("BTC/USD", "ETH/USD", "SOL/USD")
     candle_seconds: int = Field(default=60, ge=1)
-    horizon: int = Field(default=5, ge=1)
+    # what a candle is labelled with H candles later (`pipelines.targets`): `return` or
+    # `volatility`; H is at most `features.MAX_HORIZON`, the candles a symbol keeps less one
+    target: Literal["return", "volatility"] = "return"
+    horizon: int = Field(default=5, ge=1, le=100)
     allowed_lateness_s: float = Field(default=5.0, ge=0)
     # a window without trades: `flat` candle at the last close (24/7 markets), or `skip` it
     # (markets with sessions: H then counts candles that exist)
@@ -139,7 +142,7 @@ class Settings(BaseSettings):
     monitor_log_interval_s: float = Field(default=10.0, gt=0)
 
     # Trainer
-    model: str = "linear"
+    model: str = "ols"
     model_params: dict[str, float] = Field(default_factory=dict)
     warm_start_epochs: int = Field(default=3, ge=0)
     metrics_window: int = Field(default=500, ge=1)
@@ -153,11 +156,12 @@ class Settings(BaseSettings):
     register_interval_s: float = Field(default=120.0, ge=0)
     checkpoint_queue: int = Field(default=4, ge=1)
     max_mae: float = Field(default=0.05, gt=0)
-    # a candidate must beat the naive baseline by this many block standard errors, and the
-    # champion by `gate_z_champion` (both versions already cleared naive: a fresher one need
-    # not clear as high a bar to follow a drifting market)
+    # the chance that a version no better than what is served (the champion, or the naive
+    # forecast) is ever promoted over it, however many checkpoints are gated (`pipelines.gate`)
+    gate_alpha: float = Field(default=0.05, gt=0, le=1)  # 1: every tested version passes
+    # a candidate that errs more than the naive forecast on the newest examples by this many
+    # block standard errors is refused, and a champion that does is retired
     gate_z: float = 2.0
-    gate_z_champion: float = 1.0
     drift_delta: float = Field(default=0.002, gt=0, lt=1)
     drift_response: Literal["none", "reset", "challenger"] = "none"
     keep_versions: int = Field(default=50, ge=1)

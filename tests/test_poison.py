@@ -287,7 +287,7 @@ def _assert_unbent(
     examples: list[Example] = _valid(local, topics.examples, parse_example)
     assert {(e.symbol, e.ts) for e in clean_examples} <= {(e.symbol, e.ts) for e in examples}
     reference = Learner(
-        build_model(local.model, local.model_params),
+        build_model(local.model, local.model_params, local.target),
         window=local.metrics_window,
         drift_delta=local.drift_delta,
     )

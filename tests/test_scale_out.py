@@ -102,7 +102,7 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
             "checkpoint_min_interval_s": 0.0,
             "max_mae": 1.0,
             "gate_z": -1e9,  # a margin every candidate clears
-            "gate_z_champion": -1e9,
+            "gate_alpha": 1.0,
         }
     )
     topics = Topics.of(local)

@@ -249,7 +249,7 @@ def test_a_rollback_holds_while_the_trainer_promotes_until_promote_auto(
 ) -> None:
     # a margin every candidate clears: this is about who decides, not the gate's judgement
     local = _shard(
-        settings, checkpoint_every=40, checkpoint_interval_s=0.5, gate_z=-1e9, gate_z_champion=-1e9
+        settings, checkpoint_every=40, checkpoint_interval_s=0.5, gate_z=-1e9, gate_alpha=1.0
     )
     ensure_topics(local, Topics.of(local).with_dlqs())
     _, records = _history_and_stream(local)

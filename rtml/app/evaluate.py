@@ -86,7 +86,7 @@ def batch_refit(
         if block != current:
             cutoff = cutoffs[block] if block >= 0 else start
             known = stream[: bisect.bisect_right(labelled, cutoff)]
-            learner = Learner(build_model(settings.model, settings.model_params))
+            learner = Learner(build_model(settings.model, settings.model_params, settings.target))
             fit(learner, history + known, settings.warm_start_epochs, progress=False)
             model, current = learner.model, block
         out.append(float(model.predict_one(x)))
