@@ -268,20 +268,25 @@ class Uploader:
             self.superseded += 1
             checkpoint = waiting
 
+    def upload_now(self, checkpoint: Checkpoint, newest: bool = False) -> None:
+        """Upload (gate, register, promote) `checkpoint` on the calling thread, retrying until
+        it is up; `newest`: a newer one waiting in the queue takes its place on a retry."""
+        backoff = 0.5
+        while True:
+            try:
+                self._upload(checkpoint)
+                return
+            except Exception as exc:
+                log.warning("checkpoint upload failed (%s); retrying in %.1f s", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                if newest:
+                    checkpoint = self._newest_waiting(checkpoint)
+
     def _work(self) -> None:
         while (first := self.queue.get()) is not None:
             self._busy = True
-            checkpoint = self._newest_waiting(first)
-            backoff = 0.5
-            while True:
-                try:
-                    self._upload(checkpoint)
-                    break
-                except Exception as exc:
-                    log.warning("checkpoint upload failed (%s); retrying in %.1f s", exc, backoff)
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    checkpoint = self._newest_waiting(checkpoint)
+            self.upload_now(self._newest_waiting(first), newest=True)
             self._busy = False
         if self.registered:
             try:
@@ -325,7 +330,7 @@ class Uploader:
             if decision.promote:
                 promoted = self._promote(version, learner)
         elif not decision.promote and cp.champion is not None:
-            self._retire_if_failing(cp)
+            self._retire_if_failing(cp, learner.watermark)
         self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
         self.decisions.append((version, promoted, decision.reason))
         log.info(
@@ -356,7 +361,7 @@ class Uploader:
             registry.prune(self.settings, self.settings.keep_versions)
         return version
 
-    def _retire_if_failing(self, cp: Checkpoint) -> None:
+    def _retire_if_failing(self, cp: Checkpoint, watermark: float) -> None:
         """Serve the naive baseline instead of a champion that errs more than it."""
         assert cp.champion is not None
         if not champion_fails(cp.champion, cp.naive, self.settings.gate_z):
@@ -368,6 +373,7 @@ class Uploader:
         if champion is None:
             return
         registry.retire(self.settings, by=registry.TRAINER)
+        registry.log_champion_change(self.settings, self.run_id, None, watermark)
         self.on_promote(None, -math.inf)
         log.warning(
             "champion version %s errs more than the naive baseline on the newest %d examples: "
@@ -389,6 +395,7 @@ class Uploader:
             )
             return False
         registry.promote(self.settings, version, by=registry.TRAINER)
+        registry.log_champion_change(self.settings, self.run_id, version, learner.watermark)
         self.on_promote(learner.model, learner.watermark)
         return True
 
@@ -515,7 +522,8 @@ class Trainer:
         metrics = self.learner.metrics()
         test = self.learner.gate_test()
         errors, naive = self.learner.served_errors()
-        self.uploader.submit(
+        upload = self.uploader.upload_now if self.settings.checkpoint_sync else self.uploader.submit
+        upload(
             Checkpoint(
                 pickle.dumps(self.learner),
                 dict(self.offsets),
@@ -600,7 +608,10 @@ class Trainer:
         if self.learner.drift_detected:
             done["drifts"] += 1
             self._on_drift(ex)
-        if (
+        if self.settings.checkpoint_sync:
+            if self._since >= self.settings.checkpoint_every:
+                self.checkpoint()  # in event time: on these examples, however fast they came
+        elif (
             self._since >= self.settings.checkpoint_every
             and time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_min_interval_s
         ):
@@ -722,7 +733,11 @@ class Trainer:
         def tick() -> None:
             if watch.changed():
                 self._broker_forgot(source, watch)
-            if self._since and time.monotonic() - self._last_checkpoint >= interval:
+            if (
+                self._since
+                and not settings.checkpoint_sync
+                and time.monotonic() - self._last_checkpoint >= interval
+            ):
                 self.checkpoint()
 
         interval = settings.checkpoint_interval_s

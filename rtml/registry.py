@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import math
 import os
 import pickle
 import tempfile
@@ -284,6 +285,26 @@ def retire(settings: Settings, by: str = TRAINER) -> None:
     record = {"version": None, "action": "retire", "by": by, "at": time.time(), "pinned": False}
     mlflow_client.set_registered_model_tag(name, DECISION_TAG, json.dumps(record))
     log.info("champion of %s (version %s) retired by %s: the baseline is served", name, current, by)
+
+
+CHAMPION_METRIC = "champion_version"
+"""A metric of the trainer's run: the champion it chose (0: none, the naive forecast is
+served), at the step of the newest label time it had learned then (epoch seconds, rounded up)."""
+
+
+def log_champion_change(
+    settings: Settings, run_id: str, version: str | None, watermark: float
+) -> None:
+    """Record in event time that the trainer's gate made `version` the champion (None: retired)."""
+    step = math.ceil(watermark) if math.isfinite(watermark) else 0
+    client(settings).log_metric(run_id, CHAMPION_METRIC, float(version or 0), step=step)
+
+
+def champion_changes(settings: Settings, run_id: str) -> list[tuple[float, str | None]]:
+    """The trainer's champion changes as (newest label time learned, version or None), in order."""
+    history = client(settings).get_metric_history(run_id, CHAMPION_METRIC)
+    ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
+    return [(float(m.step), str(int(m.value)) if m.value else None) for m in ordered]
 
 
 def rollback(settings: Settings, by: str | None = None) -> str:

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     # Trainer
     model: str = "ols"
     model_params: dict[str, float] = Field(default_factory=dict)
-    warm_start_epochs: int = Field(default=3, ge=0)
+    warm_start_epochs: int = Field(default=1, ge=0)
     metrics_window: int = Field(default=500, ge=1)
     checkpoint_every: int = Field(default=1000, ge=1)
     checkpoint_interval_s: float = Field(default=30.0, gt=0)
@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     # a checkpoint that passes the gate becomes a model version at most this often
     register_interval_s: float = Field(default=120.0, ge=0)
     checkpoint_queue: int = Field(default=4, ge=1)
+    # event time: a checkpoint every `checkpoint_every` examples and no other, each gated (and
+    # registered and promoted when it passes) before the trainer learns on; so its decisions
+    # fall on the same examples however fast the stream runs (`rtml evaluate` sets it)
+    checkpoint_sync: bool = False
     max_mae: float = Field(default=0.05, gt=0)
     # the chance that a version no better than what is served (the champion, or the naive
     # forecast) is ever promoted over it, however many checkpoints are gated (`pipelines.gate`)

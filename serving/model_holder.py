@@ -6,8 +6,9 @@ never sees a half-loaded model. A failed load keeps the current version serving,
 counted, and is tried again at the next poll.
 
 While the registered model has no champion (no version has beaten the naive baseline, or the
-trainer retired one that fell behind it), the holder serves the baseline itself: "no change",
-named `baseline` in every answer.
+trainer retired one that fell behind it), the holder serves the target's naive forecast itself
+("no change" for a return, the last H candles' realised volatility for a volatility), named
+`baseline` in every answer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from rtml import registry
 from rtml.pipelines.models import LinearScorer
+from rtml.pipelines.targets import TARGETS
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,18 @@ BASELINE = "baseline"
 """The model named in answers while no version has earned `champion`."""
 
 
-class NoChange:
-    """The naive baseline: the price H candles ahead is the price now."""
+class Naive:
+    """The target's naive forecast as a model (`pipelines.targets`).
+
+    >>> Naive("volatility").predict_one({"rv_h": 0.02}), Naive("return").predict_one({})
+    (0.02, 0.0)
+    """
+
+    def __init__(self, target: str = "return") -> None:
+        self.forecast = TARGETS[target].naive
 
     def predict_one(self, x: dict[str, float]) -> float:
-        del x
-        return 0.0
+        return self.forecast(x)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +69,9 @@ class Served:
         return None if self.model == BASELINE else registry.CHAMPION
 
 
-def baseline() -> Served:
-    """The naive baseline as a served model (version "0": registered versions start at 1)."""
-    return Served("0", NoChange(), time.time(), float("nan"), BASELINE)
+def baseline(target: str = "return") -> Served:
+    """The naive forecast as a served model (version "0": registered versions start at 1)."""
+    return Served("0", Naive(target), time.time(), float("nan"), BASELINE)
 
 
 class ModelHolder:
@@ -90,7 +98,7 @@ class ModelHolder:
         if version is None:
             if current is not None and current.model == BASELINE:
                 return False
-            self.current = served = baseline()
+            self.current = served = baseline(self.settings.target)
             self.on_swap(served)
             log.info("%s has no %s: serving the naive baseline", self.name, self.alias)
             return True

@@ -41,6 +41,7 @@ from rtml.kafka import (
 )
 from rtml.pipelines.features import out_of_bounds
 from rtml.pipelines.learner import RollingMean
+from rtml.pipelines.targets import target
 from rtml.records import (
     BadRecord,
     Prediction,
@@ -51,6 +52,9 @@ from rtml.records import (
 from rtml.runner import Counters, GroupSource, Runner
 from rtml.serving.model_holder import BASELINE
 from rtml.settings import Settings
+
+NAIVE_READS = ("rv_h",)
+"""The features a naive forecast reads (`pipelines.targets`)."""
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,8 @@ class Monitor:
         """Versions kept in the errors table and the metrics: the most recently served ones."""
         # predictions waiting for their target, and targets waiting for their predictions
         self._predictions: OrderedDict[tuple[str, float], list[Prediction]] = OrderedDict()
-        self._targets: OrderedDict[tuple[str, float], float] = OrderedDict()
+        # (target, naive forecast) of examples whose prediction has not arrived yet
+        self._targets: OrderedDict[tuple[str, float], tuple[float, float]] = OrderedDict()
         # per (model, version, symbol): the version's errors and, over the same examples, the
         # naive baseline's
         self._mae: dict[tuple[str, int, str], RollingMean] = {}
@@ -126,28 +131,28 @@ class Monitor:
         if math.isfinite(p.trained_through):
             self.staleness.append((p.ts, p.ts - p.trained_through))
         key = (p.symbol, p.ts)
-        target = self._targets.pop(key, None)
-        if target is not None:
-            self._score(p, target)
+        known = self._targets.pop(key, None)
+        if known is not None:
+            self._score(p, *known)
             return
         self._predictions.setdefault(key, []).append(p)
         while len(self._predictions) > self.max_pending:
             _, dropped = self._predictions.popitem(last=False)
             self.expired += len(dropped)
 
-    def on_example(self, symbol: str, ts: float, target: float) -> None:
-        """The target of (symbol, ts) is known. Prices come from `features` (`on_price`):
-        examples carry only the model's inputs."""
+    def on_example(self, symbol: str, ts: float, target: float, naive: float = 0.0) -> None:
+        """The target of (symbol, ts) is known, and the naive forecast made at ts. Prices come
+        from `features` (`on_price`): examples carry only the model's inputs."""
         self.examples += 1
         self.last_record_at = time.time()
         waiting = self._predictions.pop((symbol, ts), None)
         if waiting is None:
-            self._targets[(symbol, ts)] = target
+            self._targets[(symbol, ts)] = (target, naive)
             while len(self._targets) > self.max_pending:
                 self._targets.popitem(last=False)
             return
         for p in waiting:
-            self._score(p, target)
+            self._score(p, target, naive)
 
     def on_price(self, symbol: str, ts: float, close: float | None) -> None:
         if close is None or not math.isfinite(close):
@@ -184,8 +189,8 @@ class Monitor:
                 del self._mae[key]
                 del self._mae_baseline[key]
 
-    def _score(self, p: Prediction, target: float) -> None:
-        error = abs(target - p.prediction)
+    def _score(self, p: Prediction, target: float, naive: float = 0.0) -> None:
+        error, naive_error = abs(target - p.prediction), abs(target - naive)
         self.served.add(error)
         self._keep((p.model, p.version))
         for symbol in (p.symbol, ALL):
@@ -194,11 +199,11 @@ class Monitor:
                 self._mae[key] = RollingMean(self.window)
                 self._mae_baseline[key] = RollingMean(self.window)
             self._mae[key].add(error)
-            self._mae_baseline[key].add(abs(target))
+            self._mae_baseline[key].add(naive_error)
             base = self._baseline.get(symbol)
             if base is None:
                 base = self._baseline[symbol] = RollingMean(self.window)
-            base.add(abs(target))
+            base.add(naive_error)
         self.joined += 1
         self.pairs.setdefault(p.symbol, deque(maxlen=self._history)).append(
             (p.ts, p.prediction, target, p.version)
@@ -370,6 +375,7 @@ class MonitorService:
             settings.metrics_window, settings.monitor_history, drift_delta=settings.drift_delta
         )
         self.group_id = group_id
+        self.label = target(settings.target)
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
@@ -391,12 +397,13 @@ class MonitorService:
             with self.lock:
                 m.on_prediction(prediction)
         elif topic == self.topics.examples:
-            ex = parse_example(raw, ())  # only the target is scored
+            ex = parse_example(raw, NAIVE_READS)  # the target, and what the naive forecast reads
             self._known(ex.symbol, ex.label_ts)
-            if (beyond := out_of_bounds({}, ex.target)) is not None:
+            if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
                 raise BadRecord("out_of_range", beyond)
+            naive = self.label.naive(ex.features)
             with self.lock:
-                m.on_example(ex.symbol, ex.ts, ex.target)
+                m.on_example(ex.symbol, ex.ts, ex.target, naive)
         else:
             row = parse_features(raw, ("close",))
             self._known(row.symbol, row.ts)

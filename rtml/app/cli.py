@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import shlex
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from rtml.errors import RtmlError
+from rtml.pipelines.targets import TARGETS
 from rtml.settings import Settings
 
 
@@ -198,6 +200,32 @@ def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -
         )
 
 
+def _target_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`--target` and `--horizon`, which override RTML_TARGET and RTML_HORIZON for one command."""
+
+    @functools.wraps(command)
+    def run(
+        settings: Settings, *args: Any, target: str | None, horizon: int | None, **kw: Any
+    ) -> None:
+        update = {k: v for k, v in (("target", target), ("horizon", horizon)) if v is not None}
+        if update:
+            settings = Settings.model_validate({**settings.model_dump(), **update})
+        command(settings, *args, **kw)
+
+    run = click.option(
+        "--horizon",
+        type=click.IntRange(1, 100),
+        default=None,
+        help="H, the candles a label looks ahead [RTML_HORIZON, 5].",
+    )(run)
+    return click.option(
+        "--target",
+        type=click.Choice(sorted(TARGETS)),
+        default=None,
+        help="What is learned: the H-candle return or realised volatility [RTML_TARGET, return].",
+    )(run)
+
+
 _source_option = click.option(
     "--source",
     default="synthetic",
@@ -285,6 +313,7 @@ def features(settings: Settings, group: str, duration: float | None) -> None:
     "--start-ts", type=float, default=None, help="Event time of the first candle [days ago]."
 )
 @click.pass_obj
+@_target_options
 def backfill(
     settings: Settings,
     source: str,
@@ -493,6 +522,7 @@ def compact(settings: Settings) -> None:
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--max-examples", type=int, default=None, help="Stop once this many are learned.")
 @click.pass_obj
+@_target_options
 def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
     from rtml.pipelines.trainer import Trainer
@@ -505,6 +535,7 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
 
 @cli.command()
 @click.pass_obj
+@_target_options
 def retrain(settings: Settings) -> None:
     """Refit from the offline store now, register the result and put it through the gate."""
     from rtml.pipelines.trainer import retrain as run_retrain
@@ -606,6 +637,7 @@ def monitor(settings: Settings, duration: float | None) -> None:
 @click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
 @click.pass_obj
+@_target_options
 def demo(
     settings: Settings,
     duration: float | None,
@@ -666,6 +698,7 @@ def demo(
     help="Seconds between registered versions [RTML_REGISTER_INTERVAL_S].",
 )
 @click.pass_obj
+@_target_options
 def evaluate(
     settings: Settings,
     file: Path | None,
