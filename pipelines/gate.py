@@ -180,6 +180,47 @@ def gate(
     )
 
 
+def refresh(
+    candidate: Sequence[float],
+    naive: Sequence[float],
+    champion: Sequence[float] | None,
+    z: float,
+) -> GateDecision:
+    """Whether a fresher checkpoint of the learner that serves may take its place.
+
+    The learner earned the place by the test above: its losses as served, which are the
+    losses of a model refreshed every horizon, beat the incumbent's. Its next checkpoints are
+    the same learner, knowing more; they follow the market as the test assumed, unless one
+    errs more than the naive forecast on the newest examples, or more than the champion on
+    the examples the champion has not learned from, by `z` block standard errors.
+
+    >>> naive = [0.010, 0.012, 0.011, 0.009, 0.0105] * 40
+    >>> refresh([e * 0.9 for e in naive], naive, [e * 0.9 for e in naive], z=2.0).promote
+    True
+    >>> refresh([e * 1.5 for e in naive], naive, [e * 0.9 for e in naive], z=2.0).promote
+    False
+    """
+    if len(candidate) < MIN_EXAMPLES:
+        return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
+    loss = sum(candidate) / len(candidate)
+    if not math.isfinite(loss):
+        return GateDecision(False, "no finite loss yet")
+    failing = loses_lately(candidate, naive, z)
+    if failing:
+        return GateDecision(
+            False, f"loss {loss:.3g} errs more than the naive forecast's on the newest {failing}"
+        )
+    if champion is not None:
+        theirs, ours = unseen_by(champion, candidate)
+        if len(theirs) >= MIN_EXAMPLES and paired(ours, theirs, BLOCKS).loses(z):
+            return GateDecision(
+                False,
+                f"loss {sum(ours) / len(ours):.3g} errs more than the champion's "
+                f"{sum(theirs) / len(theirs):.3g} it would refresh",
+            )
+    return GateDecision(True, f"loss {loss:.3g}: a fresher checkpoint of the learner that serves")
+
+
 def champion_fails(champion: Sequence[float], naive: Sequence[float], z: float) -> bool:
     """The champion errs more than the naive forecast by `z` block standard errors: serving
     the naive forecast instead is better.

@@ -101,6 +101,7 @@ class Learner:
         """Gate tests since the champion (or the naive forecast) took its place."""
         self.tested_at = 0
         """`scored` at the last gate test."""
+        self._record: tuple[list[float], list[float]] | None = None
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
 
@@ -135,13 +136,15 @@ class Learner:
     def __getstate__(self) -> dict[str, Any]:
         # the model as learned, and no step (rebuilt on load): a checkpoint holds River
         # objects only, and reads as one pickled by an older rtml
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_step", "_model", "_read")}
+        skip = ("_step", "_model", "_read", "_record")
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
         state["model"] = self.model
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         model = state.pop("model")
         self.__dict__.update(state)
+        self._record = None
         self.model = model
         if "target" not in state:  # a learner pickled by an older rtml: its recent are errors
             self.target, self.scored, self.gate_tests, self.tested_at = TARGETS["return"], 0, 0, 0
@@ -221,6 +224,10 @@ class Learner:
         if served is not None:
             self.recent.append((ex, served if math.isfinite(served) else math.inf))
             self.scored += 1
+            if self._record is not None:
+                loss = self.target.loss(served, ex.target)
+                self._record[0].append(loss if math.isfinite(loss) else math.inf)
+                self._record[1].append(self.target.loss(self.target.naive(ex.features), ex.target))
         naive = abs(ex.target - self.target.naive(ex.features))
         self._abs_error += error
         self._abs_baseline += naive
@@ -253,6 +260,22 @@ class Learner:
         while len(self._snapshots) > 1 and self._snapshots[1][0] <= self.watermark - 2 * span:
             self._snapshots.popleft()
         return True
+
+    def start_record(self) -> None:
+        """Keep the losses as served, and the naive forecast's, of every example from now
+        until `take_record` (a warm start's whole history, not only the newest window)."""
+        self._record = ([], [])
+
+    def take_record(self) -> tuple[list[float], list[float]] | None:
+        """The newer half of the losses kept since `start_record` (the older half is a model
+        that has learned little yet: a cold start, not what it serves from now), at least a
+        window of them; None if none were kept. Stops keeping them."""
+        record, self._record = self._record, None
+        if not record or not record[0]:
+            return None
+        ours, naive = record
+        keep = max(len(ours) // 2, self.recent.maxlen or 0)
+        return ours[-keep:], naive[-keep:]
 
     def gate_test(self) -> int | None:
         """The number of a gate test due now against the incumbent (1, 2, ...), or None.

@@ -45,7 +45,7 @@ from rtml.kafka import (
     send,
 )
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
-from rtml.pipelines.gate import GateDecision, champion_fails, gate, spent_z
+from rtml.pipelines.gate import GateDecision, champion_fails, gate, refresh, spent_z
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
 from rtml.pipelines.targets import Target, target
@@ -160,6 +160,8 @@ class Checkpoint:
     topic_id: str | None = None  # the incarnation of `examples` the offsets belong to
     test: int | None = None
     """The number of this checkpoint's gate test against the incumbent; None: no test due."""
+    refresh: bool = False
+    """The champion is this learner's own earlier checkpoint: this one may refresh it."""
 
 
 class Uploader:
@@ -179,7 +181,7 @@ class Uploader:
         settings: Settings,
         run_id: str,
         capacity: int,
-        on_promote: Callable[[Any | None, float], None] = lambda *_: None,
+        on_promote: Callable[[Any | None, float, bool], None] = lambda *_: None,
         first_version_due: bool = False,
         last_checkpoint: str | None = None,
         registered_ago_s: float | None = None,
@@ -304,13 +306,15 @@ class Uploader:
     def _upload(self, cp: Checkpoint) -> None:
         learner = pickle.loads(cp.learner_bytes)
         s = self.settings
-        if cp.test is None:
-            decision = GateDecision(False, "no gate test due (too few new examples since the last)")
-        elif not cp.metrics["rolling_mae"] <= s.max_mae:
+        if not cp.metrics["rolling_mae"] <= s.max_mae:
             decision = GateDecision(
                 False,
                 f"rolling MAE {cp.metrics['rolling_mae']:.3g} is above MAX_MAE {s.max_mae:.3g}",
             )
+        elif cp.refresh:
+            decision = refresh(cp.errors, cp.naive, cp.champion, s.gate_z)
+        elif cp.test is None:
+            decision = GateDecision(False, "no gate test due (too few new examples since the last)")
         else:
             z = spent_z(s.gate_alpha, cp.test)
             decision = gate(cp.errors, cp.naive, cp.champion, z, s.gate_z)
@@ -374,7 +378,7 @@ class Uploader:
             return
         registry.retire(self.settings, by=registry.TRAINER)
         registry.log_champion_change(self.settings, self.run_id, None, watermark)
-        self.on_promote(None, -math.inf)
+        self.on_promote(None, -math.inf, False)
         log.warning(
             "champion version %s errs more than the naive baseline on the newest %d examples: "
             "retired, the baseline is served until a version beats it",
@@ -396,7 +400,7 @@ class Uploader:
             return False
         registry.promote(self.settings, version, by=registry.TRAINER)
         registry.log_champion_change(self.settings, self.run_id, version, learner.watermark)
-        self.on_promote(learner.model, learner.watermark)
+        self.on_promote(learner.model, learner.watermark, True)
         return True
 
 
@@ -415,6 +419,7 @@ class Trainer:
         self.restored_from: str | None = None  # the checkpoint artifact it resumed from
         self._champion: Any | None = None  # the champion's estimator, to score candidates
         self._champion_through = -math.inf  # the newest label time it learned
+        self._champion_ours = False  # promoted by this trainer's gate: refreshed by it
         self.drifts_at_start = 0
         self.skips: set[tuple[int, int]] = set()  # (partition, offset) an operator skipped
         self.max_examples: int | None = None  # stop once the learner has learned this many
@@ -455,6 +460,8 @@ class Trainer:
                 drift_delta=self.settings.drift_delta,
                 target=self.settings.target,
             )
+            # the learner's record as served over the whole history is its first gate test
+            self.learner.start_record()
             dataset = warm_start(self.settings, self.learner)
             log.info("warm start learned %d examples from the offline store", dataset.examples)
             if self.run_id is not None:
@@ -462,7 +469,9 @@ class Trainer:
         try:
             loaded = registry.load_champion(self.settings)
             if loaded is not None:
-                self._new_champion(loaded.model, trained_through(loaded))
+                found = registry.decision(self.settings) or {}
+                ours = found.get("by") == registry.TRAINER and found.get("action") == "promote"
+                self._new_champion(loaded.model, trained_through(loaded), ours)
         except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError) as exc:
             # a version logged by an older rtml, whose pickle names classes that moved
             log.warning(
@@ -472,9 +481,16 @@ class Trainer:
             )
         self.drifts_at_start = self.learner.drifts
 
-    def _new_champion(self, model: Any | None, through: float = -math.inf) -> None:
+    def _new_champion(
+        self, model: Any | None, through: float = -math.inf, ours: bool = False
+    ) -> None:
+        """`ours`: the trainer's gate promoted it, a checkpoint of this learner (which its
+        later checkpoints refresh), not a person's choice or a `retrain`."""
         # called on the uploader thread; reference swaps, read at the next checkpoint
         self._champion, self._champion_through = model, through
+        self._champion_ours = ours and model is not None
+        if self.learner is not None:
+            self.learner.gate_tests = 0  # a new incumbent: the gate's budget starts again
         if self.learner is not None:
             self.learner.gate_tests = 0  # a new incumbent: the gate's budget starts again
 
@@ -520,8 +536,13 @@ class Trainer:
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
-        test = self.learner.gate_test()
-        errors, naive = self.learner.served_errors()
+        fresher = self._champion is not None and self._champion_ours
+        test = None if fresher else self.learner.gate_test()
+        record = self.learner.take_record()
+        if record is not None and test is not None and self._champion is None:
+            errors, naive = record  # the warm start's whole history, scored as served
+        else:
+            errors, naive = self.learner.served_errors()
         upload = self.uploader.upload_now if self.settings.checkpoint_sync else self.uploader.submit
         upload(
             Checkpoint(
@@ -530,9 +551,10 @@ class Trainer:
                 metrics,
                 errors,
                 naive,
-                self._champion_errors() if test is not None else None,
+                self._champion_errors() if test is not None or fresher else None,
                 self.topic_id,
                 test,
+                fresher,
             )
         )
 

@@ -37,27 +37,63 @@ def test_lag_counts_the_symbols_candles_since_the_newest_label_learned() -> None
     assert lag_in_candles(ev) == [1, 2, 1]  # the baseline's prediction has no lag
 
 
-@pytest.mark.integration
-@pytest.mark.timeout(900)  # about 3 minutes here; a fresh machine downloads and starts more
-def test_evaluate_on_real_daily_candles_serves_nothing_worse_than_naive(
-    settings: Settings, tmp_path: Path
-) -> None:
+def _msft(tmp_path: Path, rows: int | None = None) -> Path:
     try:
         path = datasets.fetch("msft", tmp_path)
     except ConfigError as exc:
         pytest.skip(f"the package index is not reachable ({exc}); it serves pmdarima's wheel")
+    if rows is None:
+        return path
+    lines = path.read_text().splitlines()
+    part = tmp_path / "msft-part.csv"
+    part.write_text("\n".join([lines[0], *lines[-rows:]]) + "\n")
+    return part
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_leak(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The trainer decides in event time: which version served which example is the same
+    whether the replay ran as fast as it could or at 25 candles a second, and no example was
+    served by a model that had learned a label from after its features."""
+    path = _msft(tmp_path, rows=1400)
+    local = settings.model_copy(update={"state_dir": tmp_path / "state", "target": "volatility"})
+    fast = evaluate_file(local, path, refit_every=60, out=lambda _: None)
+    paced = evaluate_file(local, path, refit_every=60, speed=86400 * 25, out=lambda _: None)
+    assert fast.examples == paced.examples > 600
+    one, other = fast.rows[0], paced.rows[0]
+    assert one.name == other.name == "served (event time)"
+    assert one.loss == pytest.approx(other.loss, rel=1e-9)
+    assert fast.served_share == paced.served_share
+    assert fast.champion_changes == paced.champion_changes > 1  # learned versions served
+    assert fast.leaks == paced.leaks == 0
+    assert fast.leaks_as_run == paced.leaks_as_run == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)  # about 3 minutes here; a fresh machine downloads and starts more
+def test_evaluate_on_real_daily_candles_serves_a_learned_volatility_model_that_beats_naive(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = _msft(tmp_path)
     lines: list[str] = []
-    local = settings.model_copy(update={"state_dir": tmp_path / "state"})
+    local = settings.model_copy(update={"state_dir": tmp_path / "state", "target": "volatility"})
     report = evaluate_file(local, path, refit_every=120, out=lines.append)
-    rows = {r.name.split(" ")[0]: r for r in report.rows}
+    rows = {r.name.split(" (")[0].split(" every")[0]: r for r in report.rows}
     assert report.examples > 3000 and report.symbols == ["MSFT"]
-    # the system's first duty on a real market: nothing worse than the trivial baseline
-    assert rows["served"].ratio_to_naive <= 1.0
-    assert rows["served"].mae <= rows["static"].mae
-    assert rows["served"].mae <= rows["batch"].mae
+    assert report.target == "volatility" and report.loss == "absolute error"
+    served = rows["served"]  # the first "served" row: in event time
+    assert served.name == "served (event time)"
+    # volatility is learnable: the served model beats the naive forecast (the last H candles')
+    assert served.ratio_to_naive <= 0.85
+    assert served.loss <= rows["static"].loss
+    assert report.baseline_share < 0.2 and report.leaks == 0
     assert rows["naive"].ratio_to_naive == 1.0
     folder = next((tmp_path / "state" / "evaluations").iterdir())
     written = json.loads((folder / "evaluation.json").read_text())
-    assert written["examples"] == report.examples and len(written["rows"]) == 5
+    assert written["examples"] == report.examples and len(written["rows"]) == 6
+    assert {"ratio_to_naive", "ratio_se", "mae"} <= set(written["rows"][0])
     assert (folder / "evaluation.png").stat().st_size > 10_000
-    assert any(line.startswith("served (champion or baseline)") for line in lines)
+    assert any(line.startswith("served (event time)") for line in lines)

@@ -150,7 +150,7 @@ def test_a_champion_is_scored_only_on_examples_it_has_not_learned_from() -> None
     assert all(math.isnan(e) for e, (ex, _) in pairs if ex.ts < through)
     errors, naive = learner.served_errors()
     # right after a promotion there is too little to compare, whatever the errors say
-    decision = gate(errors, naive, [math.nan] * len(errors), z=-math.inf)
+    decision = gate(errors, naive, [math.nan] * len(errors), z=-math.inf, z_lately=-1.0)
     assert not decision.promote and "too few to compare" in decision.reason
 
 

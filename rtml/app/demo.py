@@ -57,6 +57,7 @@ CHILD_FIELDS = (
     "checkpoint_sync",
     "metrics_window",
     "gate_alpha",
+    "keep_versions",
 )
 # started in this order, stopped in the reverse; the feed starts once a champion serves
 SERVICES = (
@@ -237,7 +238,9 @@ class Demo:
         """Event time where the stored history ends and the demo's stream begins."""
         self.stopped_in: dict[str, float] = {}
         self.started_at = math.nan
-        self._joined, self._joined_at = -1, math.nan  # scored examples, and since when
+        # (scored examples, examples the trainer checkpointed), and since when
+        self._joined: object = None
+        self._joined_at = math.nan
 
     # -- processes ------------------------------------------------------------------------
 
@@ -476,17 +479,19 @@ class Demo:
         return " | ".join(parts)
 
     def done(self, settle_s: float = 10.0) -> bool:
-        """The feed has replayed everything and nothing new was scored for `settle_s`."""
+        """The feed has replayed everything, and for `settle_s` nothing new was scored and the
+        trainer checkpointed nothing new (in event time it decides on every example, however
+        far behind the feed it runs)."""
         feed = next((c for c in self.children if c.name == "feed"), None)
         if feed is None or feed.proc.poll() is None:
             return False
         try:
-            joined = self.monitor_state()["counts"]["joined"]
+            progress = (self.monitor_state()["counts"]["joined"], registry.learned(self.settings))
         except OSError:
             return False
         now = time.monotonic()
-        if joined != self._joined:
-            self._joined, self._joined_at = joined, now
+        if progress != self._joined:
+            self._joined, self._joined_at = progress, now
         return now - self._joined_at >= settle_s
 
     def run(self, duration: float | None, until_done: bool = False) -> Evaluation:
@@ -494,7 +499,7 @@ class Demo:
         the end of the replay), stop, score."""
         self.out(f"rtml demo {self.run_id}: topics {self.settings.topic_prefix}*")
         self.prepare()
-        self._joined, self._joined_at = -1, time.monotonic()
+        self._joined, self._joined_at = None, time.monotonic()
         try:
             self.start()
             next_status = time.monotonic()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import os
 import statistics
 import time
 from collections import Counter
@@ -58,7 +59,7 @@ BLOCKS = 20
 """Blocks of consecutive examples for the standard error and the "blocks better" count."""
 
 
-EVENT_TIME_CHECKPOINTS = 100
+EVENT_TIME_CHECKPOINTS = 50
 """Examples between the trainer's checkpoints in an evaluation (each gated in event time)."""
 
 
@@ -213,6 +214,7 @@ def served_in_event_time(
 def champion_models(settings: Settings, changes: list[tuple[float, str | None]]) -> dict[str, Any]:
     """Each version that was champion, loaded from the registry, with the newest label time
     it learned."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar a version
     out: dict[str, Any] = {}
     for _, version in changes:
         if version is not None and version not in out:
@@ -279,9 +281,10 @@ class Report:
         return {**asdict(self), "rows": [asdict(r) for r in self.rows]}
 
     def lines(self) -> list[str]:
-        shares = ", ".join(
-            f"{'naive' if v == '0' else 'v' + v} {share:.0%}"
-            for v, share in sorted(self.served_share.items(), key=lambda kv: -kv[1])[:6]
+        learned = [v for v in self.served_share if v != "0"]
+        shares = (
+            f"a learned model {1 - self.baseline_share:.0%} of the examples ({len(learned)} "
+            f"versions), the naive forecast {self.baseline_share:.0%}"
         )
         out = [
             f"== rtml evaluate {self.source}: {self.examples:,} scored examples "
@@ -297,7 +300,7 @@ class Report:
         ]
         if self.lag_candles_median is not None:
             out.append(
-                f"   served model's lag: median {self.lag_candles_median:.0f} candles, "
+                f"   as run, the served model's lag: median {self.lag_candles_median:.0f} candles, "
                 f"90th percentile {self.lag_candles_p90:.0f} (newest label learned to prediction)"
             )
         return out
@@ -392,6 +395,8 @@ def evaluate_file(
         update={
             "checkpoint_sync": True,
             "checkpoint_every": EVENT_TIME_CHECKPOINTS,
+            # every champion stays in the registry: the table loads each to score it
+            "keep_versions": 1_000_000,
             "register_interval_s": 0.0 if register_interval_s is None else register_interval_s,
         }
     )
