@@ -63,9 +63,14 @@ demo: install
 	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE)) \
 		$(if $(SPEED),--speed $(SPEED)) $(foreach c,$(COLUMNS),--column $(c))
 
-# a real market file through the whole system: SOURCE=file.csv, or Microsoft's daily candles
+# a real market file through the whole system, for each target (TARGETS="volatility" for one):
+# SOURCE=file.csv, or Microsoft's daily candles
+TARGETS ?= return volatility
 eval: install
-	$(BIN)/rtml evaluate $(if $(SOURCE),$(SOURCE),--dataset msft) $(foreach c,$(COLUMNS),--column $(c))
+	set -e; for target in $(TARGETS); do \
+		$(BIN)/rtml evaluate $(if $(SOURCE),$(SOURCE),--dataset msft) --target $$target \
+			$(foreach c,$(COLUMNS),--column $(c)); \
+	done
 
 clean: down
 	rm -rf .rtml
