@@ -4,8 +4,10 @@ Each symbol has its own watermark: the newest event time seen of that symbol min
 lateness. Topics are keyed by symbol, so a symbol's trades arrive in order while partitions
 interleave freely; one shared watermark would call a slow partition's trades late. A window
 [start, end) closes once its symbol's watermark reaches `end`; a trade for a window that has
-closed is late, and a trade id seen before is a duplicate: both raise BadRecord so the caller
-can dead-letter them.
+closed is late, and a trade id seen before in its window is a duplicate: both raise BadRecord
+so the caller can dead-letter them. A trade sent twice carries its own time both times, so it
+is refused either way, and a symbol keeps trade ids only for its open windows: memory bounded
+by time (the allowed lateness and a candle), not by a count of trades.
 A gap between two candles of a symbol (no trades in a window) is filled with flat candles at
 the previous close and zero volume, so "5 candles ago" always means 5 windows ago; with the
 `skip` gap policy (markets with sessions) it is left empty. A silence longer than
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,6 +56,9 @@ class _Window:
     # The first (partition, offset) of each partition that fed this window: replaying from
     # there rebuilds the window after a restart.
     first_positions: dict[int, int] = field(default_factory=dict)
+    ids: set[str] = field(default_factory=set)
+    """The ids of the window's trades: a trade sent twice is refused while its window is
+    open, and is `late` once it closed, so a symbol holds ids for its open windows only."""
 
 
 _LOG_MOVE = math.log(MAX_MOVE)
@@ -68,9 +72,7 @@ class _Series:
         "arrived",
         "closed_until",
         "earliest_end",
-        "ids",
         "last_close",
-        "order",
         "run",
         "watermark",
         "windows",
@@ -82,8 +84,6 @@ class _Series:
         self.windows: dict[float, _Window] = {}
         self.closed_until = -math.inf
         self.last_close: float | None = None
-        self.ids: set[str] = set()  # trade ids seen, the newest `dedup_capacity` of them
-        self.order: deque[str] = deque()
         self.run = 0  # candles closed since the series (re)started, capped at SETTLED
         self.arrived: float | None = None  # clock time of the newest trade
 
@@ -99,7 +99,6 @@ class CandleBuilder:
         self,
         seconds: int,
         allowed_lateness: float,
-        dedup_capacity: int = 50_000,
         max_future_s: float = math.inf,
         clock: Callable[[], float] = time.time,
         gap_policy: str = "flat",
@@ -110,7 +109,6 @@ class CandleBuilder:
         self.gap_policy = gap_policy
         self.seconds = seconds
         self.allowed_lateness = allowed_lateness
-        self.dedup_capacity = dedup_capacity
         # how far a symbol's event time may step ahead of its newest and the clock
         # (`event_time.future_reason`), and the longest silence a series bridges (by default the
         # same): a longer gap is not filled with flat candles (one stale trade atop a file
@@ -167,17 +165,12 @@ class CandleBuilder:
                 )
         elif self._moves.pending:
             self._moves.clear(symbol)
-        if trade.trade_id in s.ids:
+        w = s.windows.get(start)
+        if w is not None and trade.trade_id in w.ids:
             raise BadRecord("duplicate", f"{symbol} trade_id {trade.trade_id} seen before")
         if s is _UNSEEN:
             s = self._series[symbol] = _Series()
-        ids, trade_id = s.ids, trade.trade_id
-        ids.add(trade_id)
-        s.order.append(trade_id)
-        if len(s.order) > self.dedup_capacity:
-            ids.discard(s.order.popleft())
         s.arrived = future.clock()
-        w = s.windows.get(start)
         if w is None:
             w = s.windows[start] = _Window(start, price, price, price, price, ts, ts)
             s.earliest_end = min(s.earliest_end, start + seconds)
@@ -192,6 +185,7 @@ class CandleBuilder:
         w.volume += trade.size
         w.notional += trade.size * price
         w.trades += 1
+        w.ids.add(trade.trade_id)
         if position is not None:
             partition, offset = position
             w.first_positions.setdefault(partition, offset)

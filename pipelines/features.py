@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from rtml.pipelines.targets import MAX_MOVE, VOL_FLOOR, realised_volatility
+from rtml.pipelines.targets import MAX_MOVE, VOL_FLOOR
 
 LOOKBACK = 15
 WARMUP = LOOKBACK + 1
@@ -141,11 +141,12 @@ def _rsi(candles: Sequence[Candle], period: int = 14) -> float:
     return (gains - losses) / (gains + losses)
 
 
-def _log_volatility(closes: Sequence[float], window: int, horizon: int) -> float:
-    """The log realised volatility of the last `window` returns of `closes` (as many as there
-    are, if fewer), scaled to `horizon` returns."""
-    n = min(window, len(closes) - 1)
-    return math.log(max(realised_volatility(closes[-n - 1 :]) * math.sqrt(horizon / n), VOL_FLOOR))
+def _volatility(squares: Sequence[float], window: int, horizon: int) -> tuple[float, float]:
+    """The realised volatility of the last `window` squared log returns (as many as there are,
+    if fewer), floored, and the log of it scaled to `horizon` returns."""
+    n = min(window, len(squares))
+    rv = max(math.sqrt(sum(squares[-n:])), VOL_FLOOR)
+    return rv, math.log(max(rv * math.sqrt(horizon / n), VOL_FLOOR))
 
 
 def compute_features(history: Sequence[Candle], horizon: int = 5) -> dict[str, float] | None:
@@ -156,8 +157,10 @@ def compute_features(history: Sequence[Candle], horizon: int = 5) -> dict[str, f
     """
     if len(history) < WARMUP:
         return None
-    closes = [c.close for c in list(history)[-HISTORY:]]
-    window = list(history)[-WARMUP:]
+    kept = list(history)[-HISTORY:]
+    squares = [math.log(b.close / a.close) ** 2 for a, b in pairwise(kept)]
+    rv_h, log_rv_h = _volatility(squares, horizon, horizon)
+    window = kept[-WARMUP:]
     last = window[-1]
     one_step = [cur.close / prev.close - 1.0 for prev, cur in pairwise(window)]
     volumes = [c.volume for c in window[1:]]
@@ -171,10 +174,10 @@ def compute_features(history: Sequence[Candle], horizon: int = 5) -> dict[str, f
         "volume_z": (last.volume - sum(volumes) / len(volumes)) / vol_std if vol_std > 0 else 0.0,
         "vwap_dist": last.close / last.vwap - 1.0 if last.vwap > 0 else 0.0,
         "rsi_14": _rsi(window, 14),
-        "rv_h": realised_volatility(closes[-min(horizon, len(closes) - 1) - 1 :]),
-        "log_rv_h": _log_volatility(closes, horizon, horizon),
-        "log_rv_4h": _log_volatility(closes, 4 * horizon, horizon),
-        "log_rv_20h": _log_volatility(closes, 20 * horizon, horizon),
+        "rv_h": rv_h,
+        "log_rv_h": log_rv_h,
+        "log_rv_4h": _volatility(squares, 4 * horizon, horizon)[1],
+        "log_rv_20h": _volatility(squares, 20 * horizon, horizon)[1],
         "close": last.close,
         "volume": last.volume,
     }

@@ -47,8 +47,10 @@ def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
     newest = registry.alias_version(demo.settings, registry.CANDIDATE)
     assert newest is not None and max(ev.versions) <= int(newest)
     report = demo.report(ev)
-    assert any("MAE static" in line for line in report) and any("ratio" in line for line in report)
-    assert any("served by the naive baseline" in line for line in report)
+    assert any("MAE static" in line for line in report)
+    assert any(line.strip().startswith("served / naive") for line in report)
+    share = next(line for line in report if "served by a learned model" in line)
+    assert f"{summary['model_share']:.0%}" in share
     # the trainer checkpointed on SIGTERM: its newest checkpoint learned the stream's examples
     learned = registry.learned(demo.settings)
     assert learned is not None and learned >= summary["examples"]

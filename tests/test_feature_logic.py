@@ -72,6 +72,25 @@ def test_late_and_duplicate_trades_are_rejected() -> None:
     assert info.value.kind == "late"
 
 
+def test_a_duplicate_within_the_lateness_is_refused_after_100k_trades_and_ids_are_held_by_time() -> (
+    None
+):
+    """A trade sent twice is refused however many trades came between, and a symbol keeps the
+    ids of its open windows only: once they close, its memory of ids is empty."""
+    b = CandleBuilder(seconds=60, allowed_lateness=5)
+    b.add(_t("X", 0, 10, 1.0))
+    for i in range(1, 100_001):
+        b.add(_t("X", i, 10 + i % 7, 1.0 + 50.0 * i / 100_000))
+    with pytest.raises(BadRecord, match="duplicate"):
+        b.add(_t("X", 0, 10, 1.0))
+    assert sum(len(w.ids) for w in b._series["X"].windows.values()) == 100_001
+    b.add(_t("X", 100_001, 12, 70.0))  # watermark 65 closes [0, 60)
+    assert sum(len(w.ids) for w in b._series["X"].windows.values()) == 1
+    with pytest.raises(BadRecord) as info:  # sent again once its window closed: late
+        b.add(_t("X", 0, 10, 1.0))
+    assert info.value.kind == "late"
+
+
 def test_gaps_are_filled_with_flat_candles_and_vwap_is_volume_weighted() -> None:
     b = CandleBuilder(seconds=60, allowed_lateness=0)
     b.add(_t("X", 1, 10, 1, size=1))

@@ -636,6 +636,13 @@ def monitor(settings: Settings, duration: float | None) -> None:
 @_column_option
 @click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
+@click.option(
+    "--register-interval",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds between registered versions: at 600x, 10 s is 100 minutes of market time.",
+)
 @click.pass_obj
 @_target_options
 def demo(
@@ -646,6 +653,7 @@ def demo(
     columns: tuple[str, ...],
     speed: float,
     seed: int,
+    register_interval: float,
 ) -> None:
     """The whole loop on the embedded stack, with a status line; a summary at the end."""
     from rtml.app.demo import Demo, own_stack
@@ -666,6 +674,7 @@ def demo(
         out=click.echo,
         columns=column_mapping(columns),
         own_ports=replaying,
+        register_interval_s=register_interval,
     )
     try:
         evaluation = run.run(duration)
