@@ -56,12 +56,13 @@ def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_
     settings: Settings, tmp_path: Path
 ) -> None:
     """The trainer decides in event time: which version served which example is the same
-    whether the replay ran as fast as it could or at 25 candles a second, and no example was
+    whether the replay ran as fast as it could or at 50 candles a second, and no example was
     served by a model that had learned a label from after its features."""
-    path = _msft(tmp_path, rows=1400)
+    path = _msft(tmp_path, rows=1000)
     local = settings.model_copy(update={"state_dir": tmp_path / "state", "target": "volatility"})
-    fast = evaluate_file(local, path, refit_every=60, out=lambda _: None)
-    paced = evaluate_file(local, path, refit_every=60, speed=86400 * 25, out=lambda _: None)
+    lines: list[str] = []
+    fast = evaluate_file(local, path, refit_every=60, out=lines.append)
+    paced = evaluate_file(local, path, refit_every=60, speed=86400 * 50, out=lambda _: None)
     assert fast.examples == paced.examples > 600
     one, other = fast.rows[0], paced.rows[0]
     assert one.name == other.name == "served (event time)"
@@ -71,29 +72,16 @@ def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_
     assert fast.leaks == paced.leaks == 0
     assert fast.leaks_as_run == paced.leaks_as_run == 0
 
-
-@pytest.mark.integration
-@pytest.mark.timeout(900)  # about 3 minutes here; a fresh machine downloads and starts more
-def test_evaluate_on_real_daily_candles_serves_a_learned_volatility_model_that_beats_naive(
-    settings: Settings, tmp_path: Path
-) -> None:
-    path = _msft(tmp_path)
-    lines: list[str] = []
-    local = settings.model_copy(update={"state_dir": tmp_path / "state", "target": "volatility"})
-    report = evaluate_file(local, path, refit_every=120, out=lines.append)
-    rows = {r.name.split(" (")[0].split(" every")[0]: r for r in report.rows}
-    assert report.examples > 3000 and report.symbols == ["MSFT"]
-    assert report.target == "volatility" and report.loss == "absolute error"
-    served = rows["served"]  # the first "served" row: in event time
-    assert served.name == "served (event time)"
-    # volatility is learnable: the served model beats the naive forecast (the last H candles')
-    assert served.ratio_to_naive <= 0.85
-    assert served.loss <= rows["static"].loss
-    assert report.baseline_share < 0.2 and report.leaks == 0
+    # volatility is learnable: a learned model serves, and beats the naive forecast (the last
+    # H candles' realised volatility) and the initial fit left alone
+    rows = {r.name: r for r in fast.rows}
+    assert fast.target == "volatility" and fast.loss == "absolute error"
+    assert one.ratio_to_naive <= 0.85 and fast.baseline_share < 0.2
+    assert one.loss <= rows["static (initial fit)"].loss
     assert rows["naive"].ratio_to_naive == 1.0
-    folder = next((tmp_path / "state" / "evaluations").iterdir())
+    folder = sorted((tmp_path / "state" / "evaluations").iterdir())[0]
     written = json.loads((folder / "evaluation.json").read_text())
-    assert written["examples"] == report.examples and len(written["rows"]) == 6
-    assert {"ratio_to_naive", "ratio_se", "mae"} <= set(written["rows"][0])
+    assert written["examples"] == fast.examples and len(written["rows"]) == 6
+    assert {"ratio_to_naive", "ratio_se", "mae", "rank_correlation"} <= set(written["rows"][0])
     assert (folder / "evaluation.png").stat().st_size > 10_000
     assert any(line.startswith("served (event time)") for line in lines)

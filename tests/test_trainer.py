@@ -155,7 +155,7 @@ def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
 
 
 def test_a_diverging_model_is_never_promoted(settings: Settings) -> None:
-    local = _shard(settings, model_params={"lr": 50.0})
+    local = _shard(settings, model="linear", model_params={"lr": 50.0})
     ensure_topics(local, Topics.of(local).with_dlqs())
     warm, records = _history_and_stream(local)
     _produce(local, records)
