@@ -45,7 +45,7 @@ def _linear(p: Mapping[str, Any]) -> Any:
 
 
 def _ols(p: Mapping[str, Any]) -> Any:
-    smoothing = float(p.get("smoothing", 0.999))
+    smoothing = float(p.get("smoothing", 0.995))
     return linear_model.BayesianLinearRegression(
         alpha=float(p.get("alpha", 1.0)),
         beta=float(p.get("beta", 1.0)),

@@ -181,7 +181,7 @@ class Uploader:
         settings: Settings,
         run_id: str,
         capacity: int,
-        on_promote: Callable[[Any | None, float, bool], None] = lambda *_: None,
+        on_promote: Callable[[Any | None, float, bool, bool], None] = lambda *_: None,
         first_version_due: bool = False,
         last_checkpoint: str | None = None,
         registered_ago_s: float | None = None,
@@ -332,9 +332,11 @@ class Uploader:
         if (decision.promote or first) and self._register_due():
             version = self._register(learner, cp, decision)
             if decision.promote:
-                promoted = self._promote(version, learner)
-        elif not decision.promote and cp.champion is not None:
-            self._retire_if_failing(cp, learner.watermark)
+                promoted = self._promote(version, learner, refresh=cp.refresh)
+        elif not decision.promote and cp.champion is not None and cp.test is not None:
+            # retiring is a test too, made at the level spent on this incumbent's k-th test:
+            # a fixed margin, tested at every checkpoint, would retire a good champion by chance
+            self._retire_if_failing(cp, learner.watermark, spent_z(s.gate_alpha, cp.test))
         self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
         self.decisions.append((version, promoted, decision.reason))
         log.info(
@@ -365,10 +367,10 @@ class Uploader:
             registry.prune(self.settings, self.settings.keep_versions)
         return version
 
-    def _retire_if_failing(self, cp: Checkpoint, watermark: float) -> None:
-        """Serve the naive baseline instead of a champion that errs more than it."""
+    def _retire_if_failing(self, cp: Checkpoint, watermark: float, z: float) -> None:
+        """Serve the naive baseline instead of a champion that errs more than it by `z`."""
         assert cp.champion is not None
-        if not champion_fails(cp.champion, cp.naive, self.settings.gate_z):
+        if not champion_fails(cp.champion, cp.naive, z):
             return
         found = registry.decision(self.settings)
         if found and found.get("pinned"):
@@ -378,7 +380,7 @@ class Uploader:
             return
         registry.retire(self.settings, by=registry.TRAINER)
         registry.log_champion_change(self.settings, self.run_id, None, watermark)
-        self.on_promote(None, -math.inf, False)
+        self.on_promote(None, -math.inf, False, True)
         log.warning(
             "champion version %s errs more than the naive baseline on the newest %d examples: "
             "retired, the baseline is served until a version beats it",
@@ -386,7 +388,7 @@ class Uploader:
             len(cp.champion),
         )
 
-    def _promote(self, version: str, learner: Learner) -> bool:
+    def _promote(self, version: str, learner: Learner, refresh: bool = False) -> bool:
         """Make `version` the champion unless a person pinned the current one."""
         found = registry.decision(self.settings)
         if found and found.get("pinned"):
@@ -400,7 +402,7 @@ class Uploader:
             return False
         registry.promote(self.settings, version, by=registry.TRAINER)
         registry.log_champion_change(self.settings, self.run_id, version, learner.watermark)
-        self.on_promote(learner.model, learner.watermark, True)
+        self.on_promote(learner.model, learner.watermark, True, not refresh)
         return True
 
 
@@ -482,17 +484,20 @@ class Trainer:
         self.drifts_at_start = self.learner.drifts
 
     def _new_champion(
-        self, model: Any | None, through: float = -math.inf, ours: bool = False
+        self,
+        model: Any | None,
+        through: float = -math.inf,
+        ours: bool = False,
+        new_incumbent: bool = True,
     ) -> None:
         """`ours`: the trainer's gate promoted it, a checkpoint of this learner (which its
-        later checkpoints refresh), not a person's choice or a `retrain`."""
+        later checkpoints refresh), not a person's choice or a `retrain`. `new_incumbent`:
+        not a refresh of the learner that served, so the gate's budget starts again."""
         # called on the uploader thread; reference swaps, read at the next checkpoint
         self._champion, self._champion_through = model, through
         self._champion_ours = ours and model is not None
-        if self.learner is not None:
-            self.learner.gate_tests = 0  # a new incumbent: the gate's budget starts again
-        if self.learner is not None:
-            self.learner.gate_tests = 0  # a new incumbent: the gate's budget starts again
+        if new_incumbent and self.learner is not None:
+            self.learner.gate_tests = 0
 
     def params(self) -> dict[str, Any]:
         """What the trainer's MLflow run records as its parameters."""
@@ -537,7 +542,7 @@ class Trainer:
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
         fresher = self._champion is not None and self._champion_ours
-        test = None if fresher else self.learner.gate_test()
+        test = self.learner.gate_test()  # with a champion of its own: whether it should retire
         record = self.learner.take_record()
         if record is not None and test is not None and self._champion is None:
             errors, naive = record  # the warm start's whole history, scored as served

@@ -639,9 +639,9 @@ def monitor(settings: Settings, duration: float | None) -> None:
 @click.option(
     "--register-interval",
     type=float,
-    default=10.0,
+    default=3.0,
     show_default=True,
-    help="Seconds between registered versions: at 600x, 10 s is 100 minutes of market time.",
+    help="Seconds between registered versions: at 600x, 3 s is 30 minutes of market time.",
 )
 @click.pass_obj
 @_target_options
