@@ -72,9 +72,7 @@ def test_late_and_duplicate_trades_are_rejected() -> None:
     assert info.value.kind == "late"
 
 
-def test_a_duplicate_within_the_lateness_is_refused_after_100k_trades_and_ids_are_held_by_time() -> (
-    None
-):
+def test_a_duplicate_within_its_window_is_refused_after_100k_trades_and_ids_are_freed() -> None:
     """A trade sent twice is refused however many trades came between, and a symbol keeps the
     ids of its open windows only: once they close, its memory of ids is empty."""
     b = CandleBuilder(seconds=60, allowed_lateness=5)

@@ -53,4 +53,4 @@ def test_the_target_and_its_horizon_are_settings() -> None:
     with pytest.raises(ValueError, match="horizon"):
         Settings(horizon=101)  # a symbol keeps 101 candles: the naive forecast reads H + 1
     with pytest.raises(ValueError, match="target"):
-        Settings(target="price")
+        Settings.model_validate({"target": "price"})

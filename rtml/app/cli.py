@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from rtml.app.datasets import DATASETS
 from rtml.errors import RtmlError
 from rtml.pipelines.targets import TARGETS
 from rtml.settings import Settings
@@ -693,7 +694,7 @@ def demo(
 @click.argument("file", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--dataset",
-    type=click.Choice(["msft"]),
+    type=click.Choice(sorted(DATASETS)),
     default=None,
     help="A real market file from a package on the index, instead of FILE.",
 )

@@ -360,11 +360,15 @@ class Demo:
 
         profile = candle_profile(path, self.columns)
         if profile is not None:
-            update = {"candle_seconds": profile.seconds, "gap_policy": profile.gap_policy}
+            # a gap policy the user set (RTML_GAP_POLICY) wins over the file's guess
+            chosen = "gap_policy" in self.settings.model_fields_set
+            policy = self.settings.gap_policy if chosen else profile.gap_policy
+            update = {"candle_seconds": profile.seconds, "gap_policy": policy}
             if update != {k: getattr(self.settings, k) for k in update}:
                 self.out(
-                    f"   {path.name}: {profile.seconds} s candles, "
-                    f"gap policy {profile.gap_policy} ({profile.gaps:.0%} after a gap)"
+                    f"   {path.name}: {profile.seconds} s candles, gap policy {policy} "
+                    f"({'RTML_GAP_POLICY' if chosen else 'guessed'}; "
+                    f"{profile.gaps:.0%} after a gap)"
                 )
                 self.settings = self.settings.model_copy(update=update)
         frame = self._read(path)
