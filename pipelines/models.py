@@ -31,6 +31,7 @@ import numpy as np
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 
 from rtml.errors import ConfigError
+from rtml.pipelines.targets import TARGETS
 
 
 def _linear(p: Mapping[str, Any]) -> Any:
@@ -45,7 +46,7 @@ def _linear(p: Mapping[str, Any]) -> Any:
 
 
 def _ols(p: Mapping[str, Any]) -> Any:
-    smoothing = float(p.get("smoothing", 0.995))
+    smoothing = float(p.get("smoothing", 0.999))
     return linear_model.BayesianLinearRegression(
         alpha=float(p.get("alpha", 1.0)),
         beta=float(p.get("beta", 1.0)),
@@ -98,6 +99,8 @@ def build_model(name: str, params: Mapping[str, Any] | None = None, target: str 
         raise ConfigError(
             f"unknown model {name!r}; RTML_MODEL is one of {sorted(MODELS)}"
         ) from None
+    if name == "ols":  # the target declares how fast its model forgets, unless params say
+        params = {"smoothing": TARGETS[target].forgetting, **(params or {})}
     model: Any = compose.Pipeline(preprocessing.StandardScaler(), factory(params or {}))
     if name in CALIBRATED:
         model = preprocessing.TargetStandardScaler(model)

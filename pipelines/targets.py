@@ -87,6 +87,10 @@ class Target:
     loss_name: str
     bounds: tuple[float, float]
     description: str
+    forgetting: float
+    """The default `smoothing` of an `ols` model of it (`models.py`): the weight each older
+    example keeps. Returns switch regime within hours and are learned over about 200
+    examples; volatility is persistent, and learned over about 1,000."""
 
     def __reduce__(self) -> tuple[Callable[[str], Target], tuple[str]]:
         return target, (self.name,)  # pickled by name: its functions are module-level
@@ -102,6 +106,7 @@ TARGETS: dict[str, Target] = {
         "squared error",
         (1.0 / MAX_MOVE - 1.0, MAX_MOVE - 1.0),
         "the simple return from the candle's close to the close H candles later",
+        0.995,
     ),
     "volatility": Target(
         "volatility",
@@ -112,6 +117,7 @@ TARGETS: dict[str, Target] = {
         "absolute error",
         (VOL_FLOOR, math.log(MAX_MOVE) * 10.0),
         "the realised volatility of the next H candles (log returns)",
+        0.999,
     ),
 }
 """Target names for RTML_TARGET and `--target`."""

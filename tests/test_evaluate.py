@@ -58,7 +58,7 @@ def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_
     """The trainer decides in event time: which version served which example is the same
     whether the replay ran as fast as it could or at 50 candles a second, and no example was
     served by a model that had learned a label from after its features."""
-    path = _msft(tmp_path, rows=1000)
+    path = _msft(tmp_path, rows=1400)
     local = settings.model_copy(update={"state_dir": tmp_path / "state", "target": "volatility"})
     lines: list[str] = []
     fast = evaluate_file(local, path, refit_every=60, out=lines.append)
