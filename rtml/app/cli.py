@@ -209,8 +209,8 @@ def _target_options(command: Callable[..., None]) -> Callable[..., None]:
         settings: Settings, *args: Any, target: str | None, horizon: int | None, **kw: Any
     ) -> None:
         update = {k: v for k, v in (("target", target), ("horizon", horizon)) if v is not None}
-        if update:
-            settings = Settings.model_validate({**settings.model_dump(), **update})
+        if update:  # both checked by their options; a copy keeps what the user set apart
+            settings = settings.model_copy(update=update)
         command(settings, *args, **kw)
 
     run = click.option(
