@@ -54,3 +54,22 @@ def test_the_target_and_its_horizon_are_settings() -> None:
         Settings(horizon=101)  # a symbol keeps 101 candles: the naive forecast reads H + 1
     with pytest.raises(ValueError, match="target"):
         Settings.model_validate({"target": "price"})
+
+
+def test_target_and_horizon_options_override_only_what_they_name() -> None:
+    """`--target`/`--horizon` change those settings and leave every other one as the user set
+    it or not (a replay's gap policy is guessed only where the user set none)."""
+    from rtml.app.cli import _target_options
+
+    seen: list[Settings] = []
+
+    @_target_options
+    def command(settings: Settings) -> None:
+        seen.append(settings)
+
+    command(Settings(), target="volatility", horizon=None)
+    command(Settings(gap_policy="skip"), target=None, horizon=12)
+    assert (seen[0].target, seen[0].horizon) == ("volatility", 5)
+    assert "gap_policy" not in seen[0].model_fields_set
+    assert (seen[1].horizon, seen[1].gap_policy) == (12, "skip")
+    assert "gap_policy" in seen[1].model_fields_set
