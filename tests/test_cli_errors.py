@@ -164,3 +164,31 @@ def test_a_demo_or_evaluation_of_a_file_it_cannot_read_stops_before_starting_any
     vendor.write_text("Date,Open,High,Low,Close,Volume,Name\n" + "2024-01-02,1,1,1,1,5,X\n" * 3)
     line = _one_line(_rtml(env, "evaluate", str(vendor), cwd=tmp_path))
     assert "too few" in line, line
+
+
+def test_skip_is_accepted_for_any_candle_file_and_flat_is_refused_where_sessions_are(
+    tmp_path: Path,
+) -> None:
+    """`skip` never invents a candle, so a user may replay a file without sessions with it
+    (FX hours, whose weekends are under 1% of the steps); `flat` on a file with sessions would
+    invent every weekend, and is refused with what to set."""
+    from rtml.app.cli import check_candle_file
+    from rtml.errors import RtmlError
+
+    hourly = tmp_path / "hourly.csv"
+    hours = [f"2024-01-0{1 + h // 24} {h % 24:02d}:00:00" for h in range(96)]
+    hourly.write_text(
+        "symbol,ts,open,high,low,close,volume\n"
+        + "".join(f"FX,{h},1,2,0.5,1.5,100\n" for h in hours)
+    )
+    check_candle_file(Settings(candle_seconds=3600, gap_policy="skip"), hourly, {})
+    check_candle_file(Settings(candle_seconds=3600, gap_policy="flat"), hourly, {})
+    daily = tmp_path / "daily.csv"
+    days = [f"2024-01-{d:02d}" for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)]
+    daily.write_text(
+        "symbol,ts,open,high,low,close,volume\n"
+        + "".join(f"IDX,{d},1,2,0.5,1.5,100\n" for d in days)
+    )
+    check_candle_file(Settings(candle_seconds=86400, gap_policy="skip"), daily, {})
+    with pytest.raises(RtmlError, match="RTML_GAP_POLICY=skip"):
+        check_candle_file(Settings(candle_seconds=86400, gap_policy="flat"), daily, {})

@@ -191,7 +191,8 @@ def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -
     wrong = []
     if profile.seconds != settings.candle_seconds:
         wrong.append(f"RTML_CANDLE_SECONDS={profile.seconds}")
-    if profile.gap_policy != settings.gap_policy:
+    # `skip` never invents a candle: a user may replay any file with it (weekends of FX)
+    if profile.gap_policy != settings.gap_policy and settings.gap_policy == "flat":
         wrong.append(f"RTML_GAP_POLICY={profile.gap_policy}")
     if wrong:
         raise RtmlError(
