@@ -120,6 +120,24 @@ def paired(a: Sequence[float], b: Sequence[float], blocks: int = 10) -> Paired:
     return Paired(mean, se, blocks, sum(m < 0 for m in means))
 
 
+def _unfit(
+    candidate: Sequence[float], naive: Sequence[float], z_lately: float
+) -> GateDecision | None:
+    """Why a candidate cannot pass whatever it is compared with (too few or infinite losses,
+    or behind the naive forecast on the newest examples), or None."""
+    if len(candidate) < MIN_EXAMPLES:
+        return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
+    loss = sum(candidate) / len(candidate)
+    if not math.isfinite(loss):
+        return GateDecision(False, "no finite loss yet")
+    failing = loses_lately(candidate, naive, z_lately)
+    if failing:
+        return GateDecision(
+            False, f"loss {loss:.3g} errs more than the naive forecast's on the newest {failing}"
+        )
+    return None
+
+
 def gate(
     candidate: Sequence[float],
     naive: Sequence[float],
@@ -133,16 +151,10 @@ def gate(
     (the champion where there is one, else the naive forecast) by `z` block standard errors,
     and does not err more than the naive forecast on the newest examples by `z_lately`.
     """
-    if len(candidate) < MIN_EXAMPLES:
-        return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
+    refused = _unfit(candidate, naive, z_lately)
+    if refused is not None:
+        return refused
     loss = sum(candidate) / len(candidate)
-    if not math.isfinite(loss):
-        return GateDecision(False, "no finite loss yet")
-    failing = loses_lately(candidate, naive, z_lately)
-    if failing:
-        return GateDecision(
-            False, f"loss {loss:.3g} errs more than the naive forecast's on the newest {failing}"
-        )
     if champion is None:
         vs_naive = paired(candidate, naive, BLOCKS)
         if not vs_naive.beats(z):
@@ -200,16 +212,10 @@ def refresh(
     >>> refresh([e * 1.5 for e in naive], naive, [e * 0.9 for e in naive], z=2.0).promote
     False
     """
-    if len(candidate) < MIN_EXAMPLES:
-        return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
+    refused = _unfit(candidate, naive, z)
+    if refused is not None:
+        return refused
     loss = sum(candidate) / len(candidate)
-    if not math.isfinite(loss):
-        return GateDecision(False, "no finite loss yet")
-    failing = loses_lately(candidate, naive, z)
-    if failing:
-        return GateDecision(
-            False, f"loss {loss:.3g} errs more than the naive forecast's on the newest {failing}"
-        )
     if champion is not None and z >= 0:  # a negative margin: every refresh is let through
         theirs, ours = unseen_by(champion, candidate)
         if len(theirs) >= MIN_EXAMPLES and paired(ours, theirs, BLOCKS).loses(z):
