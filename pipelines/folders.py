@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtml.errors import ConfigError
-from rtml.pipelines.files import file_kind, in_event_time, read_table, replay
+from rtml.pipelines.files import AS_IS, Reading, file_kind, read_table, replay
 from rtml.records import BadRecord, Trade
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,16 @@ def replay_files(folder: Path) -> list[Path]:
         found.append(path)
     if not found:
         raise ConfigError(
-            f"{folder} holds no replay file: put CSV, JSON, Excel, Parquet or Arrow files of "
-            "trades or candles in it (compressed or zipped too)"
+            f"{folder} holds no replay file: put CSV, JSON, Parquet or Arrow files of trades "
+            "or candles in it (compressed or zipped too)"
         )
     return found
 
 
-def _first_time(path: Path, columns: dict[str, str] | None) -> float:
+def _first_time(path: Path, reading: Reading) -> float:
     """When the first trade or candle of `path` is: -inf when none of its times is readable
     (its rows are refused when it is replayed)."""
-    frame = read_table(path, columns)
-    if "ts" not in frame.columns or frame.empty:
-        return -math.inf
-    first = in_event_time(frame)["_start"].min()
+    first = read_table(path, reading, say=lambda _: None).frame["_start"].min()
     return float(first) if not math.isnan(first) else -math.inf
 
 
@@ -68,13 +65,13 @@ def _next_trade(stream: Iterator[Trade | BadRecord]) -> Generator[BadRecord, Non
 
 
 def replay_folder(
-    folder: Path, columns: dict[str, str] | None = None, candle_seconds: int = 60
+    folder: Path, reading: Reading = AS_IS, candle_seconds: int = 60
 ) -> Iterator[Trade | BadRecord]:
     """The trades of every replay file in `folder`, in event time across files (each file's
     own are in event time already), and each file's refused rows as it yields them."""
     paths = replay_files(folder)
     starts = sorted(
-        (_first_time(path, columns), i, path)
+        (_first_time(path, reading), i, path)
         for i, path in enumerate(tqdm(paths, desc=f"reading {folder.name}'s files", disable=None))
     )
     log.info("%s: %d files, replayed as one market in event time", folder, len(paths))
@@ -86,7 +83,7 @@ def replay_folder(
         # a file starts once the replay reaches its first trade: files apart in time are
         # read one after the other, files that overlap are merged
         while upcoming is not None and (not heap or upcoming[0] <= heap[0][0]):
-            stream = replay(upcoming[2], columns, candle_seconds)
+            stream = replay(upcoming[2], reading, candle_seconds)
             trade = yield from _next_trade(stream)
             if trade is not None:
                 heapq.heappush(heap, (trade.ts, next(order), trade, stream))

@@ -36,6 +36,7 @@ from typing import Any
 
 from river import drift
 
+from rtml.pipelines.gate import MIN_EXAMPLES
 from rtml.pipelines.models import LinearScorer, LinearStep
 from rtml.pipelines.targets import TARGETS, Target
 from rtml.records import Example
@@ -101,6 +102,9 @@ class Learner:
         """Gate tests since the champion (or the naive forecast) took its place."""
         self.tested_at = 0
         """`scored` at the last gate test."""
+        self.retire_tests = 0
+        """Tests of whether the champion errs more than the naive forecast, since it serves."""
+        self.retire_tested_at = 0
         self._record: tuple[list[float], list[float]] | None = None
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
@@ -143,6 +147,7 @@ class Learner:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         model = state.pop("model")
+        self.retire_tests = self.retire_tested_at = 0  # absent from an older rtml's learner
         self.__dict__.update(state)
         self._record = None
         self.model = model
@@ -277,6 +282,16 @@ class Learner:
         keep = max(len(ours) // 2, self.recent.maxlen or 0)
         return ours[-keep:], naive[-keep:]
 
+    def restart_record(self) -> None:
+        """Gate on the examples scored from now on only: the incumbent changed (a champion was
+        promoted or retired). The examples before were judged against the one before; a test
+        that starts at the change counts only evidence the change did not see, so it is
+        valid at its level, and a learner that erred through a turn of the market is judged
+        on how it serves after it, not held back until the turn leaves its window."""
+        self.recent.clear()
+        self.gate_tests = self.retire_tests = 0
+        self.tested_at = self.retire_tested_at = self.scored
+
     def gate_test(self) -> int | None:
         """The number of a gate test due now against the incumbent (1, 2, ...), or None.
 
@@ -289,6 +304,17 @@ class Learner:
         self.tested_at = self.scored
         self.gate_tests += 1
         return self.gate_tests
+
+    def retire_test(self) -> int | None:
+        """The number of a test due now of whether the champion errs more than the naive
+        forecast (1, 2, ...), or None: one every `gate.MIN_EXAMPLES` examples scored, so a
+        champion the market turned against is retired within a few dozen examples, each test
+        at the level its number spends (`gate.spent_z`)."""
+        if self.scored - self.retire_tested_at < MIN_EXAMPLES:
+            return None
+        self.retire_tested_at = self.scored
+        self.retire_tests = self.retire_tests + 1
+        return self.retire_tests
 
     def served_errors(self) -> tuple[list[float], list[float]]:
         """The losses of `recent`, as served, beside the naive forecast's on the same examples,

@@ -162,6 +162,9 @@ class Checkpoint:
     """The number of this checkpoint's gate test against the incumbent; None: no test due."""
     refresh: bool = False
     """The champion is this learner's own earlier checkpoint: this one may refresh it."""
+    retire_test: int | None = None
+    """The number of this checkpoint's test of whether the champion errs more than the naive
+    forecast; None: no test due."""
 
 
 class Uploader:
@@ -333,10 +336,10 @@ class Uploader:
             version = self._register(learner, cp, decision)
             if decision.promote:
                 promoted = self._promote(version, learner, refresh=cp.refresh)
-        elif not decision.promote and cp.champion is not None and cp.test is not None:
-            # retiring is a test too, made at the level spent on this incumbent's k-th test:
-            # a fixed margin, tested at every checkpoint, would retire a good champion by chance
-            self._retire_if_failing(cp, learner.watermark, spent_z(s.gate_alpha, cp.test))
+        elif not decision.promote and cp.champion is not None and cp.retire_test is not None:
+            # retiring is a test too, with a budget of its own spent the same way: a fixed
+            # margin, tested at every checkpoint, would retire a good champion by chance
+            self._retire_if_failing(cp, learner.watermark, spent_z(s.gate_alpha, cp.retire_test))
         self._alert_if_diverging(learner.learned, cp.metrics["rolling_mae"], decision)
         self.decisions.append((version, promoted, decision.reason))
         log.info(
@@ -422,6 +425,7 @@ class Trainer:
         self._champion: Any | None = None  # the champion's estimator, to score candidates
         self._champion_through = -math.inf  # the newest label time it learned
         self._champion_ours = False  # promoted by this trainer's gate: refreshed by it
+        self._new_incumbent = False  # the champion changed: tests start on new examples
         self.drifts_at_start = 0
         self.skips: set[tuple[int, int]] = set()  # (partition, offset) an operator skipped
         self.max_examples: int | None = None  # stop once the learner has learned this many
@@ -473,7 +477,10 @@ class Trainer:
             if loaded is not None:
                 found = registry.decision(self.settings) or {}
                 ours = found.get("by") == registry.TRAINER and found.get("action") == "promote"
-                self._new_champion(loaded.model, trained_through(loaded), ours)
+                # a restored learner's record and tests are against this champion already
+                self._new_champion(
+                    loaded.model, trained_through(loaded), ours, new_incumbent=restored is None
+                )
         except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError) as exc:
             # a version logged by an older rtml, whose pickle names classes that moved
             log.warning(
@@ -496,8 +503,8 @@ class Trainer:
         # called on the uploader thread; reference swaps, read at the next checkpoint
         self._champion, self._champion_through = model, through
         self._champion_ours = ours and model is not None
-        if new_incumbent and self.learner is not None:
-            self.learner.gate_tests = 0
+        if new_incumbent:
+            self._new_incumbent = True  # the learning thread restarts the record it gates on
 
     def params(self) -> dict[str, Any]:
         """What the trainer's MLflow run records as its parameters."""
@@ -541,8 +548,12 @@ class Trainer:
         if self.learner.settle_challenger():
             log.info("the challenger started at the last drift erred less: it is now the model")
         metrics = self.learner.metrics()
+        if self._new_incumbent:
+            self._new_incumbent = False
+            self.learner.restart_record()
         fresher = self._champion is not None and self._champion_ours
-        test = self.learner.gate_test()  # with a champion of its own: whether it should retire
+        test = self.learner.gate_test()
+        retire = self.learner.retire_test() if self._champion is not None else None
         record = self.learner.take_record()
         if record is not None and test is not None and self._champion is None:
             errors, naive = record  # the warm start's whole history, scored as served
@@ -556,10 +567,11 @@ class Trainer:
                 metrics,
                 errors,
                 naive,
-                self._champion_errors() if test is not None or fresher else None,
+                self._champion_errors() if test or fresher or retire else None,
                 self.topic_id,
                 test,
                 fresher,
+                retire,
             )
         )
 

@@ -11,14 +11,18 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from rtml.app.datasets import DATASETS
 from rtml.errors import RtmlError
+from rtml.pipelines.presets import PRESETS
 from rtml.pipelines.targets import TARGETS
 from rtml.settings import Settings
+
+if TYPE_CHECKING:
+    from rtml.pipelines.files import Reading
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -142,7 +146,7 @@ def _trade_source(
     seed: int,
     candles: int | None,
     start_ts: float | None,
-    columns: tuple[str, ...],
+    reading: Reading,
     stop: threading.Event,
     start_prices: dict[str, float] | None = None,
 ) -> Iterable[Any]:
@@ -160,15 +164,14 @@ def _trade_source(
     if source == "kraken" or source.startswith(("ws://", "wss://")):
         url = kraken.KRAKEN_WS_URL if source == "kraken" else source
         return kraken.stream(settings.symbols, url=url, stop=stop)
-    mapping = column_mapping(columns)
     path = Path(source)
     if path.is_dir():  # a file a day or a symbol: one market, in event time
         from rtml.pipelines import folders
 
-        check_candle_file(settings, folders.replay_files(path)[0], mapping)
-        return folders.replay_folder(path, mapping, settings.candle_seconds)
-    check_candle_file(settings, path, mapping)
-    return files.replay(path, mapping, settings.candle_seconds)
+        check_candle_file(settings, folders.replay_files(path)[0], reading)
+        return folders.replay_folder(path, reading, settings.candle_seconds)
+    check_candle_file(settings, path, reading)
+    return files.replay(path, reading, settings.candle_seconds)
 
 
 def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
@@ -180,24 +183,24 @@ def column_mapping(columns: tuple[str, ...]) -> dict[str, str]:
     return dict(c.split("=", 1) for c in columns)
 
 
-def check_candle_file(settings: Settings, path: Path, mapping: dict[str, str]) -> None:
-    """A candle file's own candle length and sessions must be the settings', before anything
-    starts: one line saying what to set otherwise."""
+def check_candle_file(settings: Settings, path: Path, reading: Reading) -> None:
+    """A candle file's own candle length must be the settings', and its sessions too unless
+    the user chose the gap policy (`--gap-policy`, RTML_GAP_POLICY): one line saying what to
+    set otherwise, before anything starts."""
     from rtml.pipelines import files
 
-    profile = files.candle_profile(path, mapping)
+    profile = files.candle_profile(path, reading)
     if profile is None:
         return
     wrong = []
     if profile.seconds != settings.candle_seconds:
         wrong.append(f"RTML_CANDLE_SECONDS={profile.seconds}")
-    # `skip` never invents a candle: a user may replay any file with it (weekends of FX)
-    if profile.gap_policy != settings.gap_policy and settings.gap_policy == "flat":
-        wrong.append(f"RTML_GAP_POLICY={profile.gap_policy}")
+    chosen = "gap_policy" in settings.model_fields_set
+    if profile.gap_policy != settings.gap_policy and not chosen:
+        wrong.append(f"--gap-policy {profile.gap_policy} (or RTML_GAP_POLICY)")
     if wrong:
         raise RtmlError(
-            f"{path} holds {profile.seconds} s candles, {profile.gaps:.0%} of them after a gap "
-            f"(sessions: {'yes' if profile.gap_policy == 'skip' else 'no'}); set "
+            f"{path} holds {profile.seconds} s candles with {profile.reason}; set "
             f"{' and '.join(wrong)} to replay it as it is"
         )
 
@@ -236,14 +239,63 @@ _source_option = click.option(
     "Parquet or Arrow file of trades or candles, or a folder of them (a file a day or a "
     "symbol: replayed as one market in event time).",
 )
-_column_option = click.option(
-    "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."
-)
+
+
+def _reading_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`--format`, `--column`, `--time-format`: how a replay file is read (a `Reading`), and
+    `--gap-policy`, which overrides RTML_GAP_POLICY for one command."""
+
+    @functools.wraps(command)
+    def run(
+        settings: Settings,
+        *args: Any,
+        fmt: str,
+        columns: tuple[str, ...],
+        time_format: str | None,
+        delimiter: str | None,
+        gap_policy: str | None,
+        **kw: Any,
+    ) -> None:
+        from rtml.pipelines.files import Reading
+
+        if gap_policy is not None:
+            settings = settings.model_copy(update={"gap_policy": gap_policy})
+        reading = Reading(fmt, column_mapping(columns), time_format, delimiter)
+        command(settings, *args, reading=reading, **kw)
+
+    for option in (
+        click.option(
+            "--gap-policy",
+            type=click.Choice(["flat", "skip"]),
+            default=None,
+            help="A silent window: a flat candle, or none (markets that close) "
+            "[RTML_GAP_POLICY; a file's own sessions otherwise].",
+        ),
+        click.option("--delimiter", default=None, help="The file's field delimiter [,]."),
+        click.option(
+            "--time-format",
+            default=None,
+            help="The file's times as a strftime format, e.g. '%d.%m.%Y %H:%M'.",
+        ),
+        click.option(
+            "--column", "columns", multiple=True, help="Map a replay column: NAME=FILE_COLUMN."
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["canonical", "auto", *PRESETS]),
+            default="canonical",
+            show_default=True,
+            help="How the replay file is written: rtml's columns, a vendor's preset "
+            "(`rtml formats`), or auto (the first preset that reads it).",
+        ),
+    ):
+        run = option(run)
+    return run
 
 
 @cli.command()
 @_source_option
-@_column_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--candles", type=int, default=None, help="Stop after this many synthetic candles.")
 @click.option("--speed", default=1.0, show_default=True, help="Times real time; 0: max speed.")
@@ -258,10 +310,11 @@ _column_option = click.option(
     help="Synthetic: start where the offline store ends, at each symbol's last close.",
 )
 @click.pass_obj
+@_reading_options
 def feed(
     settings: Settings,
     source: str,
-    columns: tuple[str, ...],
+    reading: Reading,
     seed: int,
     candles: int | None,
     speed: float,
@@ -285,7 +338,7 @@ def feed(
         start_ts, start_prices = fs.history_end(settings)
         if start_ts is None:
             click.echo("the offline store is empty: the synthetic market starts now", err=True)
-    items = _trade_source(settings, source, seed, candles, start_ts, columns, stop, start_prices)
+    items = _trade_source(settings, source, seed, candles, start_ts, reading, stop, start_prices)
     if source == "synthetic" or Path(source).exists():
         items = paced(items, speed)
     producer = make_producer(settings)
@@ -308,7 +361,6 @@ def features(settings: Settings, group: str, duration: float | None) -> None:
 
 @cli.command()
 @_source_option
-@_column_option
 @click.option("--seed", default=0, show_default=True)
 @click.option("--days", default=2.0, show_default=True, help="Synthetic history length.")
 @click.option(
@@ -316,10 +368,11 @@ def features(settings: Settings, group: str, duration: float | None) -> None:
 )
 @click.pass_obj
 @_target_options
+@_reading_options
 def backfill(
     settings: Settings,
     source: str,
-    columns: tuple[str, ...],
+    reading: Reading,
     seed: int,
     days: float,
     start_ts: float | None,
@@ -333,8 +386,27 @@ def backfill(
         candles = int(days * 86400 / settings.candle_seconds)
         if start_ts is None:
             start_ts = time.time() - candles * settings.candle_seconds
-    items = _trade_source(settings, source, seed, candles, start_ts, columns, threading.Event())
+    items = _trade_source(settings, source, seed, candles, start_ts, reading, threading.Event())
     click.echo(run_backfill(settings, items).line())
+
+
+@cli.command()
+def formats() -> None:
+    """The replay file formats: rtml's canonical columns and the vendors' presets."""
+    from rtml.pipelines.files import CANDLE_COLUMNS, OPTIONAL, TRADE_COLUMNS
+
+    def named(columns: Iterable[str]) -> str:
+        return ", ".join(f"[{c}]" if c in OPTIONAL else c for c in columns)
+
+    click.echo("canonical (the default; map yours with --column NAME=COLUMN, [optional]):")
+    click.echo(f"  trades   {named(TRADE_COLUMNS)}")
+    click.echo(f"  candles  {named(CANDLE_COLUMNS)}")
+    click.echo(
+        "  ts: epoch s, ms, us or ns, or ISO-8601; CSV (compressed too), JSON, Parquet, Arrow"
+    )
+    click.echo("presets (--format NAME; --format auto tries them in this order):")
+    for preset in PRESETS.values():
+        click.echo(f"  {preset.name:<20} {preset.kind:<8} {preset.about}")
 
 
 @cli.group()
@@ -635,7 +707,6 @@ def monitor(settings: Settings, duration: float | None) -> None:
 @click.option("--duration", type=float, default=None, help="Seconds to run [until Ctrl-C].")
 @_source_option
 @click.option("--days", default=2.0, show_default=True, help="Synthetic history to backfill.")
-@_column_option
 @click.option("--speed", default=600.0, show_default=True, help="Feed speed, times real time.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic market.")
 @click.option(
@@ -647,12 +718,13 @@ def monitor(settings: Settings, duration: float | None) -> None:
 )
 @click.pass_obj
 @_target_options
+@_reading_options
 def demo(
     settings: Settings,
     duration: float | None,
     source: str,
     days: float,
-    columns: tuple[str, ...],
+    reading: Reading,
     speed: float,
     seed: int,
     register_interval: float,
@@ -674,7 +746,7 @@ def demo(
         speed=speed,
         seed=seed,
         out=click.echo,
-        columns=column_mapping(columns),
+        reading=reading,
         own_ports=replaying,
         register_interval_s=register_interval,
     )
@@ -699,7 +771,6 @@ def demo(
     default=None,
     help="A real market file from a package on the index, instead of FILE.",
 )
-@_column_option
 @click.option("--refit-every", default=60, show_default=True, help="Candles between batch refits.")
 @click.option("--speed", default=0.0, show_default=True, help="Times real time; 0: max speed.")
 @click.option(
@@ -710,11 +781,12 @@ def demo(
 )
 @click.pass_obj
 @_target_options
+@_reading_options
 def evaluate(
     settings: Settings,
     file: Path | None,
     dataset: str | None,
-    columns: tuple[str, ...],
+    reading: Reading,
     refit_every: int,
     speed: float,
     register_interval: float | None,
@@ -733,7 +805,7 @@ def evaluate(
     evaluate_file(
         settings,
         file,
-        column_mapping(columns),
+        reading,
         refit_every=refit_every,
         speed=speed,
         register_interval_s=register_interval,

@@ -30,6 +30,7 @@ from rtml import registry
 from rtml.errors import ServiceError
 from rtml.kafka import Topics, read_messages
 from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.files import AS_IS, Reading
 from rtml.pipelines.targets import target
 from rtml.records import BadRecord, Example, Prediction, parse_example, parse_prediction
 from rtml.settings import Settings
@@ -207,7 +208,7 @@ class Demo:
         status_every: float = 5.0,
         out: Callable[[str], None] = print,
         register_interval_s: float | None = None,
-        columns: dict[str, str] | None = None,
+        reading: Reading | None = None,
         own_ports: bool = False,
     ) -> None:
         """`own_ports`: the stack's ports in `settings` were picked by `own_stack`, so a
@@ -215,7 +216,8 @@ class Demo:
         self.own_ports = own_ports
         self.run_id = time.strftime("%Y%m%d%H%M%S")
         self.source_name = source
-        self.columns = columns or {}
+        self.reading = reading or AS_IS
+        self._tables: dict[Path, Any] = {}
         """The replay file's column names for rtml's (`ts` -> `Date`), as the feed takes them."""
         self.settings = settings.model_copy(
             update={
@@ -323,15 +325,17 @@ class Demo:
         subprocess.run([self.rtml, *args], env=self.child_env(), check=True)
 
     def _read(self, path: Path) -> Any:
+        """The replay file's rows with rtml's column names, in event time (`files.Table`)."""
         from rtml.pipelines.files import read_table
 
-        return read_table(path, self.columns)
+        if path not in self._tables:
+            self._tables[path] = read_table(path, self.reading, say=lambda m: self.out(f"   {m}"))
+        return self._tables[path]
 
     def check_source(self) -> None:
         """A replay file is readable, holds trades or candles, and has rows: said before
         anything starts."""
         from rtml.errors import ConfigError
-        from rtml.pipelines.files import CANDLE_COLUMNS, TRADE_COLUMNS
 
         if self.source == "synthetic":
             return
@@ -341,39 +345,29 @@ class Demo:
                 f"{path} is a folder: the demo replays one file (half of it as history); "
                 "`rtml backfill --source` and `rtml feed --source` replay a folder of files"
             )
-        frame = self._read(path)
-        if not (set(TRADE_COLUMNS) <= set(frame.columns)) and not (
-            set(CANDLE_COLUMNS) <= set(frame.columns)
-        ):
-            raise ConfigError(
-                f"{path}: columns {sorted(map(str, frame.columns))} are neither trades "
-                f"{TRADE_COLUMNS} nor candles {CANDLE_COLUMNS}; map yours with "
-                "--column NAME=FILE_COLUMN (for example --column ts=Date)"
-            )
+        frame = self._read(path).frame
         if len(frame) < 4:
             raise ConfigError(f"{path} has {len(frame)} rows: too few to learn from")
 
     def take_symbols(self, path: Path) -> None:
         """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
         refuse symbols that are not configured) and, for candles, their length and sessions."""
-        from rtml.pipelines.files import candle_profile
+        from rtml.pipelines.files import profile_of
 
-        profile = candle_profile(path, self.columns)
+        table = self._read(path)
+        frame = table.frame
+        profile = profile_of(frame, table.preset.gap_policy) if table.kind == "candles" else None
         if profile is not None:
-            # a gap policy the user set (RTML_GAP_POLICY) wins over the file's guess
+            # a gap policy the user set (--gap-policy, RTML_GAP_POLICY) wins over the file's
             chosen = "gap_policy" in self.settings.model_fields_set
             policy = self.settings.gap_policy if chosen else profile.gap_policy
             update = {"candle_seconds": profile.seconds, "gap_policy": policy}
-            if update != {k: getattr(self.settings, k) for k in update}:
-                self.out(
-                    f"   {path.name}: {profile.seconds} s candles, gap policy {policy} "
-                    f"({'RTML_GAP_POLICY' if chosen else 'guessed'}; "
-                    f"{profile.gaps:.0%} after a gap)"
-                )
-                self.settings = self.settings.model_copy(update=update)
-        frame = self._read(path)
-        if "symbol" not in frame.columns:
-            return
+            self.out(
+                f"   {path.name}: {profile.seconds} s candles, gap policy {policy} ("
+                + ("chosen by the user" if chosen else profile.reason)
+                + ")"
+            )
+            self.settings = self.settings.model_copy(update=update)
         symbols = tuple(sorted(str(s) for s in frame["symbol"].dropna().unique()))
         if len(symbols) > MAX_DEMO_SYMBOLS:
             raise ServiceError(
@@ -389,9 +383,9 @@ class Demo:
         both with rtml's column names (a file written newest first splits the same way)."""
         import pandas as pd
 
-        from rtml.pipelines.files import file_kind, in_event_time
+        from rtml.pipelines.files import file_kind
 
-        frame = in_event_time(self._read(path)).drop(columns="_start")
+        frame = self._read(path).frame.drop(columns="_start")
         half = len(frame) // 2
         folder = self.settings.state / f"demo-{self.run_id}"
         folder.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ from scipy.stats import spearmanr
 from rtml import registry
 from rtml.app.demo import Demo, Evaluation, own_stack
 from rtml.app.stack import Stack
+from rtml.pipelines.files import Reading
 from rtml.pipelines.gate import paired
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
@@ -382,7 +383,7 @@ def plot(ev: Evaluation, curves: dict[str, list[float]], path: Path, bins: int =
 def evaluate_file(
     settings: Settings,
     source: Path,
-    columns: dict[str, str] | None = None,
+    reading: Reading | None = None,
     refit_every: int = 60,
     speed: float = 0.0,
     register_interval_s: float | None = None,
@@ -406,7 +407,7 @@ def evaluate_file(
         source=str(source),
         speed=speed,
         out=out,
-        columns=columns,
+        reading=reading,
         own_ports=True,
     )
     demo.check_source()  # before anything starts
