@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
@@ -152,3 +153,25 @@ def backfill(
         online.write_online(list(latest.values()))
     log.info("backfill done: %s", stats.line())
     return stats
+
+
+def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:
+    """Yield trades at `speed` times their event-time pace (0: as fast as possible).
+
+    Bad records pass straight through, for the caller to dead-letter.
+    """
+    if speed <= 0:
+        yield from trades
+        return
+    first_event: float | None = None
+    began = time.monotonic()
+    for trade in trades:
+        if isinstance(trade, BadRecord):
+            yield trade
+            continue
+        if first_event is None:
+            first_event = trade.ts
+        wait = (trade.ts - first_event) / speed - (time.monotonic() - began)
+        if wait > 0:
+            time.sleep(wait)
+        yield trade

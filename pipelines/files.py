@@ -11,11 +11,9 @@ a file that cannot be read at all is a `ConfigError` saying what to give instead
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import re
-import time
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,8 +27,6 @@ import pandas as pd
 from rtml.errors import ConfigError
 from rtml.pipelines.presets import EPOCH, ISO, PRESETS, Preset
 from rtml.records import (
-    FIRST_TIME,
-    LAST_TIME,
     BadRecord,
     Trade,
     event_time,
@@ -169,7 +165,7 @@ def _mapped(frame: pd.DataFrame, preset: Preset) -> dict[str, Any]:
     """rtml's names -> the frame's columns: the preset's, or for the canonical format every
     column named as rtml names it, in any case."""
     if preset.name != CANONICAL:
-        known = dict(preset.columns)
+        known: dict[str, Any] = dict(preset.columns)
     else:
         own = {str(c).strip().lower(): c for c in frame.columns}
         known = {n: own[n] for n in (*TRADE_COLUMNS, *CANDLE_COLUMNS) if n in own}
@@ -253,8 +249,8 @@ def read_table(path: Path, reading: Reading = AS_IS, say: Any = log.info) -> Tab
     frame = pd.DataFrame({n: raw[c] for n, c in names.items() if n not in ("date", "time")})
     frame["ts"] = times = _times(raw, names)
     if "symbol" not in frame:
-        found = re.search(preset.symbol, path.name)
-        frame["symbol"] = found.group(1) if found else path.stem
+        named = re.search(preset.symbol, path.name)
+        frame["symbol"] = named.group(1) if named else path.stem
     if kind == "trades":
         if "side" not in frame:
             frame["side"] = preset.side
@@ -317,13 +313,15 @@ def _times(raw: pd.DataFrame, names: Mapping[str, Any]) -> pd.Series:
 
 def _missing(names: Mapping[str, Any], preset: Preset) -> str:
     if preset.name == CANONICAL:
-        lacks = [sorted(_needed(k) - set(names)) for k in ("trades", "candles")]
-        return (
-            f"not in rtml's canonical format: trades lack {', '.join(lacks[0])}, candles lack "
-            f"{', '.join(lacks[1])} (optional: {', '.join(sorted(OPTIONAL))})"
+        trades, candles = (
+            ", ".join(sorted(_needed(k) - set(names))) for k in ("trades", "candles")
         )
-    lacks = sorted(str(preset.columns[n]) for n in preset.columns if n not in names)
-    return f"not read as {preset.name}: it has no column {', '.join(lacks)}"
+        return (
+            f"not in rtml's canonical format: trades lack {trades}, candles lack {candles} "
+            f"(optional: {', '.join(sorted(OPTIONAL))})"
+        )
+    absent = sorted(str(preset.columns[n]) for n in preset.columns if n not in names)
+    return f"not read as {preset.name}: it has no column {', '.join(absent)}"
 
 
 def _advice(path: Path) -> str:
@@ -428,90 +426,3 @@ def _start(row: dict[str, Any], written: str) -> float:
         parse_ts(value)  # raises its own reason (a year past 2261, text that is no time)
         raise BadRecord("wrong_type", f"ts {value!r:.80} is not written as {written}")
     return event_time({"ts": start}, "ts")
-
-
-@dataclass(frozen=True)
-class CandleProfile:
-    """What a candle file says about itself: its candle length and whether its market closes."""
-
-    seconds: int  # the most common step between a symbol's consecutive candles
-    gaps: float  # the share of steps longer than that
-    gap_policy: Literal["flat", "skip"]
-    reason: str
-
-
-WEEKEND = 36 * 3600
-"""A hole this long that ends on a Sunday or a Monday (UTC) is a weekly close."""
-
-
-def candle_profile(path: Path, reading: Reading = AS_IS) -> CandleProfile | None:
-    """The candle length and sessions of a candle file; None for a file of trades.
-
-    A market with weekly closes (FX, stocks, futures) shows a hole of 36 hours or more in most
-    of its weeks, and one with trading hours a hole in most of its days: both are replayed
-    with the `skip` gap policy (no candle invented while it is closed). Any other file is
-    `flat`, unless its preset declares its vendor's sessions.
-    """
-    table = read_table(path, reading, say=lambda _: None)
-    if table.kind != "candles":
-        return None
-    return profile_of(table.frame, table.preset.gap_policy)
-
-
-def profile_of(frame: pd.DataFrame, declared: str | None = None) -> CandleProfile | None:
-    """`candle_profile` of a table's frame.
-
-    >>> days = pd.Series(pd.bdate_range("2024-01-01", periods=15)).astype("int64") / 1e9
-    >>> found = profile_of(pd.DataFrame({"symbol": "X", "_start": days}))
-    >>> found.seconds, found.gap_policy, found.reason
-    (86400, 'skip', 'a hole of 36 h or more in 2 of 2 weeks')
-    """
-    steps, holes, days, weeks = [], [], set(), set()
-    for _, rows in frame.groupby("symbol", sort=False):
-        stamps = np.unique(rows["_start"].to_numpy())
-        stamps = stamps[(stamps >= FIRST_TIME) & (stamps < LAST_TIME)]
-        steps.extend(np.diff(stamps))
-        days.update((stamps // 86_400).tolist())
-        weeks.update(((stamps // 86_400 + 3) // 7).tolist())  # weeks from Monday
-        holes.extend((a, b) for a, b in itertools.pairwise(stamps))
-    if not steps:
-        return None
-    step = int(pd.Series(np.round(steps)).mode().iloc[0])
-    if step <= 0:
-        return None
-    long = [(a, b) for a, b in holes if b - a > step * 1.5]
-    gaps = len(long) / len(steps)
-    weekly = {(b // 86_400 + 3) // 7 for a, b in long if b - a >= WEEKEND}
-    closed = max(3 * step, 1800)  # a trading day's close, not a quiet minute
-    daily = {b // 86_400 for a, b in long if closed <= b - a < WEEKEND}
-    full_weeks = max(len(weeks) - 1, 0)
-    if full_weeks and len(weekly) >= 0.5 * full_weeks:
-        reason = f"a hole of 36 h or more in {len(weekly)} of {full_weeks} weeks"
-        return CandleProfile(step, gaps, "skip", reason)
-    if step < 86_400 and len(days) > 2 and len(daily) >= 0.5 * (len(days) - 1):
-        return CandleProfile(step, gaps, "skip", f"a hole in {len(daily)} of {len(days)} days")
-    if declared is not None:
-        return CandleProfile(step, gaps, declared, f"its preset declares {declared}")  # type: ignore[arg-type]
-    return CandleProfile(step, gaps, "flat", f"no weekly or daily closes ({gaps:.1%} of steps)")
-
-
-def paced(trades: Iterable[Trade | BadRecord], speed: float) -> Iterator[Trade | BadRecord]:
-    """Yield trades at `speed` times their event-time pace (0: as fast as possible).
-
-    Bad records pass straight through, for the caller to dead-letter.
-    """
-    if speed <= 0:
-        yield from trades
-        return
-    first_event: float | None = None
-    began = time.monotonic()
-    for trade in trades:
-        if isinstance(trade, BadRecord):
-            yield trade
-            continue
-        if first_event is None:
-            first_event = trade.ts
-        wait = (trade.ts - first_event) / speed - (time.monotonic() - began)
-        if wait > 0:
-            time.sleep(wait)
-        yield trade

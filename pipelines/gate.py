@@ -203,8 +203,11 @@ def refresh(
     The learner earned the place by the test above: its losses as served, which are the
     losses of a model refreshed every horizon, beat the incumbent's. Its next checkpoints are
     the same learner, knowing more; they follow the market as the test assumed, unless one
-    errs more than the naive forecast on the newest examples, or more than the champion on
-    the examples the champion has not learned from, by `z` block standard errors.
+    errs more than the champion on the examples the champion has not learned from, by `z`
+    block standard errors. Where the market turned, a fresher checkpoint is let through even
+    if it errs more than the naive forecast for now: it has seen more of the turn than the
+    one serving, and whether the naive forecast should serve instead is the retirement
+    test's to say (`champion_fails`).
 
     >>> naive = [0.010, 0.012, 0.011, 0.009, 0.0105] * 40
     >>> refresh([e * 0.9 for e in naive], naive, [e * 0.9 for e in naive], z=2.0).promote
@@ -212,10 +215,11 @@ def refresh(
     >>> refresh([e * 1.5 for e in naive], naive, [e * 0.9 for e in naive], z=2.0).promote
     False
     """
-    refused = _unfit(candidate, naive, z)
-    if refused is not None:
-        return refused
+    if len(candidate) < MIN_EXAMPLES:
+        return GateDecision(False, f"only {len(candidate)} examples scored as served yet")
     loss = sum(candidate) / len(candidate)
+    if not math.isfinite(loss):
+        return GateDecision(False, "no finite loss yet")
     if champion is not None and z >= 0:  # a negative margin: every refresh is let through
         theirs, ours = unseen_by(champion, candidate)
         if len(theirs) >= MIN_EXAMPLES and paired(ours, theirs, BLOCKS).loses(z):

@@ -105,6 +105,8 @@ class Learner:
         self.retire_tests = 0
         """Tests of whether the champion errs more than the naive forecast, since it serves."""
         self.retire_tested_at = 0
+        self.restarted_at = 0
+        """`scored` when the incumbent last changed (`restart_record`)."""
         self._record: tuple[list[float], list[float]] | None = None
         self._snapshots: deque[tuple[float, Any]] = deque(maxlen=SNAPSHOTS)
         self.snapshot(-math.inf)
@@ -147,7 +149,8 @@ class Learner:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         model = state.pop("model")
-        self.retire_tests = self.retire_tested_at = 0  # absent from an older rtml's learner
+        # absent from an older rtml's learner
+        self.retire_tests = self.retire_tested_at = self.restarted_at = 0
         self.__dict__.update(state)
         self._record = None
         self.model = model
@@ -290,16 +293,21 @@ class Learner:
         on how it serves after it, not held back until the turn leaves its window."""
         self.recent.clear()
         self.gate_tests = self.retire_tests = 0
-        self.tested_at = self.retire_tested_at = self.scored
+        self.tested_at = self.retire_tested_at = self.restarted_at = self.scored
 
     def gate_test(self) -> int | None:
         """The number of a gate test due now against the incumbent (1, 2, ...), or None.
 
-        A test is due once half a window of examples has been scored since the last: tests
-        then look at evidence at least half new, and a run of many checkpoints spends its
-        gate's budget (`gate.spent_z`) on a number of tests that grows with the examples.
+        The first test falls due `2 * MIN_EXAMPLES` examples after the incumbent took its
+        place, and each next one once as many new examples have been scored as half of those
+        since (at most half a window): a learner better than what serves is let in within
+        about a hundred examples of a turn of the market, and a run of many checkpoints
+        spends its gate's budget (`gate.spent_z`) on a number of tests that grows with the
+        examples, not the checkpoints.
         """
-        if self.scored - self.tested_at < max(1, (self.recent.maxlen or 1) // 2):
+        since = self.scored - self.restarted_at
+        due = min((self.recent.maxlen or 1) // 2, max(2 * MIN_EXAMPLES, since // 2))
+        if self.scored - self.tested_at < due:
             return None
         self.tested_at = self.scored
         self.gate_tests += 1

@@ -100,7 +100,7 @@ def test_a_candle_file_unlike_the_settings_is_refused_with_what_to_set(tmp_path:
         + "".join(f"IDX,{d},1,2,0.5,1.5,100\n" for d in days)
     )
     line = _one_line(_rtml(_env(tmp_path), "backfill", "--source", str(daily), cwd=tmp_path))
-    assert "RTML_CANDLE_SECONDS=86400" in line and "RTML_GAP_POLICY=skip" in line
+    assert "RTML_CANDLE_SECONDS=86400" in line and "--gap-policy skip" in line
 
 
 @pytest.mark.integration
@@ -163,17 +163,20 @@ def test_a_demo_or_evaluation_of_a_file_it_cannot_read_stops_before_starting_any
     vendor = tmp_path / "vendor.csv"
     vendor.write_text("Date,Open,High,Low,Close,Volume,Name\n" + "2024-01-02,1,1,1,1,5,X\n" * 3)
     line = _one_line(_rtml(env, "evaluate", str(vendor), cwd=tmp_path))
+    assert "--format yahoo" in line, line  # the preset that reads it, and the command
+    line = _one_line(_rtml(env, "evaluate", str(vendor), "--format", "yahoo", cwd=tmp_path))
     assert "too few" in line, line
 
 
-def test_skip_is_accepted_for_any_candle_file_and_flat_is_refused_where_sessions_are(
+def test_the_users_gap_policy_is_taken_and_a_file_with_sessions_asks_for_one(
     tmp_path: Path,
 ) -> None:
-    """`skip` never invents a candle, so a user may replay a file without sessions with it
-    (FX hours, whose weekends are under 1% of the steps); `flat` on a file with sessions would
-    invent every weekend, and is refused with what to set."""
+    """A gap policy the user set (`--gap-policy`, RTML_GAP_POLICY) is taken for any candle
+    file; without one, a file whose market closes (a hole in most weeks) is refused with what
+    to set, and one that never closes is replayed `flat`."""
     from rtml.app.cli import check_candle_file
     from rtml.errors import RtmlError
+    from rtml.pipelines.files import AS_IS
 
     hourly = tmp_path / "hourly.csv"
     hours = [f"2024-01-0{1 + h // 24} {h % 24:02d}:00:00" for h in range(96)]
@@ -181,14 +184,15 @@ def test_skip_is_accepted_for_any_candle_file_and_flat_is_refused_where_sessions
         "symbol,ts,open,high,low,close,volume\n"
         + "".join(f"FX,{h},1,2,0.5,1.5,100\n" for h in hours)
     )
-    check_candle_file(Settings(candle_seconds=3600, gap_policy="skip"), hourly, {})
-    check_candle_file(Settings(candle_seconds=3600, gap_policy="flat"), hourly, {})
     daily = tmp_path / "daily.csv"
-    days = [f"2024-01-{d:02d}" for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)]
+    days = [f"2024-01-{d:02d}" for d in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 15, 16)]
     daily.write_text(
         "symbol,ts,open,high,low,close,volume\n"
         + "".join(f"IDX,{d},1,2,0.5,1.5,100\n" for d in days)
     )
-    check_candle_file(Settings(candle_seconds=86400, gap_policy="skip"), daily, {})
-    with pytest.raises(RtmlError, match="RTML_GAP_POLICY=skip"):
-        check_candle_file(Settings(candle_seconds=86400, gap_policy="flat"), daily, {})
+    check_candle_file(Settings(candle_seconds=3600), hourly, AS_IS)
+    for policy in ("flat", "skip"):
+        check_candle_file(Settings(candle_seconds=3600, gap_policy=policy), hourly, AS_IS)
+        check_candle_file(Settings(candle_seconds=86400, gap_policy=policy), daily, AS_IS)
+    with pytest.raises(RtmlError, match=r"hole of 36 h or more in 2 of 2 weeks.*--gap-policy skip"):
+        check_candle_file(Settings(candle_seconds=86400), daily, AS_IS)

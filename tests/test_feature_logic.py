@@ -15,8 +15,9 @@ import pytest
 
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import FEATURE_NAMES, HISTORY, WARMUP, model_inputs
-from rtml.pipelines.files import candle_profile, replay
+from rtml.pipelines.files import replay
 from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.sessions import candle_profile
 from rtml.pipelines.sink import candles_frame, read_candles
 from rtml.pipelines.sources import SyntheticMarket
 from rtml.records import BadRecord, Trade, parse_trade

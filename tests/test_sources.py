@@ -24,9 +24,11 @@ from rtml.app.demo import Demo
 from rtml.errors import ConfigError, RtmlError
 from rtml.pipelines import files, kraken
 from rtml.pipelines.candles import CandleBuilder
-from rtml.pipelines.files import Reading, candle_profile, detect, matches, paced, replay
+from rtml.pipelines.feed import paced
+from rtml.pipelines.files import Reading, detect, matches, replay
 from rtml.pipelines.presets import PRESETS
 from rtml.pipelines.processor import FeatureProcessor
+from rtml.pipelines.sessions import candle_profile
 from rtml.pipelines.sources import REGIMES, SyntheticMarket
 from rtml.records import BadRecord, Trade
 from rtml.settings import Settings

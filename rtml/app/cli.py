@@ -187,9 +187,9 @@ def check_candle_file(settings: Settings, path: Path, reading: Reading) -> None:
     """A candle file's own candle length must be the settings', and its sessions too unless
     the user chose the gap policy (`--gap-policy`, RTML_GAP_POLICY): one line saying what to
     set otherwise, before anything starts."""
-    from rtml.pipelines import files
+    from rtml.pipelines.sessions import candle_profile
 
-    profile = files.candle_profile(path, reading)
+    profile = candle_profile(path, reading)
     if profile is None:
         return
     wrong = []
@@ -324,8 +324,7 @@ def feed(
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
     from rtml.kafka import Topics, ensure_topics, make_producer
-    from rtml.pipelines.feed import publish
-    from rtml.pipelines.files import paced
+    from rtml.pipelines.feed import paced, publish
 
     stop = threading.Event()
     install_signal_handlers(stop)

@@ -352,7 +352,7 @@ class Demo:
     def take_symbols(self, path: Path) -> None:
         """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
         refuse symbols that are not configured) and, for candles, their length and sessions."""
-        from rtml.pipelines.files import profile_of
+        from rtml.pipelines.sessions import profile_of
 
         table = self._read(path)
         frame = table.frame
