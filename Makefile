@@ -58,10 +58,11 @@ run-trainer: install
 run-predictor: install
 	$(BIN)/rtml serve
 
-# make demo [DURATION=120] [SOURCE=trades.csv] [SPEED=600]: the whole loop; Ctrl-C stops it
+# make demo [DURATION=120] [SOURCE=trades.csv] [FORMAT=preset] [SPEED=600]: the whole loop
 demo: install
 	$(BIN)/rtml demo $(if $(DURATION),--duration $(DURATION)) $(if $(SOURCE),--source $(SOURCE)) \
-		$(if $(SPEED),--speed $(SPEED)) $(foreach c,$(COLUMNS),--column $(c))
+		$(if $(SPEED),--speed $(SPEED)) $(if $(FORMAT),--format $(FORMAT)) \
+		$(foreach c,$(COLUMNS),--column $(c))
 
 # a real market file through the whole system, for each target (TARGETS="volatility" for one):
 # SOURCE=file.csv, or Microsoft's daily candles
@@ -69,7 +70,7 @@ TARGETS ?= return volatility
 eval: install
 	set -e; for target in $(TARGETS); do \
 		$(BIN)/rtml evaluate $(if $(SOURCE),$(SOURCE),--dataset msft) --target $$target \
-			$(foreach c,$(COLUMNS),--column $(c)); \
+			$(if $(FORMAT),--format $(FORMAT)) $(foreach c,$(COLUMNS),--column $(c)); \
 	done
 
 clean: down

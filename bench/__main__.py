@@ -320,8 +320,9 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
     River predict-then-learn loop over the same examples; beside it, the same loop over the
     records from memory, and what a bare consumer gets from the broker. Each is the best of
     three, the three measured in turn (`_interleaved`)."""
+    from rtml.pipelines.features import FEATURE_BOUNDS, TARGET_BOUNDS
     from rtml.pipelines.models import build_model
-    from rtml.records import parse_example
+    from rtml.records import examples_reader
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(
@@ -352,7 +353,8 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
         producer.poll(0)
     producer.flush(30)
 
-    examples = [parse_example(r) for r in records]
+    reader = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
+    examples = [reader.read(r) for r in records]
 
     def bare() -> float:
         model = build_model("linear")

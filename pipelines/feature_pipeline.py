@@ -42,7 +42,7 @@ from rtml.pipelines.emitted import Emitted
 from rtml.pipelines.features import HISTORY, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
 from rtml.pipelines.sink import FeatureSink, read_candles
-from rtml.records import BadRecord, Trade, UsualTrades, parse_trade
+from rtml.records import TRADES, BadRecord, Trade
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -168,7 +168,6 @@ class FeaturePipeline:
         self.stats = PipelineStats()
         self.processor = FeatureProcessor.of(settings)
         self.symbols = frozenset(settings.symbols)
-        self._usual_trades = UsualTrades()  # the usual trade in one go; the rest field by field
         self._emitted = Emitted()
         self._history = History()
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
@@ -346,7 +345,7 @@ class FeaturePipeline:
         trade: Trade | None = None
         try:
             raw = msg.value() or b""
-            trade = self._usual_trades.read(raw) or parse_trade(raw)
+            trade = TRADES.read(raw)
             if trade.symbol not in self.symbols:
                 # a window opened for it would never close and pin the commit behind it
                 raise BadRecord(

@@ -11,6 +11,7 @@ a file that cannot be read at all is a `ConfigError` saying what to give instead
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -18,6 +19,7 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,14 +28,7 @@ import pandas as pd
 
 from rtml.errors import ConfigError
 from rtml.pipelines.presets import EPOCH, ISO, PRESETS, Preset
-from rtml.records import (
-    BadRecord,
-    Trade,
-    event_time,
-    number,
-    parse_trade,
-    parse_ts,
-)
+from rtml.records import BadRecord, Trade, event_time, parse_trade
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +384,6 @@ def replay(
             volume = row["volume"]
             if volume is None or (isinstance(volume, float) and math.isnan(volume)):
                 volume = 0.0  # a price without volume, as an index's or a currency's
-            size = number({"volume": volume}, "volume", positive=False, text=True)
             # the four trades stay inside the window the candle starts in, even for a start
             # that is not on a window boundary (a session opening at 09:30, a zone offset)
             window_end = (math.floor(start / candle_seconds) + 1) * candle_seconds
@@ -403,7 +397,7 @@ def replay(
                         # 0, 1, ... too, and its trades would be dropped as seen before
                         "trade_id": f"c{start:.3f}-{j}",
                         "price": price,
-                        "size": size / 4,
+                        "size": volume,
                         "side": "buy",
                         "ts": start + j * quarter,
                     }
@@ -413,16 +407,19 @@ def replay(
         except BadRecord as exc:
             yield exc
             continue
+        for trade in trades:  # the volume, checked as a trade's size, is the four trades'
+            trade.size /= 4
         yield from trades
 
 
 def _start(row: dict[str, Any], written: str) -> float:
-    """A row's time in seconds, or BadRecord: one that could not be read as the file's format
-    writes it (parsed again, for the reason), or out of the years rtml reads."""
+    """A row's time in seconds, or BadRecord: one that is not written as the file's format
+    says, or out of the years rtml reads (an end-of-time `9999-12-31`, 1e23 ns)."""
     start, value = row["_start"], row["ts"]
     if math.isnan(start):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise BadRecord("missing_field", "ts is empty")
-        parse_ts(value)  # raises its own reason (a year past 2261, text that is no time)
+        with contextlib.suppress(ValueError, TypeError):  # a day pandas' nanoseconds cannot hold
+            event_time(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp())
         raise BadRecord("wrong_type", f"ts {value!r:.80} is not written as {written}")
-    return event_time({"ts": start}, "ts")
+    return event_time(start)

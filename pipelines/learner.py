@@ -15,13 +15,11 @@ taken before the example's feature time (`recent`, which the gate reads); the sn
 least one horizon apart, so that model is at most two horizons old.
 
 >>> from rtml.pipelines.models import build_model
->>> from rtml.records import parse_example
+>>> from rtml.records import Example
 >>> learner = Learner(build_model("linear"), window=3)
->>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
-...     "features": {"ret_1": 0.01}, "target": 0.02}))
+>>> learner.step(Example("X", 60.0, 360.0, {"ret_1": 0.01}, 0.02))
 True
->>> learner.step(parse_example({"symbol": "X", "ts": 60, "label_ts": 360,
-...     "features": {"ret_1": 0.01}, "target": 0.02}))
+>>> learner.step(Example("X", 60.0, 360.0, {"ret_1": 0.01}, 0.02))
 False
 >>> learner.learned, round(learner.metrics()["mae"], 4)
 (1, 0.02)

@@ -44,12 +44,12 @@ from rtml.kafka import (
     make_producer,
     send,
 )
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
+from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from rtml.pipelines.gate import GateDecision, champion_fails, gate, refresh, spent_z
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
 from rtml.pipelines.targets import Target, target
-from rtml.records import BadRecord, Example, UsualExamples, parse_example
+from rtml.records import BadRecord, Example, examples_reader
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
@@ -447,7 +447,8 @@ class Trainer:
         # the labels it learns are one series (the learner's watermark is global)
         self._future = FutureRule(settings.max_step_s, settings.max_gap_s)
         # only the features the model reads: other keys would each become a weight for good
-        self._usual_examples = UsualExamples(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
+        # only the features the model reads: other keys would each become a weight for good
+        self._examples = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
         self.label = target(settings.target)
 
     def restore_or_warm_start(self) -> None:
@@ -632,10 +633,7 @@ class Trainer:
             done["skipped"] += 1
             return
         raw = msg.value() or b""
-        if (usual := self._usual_examples.read(raw)) is not None:
-            ex = self._admit(usual, bounded=True)
-        else:  # anything but rtml's own record, in bounds: read and checked field by field
-            ex = self._admit(parse_example(raw, FEATURE_NAMES))
+        ex = self._admit(self._examples.read(raw))
         if ex.symbol not in self.own_symbols:
             done["other_shard"] += 1
             return
@@ -662,11 +660,11 @@ class Trainer:
         if self.max_examples is not None and self.learner.learned >= self.max_examples:
             self.stop.set()
 
-    def _admit(self, ex: Example, bounded: bool = False) -> Example:
+    def _admit(self, ex: Example) -> Example:
         """Event-time sanity: the symbol is configured, the label came a horizon after its
-        features (not sooner; and not later where every window has a candle), and the label
-        time is not far ahead; and each value within its bounds, unless it is known to be
-        (`bounded`).
+        features (not sooner; and not later where every window has a candle), the label time
+        is not far ahead, and the target within the target's own bounds (the schema bounds
+        each feature and every target alike).
 
         An example from the year 2286 would otherwise become every later example's "seen
         before" and the model's `trained_through`. One whose features date from long before
@@ -682,8 +680,6 @@ class Trainer:
         self._future.jumped(
             "", ex.label_ts, learner.watermark, learner.learned >= SETTLED, ex.symbol
         )
-        if not bounded and (beyond := out_of_bounds(ex.features, ex.target)) is not None:
-            raise BadRecord("out_of_range", f"{ex.symbol}@{ex.ts}: {beyond}")
         low, high = self.label.bounds
         if not low <= ex.target <= high:  # a return's bounds admit what no volatility can be
             raise BadRecord(

@@ -39,21 +39,18 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.features import out_of_bounds
+from rtml.pipelines.features import FEATURE_BOUNDS, out_of_bounds
 from rtml.pipelines.learner import RollingMean
 from rtml.pipelines.targets import target
-from rtml.records import (
-    BadRecord,
-    Prediction,
-    parse_example,
-    parse_features,
-    parse_prediction,
-)
+from rtml.records import BadRecord, Prediction, examples_reader, features_reader, parse_prediction
 from rtml.runner import Counters, GroupSource, Runner
 from rtml.serving.model_holder import BASELINE
 from rtml.settings import Settings
 
 NAIVE_READS = ("rv_h",)
+_EXAMPLES = examples_reader(NAIVE_READS, FEATURE_BOUNDS, (-1e30, 1e30))
+_PRICES = features_reader(("close",), {"close": (0.0, 1e30)})
+"""The monitor reads of `examples` and `features` only what it shows."""
 """The features a naive forecast reads (`pipelines.targets`)."""
 
 log = logging.getLogger(__name__)
@@ -397,7 +394,7 @@ class MonitorService:
             with self.lock:
                 m.on_prediction(prediction)
         elif topic == self.topics.examples:
-            ex = parse_example(raw, NAIVE_READS)  # the target, and what the naive forecast reads
+            ex = _EXAMPLES.read(raw)  # the target, and what the naive forecast reads
             self._known(ex.symbol, ex.label_ts)
             if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
                 raise BadRecord("out_of_range", beyond)
@@ -405,7 +402,7 @@ class MonitorService:
             with self.lock:
                 m.on_example(ex.symbol, ex.ts, ex.target, naive)
         else:
-            row = parse_features(raw, ("close",))
+            row = _PRICES.read(raw)
             self._known(row.symbol, row.ts)
             with self.lock:
                 m.on_price(row.symbol, row.ts, row.values.get("close"))

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 from collections import Counter
-from typing import Any
+from collections.abc import Iterable
 
 import orjson
 from confluent_kafka import Message, Producer
@@ -21,14 +21,7 @@ from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.models import LinearScorer
-from rtml.records import (
-    BadRecord,
-    FeatureRow,
-    Prediction,
-    UsualFeatures,
-    decode_object,
-    parse_features,
-)
+from rtml.records import BadRecord, FeatureRow, Prediction, features_reader
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.serving.model_holder import ModelHolder, ModelRouter, Served
 from rtml.settings import Settings
@@ -55,7 +48,7 @@ class StreamingPredictor:
         self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
         self._producer: Producer | None = None
         self._fused: dict[int, Fused] = {}  # each model served, as `_usual` reads it
-        self._usual_features = UsualFeatures(FEATURE_NAMES, FEATURE_BOUNDS)
+        self._features = features_reader(FEATURE_NAMES, FEATURE_BOUNDS)
 
     @property
     def predicted(self) -> int:
@@ -72,18 +65,14 @@ class StreamingPredictor:
     def step(self, msg: Message) -> None:
         """Predict one `features` record onto `predictions`."""
         raw = msg.value() or b""
-        usual = self._usual_features.read(raw)
-        if usual is None:
-            self._predict(decode_object(raw))
-        elif not self._usual(*usual):  # read already: another kind of model, or symbol
-            symbol, ts, values = usual
-            self._predict_row(FeatureRow(symbol, ts, dict(zip(FEATURE_NAMES, values, strict=True))))
+        row = self._features.read(raw)
+        if not self._usual(row.symbol, row.ts, row.values.values()):
+            self._predict_row(row)  # another kind of model, or symbol
 
-    def _usual(self, symbol: str, ts: float, values: tuple[float, ...]) -> bool:
-        """Predict the usual record (rtml's own shape, checked as `UsualFeatures` reads it)
-        of a configured symbol served by a linear model, in one pass over its features;
-        False, with nothing done, for any other, which `_predict` then reads field by field.
-        The prediction and what is produced are the same either way
+    def _usual(self, symbol: str, ts: float, values: Iterable[float]) -> bool:
+        """Predict a record of a configured symbol served by a linear model in one pass over
+        its features; False, with nothing done, for any other, which `_predict_row` then
+        predicts. The prediction and what is produced are the same either way
         (tests/test_stream_unit.py)."""
         if symbol not in self.symbols:
             return False
@@ -108,10 +97,6 @@ class StreamingPredictor:
         except BufferError:  # the local queue is full: wait for the broker, as `send` does
             send(self._producer, self.topics.predictions, value, key)
         return True
-
-    def _predict(self, record: dict[str, Any]) -> None:
-        """Predict a record that is not the usual one, read field by field."""
-        self._predict_row(parse_features(record, FEATURE_NAMES))
 
     def _predict_row(self, row: FeatureRow) -> None:
         if row.symbol not in self.symbols:

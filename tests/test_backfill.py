@@ -145,7 +145,11 @@ def test_a_folder_of_daily_candle_files_backfills_every_candle_once(
                 for m in range(per_day)
             ]
             (folder / f"{symbol}-1m-2023-11-{15 + day}.csv").write_text("\n".join(rows) + "\n")
-    stats = backfill(local, replay_folder(folder, Reading("binance-klines"), local.candle_seconds), write_online=False)
+    stats = backfill(
+        local,
+        replay_folder(folder, Reading("binance-klines"), local.candle_seconds),
+        write_online=False,
+    )
     assert stats.rejected == {}
     assert stats.trades == 2 * days * per_day * 4
     offline = fs.read_parquet_dir(local.offline_dir / fs.FEATURES_DATASET)

@@ -51,7 +51,7 @@ from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
-from tests.kafka_helpers import drain
+from tests.kafka_helpers import drain, features
 from tests.test_predictor import _redis
 from tests.test_trainer import _env, _history_and_stream, _produce, _shard
 
@@ -344,7 +344,7 @@ def _example(symbol: str, ts: float) -> dict[str, Any]:
         "symbol": symbol,
         "ts": ts,
         "label_ts": ts + 300,
-        "features": {"ret_1": 0.001},
+        "features": features(ret_1=0.001),
         "target": 0.002,
     }
 
@@ -370,7 +370,7 @@ POISON_FEATURES: dict[str, bytes] = {
     "too_deep": b'{"a":' * 5000 + b"1" + b"}" * 5000,
     "too_large": b'"' * 600_000,
     "unknown_symbol": json.dumps(
-        {"symbol": "NOT/CONFIGURED", "ts": START, "features": {"ret_1": 0.0}}
+        {"symbol": "NOT/CONFIGURED", "ts": START, "features": features(ret_1=0.0)}
     ).encode(),
 }
 
@@ -419,13 +419,17 @@ def test_poison_features_reach_the_predictors_dlq_with_their_reasons(settings: S
     assert version is not None
     registry.promote(local, version)
     good = [
-        encode({"symbol": local.symbols[i % 2], "ts": START + 60 * i, "features": {"ret_1": 0.0}})
+        encode(
+            {"symbol": local.symbols[i % 2], "ts": START + 60 * i, "features": features(ret_1=0.0)}
+        )
         for i in range(20)
     ]
     # a features record from the year 2283 must not become the symbol's newest
     poison = {
         **POISON_FEATURES,
-        "future": encode({"symbol": local.symbols[0], "ts": 9.9e9, "features": {"ret_1": 0.0}}),
+        "future": encode(
+            {"symbol": local.symbols[0], "ts": 9.9e9, "features": features(ret_1=0.0)}
+        ),
     }
     producer = make_producer(local)
     for value in [*good[:10], *poison.values(), *good[10:]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
 import random
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from rtml.errors import ConfigError
+from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import MODELS, LinearScorer, LinearStep, build_model
 from rtml.pipelines.trainer import warm_start
-from rtml.records import BadRecord, Example, parse_example
+from rtml.records import BadRecord, Example, examples_reader
 from rtml.settings import Settings
 
 
@@ -83,18 +85,23 @@ def test_unknown_model_names_the_choices() -> None:
         build_model("xgboost")
 
 
+_FEATURES = {n: min(max(0.01, lo), hi) for n, (lo, hi) in FEATURE_BOUNDS.items()}
+_ALL = json.dumps(_FEATURES).encode()
+
+
 @pytest.mark.parametrize(
     ("raw", "kind"),
     [
         (b"nope", "not_json"),
-        (b'{"symbol":"X","ts":1,"label_ts":2,"features":{}}', "missing_field"),
-        (b'{"symbol":"X","ts":"1","label_ts":2,"features":{},"target":0}', "wrong_type"),
-        (b'{"symbol":"X","ts":5,"label_ts":2,"features":{},"target":0}', "leak"),
+        (b'{"symbol":"X","ts":1,"label_ts":2,"features":' + _ALL + b"}", "missing_field"),
+        (b'{"symbol":"X","ts":"1","label_ts":2,"features":' + _ALL + b',"target":0}', "wrong_type"),
+        (b'{"symbol":"X","ts":5,"label_ts":2,"features":' + _ALL + b',"target":0}', "leak"),
+        (b'{"symbol":"X","ts":1,"label_ts":2,"features":{},"target":0}', "missing_field"),
     ],
 )
 def test_bad_examples_are_rejected(raw: bytes, kind: str) -> None:
     with pytest.raises(BadRecord) as info:
-        parse_example(raw)
+        examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS).read(raw)
     assert info.value.kind == kind
 
 
@@ -389,7 +396,13 @@ def test_count_based_checkpoints_are_spaced_in_time(
     trainer._last_checkpoint = time.monotonic()
     for t in range(50):
         ts = 1_700_000_000.0 + 60 * t
-        record = {"symbol": "X", "ts": ts, "label_ts": ts + 300, "features": {}, "target": 0.0}
+        record = {
+            "symbol": "X",
+            "ts": ts,
+            "label_ts": ts + 300,
+            "features": _FEATURES,
+            "target": 0.0,
+        }
         trainer.step(Message(topic="examples", partition=0, offset=t, value=encode(record)))
     assert len(taken) == expected and trainer.learner.learned == 50
 

@@ -16,6 +16,7 @@ from rtml.kafka import Topics, consumer_config, dlq, ensure_topics, make_produce
 from rtml.pipelines.feature_pipeline import FeaturePipeline
 from rtml.records import Trade
 from rtml.settings import Settings
+from tests.kafka_helpers import features
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +114,7 @@ def test_the_trainer_passes_over_a_record_an_operator_skipped(settings: Settings
                 "symbol": symbol,
                 "ts": 1_700_000_000.0 + 60 * i,
                 "label_ts": 1_700_000_300.0 + 60 * i,
-                "features": {"ret_1": 0.001 * (i % 3)},
+                "features": features(ret_1=0.001 * (i % 3)),
                 "target": 0.002,
             }
         )

@@ -24,17 +24,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.kafka import Topics, dlq, ensure_topics, make_producer, read_messages
 from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.features import out_of_bounds
+from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
 from rtml.pipelines.feed import publish
 from rtml.pipelines.learner import Learner
 from rtml.pipelines.models import build_model
 from rtml.pipelines.processor import FeatureProcessor
 from rtml.pipelines.sources import SyntheticMarket
 from rtml.pipelines.trainer import Trainer
-from rtml.records import BadRecord, Example, parse_example, parse_features
+from rtml.records import BadRecord, Example, examples_reader, features_reader
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
+from tests.kafka_helpers import features
 from tests.test_faults import _until, _Worker
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def _trade_poison(symbol: str, start: float, last: dict[str, Any]) -> list[tuple
 
 
 def _example_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
-    good = {"symbol": symbol, "ts": ts, "label_ts": ts + 180, "features": {}, "target": 0.0}
+    good = {"symbol": symbol, "ts": ts, "label_ts": ts + 180, "features": features(), "target": 0.0}
     return [
         *HOSTILE,
         ("unknown_symbol", json.dumps({**good, "symbol": "NOT/CONFIGURED"}).encode()),
@@ -87,12 +88,12 @@ def _example_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("wrong_type", json.dumps({**good, "target": "up"}).encode()),
         ("not_finite", json.dumps({**good, "target": math.inf}).encode()),
         ("out_of_range", json.dumps({**good, "target": 1e20}).encode()),
-        ("out_of_range", json.dumps({**good, "features": {"ret_1": -3.0}}).encode()),
+        ("out_of_range", json.dumps({**good, "features": features(ret_1=-3.0)}).encode()),
     ]
 
 
 def _features_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
-    good = {"symbol": symbol, "ts": ts, "features": {"ret_1": 0.0}}
+    good = {"symbol": symbol, "ts": ts, "features": features(ret_1=0.0)}
     return [
         *HOSTILE,
         ("unknown_symbol", json.dumps({**good, "symbol": "NOT/CONFIGURED"}).encode()),
@@ -100,7 +101,7 @@ def _features_poison(symbol: str, ts: float) -> list[tuple[str, bytes]]:
         ("missing_field", json.dumps({"symbol": symbol}).encode()),
         ("wrong_type", json.dumps({**good, "symbol": 7}).encode()),
         ("not_finite", json.dumps({**good, "ts": math.nan}).encode()),
-        ("out_of_range", json.dumps({**good, "features": {"ret_1": 1e20}}).encode()),
+        ("out_of_range", json.dumps({**good, "features": features(ret_1=1e20)}).encode()),
     ]
 
 
@@ -274,7 +275,7 @@ def _assert_unbent(
     """Features, learning and predictions are what a run without poison gives."""
     topics = Topics.of(local)
     # features: each row once, with the values of a run without poison
-    features = _valid(local, topics.features, parse_features)
+    features = _valid(local, topics.features, features_reader(FEATURE_NAMES, FEATURE_BOUNDS).read)
     got = Counter((r.symbol, r.ts) for r in features)
     assert [k for k, n in got.items() if n > 1] == []
     assert set(clean_features) <= set(got)
@@ -284,7 +285,8 @@ def _assert_unbent(
             assert row.values == clean_features[row.symbol, row.ts]
 
     # learning: what a trainer learns from the clean examples in the topic's order
-    examples: list[Example] = _valid(local, topics.examples, parse_example)
+    reader = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
+    examples: list[Example] = _valid(local, topics.examples, reader.read)
     assert {(e.symbol, e.ts) for e in clean_examples} <= {(e.symbol, e.ts) for e in examples}
     reference = Learner(
         build_model(local.model, local.model_params, local.target),

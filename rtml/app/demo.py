@@ -29,10 +29,10 @@ from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ServiceError
 from rtml.kafka import Topics, read_messages
-from rtml.pipelines.features import FEATURE_NAMES
+from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from rtml.pipelines.files import AS_IS, Reading
 from rtml.pipelines.targets import target
-from rtml.records import BadRecord, Example, Prediction, parse_example, parse_prediction
+from rtml.records import BadRecord, Example, Prediction, examples_reader, parse_prediction
 from rtml.settings import Settings
 
 # what each child gets from the demo's settings; the rest they read as the demo did
@@ -152,9 +152,10 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
     naive = target(settings.target).naive
     out = Evaluation()
     examples: dict[tuple[str, float], Example] = {}
+    reader = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
     for _, raw in read_messages(settings, topics.examples, 60):
         try:
-            parsed = parse_example(raw, FEATURE_NAMES)
+            parsed = reader.read(raw)
         except BadRecord as exc:
             out.refused[f"examples {exc.kind}"] += 1
             continue
