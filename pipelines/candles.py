@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from rtml.event_time import SETTLED, FutureRule, Jumps
+from rtml.event_time import SETTLED, FutureRule
 from rtml.pipelines.features import MAX_MOVE, Candle
 from rtml.records import BadRecord, Trade
 
@@ -61,7 +61,6 @@ class _Window:
     open, and is `late` once it closed, so a symbol holds ids for its open windows only."""
 
 
-_LOG_MOVE = math.log(MAX_MOVE)
 _LEAST_MOVE = 1.0 / MAX_MOVE
 
 
@@ -73,6 +72,7 @@ class _Series:
         "closed_until",
         "earliest_end",
         "last_close",
+        "restarted_at",
         "run",
         "watermark",
         "windows",
@@ -86,6 +86,7 @@ class _Series:
         self.last_close: float | None = None
         self.run = 0  # candles closed since the series (re)started, capped at SETTLED
         self.arrived: float | None = None  # clock time of the newest trade
+        self.restarted_at = -1  # the window (start / seconds) a declared reset opened
 
 
 _UNSEEN = _Series()
@@ -103,6 +104,7 @@ class CandleBuilder:
         clock: Callable[[], float] = time.time,
         gap_policy: str = "flat",
         max_silence_s: float | None = None,
+        price_resets: Mapping[str, float] | None = None,
     ):
         if gap_policy not in GAP_POLICIES:
             raise ValueError(f"gap policy {gap_policy!r} is not one of {GAP_POLICIES}")
@@ -122,7 +124,9 @@ class CandleBuilder:
         # settled, so a young symbol never needs a run of records ahead of the clock confirmed
         self._future = FutureRule(self.max_step_s, self.max_gap_s, clock, young_confirms=False)
         self._series: dict[str, _Series] = {}
-        self._moves = Jumps()  # trades in a row priced far from their symbol's last close
+        # a redenomination or split an operator declared (RTML_PRICE_RESETS): the symbol's first
+        # trade from that event time on may be at any price, and only that one
+        self.price_resets = dict(price_resets or {})
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -156,15 +160,16 @@ class CandleBuilder:
             )
         last = s.last_close
         if last is not None and not last * _LEAST_MOVE <= price <= last * MAX_MOVE:
-            # the third trade in a row at the new level is the market (a redenomination)
-            if not self._moves.confirmed(symbol, math.log(price), _LOG_MOVE):
+            # however many come in a row: a fat finger repeated is no market
+            reset = self.price_resets.get(symbol)
+            if reset is None or not s.watermark < reset <= ts:
                 raise BadRecord(
                     "out_of_range",
-                    f"{symbol}@{ts}: price {price:g} is more than "
-                    f"{MAX_MOVE:g}-fold from its last close {last:g}",
+                    f"{symbol}@{ts}: price {price:g} is more than {MAX_MOVE:g}-fold from its "
+                    f"last close {last:g}; a redenomination or split is declared in "
+                    "RTML_PRICE_RESETS",
                 )
-        elif self._moves.pending:
-            self._moves.clear(symbol)
+            return self._reset(symbol, s, trade, reset, position)
         w = s.windows.get(start)
         if w is not None and trade.trade_id in w.ids:
             raise BadRecord("duplicate", f"{symbol} trade_id {trade.trade_id} seen before")
@@ -194,6 +199,16 @@ class CandleBuilder:
         if s.watermark < s.earliest_end:
             return []
         return self._close_ready(symbol, s)
+
+    def _reset(
+        self, symbol: str, s: _Series, trade: Trade, reset: float, position: tuple[int, int] | None
+    ) -> list[Candle]:
+        """A declared redenomination: the old level's windows close, the series restarts at
+        the new level (no flat candle bridges the two), and `trade` opens it."""
+        s.watermark = max(s.watermark, reset)
+        closed = self._close_ready(symbol, s)
+        s.last_close, s.run, s.restarted_at = trade.price, 0, math.floor(trade.ts / self.seconds)
+        return closed + self.add(trade, position)
 
     def watermark(self, symbol: str) -> float:
         series = self._series.get(symbol)
@@ -239,6 +254,8 @@ class CandleBuilder:
         if prev_end is not None and w.start - prev_end > self.max_gap_s:
             prev_end = None  # too long a silence to bridge: the series restarts
             s.run = 0
+        elif w.start == s.restarted_at * self.seconds:
+            prev_end = None  # a declared redenomination: a new level, bridged by nothing
         if prev_end is not None and prev_close is not None and self.gap_policy == "flat":
             for gap_start in range(int(prev_end), int(w.start), self.seconds):
                 out.append(

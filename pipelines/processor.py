@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -60,6 +61,7 @@ class FeatureProcessor:
         gap_policy: str = "flat",
         max_silence_s: float | None = None,
         label: Target = TARGETS["return"],
+        price_resets: Mapping[str, float] | None = None,
     ) -> None:
         self.horizon = horizon
         self.target = label
@@ -69,6 +71,7 @@ class FeatureProcessor:
             max_future_s=max_future_s,
             gap_policy=gap_policy,
             max_silence_s=max_silence_s,
+            price_resets=price_resets,
         )
         self._state: dict[str, _SymbolState] = {}
 
@@ -84,6 +87,7 @@ class FeatureProcessor:
             settings.gap_policy,
             max_silence_s=settings.max_silence_s,
             label=target(settings.target),
+            price_resets=settings.price_resets,
         )
 
     def on_trade(
@@ -110,6 +114,10 @@ class FeatureProcessor:
         )
         return state
 
+    def _reset_between(self, last: Candle, candle: Candle) -> bool:
+        reset = self.builder.price_resets.get(candle.symbol)
+        return reset is not None and last.start < reset <= candle.start
+
     def on_candles(
         self,
         candles: list[Candle],
@@ -122,6 +130,8 @@ class FeatureProcessor:
             state = self._state.get(candle.symbol)
             if state and state.history and candle.start - state.history[-1].end > max_gap:
                 state = None  # a silence the series does not bridge: it starts again
+            elif state and state.history and self._reset_between(state.history[-1], candle):
+                state = None  # a declared redenomination: returns across it mean nothing
             if state is None:
                 state = self._state_of(candle.symbol)
             state.history.append(candle)

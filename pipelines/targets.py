@@ -91,6 +91,8 @@ class Target:
     """The default `smoothing` of an `ols` model of it (`models.py`): the weight each older
     example keeps. Returns switch regime within hours and are learned over about 200
     examples; volatility is persistent, and learned over about 1,000."""
+    naive_reads: tuple[str, ...] = ()
+    """The features `naive` reads (what the monitor decodes of an example)."""
 
     def __reduce__(self) -> tuple[Callable[[str], Target], tuple[str]]:
         return target, (self.name,)  # pickled by name: its functions are module-level
@@ -118,6 +120,7 @@ TARGETS: dict[str, Target] = {
         (VOL_FLOOR, math.log(MAX_MOVE) * 10.0),
         "the realised volatility of the next H candles (log returns)",
         0.999,
+        ("rv_h",),
     ),
 }
 """Target names for RTML_TARGET and `--target`."""

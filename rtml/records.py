@@ -174,7 +174,11 @@ class PredictionRecord(msgspec.Struct, gc=False):
     symbol: Symbol
     ts: Seconds
     prediction: Number | None
-    model_version: Annotated[str, msgspec.Meta(pattern=f"^[0-9]{{1,{MAX_INT_DIGITS}}}$")]
+    model_version: (
+        Annotated[str, msgspec.Meta(pattern=f"^[0-9]{{1,{MAX_INT_DIGITS}}}$")]
+        | Annotated[int, msgspec.Meta(ge=0)]
+    )
+    """A whole number: rtml writes it as a string, as the registry does."""
     trained_through: float | None = None
     model: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
@@ -350,7 +354,7 @@ def parse_prediction(raw: bytes) -> Prediction:
     return PREDICTIONS.read(raw)
 
 
-def decode_object(raw: bytes | str) -> dict[str, Any]:
+def decode_object(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     """A JSON object that is no topic's record (an HTTP body, an exchange's message), bounded
     in size, with integers bounded and NaN `not_finite`; BadRecord otherwise.
 
@@ -361,8 +365,8 @@ def decode_object(raw: bytes | str) -> dict[str, Any]:
     ...
     rtml.records.BadRecord: out_of_range: an integer of 401 digits
     """
-    if len(raw) > MAX_RECORD_BYTES:
-        raise BadRecord("too_large", f"{len(raw)} bytes; a record is at most {MAX_RECORD_BYTES}")
+    if len(raw) > max_bytes:
+        raise BadRecord("too_large", f"{len(raw)} bytes; at most {max_bytes}")
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     # candles and no label across it), and how far a settled series may jump ahead in replay
     # time (a third record in a row agreeing on a longer jump is a real gap)
     max_silence_s: float = Field(default=7 * 86400.0, gt=0)
+    # redenominations and splits, declared: {"SYMBOL": epoch seconds}. A trade more than
+    # MAX_MOVE-fold from its symbol's last close is refused however many come in a row, except
+    # the symbol's first trade at or after its declared time here, which restarts its level
+    price_resets: dict[str, float] = Field(default_factory=dict)
     # the feature pipeline's commits: topics flushed, offline parts written, offsets committed
     commit_interval_s: float = Field(default=5.0, gt=0)
     # Prometheus metrics of the headless consumers (features, train, predict-stream); unset:

@@ -49,10 +49,19 @@ def require_token(settings: Settings, request: Request) -> None:
 
 
 def check_token(settings: Settings, given: bytes) -> None:
+    """The scheme is read in any case (RFC 7235: `bearer`, `BEARER`), the token exactly.
+
+    >>> from pydantic import SecretStr
+    >>> s = Settings(api_token=SecretStr("t0k"))
+    >>> check_token(s, b"bearer t0k"), check_token(s, b"Bearer  t0k")
+    (None, None)
+    """
     token = settings.api_token
     if token is None:
         return
-    if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+    scheme, _, credentials = given.partition(b" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), expected):
         raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
 
@@ -88,7 +97,7 @@ class BadInput(Exception):
         self.status = status
 
 
-def parse_rows(raw: bytes, max_rows: int) -> list[dict[str, float]]:
+def parse_rows(raw: bytes, max_rows: int, max_bytes: int = 1_000_000) -> list[dict[str, float]]:
     """The model inputs of a `POST /predict` body, strictly: each value is a finite JSON
     number or null (a missing feature). Booleans, strings, NaN and Infinity are refused with
     the field named; so are unknown columns, and nesting or integers no row needs.
@@ -105,8 +114,10 @@ def parse_rows(raw: bytes, max_rows: int) -> list[dict[str, float]]:
     rtml.serving.app.BadInput: rows[1].vol_15 must be finite, got NaN
     """
     try:
-        body = decode_object(raw)
+        body = decode_object(raw, max_bytes)
     except BadRecord as exc:
+        if exc.kind == "too_large":
+            raise BadInput(413, f"the body is {len(raw)} bytes; at most {max_bytes}") from None
         raise BadInput(422, f"the body must be a JSON object: {exc}") from None
     rows = body.get("rows")
     extra = sorted(set(body) - {"rows"})
@@ -408,7 +419,8 @@ class Predictor:
         """The body is read only here, after the token was checked, and parsed strictly."""
         began = time.perf_counter()
         try:
-            rows = parse_rows(await request.body(), self.settings.max_batch_rows)
+            body = await request.body()
+            rows = parse_rows(body, self.settings.max_batch_rows, self.settings.max_body_bytes)
         except BadInput as exc:
             self.metrics.errors.labels("too_large" if exc.status == 413 else "bad_input").inc()
             raise HTTPException(exc.status, str(exc)) from None
@@ -444,9 +456,26 @@ def create_app(
     settings: Settings, holder: ModelHolder | ModelRouter, store: FeatureStore
 ) -> FastPredict:
     # a body over the limit is refused with a 413 as it arrives, declared length or not
-    app = FastAPI(title="rtml predictor", version="0.1.0", max_body_size=settings.max_body_bytes)
+    guarded = settings.api_token is not None  # the docs too: they list what the API serves
+    hidden: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(
+        title="rtml predictor",
+        version="0.1.0",
+        max_body_size=settings.max_body_bytes,
+        **(hidden if guarded else {}),
+    )
     predictor = app.state.predictor = Predictor(settings, holder, store)
     auth = [Depends(predictor.authorize)]
+    if guarded:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
+        def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", dependencies=auth, include_in_schema=False)
+        def docs() -> Response:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="rtml predictor")
 
     app.get("/predict/{symbol:path}", dependencies=auth)(predictor.for_symbol)
     app.post("/predict", dependencies=auth)(predictor.for_rows)

@@ -47,10 +47,8 @@ from rtml.runner import Counters, GroupSource, Runner
 from rtml.serving.model_holder import BASELINE
 from rtml.settings import Settings
 
-NAIVE_READS = ("rv_h",)
-_EXAMPLES = examples_reader(NAIVE_READS, FEATURE_BOUNDS, (-1e30, 1e30))
 _PRICES = features_reader(("close",), {"close": (0.0, 1e30)})
-"""The monitor reads of `examples` and `features` only what it shows."""
+"""The monitor reads of `features` only the price it shows."""
 """The features a naive forecast reads (`pipelines.targets`)."""
 
 log = logging.getLogger(__name__)
@@ -373,6 +371,8 @@ class MonitorService:
         )
         self.group_id = group_id
         self.label = target(settings.target)
+        # of `examples`, the target and what the naive forecast reads
+        self._examples = examples_reader(self.label.naive_reads, FEATURE_BOUNDS, (-1e30, 1e30))
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
@@ -394,7 +394,7 @@ class MonitorService:
             with self.lock:
                 m.on_prediction(prediction)
         elif topic == self.topics.examples:
-            ex = _EXAMPLES.read(raw)  # the target, and what the naive forecast reads
+            ex = self._examples.read(raw)
             self._known(ex.symbol, ex.label_ts)
             if (beyond := out_of_bounds(ex.features, ex.target)) is not None:
                 raise BadRecord("out_of_range", beyond)

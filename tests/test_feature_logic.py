@@ -520,6 +520,44 @@ def test_agreeing_trades_far_ahead_of_the_clock_cannot_carry_a_young_symbol_ther
     ]
 
 
+@pytest.mark.parametrize("price", [1e29, 1e-320])
+@pytest.mark.parametrize("run", [3, 10])
+def test_fat_fingers_in_a_row_are_all_refused_and_the_candles_are_untouched(
+    price: float, run: int
+) -> None:
+    """Three (or ten) trades in a row 1e29 (or 1e-320) were taken as a redenomination, and the
+    candle's high, its VWAP and `range_pct` 6.5e26 went into both stores. A jump out of the
+    bound is refused however often it comes; only a declared reset restarts the level."""
+    trades = [Trade("X", str(i), 100.0 + i % 3, 1.0, "buy", 60.0 * i + 1) for i in range(20)]
+    spoiled = (
+        trades[:10]
+        + [Trade("X", f"f{j}", price, 1.0, "buy", 601.0 + j) for j in range(run)]
+        + trades[10:]
+    )
+
+    def candles(given: list[Trade], resets: dict[str, float] | None = None) -> list[Any]:
+        b = CandleBuilder(60, 0, price_resets=resets)
+        out, refused = [], []
+        for t in given:
+            try:
+                out.extend(b.add(t))
+            except BadRecord as exc:
+                refused.append(exc.kind)
+        return [*out, *b.advance(math.inf)], refused
+
+    clean, _ = candles(trades)
+    got, refused = candles(spoiled)
+    assert got == clean and refused == ["out_of_range"] * run
+    # a real redenomination (a 10,000-fold split at 600 s) is refused until it is declared
+    split = trades[:10] + [
+        Trade("X", f"s{t.trade_id}", t.price / 1e4, 1.0, "buy", t.ts) for t in trades[10:]
+    ]
+    _, refused = candles(split)
+    assert refused == ["out_of_range"] * 10
+    declared, refused = candles(split, {"X": 600.0})
+    assert refused == [] and [c.close for c in declared[10:]] == [t.price for t in split[10:]]
+
+
 def test_a_real_gap_in_a_replay_is_crossed_after_three_trades_that_agree() -> None:
     """A vendor's file missing a month, or a halted stock: every trade after the gap jumps
     far ahead of a settled series. Refusing them all would refuse the symbol for good: the

@@ -235,7 +235,7 @@ _source_option = click.option(
     "--source",
     default="synthetic",
     show_default=True,
-    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON, Excel, "
+    help="synthetic, kraken, a ws:// URL speaking Kraken's v2 format, or a CSV, JSON, "
     "Parquet or Arrow file of trades or candles, or a folder of them (a file a day or a "
     "symbol: replayed as one market in event time).",
 )
