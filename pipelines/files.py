@@ -28,7 +28,7 @@ import pandas as pd
 
 from rtml.errors import ConfigError
 from rtml.pipelines.presets import EPOCH, ISO, PRESETS, Preset
-from rtml.records import BadRecord, Trade, event_time, parse_trade
+from rtml.records import BadRecord, Trade, in_years, parse_trade
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +420,6 @@ def _start(row: dict[str, Any], written: str) -> float:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             raise BadRecord("missing_field", "ts is empty")
         with contextlib.suppress(ValueError, TypeError):  # a day pandas' nanoseconds cannot hold
-            event_time(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp())
+            in_years(datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp())
         raise BadRecord("wrong_type", f"ts {value!r:.80} is not written as {written}")
-    return event_time(start)
+    return in_years(start)

@@ -3,8 +3,8 @@
 | topic | record | schema | reader |
 | --- | --- | --- | --- |
 | `trades` | `Trade` | `TradeRecord` | `TRADES` (`parse_trade`) |
-| `features` | `FeatureRow` | `features_schema(names, bounds)` | `features_reader(...)` |
-| `examples` | `Example` | `examples_schema(names, bounds, target)` | `examples_reader(...)` |
+| `features` | `FeatureRow` | `FeaturesRecord` of `names` in `bounds` | `features_reader(...)` |
+| `examples` | `Example` | `ExamplesRecord` of them and a target | `examples_reader(...)` |
 | `predictions` | `Prediction` | `PredictionRecord` | `PREDICTIONS` (`parse_prediction`) |
 
 Each schema is a `msgspec.Struct` whose `Meta` holds every bound, and each reader decodes with
@@ -52,7 +52,6 @@ from msgspec.structs import astuple
 from rtml.errors import RtmlError
 
 SIDES = ("buy", "sell")
-TRADE_FIELDS = ("symbol", "trade_id", "price", "size", "side", "ts")
 MAX_RECORD_BYTES = 64 * 1024
 """No rtml record comes near this (a trade is ~100 bytes, an example ~400); a larger value is
 refused before it is parsed, so its cost is bounded."""
@@ -152,8 +151,9 @@ class Prediction:
 # -- schemas: every bound once, as msgspec `Meta` --------------------------------------------
 
 Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Seconds = Annotated[float, msgspec.Meta(gt=0.0, lt=LAST_TIME)]
-"""A time as rtml writes it: epoch seconds, after 1970 and before 2262."""
+Seconds = Annotated[float, msgspec.Meta(gt=0.0, lt=MILLISECONDS)]
+"""A time as rtml writes it: epoch seconds after 1970; one of the years 2262 to 5138 is
+`future` (`in_years`), one past them `out_of_range`."""
 Number = Annotated[float, msgspec.Meta(gt=-BOUND, lt=BOUND)]
 
 
@@ -194,32 +194,14 @@ def values_schema(
     return msgspec.defstruct(name, fields, gc=False)
 
 
-def features_schema(
-    names: Sequence[str], bounds: Mapping[str, tuple[float, float]]
-) -> type[msgspec.Struct]:
-    values = values_schema("FeatureValues", names, bounds)
-    return msgspec.defstruct(
-        "FeaturesRecord", [("symbol", Symbol), ("ts", Seconds), ("features", values)], gc=False
-    )
-
-
-def examples_schema(
-    names: Sequence[str],
-    bounds: Mapping[str, tuple[float, float]],
-    target: tuple[float, float],
-) -> type[msgspec.Struct]:
-    values = values_schema("ExampleValues", names, bounds)
-    bounded = Annotated[float, msgspec.Meta(ge=target[0], le=target[1])]
-    fields: list[tuple[str, Any]] = [("symbol", Symbol), ("ts", Seconds), ("label_ts", Seconds)]
-    fields += [("features", values), ("target", bounded)]
-    return msgspec.defstruct("ExamplesRecord", fields, gc=False)
+def record_schema(name: str, fields: list[tuple[str, Any]]) -> type[msgspec.Struct]:
+    """A `features` (or `examples`) record: its symbol and time, then `fields`."""
+    return msgspec.defstruct(name, [("symbol", Symbol), ("ts", Seconds), *fields], gc=False)
 
 
 # -- readers: one decoder a topic --------------------------------------------------------------
 
 R = TypeVar("R")
-
-_FIELD = re.compile(r"`\$\.(\w+)")
 
 
 def _kind(error: str) -> str:
@@ -285,15 +267,36 @@ def _not_json(raw: bytes, exc: Exception) -> tuple[str, str]:
     return "not_json", str(exc)[:200]
 
 
+def in_years(seconds: float, field: str = "ts") -> float:
+    """`seconds`, if the stores can hold it (1678 to 2261); else BadRecord: `future` for the
+    years 2262 to 5138 (a record dated 2286 is from the future), `out_of_range` otherwise (an
+    end-of-time `9999-12-31`, a trade dated 1600).
+
+    >>> in_years(1.7e9)
+    1700000000.0
+    >>> in_years(9.9e9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rtml.records.BadRecord: future: 9900000000.0 is after 2261, ...
+    """
+    if FIRST_TIME <= seconds < LAST_TIME:
+        return seconds
+    if LAST_TIME <= seconds < MILLISECONDS:
+        raise BadRecord(
+            "future",
+            f"{seconds!r:.40} is after 2261, the last year rtml's stores hold - at `$.{field}`",
+        )
+    raise BadRecord("out_of_range", f"{seconds!r:.40} is outside 1678-2261 - at `$.{field}`")
+
+
 def _seconds(ts: float | datetime) -> float:
     if isinstance(ts, datetime):
         moment = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-        seconds = moment.timestamp()
-    else:
-        seconds = ts / 1000 if ts >= MILLISECONDS else ts
-    if not FIRST_TIME <= seconds < LAST_TIME:
-        raise BadRecord("out_of_range", f"ts {ts!r:.60} is outside 1678-2261 - at `$.ts`")
-    return seconds
+        try:
+            return in_years(moment.timestamp())
+        except (OverflowError, ValueError, OSError):
+            raise BadRecord("out_of_range", f"ts {ts!r:.60} is outside 1678-2261") from None
+    return in_years(ts / 1000 if ts >= MILLISECONDS else ts)
 
 
 def _trade(t: Any) -> Trade:
@@ -317,33 +320,40 @@ def features_reader(
     names: Sequence[str], bounds: Mapping[str, tuple[float, float]]
 ) -> Reader[FeatureRow]:
     names = list(names)
+    values = values_schema("FeatureValues", names, bounds)
 
     def build(r: Any) -> FeatureRow:
-        return FeatureRow(r.symbol, r.ts, dict(zip(names, astuple(r.features), strict=True)))
+        values = dict(zip(names, astuple(r.features), strict=True))
+        return FeatureRow(r.symbol, in_years(r.ts), values)
 
-    return Reader(features_schema(names, bounds), build)
+    return Reader(record_schema("FeaturesRecord", [("features", values)]), build)
 
 
 def examples_reader(
-    names: Sequence[str],
-    bounds: Mapping[str, tuple[float, float]],
-    target: tuple[float, float],
+    names: Sequence[str], bounds: Mapping[str, tuple[float, float]], target: tuple[float, float]
 ) -> Reader[Example]:
     names = list(names)
+    values = values_schema("ExampleValues", names, bounds)
+    bounded = Annotated[float, msgspec.Meta(ge=target[0], le=target[1])]
+    schema = record_schema(
+        "ExamplesRecord", [("label_ts", Seconds), ("features", values), ("target", bounded)]
+    )
 
     def build(r: Any) -> Example:
+        in_years(r.ts), in_years(r.label_ts, "label_ts")
         if not r.ts < r.label_ts:
             raise BadRecord("leak", f"label_ts {r.label_ts} is not after ts {r.ts}")
-        values = dict(zip(names, astuple(r.features), strict=True))
-        return Example(r.symbol, r.ts, r.label_ts, values, r.target)
+        features = dict(zip(names, astuple(r.features), strict=True))
+        return Example(r.symbol, r.ts, r.label_ts, features, r.target)
 
-    return Reader(examples_schema(names, bounds, target), build)
+    return Reader(schema, build)
 
 
 def _prediction(r: Any) -> Prediction:
     if r.prediction is None:
         raise BadRecord("no_prediction", "the model gave no finite prediction")
     through = r.trained_through if r.trained_through is not None else math.nan
+    in_years(r.ts)
     return Prediction(r.symbol, r.ts, r.prediction, int(r.model_version), through, r.model)
 
 
@@ -356,15 +366,7 @@ def parse_prediction(raw: bytes) -> Prediction:
 
 def decode_object(raw: bytes | str, max_bytes: int = MAX_RECORD_BYTES) -> dict[str, Any]:
     """A JSON object that is no topic's record (an HTTP body, an exchange's message), bounded
-    in size, with integers bounded and NaN `not_finite`; BadRecord otherwise.
-
-    >>> decode_object(b'{"a": 1}')
-    {'a': 1}
-    >>> decode_object(b'{"price": 1' + b'0' * 400 + b'}')
-    Traceback (most recent call last):
-    ...
-    rtml.records.BadRecord: out_of_range: an integer of 401 digits
-    """
+    in size, with integers bounded (`out_of_range`) and NaN `not_finite`; BadRecord otherwise."""
     if len(raw) > max_bytes:
         raise BadRecord("too_large", f"{len(raw)} bytes; at most {max_bytes}")
     try:
@@ -394,12 +396,3 @@ def _finite(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower().lstrip("+-") not in ("nan", "inf", "infinity")
     return not isinstance(value, float) or math.isfinite(value)
-
-
-def event_time(value: Any) -> float:
-    """An epoch time in seconds rtml can store, or BadRecord: `out_of_range` outside 1678-2261."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise BadRecord("wrong_type", f"ts {value!r:.60} is not a number")
-    if not FIRST_TIME <= value < LAST_TIME:
-        raise BadRecord("out_of_range", f"ts {value!r:.60} is outside 1678-2261")
-    return float(value)

@@ -47,7 +47,8 @@ YEAR_2286 = 9.9e9
 # cheap records that once crash-looped a consumer, the same on every topic
 HOSTILE: list[tuple[str, bytes]] = [
     ("out_of_range", b'{"symbol": "X", "ts": 1' + b"0" * 400 + b"}"),
-    ("too_deep", b"[" * 5_000 + b"]" * 5_000),
+    ("not_json", b"[" * 5_000 + b"]" * 5_000),  # no object: refused before any depth counts
+    ("too_deep", b'{"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"),
     ("too_large", b"[" * 50_000 + b"]" * 50_000),  # nested 50,000 deep, refused by its size
     ("too_large", b'"' * 600_000),
     ("too_large", b"x" * 1_100_000),
@@ -282,7 +283,8 @@ def _assert_unbent(
     assert len(set(got) - set(clean_features)) <= len(local.symbols)  # a last idle window
     for row in features:
         if (row.symbol, row.ts) in clean_features:
-            assert row.values == clean_features[row.symbol, row.ts]
+            clean = clean_features[row.symbol, row.ts]
+            assert row.values == {n: clean[n] for n in FEATURE_NAMES}  # what the model reads
 
     # learning: what a trainer learns from the clean examples in the topic's order
     reader = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
