@@ -1128,9 +1128,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         stack = Stack(settings, repick_ports=True)
         print("starting the embedded stack for the benchmark...", file=sys.stderr)
-        stack.up()
-        settings = stack.settings  # the ports the services listen on
-        try:
+        try:  # a start that fails half way stops what it started, before its folder goes
+            stack.up()
+            settings = stack.settings  # the ports the services listen on
             for name in only:
                 print(f"[{name}]", file=sys.stderr)
                 for figure in STEPS[name](settings):
