@@ -47,7 +47,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 import orjson
-from msgspec.structs import astuple
+from msgspec.structs import asdict as struct_dict
 
 from rtml.errors import RtmlError
 
@@ -323,8 +323,7 @@ def features_reader(
     values = values_schema("FeatureValues", names, bounds)
 
     def build(r: Any) -> FeatureRow:
-        values = dict(zip(names, astuple(r.features), strict=True))
-        return FeatureRow(r.symbol, in_years(r.ts), values)
+        return FeatureRow(r.symbol, in_years(r.ts), struct_dict(r.features))  # `names`, in order
 
     return Reader(record_schema("FeaturesRecord", [("features", values)]), build)
 
@@ -343,8 +342,7 @@ def examples_reader(
         in_years(r.ts), in_years(r.label_ts, "label_ts")
         if not r.ts < r.label_ts:
             raise BadRecord("leak", f"label_ts {r.label_ts} is not after ts {r.ts}")
-        features = dict(zip(names, astuple(r.features), strict=True))
-        return Example(r.symbol, r.ts, r.label_ts, features, r.target)
+        return Example(r.symbol, r.ts, r.label_ts, struct_dict(r.features), r.target)
 
     return Reader(schema, build)
 
