@@ -158,7 +158,7 @@ class LinearScorer:
         """The scorer of `model` as it is now, or None for any other kind of model."""
         parts = _scaler_and_linear(model)
         if parts is None:
-            return None
+            return cls._of_ols(model)
         scaler, regressor = parts
         terms = {}
         for name, weight in regressor.weights.items():
@@ -166,6 +166,35 @@ class LinearScorer:
             if var and weight:
                 terms[name] = (weight / var**0.5, scaler.means.get(name, 0.0))
         return cls(float(regressor.intercept), terms)
+
+    @classmethod
+    def _of_ols(cls, model: Any) -> LinearScorer | None:
+        """An `ols` model of a return (a target scaler around a scaler and River's
+        `BayesianLinearRegression`, whose predicted mean is linear in the scaled features):
+        `mean_y + std_y * sum(m * (x - mean) / std)`, folded as above. None for any other
+        (a volatility model predicts the exp of its linear part)."""
+        if type(model) is not preprocessing.TargetStandardScaler:
+            return None
+        inner = model.regressor
+        if not isinstance(inner, compose.Pipeline) or len(inner.steps) != 2:
+            return None
+        scaler, bayes = inner.steps.values()
+        if (
+            type(scaler) is not preprocessing.StandardScaler
+            or not scaler.with_std
+            or scaler.window_size is not None
+            or type(bayes) is not linear_model.BayesianLinearRegression
+        ):
+            return None
+        std = model.var.get() ** 0.5
+        terms: dict[str, tuple[float, float]] = {}
+        if bayes._idx:
+            bayes._ensure_m()  # River's own cache of the mean weights, as `predict_one` does
+            for name, i in bayes._idx.items():
+                weight, var = float(bayes._m_arr[i]) * std, scaler.vars.get(name, 0.0)
+                if var and weight:
+                    terms[str(name)] = (weight / var**0.5, scaler.means.get(name, 0.0))
+        return cls(float(model.var.mean.get()), terms)
 
     def predict_one(self, x: Mapping[str, float]) -> float:
         total, terms = self.intercept, self.terms
