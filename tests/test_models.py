@@ -304,9 +304,28 @@ def test_a_learner_checkpoint_holds_river_objects_and_learns_on_alike() -> None:
     assert [resumed.predict_one(x) for x in probes] == [learner.predict_one(x) for x in probes]
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - {"linear"}))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"linear", "ols"}))
 def test_other_models_are_not_taken_for_linear(name: str) -> None:
     assert LinearScorer.of(build_model(name)) is None
+    assert LinearScorer.of(build_model(name, {}, "volatility")) is None
+
+
+@pytest.mark.parametrize("target", ["return", "volatility"])
+def test_an_ols_model_of_a_return_folds_into_one_dot_product(target: str) -> None:
+    """Its snapshots and served versions predict as the model does, to rounding; a volatility
+    model (the exp of its linear part) is not folded."""
+    model, rng = build_model("ols", {}, target), random.Random(4)
+    for _ in range(2000):
+        x = {f"f{k}": rng.gauss(0, 1 + k) for k in range(6)}
+        model.learn_one(x, abs(0.01 * x["f1"] - 0.005 * x["f4"] + rng.gauss(0, 0.01)) + 1e-4)
+    scorer = LinearScorer.of(model)
+    if target == "volatility":
+        assert scorer is None
+        return
+    assert scorer is not None
+    for _ in range(50):
+        x = {f"f{k}": rng.gauss(0, 1 + k) for k in range(6) if rng.random() < 0.9}
+        assert scorer.predict_one(x) == pytest.approx(model.predict_one(x), rel=1e-9, abs=1e-12)
 
 
 def test_the_gates_served_errors_are_those_of_model_copies() -> None:
