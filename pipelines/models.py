@@ -111,9 +111,9 @@ def build_model(name: str, params: Mapping[str, Any] | None = None, target: str 
     return model
 
 
-def _scaler_and_linear(model: Any) -> tuple[Any, Any] | None:
-    """The scaler and the regressor of a `linear` model (a standard scaler, then a linear
-    regression on the squared loss, whose mean is the identity), or None for any other."""
+def _scaled(model: Any, regressor_type: type) -> tuple[Any, Any] | None:
+    """The scaler and the regressor of a pipeline of a standard scaler (unwindowed) and a
+    `regressor_type`, or None for any other model."""
     if not isinstance(model, compose.Pipeline) or len(model.steps) != 2:
         return None
     scaler, regressor = model.steps.values()
@@ -121,11 +121,19 @@ def _scaler_and_linear(model: Any) -> tuple[Any, Any] | None:
         type(scaler) is not preprocessing.StandardScaler
         or not scaler.with_std
         or scaler.window_size is not None
-        or type(regressor) is not linear_model.LinearRegression
-        or type(regressor.loss) is not optim.losses.Squared
+        or type(regressor) is not regressor_type
     ):
         return None
     return scaler, regressor
+
+
+def _scaler_and_linear(model: Any) -> tuple[Any, Any] | None:
+    """The scaler and the regressor of a `linear` model (a standard scaler, then a linear
+    regression on the squared loss, whose mean is the identity), or None for any other."""
+    parts = _scaled(model, linear_model.LinearRegression)
+    if parts is None or type(parts[1].loss) is not optim.losses.Squared:
+        return None
+    return parts
 
 
 class LinearScorer:
@@ -175,17 +183,10 @@ class LinearScorer:
         (a volatility model predicts the exp of its linear part)."""
         if type(model) is not preprocessing.TargetStandardScaler:
             return None
-        inner = model.regressor
-        if not isinstance(inner, compose.Pipeline) or len(inner.steps) != 2:
+        parts = _scaled(model.regressor, linear_model.BayesianLinearRegression)
+        if parts is None:
             return None
-        scaler, bayes = inner.steps.values()
-        if (
-            type(scaler) is not preprocessing.StandardScaler
-            or not scaler.with_std
-            or scaler.window_size is not None
-            or type(bayes) is not linear_model.BayesianLinearRegression
-        ):
-            return None
+        scaler, bayes = parts
         std = model.var.get() ** 0.5
         terms: dict[str, tuple[float, float]] = {}
         if bayes._idx:
