@@ -5,24 +5,27 @@ fields, wrong types, NaN/inf, a price that is not positive, duplicate ids, too l
 window) go to `trades.dlq` with their reason and are counted; the loop goes on. Offsets are
 committed only once everything a trade led to is durable, and never past the first trade of a
 candle that is still open, so a replay rebuilds open candles exactly; closed history is
-resumed from the offline store's `candles`, and what the topics already hold is not sent
-again (`pipelines/emitted.py`).
+resumed from the offline store's `candles`, and what the pipeline sent since its last commit
+is not sent again (`pipelines/recovery.py`). A member that stalled past its session and
+wakes up finds itself fenced before it writes (`_still_member`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pandas as pd
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    KafkaError,
     KafkaException,
     Message,
     Producer,
@@ -34,13 +37,22 @@ from rtml import feature_store as fs
 from rtml.kafka import (
     Topics,
     TopicWatch,
+    dlq,
     ensure_topics,
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.emitted import Emitted
 from rtml.pipelines.features import HISTORY, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.recovery import (
+    CommitRecord,
+    Ledger,
+    Partition,
+    Replay,
+    read_record,
+    record_path,
+    write_record,
+)
 from rtml.pipelines.sink import FeatureSink, read_candles
 from rtml.records import TRADES, BadRecord, Trade
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
@@ -98,11 +110,14 @@ class History:
     candles: dict[str, list[Candle]] = field(default_factory=dict)
     # feature rows, for symbols stored before candles were (their close and volume suffice)
     rows: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
+    stored: dict[str, float] = field(default_factory=dict)  # symbol -> newest candle's end
+    counted: Replay = field(default_factory=Replay)  # the newest trade each stored candle counted
 
     @classmethod
-    def read(cls, settings: Settings, horizon: int) -> History:
+    def read(cls, settings: Settings, horizon: int, trades_id: str | None = None) -> History:
         """The newest candles of every symbol; feature rows only for configured symbols that
-        have no candles (a store written before candles were), not read at all otherwise."""
+        have no candles (a store written before candles were), not read at all otherwise.
+        With `trades_id`, the trades the stored candles counted (`Replay.count_stored`)."""
         history = cls()
         directory = settings.offline_dir / fs.CANDLES_DATASET
         wanted = HISTORY + horizon
@@ -117,9 +132,11 @@ class History:
         if not frame.empty:
             # parts can repeat a candle (a replay after a crash between two writes)
             frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
+            history.counted.count_stored(frame, trades_id)
             newest = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
             for symbol, rows in newest.tail(wanted).groupby("symbol", sort=False):
                 history.candles[str(symbol)] = read_candles(rows)
+                history.stored[str(symbol)] = history.candles[str(symbol)][-1].end
         if set(settings.symbols) <= set(history.candles):
             return history
         frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
@@ -135,6 +152,13 @@ class History:
             history.rows[str(symbol)] = list(zip(stamps, values, strict=True))
         return history
 
+    def extend(self, candle: Candle, horizon: int) -> None:
+        """A candle written after the store was read: the newest to resume from."""
+        candles = self.candles.setdefault(candle.symbol, [])
+        candles.append(candle)
+        del candles[: -(HISTORY + horizon)]
+        self.stored[candle.symbol] = max(candle.end, self.stored.get(candle.symbol, -math.inf))
+
     def resume(self, processor: FeatureProcessor, symbol: str) -> None:
         """Put `symbol` where the store left it (nothing held: a symbol never seen)."""
         processor.forget(symbol)
@@ -147,7 +171,7 @@ class History:
 class FeaturePipeline:
     """One consumer-group member; run several to share the `trades` partitions.
 
-    Each assignment reads back what the topics already hold (`pipelines/emitted.py`) and the
+    Each assignment reads back what was sent since the last commit (`pipelines/recovery.py`) and the
     offline store's newest rows; a symbol resumes from them when its first trade arrives. A
     revoke first commits what was processed, then drops the symbols of the partitions that
     left, so two replicas never hold one symbol's windows at once.
@@ -168,9 +192,17 @@ class FeaturePipeline:
         self.stats = PipelineStats()
         self.processor = FeatureProcessor.of(settings)
         self.symbols = frozenset(settings.symbols)
-        self._emitted = Emitted()
+        self._replay = Replay()  # what a replay finds sent already
+        self._ledger = Ledger()  # where this member's own records stand on its outputs
+        self._committed: dict[int, int] = {}  # trades partition -> offset committed
+        self._member_at = -math.inf  # when the group last confirmed this member
+        # a member that has not heard from its group for this long may have been replaced:
+        # it asks before it writes (a stall past the session timeout, then a wake-up)
+        self._fence_s = settings.kafka_session_timeout_ms / 2000
         self._history = History()
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
+        # symbol -> its partition, for what the sink still buffers of partitions that left
+        self._held: dict[str, int] = {}
         self._consumer: Consumer | None = None
         self._sink: FeatureSink | None = None
         self._runner: Runner | None = None
@@ -208,7 +240,7 @@ class FeaturePipeline:
         watch.remember()
         self._consumer, self._sink = consumer, sink
         runner = self._runner = Runner(
-            GroupSource(consumer, [self.topics.trades]),
+            _RecordingSource(consumer, [self.topics.trades], self._committed_now),
             sink.kafka,
             self.step,
             self.counters,
@@ -244,14 +276,22 @@ class FeaturePipeline:
         return iter(())
 
     def _producer(self) -> Producer:
-        # idempotent: a retried produce is neither duplicated nor reordered, so what a crash
-        # leaves on a topic is a prefix of each symbol's records (see pipelines/emitted.py)
-        return make_producer(self.settings, **{"enable.idempotence": True})
+        # idempotent: a retried produce is neither duplicated nor reordered; each delivery
+        # tells the ledger where this member's records stand (pipelines/recovery.py)
+        return make_producer(
+            self.settings, **{"enable.idempotence": True, "on_delivery": self._delivered}
+        )
+
+    def _delivered(self, error: KafkaError | None, msg: Message) -> None:
+        if error is None:
+            self._ledger.delivered(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
 
     def _write(self) -> None:
         """Send what the trades read so far led to."""
         sink, runner = self._sink, self._runner
         assert sink is not None
+        if (self._out or self._dead_letters) and not self._still_member():
+            return
         if self._dead_letters:
             # delivered before any features record of a later trade: a replay takes a trade
             # at or before that record's `rtml.source` as handled, dead letter included
@@ -270,6 +310,9 @@ class FeaturePipeline:
         the windows of symbols gone quiet (they must not hold the commit behind them)."""
         self._sync_stats()
         self._write()
+        if self._runner is not None:  # where the outputs stand before the next batch
+            reading = {p: o for (_, p), o in self._runner.processed.items()}
+            self._ledger.snapshot(reading)
         if time.monotonic() - self._last_idle_check >= self.commit_interval_s:
             self._last_idle_check = time.monotonic()
             self._out.extend(self.processor.close_idle(2.0 * self.settings.candle_seconds))
@@ -282,33 +325,174 @@ class FeaturePipeline:
         self.stats.replayed = self._replays + self.counters.done["replayed"]
 
     def _on_assign(self, partitions: list[Position]) -> None:
-        """Read back what the topics hold and the offline store's newest rows, once per
-        assignment; symbols resume from them at their first trade."""
+        """Read back what this member's group sent since the assigned partitions' last commit
+        and the offline store's newest rows, once per assignment; symbols resume from them at
+        their first trade. What an earlier assignment buffered for the offline store is
+        written now, past what the store holds, and resumed from (partitions back after a
+        broker restart: resuming without it would put flat candles where real ones were);
+        the rows of partitions now elsewhere are dropped (their new owner writes them)."""
         self.assignment = {p for _, p in partitions}
         if not partitions:
             return
         self.assignments += 1
-        self._emitted = Emitted.read(self.settings, self.topics)
-        self._history = History.read(self.settings, self.settings.horizon)
-        if self._sink is not None:
-            self._sink.emitted = self._emitted
+        sink, consumer, watch = self._sink, self._consumer, self._watch
+        trades_id = watch.ids.get(self.topics.trades) if watch is not None else None
+        committed = self._read_committed(consumer, partitions)
+        topics = [self.topics.features, self.topics.examples, dlq(self.topics.trades)]
+        starts = self._starts(committed, trades_id, watch.ids if watch is not None else {})
+        self._replay, ends = Replay.read(self.settings, topics, starts)
+        self._ledger.read_to(ends)
+        history = self._history = History.read(self.settings, self.settings.horizon, trades_id)
+        self._replay.through = history.counted.through
+        self._member_at = time.monotonic()
+        if sink is None:
+            return
+        self._held = {s: p for s, p in self._held.items() if p in self.assignment}
+        sink.keep_only(set(self._held))
+        sink.stored.update(history.stored)
+        buffered_id = sink.trades_id
+        for candle, source in sink.flush_offline():
+            history.extend(candle, self.settings.horizon)
+            if source is not None and buffered_id == trades_id:
+                where = (candle.symbol, source[0])
+                through = self._replay.through
+                through[where] = max(source[1], through.get(where, -1))
+        sink.replay, sink.trades_id = self._replay, trades_id
+
+    def _symbols_of(self, partitions: set[int]) -> set[str]:
+        return {s for s, p in self._resumed.items() if p in partitions}
+
+    def _read_committed(
+        self, consumer: Consumer | None, partitions: list[Position]
+    ) -> dict[int, int]:
+        """The group's committed offset of each assigned partition (-1: none yet)."""
+        if consumer is None:
+            return {p: -1 for _, p in partitions}
+        asked = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            found = consumer.committed(asked, timeout=10)
+        except KafkaException as exc:
+            log.warning("the committed offsets could not be read (%s): reading back all", exc)
+            return {p: -1 for _, p in partitions}
+        for tp in found:
+            self._committed[tp.partition] = tp.offset if tp.offset >= 0 else -1
+        return {tp.partition: self._committed[tp.partition] for tp in found}
+
+    def _starts(
+        self, committed: dict[int, int], trades_id: str | None, ids: dict[str, str | None]
+    ) -> dict[Partition, int] | None:
+        """Where to read the outputs back from for `committed`: the earliest start of the
+        partitions' commit records, or None (everything) when a partition has none (a new
+        group, or one never committed before a crash), or its record belongs to another
+        `trades` or to offsets moved back."""
+        starts: dict[Partition, int] = {}
+        for partition, offset in committed.items():
+            path = record_path(self.settings, self.group_id, self.topics.trades, partition)
+            record = read_record(path)
+            if record is None:
+                log.info("no commit record for %s: reading every output back", path.name)
+                return None
+            if record.trades_id != trades_id or record.committed > offset:
+                log.warning(
+                    "the commit record of %s[%d] is of another incarnation or offset (%s@%d, "
+                    "group at %d): reading every output back",
+                    self.topics.trades,
+                    partition,
+                    record.trades_id,
+                    record.committed,
+                    offset,
+                )
+                return None
+            for topic, at in record.starts.items():
+                same = record.ids.get(topic) == ids.get(topic)
+                for q, start in at.items():
+                    begin = start if same else OFFSET_BEGINNING
+                    key = (topic, q)
+                    starts[key] = begin if key not in starts else min(starts[key], begin)
+        return starts
+
+    def _committed_now(self, offsets: dict[Position, int]) -> None:
+        """A commit went through: the group still has this member, and each partition's
+        commit record says where its outputs stood."""
+        self._member_at = time.monotonic()
+        watch = self._watch
+        ids = watch.ids if watch is not None else {}
+        self._committed.update({p: o for (_, p), o in offsets.items()})
+        # a record for every partition held, committed now or before (or never: -1)
+        committed = {p: self._committed.get(p, -1) for p in self.assignment}
+        starts = self._ledger.starts(committed)
+        by_topic: dict[str, dict[int, int]] = {}
+        for (topic, q), offset in starts.items():
+            by_topic.setdefault(topic, {})[q] = offset
+        for partition, offset in committed.items():
+            record = CommitRecord(
+                trades_id=ids.get(self.topics.trades),
+                committed=offset,
+                starts=by_topic,
+                ids={t: ids.get(t) for t in by_topic},
+            )
+            path = record_path(self.settings, self.group_id, self.topics.trades, partition)
+            try:
+                write_record(path, record)
+            except OSError as exc:  # the next commit writes it again; a replay reads more
+                log.warning("commit record %s not written: %s", path, exc)
+
+    def _still_member(self) -> bool:
+        """Whether the group still has this member, asked of the broker when it has not said
+        so for `_fence_s`: a commit of the offsets already committed is refused to a member
+        the group replaced (a stall past the session timeout). Such a member writes nothing
+        more, drops its partitions, and rejoins at its next poll."""
+        consumer = self._consumer
+        if consumer is None or time.monotonic() - self._member_at < self._fence_s:
+            return True
+        offsets = [
+            TopicPartition(self.topics.trades, p, max(self._committed.get(p, 0), 0))
+            for p in sorted(self.assignment)
+        ]
+        if not offsets:
+            return True
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _FENCED:
+                return True  # the broker away: the produce waits for it anyway
+            log.warning(
+                "the group replaced this member while it was stalled (%s): it writes nothing "
+                "of what it read and rejoins",
+                exc.args[0].name(),
+            )
+            self._fenced()
+            return False
+        self._member_at = time.monotonic()
+        return True
+
+    def _fenced(self) -> None:
+        runner, sink = self._runner, self._sink
+        self._out = Outputs()
+        self._dead_letters = 0
+        if sink is not None:
+            sink.keep_only(set())
+        if runner is not None:
+            runner.drop(sorted(runner.assignment))
 
     def _drop(self, positions: list[Position]) -> None:
         """Partitions left (revoked, after the runner committed what they led to, or lost):
         drop the symbols built from them, so two replicas never hold one symbol's windows."""
         partitions = {p for _, p in positions}
         self.assignment -= partitions
-        gone = {s for s, p in self._resumed.items() if p in partitions}
+        gone = self._symbols_of(partitions)
         for symbol in gone:
             self.processor.forget(symbol)
-            del self._resumed[symbol]
-        self._emitted.forget(gone)
+            self._held[symbol] = self._resumed.pop(symbol)
+        self._replay.forget(gone)
+        for p in partitions:
+            self._committed.pop(p, None)
 
     def _resume(self, symbol: str, partition: int) -> None:
         """`symbol`'s first trade since this member got its partition: start where the offline
         store's newest candles left it."""
         self._history.resume(self.processor, symbol)
-        self._resumed[symbol] = partition
+        self._resumed[symbol] = self._held[symbol] = partition
 
     def _recreate(self, forgotten: list[str]) -> None:
         """The broker lost topics (an embedded broker keeps nothing across a restart).
@@ -325,12 +509,13 @@ class FeaturePipeline:
         sink.flush_offline()
         # what was read back refers to the topics as they were; the broker has forgotten this
         # producer too (an idempotent producer's sequence numbers would not be accepted)
-        self._emitted = sink.emitted = Emitted()
+        self._replay = sink.replay = Replay()
+        self._ledger = Ledger()
         sink.kafka.flush(1)
         sink.producer = self._producer()
         runner.sink = sink.kafka
         ensure_topics(self.settings, self.topics.with_dlqs())
-        watch.remember()
+        sink.trades_id = watch.remember().get(self.topics.trades)
         self.stats.topics_recreated += 1
         if self.topics.trades in forgotten:
             runner.processed.clear()
@@ -377,19 +562,16 @@ class FeaturePipeline:
             if (
                 exc.kind == "late"
                 and trade is not None
-                and self._emitted.counted(trade.symbol, partition, offset)
+                and self._replay.counted(trade.symbol, partition, offset)
             ):
                 # read again after a restart or a rebalance: it is in a candle already closed
                 self._replays += 1
                 return
             raise
 
-    def _replayed(self, msg: Message, kind: str) -> bool:
-        """A reject whose dead letter a replay finds on the DLQ already."""
-        del kind
-        partition = msg.partition() or 0
-        key = msg.key() or f"{self.topics.trades}[{partition}]".encode()
-        return self._emitted.dead_lettered(key, partition, msg.offset() or 0)
+    def _replayed(self, topic: str, key: bytes | None, value: bytes) -> bool:
+        """A reject whose dead letter, byte for byte, a replay finds on the DLQ already."""
+        return self._replay.already_sent(topic, key, value)
 
     def _rejected(self, topic: str, kind: str) -> None:
         del topic
@@ -418,6 +600,8 @@ class FeaturePipeline:
         if (unsent := sink.kafka.flush(self._flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return False
+        if not self._still_member():
+            return False
         sink.flush_online()
         sink.flush_offline()
         return True
@@ -428,3 +612,32 @@ class FeaturePipeline:
         out = {(t, p): min(open_positions.get(p, o), o) for (t, p), o in offsets.items()}
         log.info("committing %s; %s", {p: o for (_, p), o in out.items()}, self.stats.line())
         return out
+
+
+_FENCED = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+"""What a broker answers a member whose group has moved on without it."""
+
+
+class _RecordingSource(GroupSource):
+    """The group source, telling the pipeline of each commit that went through."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topics: list[str],
+        committed: Callable[[dict[Position, int]], None],
+    ) -> None:
+        super().__init__(consumer, topics)
+        self._committed = committed
+
+    def commit(self, offsets: dict[Position, int]) -> bool:
+        done = super().commit(offsets)
+        if done:
+            self._committed(offsets)
+        return done

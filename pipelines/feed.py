@@ -115,7 +115,7 @@ def backfill(
             candles = [c for c in out.candles if (c.symbol, c.end) not in stored_candles]
             stats.already_stored += len(out.features) - len(features)
             stats.already_stored += len(out.examples) - len(examples)
-            out = Outputs(candles, features, examples)
+            out = Outputs(candles=candles, features=features, examples=examples)
         sink.write(out)
         stats.features += len(out.features)
         stats.examples += len(out.examples)

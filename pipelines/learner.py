@@ -44,6 +44,10 @@ SNAPSHOTS = 8
 last; usually three are kept, and a checkpoint holds them (a restart resumes exactly)."""
 
 
+TOP_SYMBOLS = 10
+"""Per-symbol errors in a checkpoint's metrics: those of the symbols that err most."""
+
+
 class RollingMean:
     """Mean of the last `window` values."""
 
@@ -346,6 +350,10 @@ class Learner:
             "learned": float(self.learned),
             "drifts": float(self.drifts),
         }
-        for symbol, (total, count) in self._per_symbol.items():
+        # the symbols that err most, not every symbol: a checkpoint's metrics stay a few
+        # dozen keys at 500 symbols (MLflow keeps one row per key and step)
+        worst = sorted(self._per_symbol.items(), key=lambda kv: -kv[1][0] / kv[1][1])
+        for symbol, (total, count) in worst[:TOP_SYMBOLS]:
             out[f"mae.{symbol.replace('/', '_')}"] = total / count
+        out["symbols"] = float(len(self._per_symbol))
         return out

@@ -30,11 +30,14 @@ def to_datetime(ts: float) -> datetime:
 @dataclass
 class Outputs:
     candles: list[Candle] = field(default_factory=list)
+    # the (partition, offset) of the trade that closed each candle, None if none did
+    sources: list[tuple[int, int] | None] = field(default_factory=list)
     features: list[FeatureRow] = field(default_factory=list)
     examples: list[Example] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         self.candles.extend(other.candles)
+        self.sources.extend(other.sources)
         self.features.extend(other.features)
         self.examples.extend(other.examples)
 
@@ -126,6 +129,7 @@ class FeatureProcessor:
     ) -> Outputs:
         out, max_gap = Outputs() if into is None else into, self.builder.max_gap_s
         out.candles.extend(candles)
+        out.sources.extend([source] * len(candles))
         for candle in candles:
             state = self._state.get(candle.symbol)
             if state and state.history and candle.start - state.history[-1].end > max_gap:

@@ -13,9 +13,9 @@ import pandas as pd
 
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode, send
-from rtml.pipelines.emitted import Emitted, source_header
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
 from rtml.pipelines.processor import Outputs
+from rtml.pipelines.recovery import Replay
 from rtml.pipelines.targets import target
 from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
@@ -59,11 +59,32 @@ CANDLE_COLUMNS = [
     "vwap",
     "trades",
 ]
+SOURCE_COLUMNS = ["source_topic", "source_partition", "source_offset"]
+"""Where a live candle came from: the `trades` incarnation (its topic id), partition and
+offset of the trade that closed it; a replay passes over trades up to it (pipelines/recovery.py)."""
+
+Source = tuple[int, int] | None
 
 
-def candles_frame(candles: Iterable[Candle]) -> pd.DataFrame:
-    """Closed candles; event_timestamp and created are the candle's close (its `end`)."""
-    records = [
+def candles_frame(
+    candles: Iterable[Candle],
+    sources: Iterable[Source] | None = None,
+    topic_id: str | None = None,
+) -> pd.DataFrame:
+    """Closed candles; event_timestamp and created are the candle's close (its `end`). With
+    `sources`, where each came from (`SOURCE_COLUMNS`; -1 for a candle no trade closed)."""
+    candles = list(candles)
+    frame = _frame(_candle_records(candles), CANDLE_COLUMNS)
+    if sources is not None:
+        where = [s if s is not None else (-1, -1) for s in sources]
+        frame["source_topic"] = pd.Series([topic_id or ""] * len(where), dtype="string")
+        frame["source_partition"] = pd.Series([p for p, _ in where], dtype="int64")
+        frame["source_offset"] = pd.Series([o for _, o in where], dtype="int64")
+    return frame
+
+
+def _candle_records(candles: list[Candle]) -> list[dict[str, Any]]:
+    return [
         {
             "symbol": c.symbol,
             "event_timestamp": c.end,
@@ -79,7 +100,6 @@ def candles_frame(candles: Iterable[Candle]) -> pd.DataFrame:
         }
         for c in candles
     ]
-    return _frame(records, CANDLE_COLUMNS)
 
 
 def read_candles(frame: pd.DataFrame) -> list[Candle]:
@@ -175,9 +195,16 @@ class FeatureSink:
         self._features: list[FeatureRow] = []
         self._examples: list[Example] = []
         self._candles: list[Candle] = []
-        # what the topics already hold (read back after a restart or a rebalance): not sent again
-        self.emitted: Emitted | None = None
+        self._sources: list[Source] = []
+        # what was sent since the last commit (read back after a restart or a rebalance):
+        # a byte-identical copy is not sent again
+        self.replay: Replay | None = None
         self.already_emitted = 0
+        # each symbol's newest candle in the offline store: nothing at or before it is
+        # written again (a rebuilt stretch must not stand beside the stored one)
+        self.stored: dict[str, float] = {}
+        self.already_stored = 0
+        self.trades_id: str | None = None  # the `trades` incarnation candles came from
         self.idle: Callable[[], None] | None = None  # called while a write waits on a service
         self.online_every_s = online_every_s
         self._online: dict[str, FeatureRow] = {}  # each symbol's newest row, not yet online
@@ -191,25 +218,32 @@ class FeatureSink:
             self._features.extend(out.features)
         self._examples.extend(out.examples)
         self._candles.extend(out.candles)
+        self._sources.extend(out.sources or [None] * len(out.candles))
         if self.producer is not None:
-            emitted = self.emitted
+            topics = self.topics
             for row in out.features:
-                if emitted is not None and not emitted.new_feature(row):
-                    self.already_emitted += 1
-                    continue
-                send(
-                    self.producer,
-                    self.topics.features,
-                    encode(row.to_json()),
-                    key=row.symbol.encode(),
-                    headers=source_header(row.source) if row.source else None,
-                )
+                self._send(topics.features, row.symbol.encode(), encode(row.to_json()))
             for ex in out.examples:
-                if emitted is not None and not emitted.new_example(ex):
-                    self.already_emitted += 1
-                    continue
-                send(self.producer, self.topics.examples, encode(ex.to_json()), ex.symbol.encode())
+                self._send(topics.examples, ex.symbol.encode(), encode(ex.to_json()))
             self.producer.poll(0)
+
+    def _send(self, topic: str, key: bytes, value: bytes) -> None:
+        if self.replay is not None and self.replay.already_sent(topic, key, value):
+            self.already_emitted += 1
+            return
+        send(self.producer, topic, value, key=key)
+
+    def keep_only(self, symbols: set[str]) -> None:
+        """Drop what waits for the stores of every other symbol (its partition moved to
+        another member, which writes it)."""
+        self._features = [r for r in self._features if r.symbol in symbols]
+        self._examples = [e for e in self._examples if e.symbol in symbols]
+        kept = [
+            (c, s) for c, s in zip(self._candles, self._sources, strict=True) if c.symbol in symbols
+        ]
+        self._candles = [c for c, _ in kept]
+        self._sources = [s for _, s in kept]
+        self._online = {k: v for k, v in self._online.items() if k in symbols}
 
     def flush_online(self, due_only: bool = False) -> None:
         """Write the rows waiting for the online store (`due_only`: if `online_every_s` has
@@ -247,17 +281,32 @@ class FeatureSink:
     def pending_offline(self) -> int:
         return len(self._features) + len(self._examples) + len(self._candles)
 
-    def flush_offline(self) -> None:
-        """Append buffered rows as new parquet parts: durable before offsets are committed."""
-        offline = self.settings.offline_dir
-        fs.append_parquet(offline / fs.FEATURES_DATASET, features_frame(self._features))
+    def flush_offline(self) -> list[tuple[Candle, Source]]:
+        """Append buffered rows as new parquet parts: durable before offsets are committed.
+        Rows at or before their symbol's newest stored candle are not written again. Returns
+        the candles written, with where each came from."""
+        offline, stored = self.settings.offline_dir, self.stored
+        features = [r for r in self._features if r.ts > stored.get(r.symbol, -math.inf)]
+        examples = [e for e in self._examples if e.label_ts > stored.get(e.symbol, -math.inf)]
+        kept = [
+            (c, s)
+            for c, s in zip(self._candles, self._sources, strict=True)
+            if c.end > stored.get(c.symbol, -math.inf)
+        ]
+        self.already_stored += len(self._candles) - len(kept)
+        fs.append_parquet(offline / fs.FEATURES_DATASET, features_frame(features))
         column = target(self.settings.target).column
-        fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(self._examples, column))
+        fs.append_parquet(offline / fs.TARGETS_DATASET, targets_frame(examples, column))
         # last: a symbol resumes from its newest candle, and every row before it is stored
-        fs.append_parquet(offline / fs.CANDLES_DATASET, candles_frame(self._candles))
+        frame = candles_frame([c for c, _ in kept], [s for _, s in kept], self.trades_id)
+        fs.append_parquet(offline / fs.CANDLES_DATASET, frame)
+        for candle, _ in kept:
+            stored[candle.symbol] = max(candle.end, stored.get(candle.symbol, -math.inf))
         self._features.clear()
         self._examples.clear()
         self._candles.clear()
+        self._sources.clear()
+        return kept
 
 
 def _online() -> Any:

@@ -20,9 +20,8 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import (
@@ -44,6 +43,7 @@ from rtml.kafka import (
     make_producer,
     send,
 )
+from rtml.pipelines.dataset import offline_examples, warm_start
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from rtml.pipelines.gate import GateDecision, champion_fails, gate, refresh, spent_z
 from rtml.pipelines.learner import Learner
@@ -56,94 +56,6 @@ from rtml.settings import Settings
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 10  # uploads between prunings of old versions
-
-
-def offline_examples(settings: Settings, after: Mapping[str, float] | None = None) -> list[Example]:
-    """The offline store's targets joined point-in-time to their features, in time order.
-
-    `after` keeps, per symbol, only the examples whose event time is past the given one.
-    """
-    column = target(settings.target).column
-    targets = fs.read_parquet_dir(settings.offline_dir / fs.TARGETS_DATASET)
-    if not targets.empty:
-        if column not in targets:
-            raise ConfigError(
-                f"the offline store in {settings.offline_dir} holds no {settings.target} labels "
-                f"({column}); backfill it with `rtml backfill --target {settings.target}`, or "
-                "train the target it holds"
-            )
-        targets = targets[targets["symbol"].isin(settings.symbols)]  # this trainer's shard
-        targets = targets[targets[column].notna()]
-    if after and not targets.empty:
-        since = targets["symbol"].map(after).fillna(-math.inf).astype(float)
-        stamps = targets["event_timestamp"].map(lambda t: t.timestamp())
-        targets = targets[stamps > since]
-    if targets.empty:
-        return []
-    targets = targets.drop_duplicates(["symbol", "event_timestamp"]).sort_values("event_timestamp")
-    log.info("joining %d targets point-in-time with their features", len(targets))
-    frame, names = fs.historical_features(
-        fs.open_store(settings),
-        # `created` would clash with the feature sources' own created-timestamp column
-        targets[["symbol", "event_timestamp", column, "created"]].rename(
-            columns={"created": "label_time"}
-        ),
-    )
-    frame = frame.sort_values(["event_timestamp", "symbol"], kind="stable")
-    rows = frame[["symbol", "event_timestamp", "label_time", column, *names]].to_dict("records")
-    return [
-        Example(
-            str(r["symbol"]),
-            r["event_timestamp"].timestamp(),
-            r["label_time"].timestamp(),
-            {n: float(r[n]) for n in names if r[n] is not None and math.isfinite(r[n])},
-            float(r[column]),
-        )
-        for r in rows
-    ]
-
-
-def fit(learner: Learner, examples: list[Example], epochs: int, progress: bool = True) -> None:
-    """The first pass predicts before learning (progressive metrics); further passes only learn."""
-    for epoch in range(epochs):
-        desc = f"warm start {epoch + 1}/{epochs}"
-        for ex in tqdm(examples, desc=desc, disable=not progress):
-            if epoch == 0:
-                learner.step(ex)
-            else:
-                learner.learn_one(ex.features, ex.target)
-    if epochs > 1:
-        learner.snapshot()  # what serving starts from is the model after every pass
-
-
-@dataclass(frozen=True, slots=True)
-class Dataset:
-    """What a fit read from the offline store: how many examples, and their time span."""
-
-    examples: int
-    start: float = math.nan  # event time of the first example's features
-    end: float = math.nan  # label time of the last one
-
-    def params(self) -> dict[str, str]:
-        def iso(ts: float) -> str:
-            return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) else ""
-
-        return {
-            "dataset.feature_service": fs.FEATURE_SERVICE,
-            "dataset.examples": str(self.examples),
-            "dataset.from": iso(self.start),
-            "dataset.to": iso(self.end),
-        }
-
-
-def warm_start(settings: Settings, learner: Learner) -> Dataset:
-    """Fit on the offline store, `warm_start_epochs` passes; says what it read."""
-    examples = offline_examples(settings)
-    if not examples:
-        log.warning("the offline store has no targets yet: starting from an untrained model")
-        return Dataset(0)
-    fit(learner, examples, settings.warm_start_epochs)
-    return Dataset(len(examples), examples[0].ts, max(ex.label_ts for ex in examples))
 
 
 @dataclass
@@ -438,6 +350,8 @@ class Trainer:
         # every configured symbol: this shard's are learned, other shards' are skipped
         self.known_symbols = frozenset(settings.symbols).union(*settings.shards.values())
         self.own_symbols = frozenset(settings.symbols)
+        # examples are keyed by symbol: another shard's are passed over by their key alone
+        self._other_keys = frozenset(s.encode() for s in self.known_symbols - self.own_symbols)
         # the span of an example's label: exactly H windows where every window has a candle
         self.least_span = settings.horizon * settings.candle_seconds
         self.exact_span = settings.gap_policy == "flat"
@@ -631,6 +545,9 @@ class Trainer:
         done = self.counters.done
         if (partition, offset) in self.skips:
             done["skipped"] += 1
+            return
+        if msg.key() in self._other_keys:  # another shard's, by its key: not even decoded
+            done["other_shard"] += 1
             return
         raw = msg.value() or b""
         ex = self._admit(self._examples.read(raw))

@@ -94,17 +94,25 @@ def append_parquet(directory: Path, frame: pd.DataFrame) -> Path | None:
 
 
 def read_parquet_dir(
-    directory: Path, columns: list[str] | None = None, since: pd.Timestamp | None = None
+    directory: Path,
+    columns: list[str] | None = None,
+    since: pd.Timestamp | None = None,
+    symbols: list[str] | None = None,
 ) -> pd.DataFrame:
     """Every complete part in `directory` as one frame (empty when there are none); with
     `since`, only rows whose event_timestamp is at or after it (older parts are skipped on
-    their statistics, not read)."""
+    their statistics, not read); with `symbols`, only their rows (a shard's)."""
     parts = sorted(directory.glob("*.parquet")) if directory.exists() else []
     if not parts:
         return pd.DataFrame(columns=columns)
-    filters = [("event_timestamp", ">=", since)] if since is not None else None
+    filters: list[tuple[str, str, Any]] = []
+    if since is not None:
+        filters.append(("event_timestamp", ">=", since))
+    if symbols is not None:
+        filters.append(("symbol", "in", symbols))
     return pd.concat(
-        [pd.read_parquet(p, columns=columns, filters=filters) for p in parts], ignore_index=True
+        [pd.read_parquet(p, columns=columns, filters=filters or None) for p in parts],
+        ignore_index=True,
     )
 
 

@@ -263,29 +263,37 @@ def send(
             producer.poll(0.1)
 
 
-def dead_letter(
-    producer: Sink,
-    topic: str,
+REPLAY_HEADER = "rtml.replay-of"
+"""The header `rtml dlq replay` puts on a record it brings back: the dead letter it came
+from. A record rejected again keeps it in its new letter (`replay_of`), so a replay does not
+bring its own re-rejections back."""
+
+
+def letter(
     reason: str,
     value: bytes | None,
     *,
     key: bytes | None = None,
     origin: str = "",
-) -> None:
-    """Send a rejected record to `topic`'s DLQ with its reason and where it came from.
+    replay_of: str | None = None,
+) -> tuple[bytes | None, bytes]:
+    """The dead letter of a rejected record: (key, value), the same bytes for the same record
+    and reason, so a replay can tell a letter it already sent.
 
-    The DLQ record carries the first `DLQ_RAW_BYTES` of the raw value (and its full size), so
-    it always fits the broker's message limit, however large or escape-heavy the original. A
+    The letter carries the first `DLQ_RAW_BYTES` of the raw value (and its full size), so it
+    always fits the broker's message limit, however large or escape-heavy the original. A
     value that is not UTF-8 is kept exactly as well (`raw_base64`), for `rtml dlq replay`.
-    A record without a key is keyed by the partition it came from (`origin` up to the `@`), so
-    the dead letters of one partition stay in order in one DLQ partition.
+    The key is kept up to `DLQ_KEY_BYTES`; a longer one is marked cut (`key_truncated`), and
+    a record that had none says so (`key_null`) and is keyed by the partition it came from
+    (`origin` up to the `@`), so the dead letters of one partition stay in order.
 
-    >>> class Sink:
-    ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
-    >>> sink = Sink()
-    >>> dead_letter(sink, "t", "too_large: ...", b'"' * 600_000, origin="t[0]@7")
-    >>> len(sink.sent["raw"]), sink.sent["raw_bytes"], sink.sent["raw_truncated"]
-    (16384, 600000, True)
+    >>> key, value = letter("too_large: ...", b'"' * 600_000, key=b"k" * 2000, origin="t[0]@7")
+    >>> sent = orjson.loads(value)
+    >>> len(sent["raw"]), sent["raw_bytes"], sent["raw_truncated"], len(key), sent["key_bytes"]
+    (16384, 600000, True, 1024, 2000)
+    >>> key, value = letter("not_json: x", b"{", origin="t[3]@7")
+    >>> key, orjson.loads(value)["key_null"]
+    (b't[3]', True)
     """
     data = value or b""
     head = data[:DLQ_RAW_BYTES]
@@ -301,9 +309,52 @@ def dead_letter(
             head.decode("utf-8")
         except UnicodeDecodeError:  # `raw` is lossy for people; this is the exact value
             record["raw_base64"] = base64.b64encode(data).decode()
-    if key is None and origin:
-        key = origin.rsplit("@", 1)[0].encode()
-    send(producer, dlq(topic), encode(record), key=key[:DLQ_KEY_BYTES] if key else key)
+    if key is None:
+        record["key_null"] = True
+        key = origin.rsplit("@", 1)[0].encode() if origin else None
+    elif len(key) > DLQ_KEY_BYTES:
+        record["key_bytes"] = len(key)
+        record["key_truncated"] = True
+        key = key[:DLQ_KEY_BYTES]
+    if replay_of:
+        record["replay_of"] = replay_of[:200]
+    return key, encode(record)
+
+
+def dead_letter(
+    producer: Sink,
+    topic: str,
+    reason: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    origin: str = "",
+    replay_of: str | None = None,
+) -> None:
+    """Send a rejected record to `topic`'s DLQ as its `letter`: its reason, where it came from,
+    a bounded copy of its value.
+
+    >>> class Sink:
+    ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
+    >>> sink = Sink()
+    >>> dead_letter(sink, "t", "not_positive: ...", b'{"price": 0}', key=b"A", origin="t[0]@7")
+    >>> sink.sent["reason"], sink.sent["origin"]
+    ('not_positive: ...', 't[0]@7')
+    """
+    key, value = letter(reason, value, key=key, origin=origin, replay_of=replay_of)
+    send(producer, dlq(topic), value, key=key)
+
+
+def replay_of(headers: Any) -> str | None:
+    """The dead letter a record was replayed from (its `REPLAY_HEADER`), if any.
+
+    >>> replay_of([("rtml.replay-of", b"trades.dlq[0]@4")]), replay_of(None)
+    ('trades.dlq[0]@4', None)
+    """
+    for name, header in headers if isinstance(headers, list) else []:
+        if name == REPLAY_HEADER and isinstance(header, bytes):
+            return header.decode(errors="replace")
+    return None
 
 
 def replay_value(dead: Mapping[str, Any]) -> bytes | None:
@@ -332,10 +383,14 @@ def scan(
     topics: Iterable[str],
     visit: Callable[[Message], None],
     timeout: float = 30.0,
+    starts: Mapping[tuple[str, int], int] | None = None,
+    ends: dict[tuple[str, int], int] | None = None,
 ) -> list[tuple[str, int]]:
     """Call `visit` with every record of `topics` (all partitions), from their start until each
-    partition reports its end. Partitions are assigned, not subscribed: no group to join, and
-    nothing committed. Returns the partitions not read to their end within `timeout`."""
+    partition reports its end; with `starts`, only those partitions, from those offsets. The
+    offset each partition ended at goes into `ends`. Partitions are assigned, not
+    subscribed: no group to join, and nothing committed. Returns the partitions not read to
+    their end within `timeout`."""
     import uuid
 
     consumer = make_consumer(settings, f"rtml-scan-{uuid.uuid4().hex[:8]}")
@@ -343,11 +398,14 @@ def scan(
         names = list(dict.fromkeys(topics))
         metadata = consumer.list_topics(timeout=10)
         partitions = [
-            TopicPartition(name, p, OFFSET_BEGINNING)
+            TopicPartition(name, p, OFFSET_BEGINNING if starts is None else starts[name, p])
             for name in names
             if name in metadata.topics
             for p in metadata.topics[name].partitions
+            if starts is None or (name, p) in starts
         ]
+        if not partitions:
+            return []
         consumer.assign(partitions)
         remaining = {(tp.topic, tp.partition) for tp in partitions}
         deadline = time.monotonic() + timeout
@@ -357,7 +415,10 @@ def scan(
                 if error is None:
                     visit(msg)
                 elif error.code() == KafkaError._PARTITION_EOF:
-                    remaining.discard((msg.topic() or "", msg.partition() or 0))
+                    where = (msg.topic() or "", msg.partition() or 0)
+                    remaining.discard(where)
+                    if ends is not None and (offset := msg.offset()) is not None:
+                        ends[where] = offset
     finally:
         consumer.close()
     return sorted(remaining)
@@ -388,7 +449,7 @@ def read_dead_letters(
             record = None
         if isinstance(record, dict) and "reason" in record:
             letters.append((key, record))
-        else:
+        elif not (isinstance(record, dict) and "replayed" in record):  # `dlq replay`'s marks
             foreign += 1
     return letters, foreign
 

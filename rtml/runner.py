@@ -43,7 +43,7 @@ from confluent_kafka import (
 )
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from rtml.kafka import Sink, dead_letter
+from rtml.kafka import Sink, dlq, letter, replay_of, send
 from rtml.records import MAX_RECORD_BYTES, BadRecord
 from rtml.settings import Settings
 
@@ -291,7 +291,7 @@ class Runner:
         backlog: int = 50_000,
         before_commit: Callable[[], bool] | None = None,
         committable: Callable[[dict[Position, int]], dict[Position, int]] | None = None,
-        replayed: Callable[[Message, str], bool] | None = None,
+        replayed: Callable[[str, bytes | None, bytes], bool] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -358,6 +358,12 @@ class Runner:
             self._dropped(partitions)  # their new owner has them: nothing may be committed
         finally:
             self._in_rebalance = False
+
+    def drop(self, partitions: list[Position]) -> None:
+        """Let go of `partitions` without a commit: the component found its group has moved
+        on without it (their new owner replays what was not committed)."""
+        log.warning("%s: dropped %s", self.counters.component, sorted(partitions))
+        self._dropped(partitions)
 
     def _dropped(self, partitions: list[Position]) -> None:
         self.assignment.difference_update(partitions)
@@ -437,18 +443,21 @@ class Runner:
             counters.done[self.outcome] += done
 
     def reject(self, msg: Message, kind: str, reason: str) -> None:
-        if self.replayed is not None and self.replayed(msg, kind):
+        topic = msg.topic() or ""
+        origin = f"{topic}[{msg.partition()}]@{msg.offset()}"
+        key, value = letter(
+            reason, msg.value(), key=msg.key(), origin=origin, replay_of=replay_of(msg.headers())
+        )
+        if self.replayed is not None and self.replayed(dlq(topic), key, value):
             self.counters.done["replayed"] += 1  # its dead letter is on the DLQ already
             return
-        topic = msg.topic() or ""
         self.counters.reject(topic, kind)
         if self.on_reject is not None:
             self.on_reject(topic, kind)
-        origin = f"{topic}[{msg.partition()}]@{msg.offset()}"
         log.debug("%s: rejected %s: %s", self.counters.component, origin, reason)
         if self.dead_letters is not None and topic not in self.dead_letters:
             return
-        dead_letter(self.sink, topic, reason, msg.value(), key=msg.key(), origin=origin)
+        send(self.sink, dlq(topic), value, key=key)
 
     def wait_for_deliveries(self) -> None:
         """Back-pressure: more records wait for the broker than `backlog` (it is slow, or

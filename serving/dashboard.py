@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from rtml.serving.app import require_token
-from rtml.serving.monitor import MonitorCollector, MonitorService
+from rtml.serving.monitor import TOP_SYMBOLS, MonitorCollector, MonitorService
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,18 @@ def create_dashboard_app(service: MonitorService) -> FastAPI:
         return Response(style, media_type="text/css")
 
     @app.get("/api/state", dependencies=auth)
-    def state(points: int = 500) -> dict[str, Any]:
+    def state(
+        points: int = 500, symbol: str | None = None, top: int = TOP_SYMBOLS, page: int = 0
+    ) -> dict[str, Any]:
+        """What the page draws: one symbol's series and one page of the error table, so its
+        size and the time it holds the monitor's lock do not grow with the symbols."""
         with service.lock:
-            snapshot = service.monitor.snapshot(points=max(1, min(points, 10_000)))
+            snapshot = service.monitor.snapshot(
+                points=max(1, min(points, 10_000)),
+                symbol=symbol,
+                top=max(1, min(top, 100)),
+                page=max(0, page),
+            )
         return {**snapshot, "decision": service.decision}
 
     @app.get("/metrics", dependencies=auth)

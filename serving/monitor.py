@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 ALL = "*"  # the symbol label of figures over all symbols
 
+TOP_SYMBOLS = 10
+"""Symbols per page of the error table, and per MLflow log: those that err most."""
+
 
 def metric_label(symbol: str) -> str:
     """`symbol` as part of an MLflow metric key, which allows letters, digits and ``_-. /``.
@@ -237,11 +240,27 @@ class Monitor:
         return sum(len(v) for v in self._predictions.values())
 
     # -- outputs ------------------------------------------------------------------------------
-    def errors_table(self) -> list[dict[str, Any]]:
+    def ranked_symbols(self) -> list[str]:
+        """Symbols by the rolling error of the version that served them most recently, the
+        worst first (then by name)."""
+        newest: dict[str, tuple[int, float]] = {}
+        order = {v: i for i, v in enumerate(self._seen)}  # oldest first
+        for (model, version, symbol), rolling in self._mae.items():
+            if symbol == ALL:
+                continue
+            rank = order.get((model, version), -1)
+            if symbol not in newest or rank > newest[symbol][0]:
+                mean = rolling.mean
+                newest[symbol] = (rank, mean if math.isfinite(mean) else -math.inf)
+        return sorted(newest, key=lambda s: (-newest[s][1], s))
+
+    def errors_table(self, top: int = TOP_SYMBOLS, page: int = 0) -> list[dict[str, Any]]:
         """Each recently served version beside the naive baseline over the same examples: the
-        champion first, then the others, most recently served first."""
+        champion first, then the others, most recently served first; over all symbols, and
+        for one page of `top` symbols ranked by error (`ranked_symbols`)."""
         champion = (self.champion_model, self.champion)
         order = {v: i for i, v in enumerate(reversed(self._seen))}
+        shown = set(self.ranked_symbols()[page * top : (page + 1) * top]) | {ALL}
 
         def rank(key: tuple[str, int, str]) -> tuple[bool, int, bool, str]:
             version = key[:2]
@@ -256,15 +275,26 @@ class Monitor:
                 "rolling_mae": _finite(self._mae[(model, version, symbol)].mean),
                 "baseline_mae": _finite(self._mae_baseline[(model, version, symbol)].mean),
             }
-            for model, version, symbol in sorted(self._mae, key=rank)
+            for model, version, symbol in sorted((k for k in self._mae if k[2] in shown), key=rank)
         ]
 
-    def snapshot(self, points: int = 500) -> dict[str, Any]:
-        """Everything the dashboard draws, each series cut to its newest `points`."""
+    def symbols(self) -> list[str]:
+        return sorted(self.price.keys() | self.pairs.keys())
 
-        def tail(series: deque[Any]) -> list[Any]:
-            return list(series)[-points:]
+    def snapshot(
+        self, points: int = 500, symbol: str | None = None, top: int = TOP_SYMBOLS, page: int = 0
+    ) -> dict[str, Any]:
+        """What the dashboard draws for one symbol (`symbol`, or the first by name), each series
+        cut to its newest `points`, with one page of the error table: its size is bounded by
+        `points` and `top`, whatever the number of symbols."""
 
+        def tail(series: deque[Any] | None) -> list[Any]:
+            return list(series or ())[-points:]
+
+        names = self.symbols()
+        chosen = symbol if symbol in self.price or symbol in self.pairs else None
+        chosen = chosen if chosen is not None else (names[0] if names else None)
+        ranked = len(self.ranked_symbols())
         return {
             "now": time.time(),
             "last_record_at": _finite(self.last_record_at),
@@ -280,19 +310,28 @@ class Monitor:
                 "expired": self.expired,
                 "rejected": dict(self.rejected),
             },
-            "price": {s: tail(v) for s, v in self.price.items()},
-            "pairs": {s: tail(v) for s, v in self.pairs.items()},
+            "symbols": names,
+            "symbol": chosen,
+            "price": {chosen: tail(self.price.get(chosen))} if chosen else {},
+            "pairs": {chosen: tail(self.pairs.get(chosen))} if chosen else {},
             "mae": [[t, v, _finite(m), _finite(b)] for t, v, m, b in tail(self.mae_series)],
             "staleness": tail(self.staleness),
             "champion_changes": list(self.champion_changes),
-            "errors": self.errors_table(),
+            "errors": self.errors_table(top, page),
+            "errors_page": page,
+            "errors_pages": max(1, -(-ranked // max(top, 1))),
             "alerts": list(self.alerts),
         }
 
-    def mlflow_metrics(self) -> dict[str, float]:
-        """Rolling errors as MLflow metric keys (`monitor.mae.v3.BTC_USD`)."""
+    def mlflow_metrics(self, top: int = TOP_SYMBOLS) -> dict[str, float]:
+        """Rolling errors as MLflow metric keys (`monitor.mae.v3.BTC_USD`): each version's
+        over all symbols, and over the `top` symbols that err most, so that a log is bounded
+        whatever the number of symbols (the dashboard's table has them all)."""
         out = {"monitor.joined": float(self.joined), "monitor.alerts": float(len(self.alerts))}
+        worst = set(self.ranked_symbols()[:top]) | {ALL}
         for (model, version, symbol), rolling in self._mae.items():
+            if symbol not in worst:
+                continue
             label = "all" if symbol == ALL else metric_label(symbol)
             name = f"{metric_label(model)}.v{version}" if model else f"v{version}"
             if math.isfinite(rolling.mean):

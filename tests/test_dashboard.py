@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -20,8 +21,9 @@ import uvicorn
 
 from rtml.app.stack import free_port
 from rtml.kafka import Topics, dlq, encode, ensure_topics, make_producer
+from rtml.records import Prediction
 from rtml.serving.dashboard import create_dashboard_app
-from rtml.serving.monitor import MonitorService
+from rtml.serving.monitor import ALL, TOP_SYMBOLS, Monitor, MonitorService
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
 
@@ -244,3 +246,95 @@ def test_the_page_allows_only_its_own_script(monitored: tuple[MonitorService, st
         assert answer.status_code == 200 and kind in answer.headers["content-type"]
     assert "innerHTML" not in httpx.get(f"{url}/dashboard.js", timeout=10).text
     assert "decision" in httpx.get(f"{url}/api/state", timeout=10).json()  # who set the champion
+
+
+def _wide_monitor(symbols: int = 500, versions: int = 8, candles: int = 60) -> Monitor:
+    """A monitor that has joined `candles` predictions of each of `versions` versions for
+    each of `symbols` symbols."""
+    monitor = Monitor(window=50, history=2000, max_versions=versions)
+    rng = random.Random(3)
+    for i in range(candles):
+        ts = 1_700_000_000.0 + 60 * i
+        version = 1 + i * versions // candles
+        for k in range(symbols):
+            symbol = f"S{k:04d}"
+            monitor.on_price(symbol, ts, 100.0 + rng.random())
+            target = rng.gauss(0, 0.002) * (1 + k % 7)
+            monitor.on_prediction(
+                Prediction(symbol, ts, target + rng.gauss(0, 0.001), version, ts - 180), ts
+            )
+            monitor.on_example(symbol, ts, target)
+    return monitor
+
+
+def test_the_dashboard_sends_one_symbol_and_a_page_of_errors_at_500_symbols() -> None:
+    """At 500 symbols and 8 versions the state of one symbol is small, and an MLflow log
+    holds each version over all symbols and the few that err most, not every symbol."""
+    monitor = _wide_monitor()
+    state = monitor.snapshot(points=500, symbol="S0123")
+    size = len(json.dumps(state))
+    assert state["symbol"] == "S0123" and list(state["price"]) == ["S0123"]
+    assert len(state["symbols"]) == 500 and size <= 200_000, size
+    ranked = monitor.ranked_symbols()
+    shown = {r["symbol"] for r in state["errors"]}
+    assert shown == {ALL, *ranked[:TOP_SYMBOLS]}
+    assert state["errors_pages"] == 500 // TOP_SYMBOLS
+    second = {r["symbol"] for r in monitor.errors_table(page=1)}
+    assert second == {ALL, *ranked[TOP_SYMBOLS : 2 * TOP_SYMBOLS]}
+    # the worst first: ranked by the newest version's rolling error
+    errors = [monitor.rolling_mae(8, s) for s in ranked]
+    assert errors == sorted(errors, reverse=True)
+    metrics = monitor.mlflow_metrics()
+    assert len(metrics) <= 2 + 1 + 8 * (1 + TOP_SYMBOLS), len(metrics)
+    # an unknown symbol draws the first one rather than nothing
+    assert monitor.snapshot(symbol="nope")["symbol"] == "S0000"
+
+
+def test_a_symbol_picked_through_the_search_is_drawn_at_500_symbols(tmp_path: Path) -> None:
+    """The page's search submits `?symbol=`; at 500 symbols the page draws that one."""
+    browser = chromium()
+    if browser is None:
+        pytest.skip(
+            "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
+            "or point RTML_CHROMIUM at a Chrome/Chromium binary"
+        )
+    service = MonitorService(Settings(state_dir=tmp_path / "state"), monitor=_wide_monitor())
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_dashboard_app(service), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    web = threading.Thread(target=server.run, daemon=True)
+    web.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dom = subprocess.run(
+            [
+                browser,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                f"http://127.0.0.1:{port}/?symbol=S0321",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    finally:
+        server.should_exit = True
+        web.join(30)
+    assert re.search(r'<input id="symbol"[^>]*value="S0321"', dom) or 'value="S0321"' in dom
+    assert dom.count("<option") == 500  # every symbol is searchable
+    svg = re.search(r'<svg id="chart-price"[^>]*>(.*?)</svg>', dom, re.S)
+    assert svg, "price chart missing"
+    lines = re.findall(r'class="series" data-name="close"[^>]*points="([^"]*)"', svg.group(1))
+    assert lines and len(lines[0].split()) == 60

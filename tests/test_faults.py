@@ -8,6 +8,7 @@ fault table lists them all.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -25,6 +26,7 @@ from typing import Any
 # Imported here, once: feast's circular imports fail when two threads first import it at once,
 # as the components these tests run in threads would.
 import feast.data_source  # noqa: F401
+import pandas as pd
 import pytest
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
@@ -213,6 +215,63 @@ def test_broker_restart_is_survived_and_the_trainer_catches_up_from_the_offline_
     assert run_second.error is None and features.error is None
     assert second.learner is not None and second.learner.learned == total  # none lost
     assert pipeline.stats.examples == sum(counts)  # the pipeline lost no trade it was sent
+
+
+def _read_at_least(pipeline: FeaturePipeline, n: int) -> bool:
+    return pipeline.stats.trades >= n
+
+
+@pytest.mark.timeout(600)
+def test_three_broker_restarts_while_trades_flow_leave_one_real_candle_per_window(
+    own_broker: Stack,
+) -> None:
+    """The broker restarts three times while a market arrives, each time right after the
+    pipeline read the trades sent (its newest candles still buffered for the offline store).
+    The store then holds each (symbol, window) once, and every window that had closed holds
+    its real candle, not a flat one: only a window still open at a restart, whose trades the
+    forgotten topic took along, may be filled from what came after."""
+    own = own_broker
+    tag = uuid.uuid4().hex[:6]
+    local = own.settings.model_copy(
+        update={"symbols": (f"A{tag}", f"B{tag}"), "horizon": 3, "topic_prefix": f"br{tag}."}
+    )
+    topics = Topics.of(local)
+    ensure_topics(local, topics.with_dlqs())
+    start = (time.time() // 60 - 100) * 60
+    trades = list(SyntheticMarket(local.symbols, seed=9, start_ts=start).candles_of_trades(80))
+    cuts = [start + k * 20 * 60 for k in range(5)]
+    parts = [[t for t in trades if a <= t.ts < b] for a, b in itertools.pairwise(cuts)]
+    pipeline = FeaturePipeline(local, group_id=f"restarts-{tag}", commit_interval_s=0.5)
+    worker = _Worker(lambda: pipeline.run(max_seconds=420))
+    worker.start()
+    feed = make_producer(local)
+    open_at_restart: set[tuple[str, float]] = set()
+    sent = 0
+    for i, part in enumerate(parts):
+        _send(feed, topics.trades, part)
+        sent += len(part)
+        _until(functools.partial(_read_at_least, pipeline, sent), 120, pipeline.stats.line)
+        if i < 3:
+            for symbol in local.symbols:
+                last = max(t.ts for t in part if t.symbol == symbol)
+                open_at_restart.add((symbol, (last // 60 + 1) * 60))
+            _restart_broker(own, pipeline)
+    time.sleep(2)  # a commit: the offline parts are durable
+    pipeline.stop.set()
+    worker.join(60)
+    assert worker.error is None
+
+    frame = fs.read_parquet_dir(local.offline_dir / fs.CANDLES_DATASET)
+    frame = frame[frame["symbol"].isin(local.symbols)]
+    ends = (frame["event_timestamp"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    stored = Counter(zip(frame["symbol"], ends, strict=True))
+    assert [k for k, n in stored.items() if n > 1] == []
+    traded = {(t.symbol, (t.ts // 60 + 1) * 60) for t in trades}
+    flat = set(zip(frame["symbol"][frame["trades"] == 0], ends[frame["trades"] == 0], strict=True))
+    assert (flat & traded) <= open_at_restart, sorted(flat & traded)
+    newest = max(ends)
+    closed = {k for k in traded if k[1] < newest - 60} - open_at_restart
+    assert closed <= set(stored)
 
 
 # --- Redis blinks under the feature pipeline -----------------------------------------------

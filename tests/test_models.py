@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from rtml.errors import ConfigError
+from rtml.pipelines.dataset import warm_start
 from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
-from rtml.pipelines.learner import Learner
+from rtml.pipelines.learner import TOP_SYMBOLS, Learner
 from rtml.pipelines.models import MODELS, LinearScorer, LinearStep, build_model
-from rtml.pipelines.trainer import warm_start
 from rtml.records import BadRecord, Example, examples_reader
 from rtml.settings import Settings
 
@@ -120,6 +120,27 @@ def test_learner_detects_an_abrupt_change_and_can_reset() -> None:
     old = learner.model
     learner.reset_model(build_model("linear"))
     assert learner.model is not old and learner.learned == 3000
+
+
+def test_a_checkpoints_metrics_name_the_symbols_that_err_most_not_every_symbol() -> None:
+    """At 500 symbols a checkpoint logs a few dozen metrics to MLflow, not 500 more."""
+    learner = Learner(build_model("linear"), window=50)
+    for t in range(5):
+        for k in range(500):
+            x = {"a": 0.001 * k}
+            learner.step(Example(f"S{k:03d}", float(t), float(t + 5), x, 0.0001 * k * (t % 2)))
+    metrics = learner.metrics()
+    per_symbol = {k: v for k, v in metrics.items() if k.startswith("mae.")}
+    assert len(per_symbol) == TOP_SYMBOLS and metrics["symbols"] == 500
+    assert len(metrics) <= 12 + TOP_SYMBOLS
+    # the worst: the symbols whose targets are largest
+    assert min(per_symbol.values()) >= max(
+        v for k, v in learner_errors(learner).items() if f"mae.{k}" not in per_symbol
+    )
+
+
+def learner_errors(learner: Learner) -> dict[str, float]:
+    return {s: total / n for s, (total, n) in learner._per_symbol.items()}
 
 
 def test_a_challenger_that_errs_less_takes_over() -> None:

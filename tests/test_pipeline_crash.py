@@ -116,12 +116,24 @@ def _assert_each_output_once(
     assert [k for k, n in got_examples.items() if n > 1] == []
     assert set(features) <= set(got_features)
     assert examples <= set(got_examples)
-    assert len(set(got_features) - set(features)) <= len(settings.symbols)
+    extra = sorted(set(got_features) - set(features))
+    assert len(extra) <= len(settings.symbols), (extra, max(ts for _, ts in features))
     for row in got:
         want = features.get((row["symbol"], row["ts"]))
         if want is not None:
             assert row["features"] == pytest.approx(want, rel=1e-9, abs=1e-12), row
     return got
+
+
+def _assert_stored_once(settings: Settings, features: dict[Key, Any]) -> None:
+    """The offline store holds each expected (symbol, time) once, in features and candles."""
+    for dataset in (fs.FEATURES_DATASET, fs.CANDLES_DATASET):
+        offline = fs.read_parquet_dir(settings.offline_dir / dataset)
+        offline = offline[offline["symbol"].isin(settings.symbols)]
+        stamps = offline["event_timestamp"].map(lambda t: t.timestamp())
+        stored = Counter(zip(offline["symbol"], stamps, strict=True))
+        assert [k for k, n in stored.items() if n > 1] == [], dataset
+        assert set(features) <= set(stored), dataset
 
 
 def _pipeline(settings: Settings, group: str) -> subprocess.Popen[bytes]:
@@ -133,6 +145,8 @@ def _pipeline(settings: Settings, group: str) -> subprocess.Popen[bytes]:
         "topic_prefix",
         "symbols",
         "horizon",
+        "candle_seconds",
+        "allowed_lateness_s",
         "commit_interval_s",
         "kafka_session_timeout_ms",
         "kafka_heartbeat_interval_ms",
@@ -265,13 +279,67 @@ def test_replicas_join_and_leave_mid_stream_without_a_duplicate_or_a_gap(
     assert shared == (2, 2)
     assert first.stats.trades > 0 and second.stats.trades > 0
     _assert_each_output_once(settings, want_features, want_examples)
-    offline = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
-    offline = offline[offline["symbol"].isin(settings.symbols)]
-    stamps = offline["event_timestamp"].map(lambda t: t.timestamp())
-    stored = Counter(zip(offline["symbol"], stamps, strict=True))
-    assert [k for k, n in stored.items() if n > 1] == []
-    assert set(want_features) <= set(stored)
+    _assert_stored_once(settings, want_features)
     assert read_messages(settings, dlq(Topics.of(settings).trades)) == []  # none dead-lettered
     assert len(commits.seen) > 10
     for before, after in itertools.pairwise(commits.seen):
         assert all(after.get(p, -1) >= offset for p, offset in before.items()), (before, after)
+
+
+@pytest.mark.timeout(600)
+def test_a_replica_stalled_past_its_session_writes_nothing_when_it_wakes(
+    stack_settings: Settings, stack: object
+) -> None:
+    """A replica is stopped (SIGSTOP) with candles open, past its session timeout and past
+    the two candles of silence after which a symbol's open window is closed; another takes
+    its partitions over while the rest of the market arrives. When the stalled one wakes
+    (SIGCONT), its first turn would close those windows with the trades it had, before it
+    hears that the group moved on. It asks the broker first, is refused, writes nothing and
+    rejoins: every output is on its topic once, and in the offline store once.
+
+    It is stopped once what it read is delivered: records already handed to the Kafka client
+    before a stall still go out after it (docs/pipelines.md)."""
+    seconds = 5
+    tag = uuid.uuid4().hex[:6]
+    settings = stack_settings.model_copy(
+        update={
+            "topic_prefix": f"z{tag}.",
+            "symbols": tuple(f"S{i}{tag}" for i in range(4)),
+            "horizon": H,
+            "candle_seconds": seconds,
+            "allowed_lateness_s": 1.0,
+            "commit_interval_s": COMMIT_S,
+            "kafka_session_timeout_ms": 3000,
+            "kafka_heartbeat_interval_ms": 500,
+        }
+    )
+    ensure_topics(settings, Topics.of(settings).with_dlqs(), partitions=4)
+    start = (time.time() // seconds - 80) * seconds
+    market = SyntheticMarket(settings.symbols, seed=7, start_ts=start, candle_seconds=seconds)
+    trades = list(market.candles_of_trades(60))
+    group = f"features-{tag}"
+    want_features, want_examples = expected_outputs(settings, trades)
+    half = len(trades) // 2
+    first_examples = expected_outputs(settings, trades[:half])[1]
+    stalled = _pipeline(settings, group)
+    other: subprocess.Popen[bytes] | None = None
+    try:
+        _feed(settings, trades[:half], chunks=10, pause_s=0.2).join(60)
+        _wait_for(settings, first_examples, timeout=120)
+        time.sleep(1)  # what it sent is delivered
+        stalled.send_signal(signal.SIGSTOP)
+        other = _pipeline(settings, group)
+        _feed(settings, trades[half:], chunks=10, pause_s=0.2).join(60)
+        # past its session (3 s) and two candles of silence (10 s)
+        time.sleep(3 * seconds + 5)
+        stalled.send_signal(signal.SIGCONT)
+        _wait_for(settings, want_examples, timeout=240)
+        time.sleep(3 * COMMIT_S)  # a late write of the woken one would be there by now
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+        for proc in (stalled, other):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(30)
+    _assert_each_output_once(settings, want_features, want_examples)
+    _assert_stored_once(settings, want_features)

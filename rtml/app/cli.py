@@ -446,32 +446,15 @@ def dlq_show(settings: Settings, topic: str, last: int) -> None:
 @click.option("--reason", default=None, help="Only records rejected for this reason class.")
 @click.pass_obj
 def dlq_replay(settings: Settings, topic: str, reason: str | None) -> None:
-    """Produce TOPIC's dead letters back onto TOPIC, keyed as they came; for after the cause
-    is fixed (e.g. a symbol added to RTML_SYMBOLS). Truncated copies cannot be replayed."""
-    from rtml.kafka import Topics, make_producer, read_dead_letters, replay_value, send
-    from rtml.kafka import dlq as dead_letters_of
+    """Produce TOPIC's dead letters back onto TOPIC, each once, keyed as they came; for after
+    the cause is fixed (e.g. a symbol added to RTML_SYMBOLS).
 
-    target = getattr(Topics.of(settings), topic)
-    producer = make_producer(settings)
-    sent = skipped = 0
-    letters, foreign = read_dead_letters(settings, dead_letters_of(target), timeout=30)
-    for key, record in letters:
-        if reason is not None and str(record.get("reason", "")).split(":", 1)[0] != reason:
-            continue
-        original = replay_value(record)
-        if original is None:
-            skipped += 1
-            continue
-        # a record that came without a key has its dead letter keyed by its partition's name
-        keyless = key == str(record.get("origin", "")).rsplit("@", 1)[0].encode()
-        send(producer, target, original, key=None if keyless else key)
-        sent += 1
-    producer.flush(30)
-    other = f"; {foreign} record(s) that are not rtml's dead letters left alone" if foreign else ""
-    click.echo(
-        f"replayed {sent} record(s) onto {target}; {skipped} truncated copies (or copies rtml "
-        f"cannot read) skipped{other}"
-    )
+    A replayed letter gets a marker on the DLQ, and a record rejected again after a replay
+    is not brought back by later runs: run it twice, the topics hold what one run left.
+    Letters whose value or key was cut to fit are refused, with the reason."""
+    from rtml.app.letters import replay_letters
+
+    click.echo(replay_letters(settings, topic, reason=reason).line())
 
 
 @cli.command()

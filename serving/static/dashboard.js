@@ -72,16 +72,20 @@ function item(text, cls) {
   return li;
 }
 
+const params = new URLSearchParams(location.search);
+let page = 0;
+
 function render(state) {
-  const select = document.getElementById("symbol");
-  const symbols = Object.keys(state.price).concat(Object.keys(state.pairs))
-    .filter((s, i, a) => a.indexOf(s) === i).sort();
-  if (select.options.length !== symbols.length) {
-    const keep = select.value;
-    select.replaceChildren(...symbols.map((s) => new Option(s, s)));
-    if (symbols.includes(keep)) select.value = keep;
+  // the picker searches every symbol (a datalist); the page draws the one the monitor sent
+  const list = document.getElementById("symbols");
+  if (list.options.length !== state.symbols.length) {
+    list.replaceChildren(...state.symbols.map((s) => new Option(s, s)));
   }
-  const symbol = select.value;
+  const input = document.getElementById("symbol");
+  if (document.activeElement !== input) input.value = state.symbol ?? "";
+  const symbol = state.symbol;
+  document.getElementById("page").textContent = `${state.errors_page + 1}/${state.errors_pages}`;
+  page = Math.min(page, state.errors_pages - 1);
   const changes = state.champion_changes;
   draw(document.getElementById("chart-price"),
        [{ name: "close", color: "#1f77b4", points: state.price[symbol] || [] }], changes,
@@ -129,14 +133,22 @@ function render(state) {
 
 async function refresh() {
   try {
-    const token = new URLSearchParams(location.search).get("token");
+    const token = params.get("token");
     const headers = token ? { Authorization: `Bearer ${token}` } : {};
-    const response = await fetch("api/state", { headers });
+    const query = new URLSearchParams({ page: String(page) });
+    if (params.get("symbol")) query.set("symbol", params.get("symbol"));
+    const response = await fetch(`api/state?${query}`, { headers });
     if (response.ok) render(await response.json());
   } catch (err) {
     console.error("monitor unreachable", err);
   }
 }
-document.getElementById("symbol").addEventListener("change", refresh);
+if (params.get("token")) {  // a search keeps the token the page was opened with
+  const hidden = document.getElementById("token");
+  hidden.value = params.get("token");
+  hidden.disabled = false;
+}
+document.getElementById("prev").addEventListener("click", () => { page = Math.max(0, page - 1); refresh(); });
+document.getElementById("next").addEventListener("click", () => { page += 1; refresh(); });
 refresh();
 setInterval(refresh, 2000);
