@@ -77,7 +77,7 @@ class SyntheticMarket:
         seed: int = 0,
         candle_seconds: int = 60,
         start_ts: float | None = None,
-        trades_per_candle: int = 20,
+        trades_per_candle: float = 20,
         min_regime: int = 240,
         max_regime: int = 600,
         start_price: float = 100.0,

@@ -196,3 +196,26 @@ def test_the_users_gap_policy_is_taken_and_a_file_with_sessions_asks_for_one(
         check_candle_file(Settings(candle_seconds=86400, gap_policy=policy), daily, AS_IS)
     with pytest.raises(RtmlError, match=r"hole of 36 h or more in 2 of 2 weeks.*--gap-policy skip"):
         check_candle_file(Settings(candle_seconds=86400), daily, AS_IS)
+
+
+def test_a_synthetic_source_takes_the_trades_per_candle(tmp_path: Path) -> None:
+    """Scale benchmarks hold the traffic equal across symbol counts: fewer trades per candle
+    for more symbols (`rtml feed` and `rtml backfill --trades-per-candle`)."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from rtml.app.cli import _trade_source, cli
+    from rtml.pipelines.files import AS_IS
+    from rtml.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, symbols=("A", "B"))
+    counts = [
+        len(list(_trade_source(settings, "synthetic", 0, 100, 0.0, AS_IS, threading.Event(),
+                               None, per_candle)))
+        for per_candle in (1, 8)
+    ]  # fmt: skip
+    assert 200 <= counts[0] < 500 and 1200 < counts[1] < 2200, counts
+    for command in ("feed", "backfill"):
+        shown = CliRunner().invoke(cli, [command, "--help"])
+        assert "--trades-per-candle" in shown.output, shown.output

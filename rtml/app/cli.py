@@ -149,6 +149,7 @@ def _trade_source(
     reading: Reading,
     stop: threading.Event,
     start_prices: dict[str, float] | None = None,
+    trades_per_candle: float = 20,
 ) -> Iterable[Any]:
     from rtml.pipelines import files, kraken, sources
 
@@ -159,6 +160,7 @@ def _trade_source(
             candle_seconds=settings.candle_seconds,
             start_ts=start_ts,
             start_prices=start_prices,
+            trades_per_candle=trades_per_candle,
         )
         return market.candles_of_trades(candles)
     if source == "kraken" or source.startswith(("ws://", "wss://")):
@@ -294,6 +296,16 @@ def _reading_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+_trades_per_candle = click.option(
+    "--trades-per-candle",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Synthetic: trades of each symbol per candle, on average (hold traffic equal across "
+    "symbol counts by giving fewer per candle to more symbols).",
+)
+
+
 @cli.command()
 @_source_option
 @click.option("--seed", default=0, show_default=True)
@@ -309,6 +321,7 @@ def _reading_options(command: Callable[..., None]) -> Callable[..., None]:
     is_flag=True,
     help="Synthetic: start where the offline store ends, at each symbol's last close.",
 )
+@_trades_per_candle
 @click.pass_obj
 @_reading_options
 def feed(
@@ -321,6 +334,7 @@ def feed(
     limit: int | None,
     start_ts: float | None,
     continue_history: bool,
+    trades_per_candle: float,
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
     from rtml.kafka import Topics, ensure_topics, make_producer
@@ -337,7 +351,9 @@ def feed(
         start_ts, start_prices = fs.history_end(settings)
         if start_ts is None:
             click.echo("the offline store is empty: the synthetic market starts now", err=True)
-    items = _trade_source(settings, source, seed, candles, start_ts, reading, stop, start_prices)
+    items = _trade_source(
+        settings, source, seed, candles, start_ts, reading, stop, start_prices, trades_per_candle
+    )
     if source == "synthetic" or Path(source).exists():
         items = paced(items, speed)
     producer = make_producer(settings)
@@ -365,6 +381,7 @@ def features(settings: Settings, group: str, duration: float | None) -> None:
 @click.option(
     "--start-ts", type=float, default=None, help="Event time of the first candle [days ago]."
 )
+@_trades_per_candle
 @click.pass_obj
 @_target_options
 @_reading_options
@@ -375,6 +392,7 @@ def backfill(
     seed: int,
     days: float,
     start_ts: float | None,
+    trades_per_candle: float,
 ) -> None:
     """Build the offline store from a replay file or a synthetic history, without Kafka."""
 
@@ -385,7 +403,10 @@ def backfill(
         candles = int(days * 86400 / settings.candle_seconds)
         if start_ts is None:
             start_ts = time.time() - candles * settings.candle_seconds
-    items = _trade_source(settings, source, seed, candles, start_ts, reading, threading.Event())
+    items = _trade_source(
+        settings, source, seed, candles, start_ts, reading, threading.Event(), None,
+        trades_per_candle,
+    )  # fmt: skip
     click.echo(run_backfill(settings, items).line())
 
 
