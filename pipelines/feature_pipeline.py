@@ -18,8 +18,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 from confluent_kafka import (
@@ -114,29 +115,44 @@ class History:
     counted: Replay = field(default_factory=Replay)  # the newest trade each stored candle counted
 
     @classmethod
-    def read(cls, settings: Settings, horizon: int, trades_id: str | None = None) -> History:
+    def read(
+        cls,
+        settings: Settings,
+        horizon: int,
+        trades_id: str | None = None,
+        newest: Mapping[str, float] | None = None,
+    ) -> History:
         """The newest candles of every symbol; feature rows only for configured symbols that
         have no candles (a store written before candles were), not read at all otherwise.
-        With `trades_id`, the trades the stored candles counted (`Replay.count_stored`)."""
+        With `trades_id`, the trades the stored candles counted (`Replay.count_stored`).
+
+        A live store's newest candles are recent: only recent parts are read. A symbol with
+        fewer recent candles than it resumes from (a quiet or halted pair) is read around its
+        own newest candle, which `newest` (each symbol's newest stored candle, from the commit
+        records) tells; a symbol not in it has no candles. Without `newest`, the store is
+        read whole."""
         history = cls()
         directory = settings.offline_dir / fs.CANDLES_DATASET
         wanted = HISTORY + horizon
-        # a live store: the newest candles are recent, and older parts need not be read
-        recent = pd.Timestamp.now(tz="UTC") - pd.Timedelta(
-            seconds=4 * wanted * settings.candle_seconds
-        )
-        frame = fs.read_parquet_dir(directory, since=recent)
+        span = wanted * settings.candle_seconds
+        now = pd.Timestamp.now(tz="UTC")
+        frame = fs.read_parquet_dir(directory, since=now - pd.Timedelta(seconds=4 * span))
         counts = frame["symbol"].value_counts() if not frame.empty else pd.Series(dtype=int)
-        if any(counts.get(s, 0) < wanted for s in settings.symbols):
+        lacking = sorted(s for s in settings.symbols if counts.get(s, 0) < wanted)
+        if lacking and newest is None:
             frame = fs.read_parquet_dir(directory)  # a replayed past, a gap, a new symbol
+        elif lacking and newest is not None:
+            frame = pd.concat([frame, *_around_newest(directory, lacking, newest, span, wanted)])
         if not frame.empty:
             # parts can repeat a candle (a replay after a crash between two writes)
             frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
             history.counted.count_stored(frame, trades_id)
-            newest = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
-            for symbol, rows in newest.tail(wanted).groupby("symbol", sort=False):
+            order = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
+            for symbol, rows in order.tail(wanted).groupby("symbol", sort=False):
                 history.candles[str(symbol)] = read_candles(rows)
                 history.stored[str(symbol)] = history.candles[str(symbol)][-1].end
+        if newest is not None:
+            return history  # the store has candles: feature rows are not read for them
         if set(settings.symbols) <= set(history.candles):
             return history
         frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
@@ -166,6 +182,50 @@ class History:
             processor.resume(symbol, candles)
         elif rows := self.rows.pop(symbol, None):
             processor.restore(symbol, rows)
+
+
+def _starts(records: list[CommitRecord], ids: Mapping[str, str | None]) -> dict[Partition, int]:
+    """Where to read the outputs back from: the earliest start of `records` on each output
+    partition; a topic of another incarnation than a record's is read from its start."""
+    starts: dict[Partition, int] = {}
+    for record in records:
+        for topic, at in record.starts.items():
+            same = record.ids.get(topic) == ids.get(topic)
+            for q, start in at.items():
+                begin = start if same else OFFSET_BEGINNING
+                key = (topic, q)
+                starts[key] = begin if key not in starts else min(starts[key], begin)
+    return starts
+
+
+def _newest(records: list[CommitRecord]) -> dict[str, float] | None:
+    """Each symbol's newest stored candle by `records`; None if one of them does not say."""
+    merged: dict[str, float] = {}
+    for record in records:
+        if record.newest is None:
+            return None
+        for symbol, ts in record.newest.items():
+            merged[symbol] = max(ts, merged.get(symbol, -math.inf))
+    return merged
+
+
+def _around_newest(
+    directory: Path, symbols: list[str], newest: Mapping[str, float], span: float, wanted: int
+) -> Iterator[pd.DataFrame]:
+    """The candles of `symbols` before each one's newest stored candle, read in widening
+    windows (4, 64 and 1,024 times the span they resume from, then all) until each has
+    `wanted` or its whole history: parts are skipped by their time statistics."""
+    left = {s: newest[s] for s in symbols if s in newest}
+    for factor in (4, 64, 1024, None):
+        if not left:
+            return
+        since = None
+        if factor is not None:
+            since = pd.Timestamp(min(left.values()) - factor * span, unit="s", tz="UTC")
+        found = fs.read_parquet_dir(directory, since=since, symbols=sorted(left))
+        yield found
+        counts = found["symbol"].value_counts() if not found.empty else pd.Series(dtype=int)
+        left = {s: t for s, t in left.items() if counts.get(s, 0) < wanted}
 
 
 class FeaturePipeline:
@@ -200,6 +260,7 @@ class FeaturePipeline:
         # it asks before it writes (a stall past the session timeout, then a wake-up)
         self._fence_s = settings.kafka_session_timeout_ms / 2000
         self._history = History()
+        self._newest: dict[str, float] = {}  # each symbol's newest stored candle, as known
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
         # symbol -> its partition, for what the sink still buffers of partitions that left
         self._held: dict[str, int] = {}
@@ -339,10 +400,15 @@ class FeaturePipeline:
         trades_id = watch.ids.get(self.topics.trades) if watch is not None else None
         committed = self._read_committed(consumer, partitions)
         topics = [self.topics.features, self.topics.examples, dlq(self.topics.trades)]
-        starts = self._starts(committed, trades_id, watch.ids if watch is not None else {})
+        records = self._records(committed, trades_id)
+        starts = None if records is None else _starts(records, watch.ids if watch else {})
         self._replay, ends = Replay.read(self.settings, topics, starts)
         self._ledger.read_to(ends)
-        history = self._history = History.read(self.settings, self.settings.horizon, trades_id)
+        newest = None if records is None else _newest(records)
+        history = self._history = History.read(
+            self.settings, self.settings.horizon, trades_id, newest
+        )
+        self._newest = {**(newest or {}), **history.stored}
         self._replay.through = history.counted.through
         self._member_at = time.monotonic()
         if sink is None:
@@ -378,14 +444,13 @@ class FeaturePipeline:
             self._committed[tp.partition] = tp.offset if tp.offset >= 0 else -1
         return {tp.partition: self._committed[tp.partition] for tp in found}
 
-    def _starts(
-        self, committed: dict[int, int], trades_id: str | None, ids: dict[str, str | None]
-    ) -> dict[Partition, int] | None:
-        """Where to read the outputs back from for `committed`: the earliest start of the
-        partitions' commit records, or None (everything) when a partition has none (a new
-        group, or one never committed before a crash), or its record belongs to another
-        `trades` or to offsets moved back."""
-        starts: dict[Partition, int] = {}
+    def _records(
+        self, committed: dict[int, int], trades_id: str | None
+    ) -> list[CommitRecord] | None:
+        """The commit records of the assigned partitions, or None (read every output back,
+        and the whole store) when a partition has none (a new group, or one never committed
+        before a crash), or its record belongs to another `trades` or to offsets moved back."""
+        records = []
         for partition, offset in committed.items():
             path = record_path(self.settings, self.group_id, self.topics.trades, partition)
             record = read_record(path)
@@ -403,13 +468,8 @@ class FeaturePipeline:
                     offset,
                 )
                 return None
-            for topic, at in record.starts.items():
-                same = record.ids.get(topic) == ids.get(topic)
-                for q, start in at.items():
-                    begin = start if same else OFFSET_BEGINNING
-                    key = (topic, q)
-                    starts[key] = begin if key not in starts else min(starts[key], begin)
-        return starts
+            records.append(record)
+        return records
 
     def _committed_now(self, offsets: dict[Position, int]) -> None:
         """A commit went through: the group still has this member, and each partition's
@@ -421,6 +481,8 @@ class FeaturePipeline:
         # a record for every partition held, committed now or before (or never: -1)
         committed = {p: self._committed.get(p, -1) for p in self.assignment}
         starts = self._ledger.starts(committed)
+        sink = self._sink
+        newest = self._newest = {**self._newest, **(sink.stored if sink is not None else {})}
         by_topic: dict[str, dict[int, int]] = {}
         for (topic, q), offset in starts.items():
             by_topic.setdefault(topic, {})[q] = offset
@@ -430,6 +492,7 @@ class FeaturePipeline:
                 committed=offset,
                 starts=by_topic,
                 ids={t: ids.get(t) for t in by_topic},
+                newest=newest,
             )
             path = record_path(self.settings, self.group_id, self.topics.trades, partition)
             try:

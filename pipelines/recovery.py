@@ -57,6 +57,9 @@ class CommitRecord(msgspec.Struct, frozen=True):
     committed: int  # the offset committed
     starts: dict[str, dict[int, int]]  # output topic -> partition -> offset to read from
     ids: dict[str, str | None]  # output topic -> its incarnation when the starts were taken
+    # each symbol's newest candle in the offline store, as the member knew it: a quiet
+    # symbol resumes from around it, a symbol not in it has none (None: not known)
+    newest: dict[str, float] | None = None
 
 
 _ENCODER = msgspec.json.Encoder()

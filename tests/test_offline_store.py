@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from rtml import feature_store as fs
 
@@ -35,3 +36,48 @@ def test_compact_merges_parts_keeping_each_key_once_with_its_newest_row(tmp_path
     a = merged[merged["symbol"] == "A"].set_index("event_timestamp")["ret_1"]
     assert a.iloc[:5].eq(1.0).all() and a.iloc[5:].eq(2.0).all()  # the newest created won
     assert fs.compact(directory) == (1, -1)  # nothing left to merge
+
+
+def test_a_quiet_symbol_resumes_from_around_its_newest_candle_without_a_full_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A halted pair's newest candles are days old: the pipeline resumes it from them, read
+    around the newest candle the commit records name, not by reading the whole store. A
+    symbol the records do not name has no candles, and is not looked for."""
+    from rtml.pipelines.feature_pipeline import History
+    from rtml.pipelines.features import HISTORY, Candle
+    from rtml.pipelines.sink import candles_frame
+    from rtml.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, symbols=("LIVE", "HALTED", "NEW"), horizon=3)
+    directory = settings.offline_dir / fs.CANDLES_DATASET
+    now = pd.Timestamp.now(tz="UTC").floor("min").timestamp()
+    halted_at = now - 5 * 86_400
+
+    def candles(symbol: str, end: float, n: int) -> list[Candle]:
+        ends = [end - 60 * (n - 1 - i) for i in range(n)]
+        return [Candle(symbol, t - 60, t, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1) for t in ends]
+
+    for day in range(10, 0, -1):  # ten days of parts of the live symbol: the history
+        fs.append_parquet(directory, candles_frame(candles("LIVE", now - day * 86_400, 100)))
+    fs.append_parquet(directory, candles_frame(candles("HALTED", halted_at, 200)))
+    fs.append_parquet(directory, candles_frame(candles("LIVE", now, 200)))
+    reads: list[tuple[object, object]] = []
+    original = fs.read_parquet_dir
+
+    def counted(path: Path, *args: object, **kwargs: object) -> pd.DataFrame:
+        reads.append((kwargs.get("since"), kwargs.get("symbols")))
+        return original(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fs, "read_parquet_dir", counted)
+    wanted = HISTORY + 3
+    index = {"LIVE": now, "HALTED": halted_at}
+    history = History.read(settings, 3, newest=index)
+    assert [c.end for c in history.candles["HALTED"]][-1] == halted_at
+    assert len(history.candles["HALTED"]) == len(history.candles["LIVE"]) == wanted
+    assert "NEW" not in history.candles
+    assert all(since is not None for since, _ in reads), reads  # never the whole store
+    assert reads[1][1] == ["HALTED"]
+    reads.clear()
+    History.read(settings, 3)  # without the records' index: the whole store, once
+    assert (None, None) in reads
