@@ -322,10 +322,11 @@ class Uploader:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, group_id: str = "rtml-trainer") -> None:
+    def __init__(self, settings: Settings, group_id: str | None = None) -> None:
         self.settings = settings
         self.topics = Topics.of(settings)
-        self.group_id = group_id
+        # its offsets live in its checkpoint; the group shows them to Kafka's tools
+        self.group_id = group_id or f"rtml-trainer.{settings.model_name}"
         self.stop = threading.Event()
         self.counters = Counters("trainer")
         self.metrics_port: int | None = None  # with RTML_METRICS_PORT

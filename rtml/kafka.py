@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
@@ -25,7 +26,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from rtml.errors import ServiceError
+from rtml.errors import ConfigError, ServiceError
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ class Topics:
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """Configuration every client shares: address and security."""
+    """Configuration every client shares: address and security, then any librdkafka property
+    of `RTML_KAFKA_CONFIG_FILE` and of `RTML_KAFKA__*` variables (which win). Nothing here is
+    logged: it may hold secrets."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "security.protocol": settings.kafka_security_protocol,
@@ -71,7 +74,38 @@ def client_config(settings: Settings) -> dict[str, Any]:
         config["sasl.username"] = settings.kafka_sasl_username or ""
         password = settings.kafka_sasl_password
         config["sasl.password"] = password.get_secret_value() if password else ""
+    if settings.kafka_config_file is not None:
+        config.update(read_properties(settings.kafka_config_file))
+    config.update(settings.kafka_properties)
     return config
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java-style properties file, as Kafka's own tools take them (`key=value` lines, `#`
+    and `!` comments). Raises ConfigError saying which file and line, when one cannot be read.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
+    ...     _ = f.write("# TLS\nsecurity.protocol=SSL\nssl.ca.location = /etc/ca.pem\n")
+    >>> read_properties(Path(f.name))
+    {'security.protocol': 'SSL', 'ssl.ca.location': '/etc/ca.pem'}
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"RTML_KAFKA_CONFIG_FILE {path} cannot be read: {exc}") from exc
+    properties: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith(("#", "!")):
+            continue
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"{path}:{number} is not `property=value`; write librdkafka properties one a line"
+            )
+        properties[key.strip()] = value.strip()
+    return properties
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ is lowered to the first trade of a window still open; a replay does not dead-let
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -244,6 +245,12 @@ class AssignedSource(GroupSource):
             self._on_assign([(topic, p) for p in partitions])
 
     def commit(self, offsets: dict[Position, int]) -> bool:
+        """The component's offsets live in its own checkpoint; they also go to its consumer
+        group, asynchronously, so Kafka's tools (`kafka-consumer-groups`) show where it is.
+        A commit the broker refuses changes nothing."""
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.consumer.commit(offsets=parts, asynchronous=True)
         return True
 
 

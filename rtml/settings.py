@@ -35,6 +35,22 @@ SERVICE_VARIABLES = {
 """The variables that point at external services, the usual name first."""
 
 
+KAFKA_PASSTHROUGH = "RTML_KAFKA__"
+
+
+def kafka_passthrough(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """librdkafka properties given as `RTML_KAFKA__<PROPERTY>` variables, `_` read as `.`.
+
+    >>> kafka_passthrough({"RTML_KAFKA__CLIENT_ID": "rtml-1", "RTML_KAFKA__SSL_CA_LOCATION": "/ca"})
+    {'client.id': 'rtml-1', 'ssl.ca.location': '/ca'}
+    """
+    return {
+        name[len(KAFKA_PASSTHROUGH) :].lower().replace("_", "."): value
+        for name, value in environ.items()
+        if name.upper().startswith(KAFKA_PASSTHROUGH) and len(name) > len(KAFKA_PASSTHROUGH)
+    }
+
+
 def _variable(field: str) -> str:
     """The environment variable a field is read from."""
     aliases = SERVICE_VARIABLES.get(field)
@@ -78,6 +94,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # any librdkafka property, for every client rtml makes (TLS files, `client.id`, ...): from a
+    # Java-style properties file, then RTML_KAFKA__<PROPERTY> variables (`_` for `.`:
+    # RTML_KAFKA__SSL_CA_LOCATION=/etc/ca.pem), which win
+    kafka_config_file: Path | None = None
+    kafka_properties: dict[str, str] = Field(default_factory=lambda: kafka_passthrough(os.environ))
     topic_prefix: str = ""
     kafka_partitions: int = Field(default=4, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
