@@ -55,3 +55,42 @@ def test_up_reuses_restarts_one_and_down_cleans_up(stack: Stack, tmp_path: Path)
     assert stopped == [KAFKA, REDIS]
     assert not [p for p in members if _alive(p)]
     assert [s.healthy for s in own.status()] == [False, False, True]
+
+
+def _stack_processes() -> set[int]:
+    """The embedded services' processes (and `feast apply`) running on this machine."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if any(name in cmdline for name in (b"tansu", b"redis-server", b"mlflow", b"feast")):
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_bench_whose_stack_fails_to_start_leaves_no_process(tmp_path: Path) -> None:
+    """`make bench` starts a stack of its own; when that start fails (here, MLflow cannot be
+    ready within a 2-second limit), what it started is stopped before its folder goes."""
+    import subprocess
+    import sys
+
+    before = _stack_processes()
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTML_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "processor"],
+        cwd=root,
+        env={**env, "RTML_UP_TIMEOUT_S": "2", "RTML_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "RTML_UP_TIMEOUT_S" in done.stderr, done.stderr[-3000:]
+    time.sleep(1)
+    assert _stack_processes() - before == set()

@@ -502,19 +502,25 @@ class Stack:
             progress(f"starting {name} at {self.address(name)} (log: {self.log_file(name)})")
 
         feast = None
-        if REDIS in services:
-            self._wait_started(REDIS, deadline)
-            feast = None if self.feast_is_current() else self.feast_apply()
-        if KAFKA in services:
-            self._wait_started(KAFKA, deadline)
-            from rtml.kafka import Topics, ensure_topics
+        try:
+            if REDIS in services:
+                self._wait_started(REDIS, deadline)
+                feast = None if self.feast_is_current() else self.feast_apply()
+            if KAFKA in services:
+                self._wait_started(KAFKA, deadline)
+                from rtml.kafka import Topics, ensure_topics
 
-            ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
-        if MLFLOW in services:
-            self._wait_started(MLFLOW, deadline)
-        if feast is not None:
-            progress("applying feature_repo with feast")
-            self.wait_feast(feast, deadline)
+                ensure_topics(self.settings, Topics.of(self.settings).with_dlqs())
+            if MLFLOW in services:
+                self._wait_started(MLFLOW, deadline)
+            if feast is not None:
+                progress("applying feature_repo with feast")
+                self.wait_feast(feast, deadline)
+        except BaseException:  # a start that fails (or Ctrl-C) leaves no `feast apply` behind
+            if feast is not None and feast.poll() is None:
+                feast.kill()
+                feast.wait(10)
+            raise
         report = UpReport(
             started=tuple(started),
             reused=tuple(reused),
