@@ -68,6 +68,8 @@ def client_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "security.protocol": settings.kafka_security_protocol,
+        # librdkafka's own lines on stderr: warnings and errors, all of them with -v
+        "log_level": 7 if log.isEnabledFor(logging.DEBUG) else 4,
     }
     if settings.kafka_sasl_mechanism:
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism

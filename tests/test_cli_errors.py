@@ -219,3 +219,31 @@ def test_a_synthetic_source_takes_the_trades_per_candle(tmp_path: Path) -> None:
     for command in ("feed", "backfill"):
         shown = CliRunner().invoke(cli, [command, "--help"])
         assert "--trades-per-candle" in shown.output, shown.output
+
+
+def test_third_party_info_lines_are_quiet_unless_verbose() -> None:
+    """Feast's "Registry cache expired" several times a second and the like drown rtml's own
+    lines: libraries log from WARNING on, unless -v; librdkafka's info lines likewise."""
+    import logging
+
+    from rtml.app.cli import QUIET, _setup_logging
+    from rtml.kafka import client_config
+    from rtml.settings import Settings
+
+    levels = {name: logging.getLogger(name).level for name in (*QUIET, "rtml")}
+    root = logging.getLogger().level
+    try:
+        _setup_logging(verbose=False)
+        logging.getLogger().setLevel(logging.INFO)  # as basicConfig sets it outside pytest
+        assert not logging.getLogger("feast.infra.registry").isEnabledFor(logging.INFO)
+        assert logging.getLogger("rtml.pipelines").isEnabledFor(logging.INFO)
+        assert client_config(Settings())["log_level"] == 4
+        _setup_logging(verbose=True)
+        logging.getLogger().setLevel(logging.DEBUG)
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.NOTSET)  # -v: everything, as it comes
+        assert client_config(Settings())["log_level"] == 7
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        logging.getLogger().setLevel(root)

@@ -31,13 +31,24 @@ def install_signal_handlers(stop: threading.Event) -> None:
         signal.signal(sig, lambda *_: stop.set())
 
 
+QUIET = ("feast", "dask", "distributed", "mlflow", "alembic", "httpx", "fsspec", "botocore")
+"""Libraries whose INFO lines (Feast's "Registry cache expired" several times a second) are
+noise beside rtml's own: shown from WARNING on, unless -v."""
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if not verbose:
+        import warnings
+
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        # dask's pandas deprecation notes, raised inside Feast's offline reads
+        warnings.filterwarnings("ignore", category=FutureWarning, module="dask")
     # a refused connection is reported once, in words, by the command; not per retry
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 

@@ -305,7 +305,7 @@ class Stack:
             )
         self._children[name] = proc
         self.pid_file(name).write_text(json.dumps({"pid": proc.pid, "argv": argv}))
-        log.info("started %s (pid %d), log %s", name, proc.pid, self.log_file(name))
+        log.debug("started %s (pid %d), log %s", name, proc.pid, self.log_file(name))
 
     def _taken_message(self, name: str) -> str:
         var = f"RTML_{name.upper()}_PORT"
