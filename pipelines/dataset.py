@@ -26,8 +26,8 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHUNK_ROWS = 50_000
-"""Labels per chunk of a streamed history: some 100 MB of examples at most."""
+CHUNK_ROWS = 25_000
+"""Labels per chunk of a streamed history: some 50 MB of examples at most."""
 
 
 def labels(settings: Settings, after: Mapping[str, float] | None = None) -> pd.DataFrame:

@@ -129,20 +129,21 @@ class History:
         A live store's newest candles are recent: only recent parts are read. A symbol with
         fewer recent candles than it resumes from (a quiet or halted pair) is read around its
         own newest candle, which `newest` (each symbol's newest stored candle, from the commit
-        records) tells; a symbol not in it has no candles. Without `newest`, the store is
-        read whole."""
+        records) tells; a symbol not in it has no candles. Without `newest`, a lacking symbol
+        is read in windows widening back from now. Only configured symbols' rows are kept."""
         history = cls()
         directory = settings.offline_dir / fs.CANDLES_DATASET
         wanted = HISTORY + horizon
         span = wanted * settings.candle_seconds
         now = pd.Timestamp.now(tz="UTC")
-        frame = fs.read_parquet_dir(directory, since=now - pd.Timedelta(seconds=4 * span))
+        symbols = sorted(settings.symbols)
+        since = now - pd.Timedelta(seconds=4 * span)
+        frame = fs.read_parquet_dir(directory, since=since, symbols=symbols)
         counts = frame["symbol"].value_counts() if not frame.empty else pd.Series(dtype=int)
-        lacking = sorted(s for s in settings.symbols if counts.get(s, 0) < wanted)
-        if lacking and newest is None:
-            frame = fs.read_parquet_dir(directory)  # a replayed past, a gap, a new symbol
-        elif lacking and newest is not None:
-            frame = pd.concat([frame, *_around_newest(directory, lacking, newest, span, wanted)])
+        lacking = [s for s in symbols if counts.get(s, 0) < wanted]
+        if lacking:  # a replayed past, a gap, a quiet or a new symbol
+            anchors = newest if newest is not None else dict.fromkeys(lacking, now.timestamp())
+            frame = pd.concat([frame, *_around_newest(directory, lacking, anchors, span, wanted)])
         if not frame.empty:
             # parts can repeat a candle (a replay after a crash between two writes)
             frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
@@ -153,10 +154,10 @@ class History:
                 history.stored[str(symbol)] = history.candles[str(symbol)][-1].end
         if newest is not None:
             return history  # the store has candles: feature rows are not read for them
-        if set(settings.symbols) <= set(history.candles):
+        lacking = [s for s in symbols if s not in history.candles]
+        if not lacking:
             return history
-        frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET)
-        frame = frame[~frame["symbol"].isin(history.candles)] if not frame.empty else frame
+        frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET, symbols=lacking)
         if frame.empty:
             return history
         frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(HISTORY)

@@ -219,17 +219,21 @@ def historical_features(
         columns = [f.name for f in projection.features]
         ttl = pd.Timedelta(view.ttl) if view.ttl else None
         created = source.created_timestamp_column or None
-        rows = offline.pull_all_from_table_or_query(
-            config=store.config,
-            data_source=source,
-            join_key_columns=["symbol"],
-            # `created` is read as a column, not handed over as the created-timestamp column:
-            # the file store would sort the whole source by it (a shuffle) before filtering
-            feature_name_columns=[*columns, *([created] if created else [])],
-            timestamp_field=source.timestamp_field,
-            start_date=(first - ttl if ttl is not None else first - pd.Timedelta(days=36500)),
-            end_date=last,
-        ).to_df()
+        start = first - ttl if ttl is not None else first - pd.Timedelta(days=36500)
+        wanted = [*columns, *([created] if created else [])]
+        rows = _parquet_rows(store, source, wanted, start, last, out["symbol"].unique())
+        if rows is None:
+            rows = offline.pull_all_from_table_or_query(
+                config=store.config,
+                data_source=source,
+                join_key_columns=["symbol"],
+                # `created` is read as a column, not handed over as the created-timestamp
+                # column: the file store would sort the whole source by it before filtering
+                feature_name_columns=wanted,
+                timestamp_field=source.timestamp_field,
+                start_date=start,
+                end_date=last,
+            ).to_df()
         stamp = source.timestamp_field
         order = [stamp, created] if created else [stamp]
         rows = (
@@ -253,6 +257,33 @@ def historical_features(
         out = out.dropna(subset=columns, how="all").reset_index(drop=True)
         names.extend(columns)
     return out, names
+
+
+def _parquet_rows(
+    store: FeatureStore,
+    source: Any,
+    columns: list[str],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    symbols: Any,
+) -> pd.DataFrame | None:
+    """For the `file` offline store over a directory of parquet parts (rtml's own layout):
+    the rows of `symbols` in [start, end], read with the parts' statistics (parts outside
+    the span are skipped, other symbols' rows never built). None for any other store: Feast's
+    `pull_all_from_table_or_query` reads those where they are."""
+    from feast.infra.offline_stores.file_source import FileSource
+
+    if store.config.offline_store.type != "file" or not isinstance(source, FileSource):
+        return None
+    path, stamp = Path(source.path), source.timestamp_field
+    if not path.is_dir() or stamp != "event_timestamp":
+        return None
+    frame = read_parquet_dir(
+        path, columns=["symbol", stamp, *columns], since=start, symbols=list(symbols)
+    )
+    if frame.empty:
+        return frame
+    return frame[pd.to_datetime(frame[stamp], utc=True) <= end]
 
 
 def online_features(
