@@ -310,6 +310,17 @@ class CandleBuilder:
         """Drop everything held for `symbol`: its partition went to another replica."""
         self._series.pop(symbol, None)
 
+    def take(self, symbol: str) -> _Series | None:
+        """Everything held for `symbol`, no longer held (see `FeatureProcessor.park`)."""
+        return self._series.pop(symbol, None)
+
+    def put(self, symbol: str, series: _Series) -> None:
+        """Hold `series` for `symbol` again; its open windows keep their trades, not the
+        positions of a topic that is gone."""
+        for w in series.windows.values():
+            w.first_positions.clear()
+        self._series[symbol] = series
+
     def restore(self, symbol: str, closed_until: float, last_close: float) -> None:
         """Resume a symbol after a restart: windows before `closed_until` are closed."""
         s = self._of(symbol)

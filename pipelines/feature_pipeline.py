@@ -44,7 +44,7 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.pipelines.features import HISTORY, Candle
-from rtml.pipelines.processor import FeatureProcessor, Outputs
+from rtml.pipelines.processor import FeatureProcessor, Outputs, Parked
 from rtml.pipelines.recovery import (
     CommitRecord,
     Ledger,
@@ -265,6 +265,10 @@ class FeaturePipeline:
         self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
         # symbol -> its partition, for what the sink still buffers of partitions that left
         self._held: dict[str, int] = {}
+        # what was held for the symbols of partitions that left, and the `trades` incarnation
+        # then: taken up again only if they come back from a broker that forgot that topic
+        self._parked: dict[str, Parked] = {}
+        self._parked_id: str | None = None
         self._consumer: Consumer | None = None
         self._sink: FeatureSink | None = None
         self._runner: Runner | None = None
@@ -398,7 +402,8 @@ class FeaturePipeline:
             return
         self.assignments += 1
         sink, consumer, watch = self._sink, self._consumer, self._watch
-        trades_id = watch.ids.get(self.topics.trades) if watch is not None else None
+        trades_id = self._trades_id_now()
+        self._unpark(trades_id)
         committed = self._read_committed(consumer, partitions)
         topics = [self.topics.features, self.topics.examples, dlq(self.topics.trades)]
         records = self._records(committed, trades_id)
@@ -425,6 +430,32 @@ class FeaturePipeline:
                 through = self._replay.through
                 through[where] = max(source[1], through.get(where, -1))
         sink.replay, sink.trades_id = self._replay, trades_id
+
+    def _trades_id_now(self) -> str | None:
+        """The `trades` incarnation as the broker tells it now (as last seen, if it cannot)."""
+        watch = self._watch
+        if watch is None:
+            return None
+        try:
+            return watch.look().get(self.topics.trades)
+        except (KafkaException, TimeoutError):
+            return watch.ids.get(self.topics.trades)
+
+    def _unpark(self, trades_id: str | None) -> set[str]:
+        """Symbols of partitions that are back after a broker restart resume where they were,
+        open windows and all: the forgotten topic cannot replay their trades. After any other
+        rebalance their new owner replays from the commit, and what was parked goes."""
+        parked, self._parked = self._parked, {}
+        if self._parked_id is None or trades_id == self._parked_id:
+            self._parked_id = trades_id
+            return set()
+        self._parked_id = trades_id
+        back = {s for s, p in self._held.items() if p in self.assignment and s in parked}
+        for symbol in back:
+            self.processor.unpark(symbol, parked[symbol])
+            self._resumed[symbol] = self._held[symbol]
+        log.info("%d symbols resume as they were before the broker forgot `trades`", len(back))
+        return back
 
     def _symbols_of(self, partitions: set[int]) -> set[str]:
         return {s for s, p in self._resumed.items() if p in partitions}
@@ -546,7 +577,8 @@ class FeaturePipeline:
         self.assignment -= partitions
         gone = self._symbols_of(partitions)
         for symbol in gone:
-            self.processor.forget(symbol)
+            if (parked := self.processor.park(symbol)) is not None:
+                self._parked[symbol] = parked
             self._held[symbol] = self._resumed.pop(symbol)
         self._replay.forget(gone)
         for p in partitions:

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from rtml.pipelines.candles import CandleBuilder
 from rtml.pipelines.features import HISTORY, Candle, compute_features, model_inputs
@@ -43,6 +44,14 @@ class Outputs:
 
     def __bool__(self) -> bool:
         return bool(self.candles or self.features or self.examples)
+
+
+@dataclass
+class Parked:
+    """What a processor held for one symbol, put aside (`FeatureProcessor.park`)."""
+
+    series: Any
+    state: Any
 
 
 @dataclass
@@ -162,6 +171,21 @@ class FeatureProcessor:
         """Drop `symbol`'s candles, windows and history (its partition moved elsewhere)."""
         self.builder.forget(symbol)
         self._state.pop(symbol, None)
+
+    def park(self, symbol: str) -> Parked | None:
+        """Let go of `symbol` as `forget` does, but return what was held: when its partition
+        comes back because the broker forgot the topic (and with it the trades of windows
+        still open), `unpark` resumes it where it was."""
+        series = self.builder.take(symbol)
+        state = self._state.pop(symbol, None)
+        return None if series is None and state is None else Parked(series, state)
+
+    def unpark(self, symbol: str, parked: Parked) -> None:
+        self.forget(symbol)
+        if parked.series is not None:
+            self.builder.put(symbol, parked.series)
+        if parked.state is not None:
+            self._state[symbol] = parked.state
 
     def resume(self, symbol: str, candles: list[Candle]) -> None:
         """Resume `symbol` from its newest stored candles (oldest first), warm-up ones too.
