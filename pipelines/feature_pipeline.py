@@ -358,11 +358,7 @@ class FeaturePipeline:
         assert sink is not None
         if (self._out or self._dead_letters) and not self._still_member():
             return
-        if self._dead_letters:
-            # delivered before any features record of a later trade: a replay takes a trade
-            # at or before that record's `rtml.source` as handled, dead letter included
-            sink.kafka.flush(self._flush_s)
-            self._dead_letters = 0
+        self._dead_letters = 0  # delivered with the rest before the next commit
         if self._out:
             sink.write(self._out)
             self._count(self._out)
