@@ -88,7 +88,7 @@ def read_properties(path: Path) -> dict[str, str]:
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
-    ...     _ = f.write("# TLS\nsecurity.protocol=SSL\nssl.ca.location = /etc/ca.pem\n")
+    ...     _ = f.write("# TLS\\nsecurity.protocol=SSL\\nssl.ca.location = /etc/ca.pem\\n")
     >>> read_properties(Path(f.name))
     {'security.protocol': 'SSL', 'ssl.ca.location': '/etc/ca.pem'}
     """
