@@ -138,7 +138,8 @@ def test_dlq_show_counts_reasons_and_replay_puts_records_back(
     everything = _rtml(env, "dlq", "replay", "trades", cwd=tmp_path)
     assert everything.returncode == 0, everything.stderr[-2000:]
     # 100 KB kept only its first 16; the copy that is not base64 cannot be read either
-    assert "2 truncated copies (or copies rtml cannot read) skipped" in everything.stdout
+    assert "2 refused: the value was cut (or is not rtml's copy)" in everything.stdout
+    assert "1 replayed by an earlier run" in everything.stdout  # each letter once
     assert "3 record(s) that are not rtml's dead letters left alone" in everything.stdout
 
 

@@ -472,7 +472,8 @@ class Stack:
         except subprocess.TimeoutExpired:
             proc.kill()
             raise ServiceError(
-                f"feast apply did not finish in time; see {self.log_file('feast')}"
+                f"feast apply did not finish within {self.settings.up_timeout_s:.0f} s; see "
+                f"{self.log_file('feast')}. Raise RTML_UP_TIMEOUT_S on a slow machine."
             ) from None
         if code != 0:
             raise ServiceError(
