@@ -18,11 +18,9 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pandas as pd
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -43,18 +41,17 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.features import HISTORY, Candle
 from rtml.pipelines.processor import FeatureProcessor, Outputs, Parked
 from rtml.pipelines.recovery import (
     CommitRecord,
     Ledger,
-    Partition,
     Replay,
     read_record,
     record_path,
     write_record,
 )
-from rtml.pipelines.sink import FeatureSink, read_candles
+from rtml.pipelines.resume import History, newest_stored, read_starts
+from rtml.pipelines.sink import FeatureSink
 from rtml.records import TRADES, BadRecord, Trade
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.settings import Settings
@@ -104,131 +101,6 @@ class PipelineStats:
         )
 
 
-@dataclass
-class History:
-    """What the offline store holds to resume symbols from, read once per assignment."""
-
-    candles: dict[str, list[Candle]] = field(default_factory=dict)
-    # feature rows, for symbols stored before candles were (their close and volume suffice)
-    rows: dict[str, list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
-    stored: dict[str, float] = field(default_factory=dict)  # symbol -> newest candle's end
-    counted: Replay = field(default_factory=Replay)  # the newest trade each stored candle counted
-
-    @classmethod
-    def read(
-        cls,
-        settings: Settings,
-        horizon: int,
-        trades_id: str | None = None,
-        newest: Mapping[str, float] | None = None,
-    ) -> History:
-        """The newest candles of every symbol; feature rows only for configured symbols that
-        have no candles (a store written before candles were), not read at all otherwise.
-        With `trades_id`, the trades the stored candles counted (`Replay.count_stored`).
-
-        A live store's newest candles are recent: only recent parts are read. A symbol with
-        fewer recent candles than it resumes from (a quiet or halted pair) is read around its
-        own newest candle, which `newest` (each symbol's newest stored candle, from the commit
-        records) tells; a symbol not in it has no candles. Without `newest`, a lacking symbol
-        is read in windows widening back from now. Only configured symbols' rows are kept."""
-        history = cls()
-        directory = settings.offline_dir / fs.CANDLES_DATASET
-        wanted = HISTORY + horizon
-        span = wanted * settings.candle_seconds
-        now = pd.Timestamp.now(tz="UTC")
-        symbols = sorted(settings.symbols)
-        since = now - pd.Timedelta(seconds=4 * span)
-        frame = fs.read_parquet_dir(directory, since=since, symbols=symbols)
-        counts = frame["symbol"].value_counts() if not frame.empty else pd.Series(dtype=int)
-        lacking = [s for s in symbols if counts.get(s, 0) < wanted]
-        if lacking:  # a replayed past, a gap, a quiet or a new symbol
-            anchors = newest if newest is not None else dict.fromkeys(lacking, now.timestamp())
-            frame = pd.concat([frame, *_around_newest(directory, lacking, anchors, span, wanted)])
-        if not frame.empty:
-            # parts can repeat a candle (a replay after a crash between two writes)
-            frame = frame.drop_duplicates(["symbol", "event_timestamp"], keep="last")
-            history.counted.count_stored(frame, trades_id)
-            order = frame.sort_values("event_timestamp").groupby("symbol", sort=False)
-            for symbol, rows in order.tail(wanted).groupby("symbol", sort=False):
-                history.candles[str(symbol)] = read_candles(rows)
-                history.stored[str(symbol)] = history.candles[str(symbol)][-1].end
-        if newest is not None:
-            return history  # the store has candles: feature rows are not read for them
-        lacking = [s for s in symbols if s not in history.candles]
-        if not lacking:
-            return history
-        frame = fs.read_parquet_dir(settings.offline_dir / fs.FEATURES_DATASET, symbols=lacking)
-        if frame.empty:
-            return history
-        frame = frame.sort_values("event_timestamp").groupby("symbol", sort=False).tail(HISTORY)
-        for symbol, rows in frame.groupby("symbol", sort=False):
-            values: list[dict[str, float]] = rows.drop(  # type: ignore[assignment]
-                columns=["symbol", "event_timestamp", "created"]
-            ).to_dict("records")
-            stamps = [ts.timestamp() for ts in rows["event_timestamp"]]
-            history.rows[str(symbol)] = list(zip(stamps, values, strict=True))
-        return history
-
-    def extend(self, candle: Candle, horizon: int) -> None:
-        """A candle written after the store was read: the newest to resume from."""
-        candles = self.candles.setdefault(candle.symbol, [])
-        candles.append(candle)
-        del candles[: -(HISTORY + horizon)]
-        self.stored[candle.symbol] = max(candle.end, self.stored.get(candle.symbol, -math.inf))
-
-    def resume(self, processor: FeatureProcessor, symbol: str) -> None:
-        """Put `symbol` where the store left it (nothing held: a symbol never seen)."""
-        processor.forget(symbol)
-        if candles := self.candles.pop(symbol, None):
-            processor.resume(symbol, candles)
-        elif rows := self.rows.pop(symbol, None):
-            processor.restore(symbol, rows)
-
-
-def _starts(records: list[CommitRecord], ids: Mapping[str, str | None]) -> dict[Partition, int]:
-    """Where to read the outputs back from: the earliest start of `records` on each output
-    partition; a topic of another incarnation than a record's is read from its start."""
-    starts: dict[Partition, int] = {}
-    for record in records:
-        for topic, at in record.starts.items():
-            same = record.ids.get(topic) == ids.get(topic)
-            for q, start in at.items():
-                begin = start if same else OFFSET_BEGINNING
-                key = (topic, q)
-                starts[key] = begin if key not in starts else min(starts[key], begin)
-    return starts
-
-
-def _newest(records: list[CommitRecord]) -> dict[str, float] | None:
-    """Each symbol's newest stored candle by `records`; None if one of them does not say."""
-    merged: dict[str, float] = {}
-    for record in records:
-        if record.newest is None:
-            return None
-        for symbol, ts in record.newest.items():
-            merged[symbol] = max(ts, merged.get(symbol, -math.inf))
-    return merged
-
-
-def _around_newest(
-    directory: Path, symbols: list[str], newest: Mapping[str, float], span: float, wanted: int
-) -> Iterator[pd.DataFrame]:
-    """The candles of `symbols` before each one's newest stored candle, read in widening
-    windows (4, 64 and 1,024 times the span they resume from, then all) until each has
-    `wanted` or its whole history: parts are skipped by their time statistics."""
-    left = {s: newest[s] for s in symbols if s in newest}
-    for factor in (4, 64, 1024, None):
-        if not left:
-            return
-        since = None
-        if factor is not None:
-            since = pd.Timestamp(min(left.values()) - factor * span, unit="s", tz="UTC")
-        found = fs.read_parquet_dir(directory, since=since, symbols=sorted(left))
-        yield found
-        counts = found["symbol"].value_counts() if not found.empty else pd.Series(dtype=int)
-        left = {s: t for s, t in left.items() if counts.get(s, 0) < wanted}
-
-
 class FeaturePipeline:
     """One consumer-group member; run several to share the `trades` partitions.
 
@@ -268,6 +140,7 @@ class FeaturePipeline:
         # what was held for the symbols of partitions that left, and the `trades` incarnation
         # then: taken up again only if they come back from a broker that forgot that topic
         self._parked: dict[str, Parked] = {}
+        self._parked_rows = Outputs()  # what they had not stored yet
         self._parked_id: str | None = None
         self._consumer: Consumer | None = None
         self._sink: FeatureSink | None = None
@@ -403,10 +276,10 @@ class FeaturePipeline:
         committed = self._read_committed(consumer, partitions)
         topics = [self.topics.features, self.topics.examples, dlq(self.topics.trades)]
         records = self._records(committed, trades_id)
-        starts = None if records is None else _starts(records, watch.ids if watch else {})
+        starts = None if records is None else read_starts(records, watch.ids if watch else {})
         self._replay, ends = Replay.read(self.settings, topics, starts)
         self._ledger.read_to(ends)
-        newest = None if records is None else _newest(records)
+        newest = None if records is None else newest_stored(records)
         history = self._history = History.read(
             self.settings, self.settings.horizon, trades_id, newest
         )
@@ -416,7 +289,6 @@ class FeaturePipeline:
         if sink is None:
             return
         self._held = {s: p for s, p in self._held.items() if p in self.assignment}
-        sink.keep_only(set(self._held))
         sink.stored.update(history.stored)
         buffered_id = sink.trades_id
         for candle, source in sink.flush_offline():
@@ -442,6 +314,7 @@ class FeaturePipeline:
         open windows and all: the forgotten topic cannot replay their trades. After any other
         rebalance their new owner replays from the commit, and what was parked goes."""
         parked, self._parked = self._parked, {}
+        rows, self._parked_rows = self._parked_rows, Outputs()
         if self._parked_id is None or trades_id == self._parked_id:
             self._parked_id = trades_id
             return set()
@@ -450,6 +323,8 @@ class FeaturePipeline:
         for symbol in back:
             self.processor.unpark(symbol, parked[symbol])
             self._resumed[symbol] = self._held[symbol]
+        if self._sink is not None:  # what they had not stored yet: written before they go on
+            self._sink.give(_rows_of(rows, back))
         log.info("%d symbols resume as they were before the broker forgot `trades`", len(back))
         return back
 
@@ -576,6 +451,8 @@ class FeaturePipeline:
             if (parked := self.processor.park(symbol)) is not None:
                 self._parked[symbol] = parked
             self._held[symbol] = self._resumed.pop(symbol)
+        if self._sink is not None:  # their new owner writes them, unless the broker forgot
+            self._parked_rows.extend(self._sink.take(gone))
         self._replay.forget(gone)
         for p in partitions:
             self._committed.pop(p, None)
@@ -733,3 +610,13 @@ class _RecordingSource(GroupSource):
         if done:
             self._committed(offsets)
         return done
+
+
+def _rows_of(rows: Outputs, symbols: set[str]) -> Outputs:
+    """The rows of `symbols` in `rows`."""
+    return Outputs(
+        candles=[c for c in rows.candles if c.symbol in symbols],
+        sources=[s for c, s in zip(rows.candles, rows.sources, strict=True) if c.symbol in symbols],
+        features=[r for r in rows.features if r.symbol in symbols],
+        examples=[e for e in rows.examples if e.symbol in symbols],
+    )

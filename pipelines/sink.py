@@ -236,14 +236,39 @@ class FeatureSink:
     def keep_only(self, symbols: set[str]) -> None:
         """Drop what waits for the stores of every other symbol (its partition moved to
         another member, which writes it)."""
-        self._features = [r for r in self._features if r.symbol in symbols]
-        self._examples = [e for e in self._examples if e.symbol in symbols]
+        held = {r.symbol for r in self._features} | {e.symbol for e in self._examples}
+        held |= {c.symbol for c in self._candles} | set(self._online)
+        self.take(held - symbols)
+
+    def take(self, symbols: set[str]) -> Outputs:
+        """What waits for the stores of `symbols`, no longer waiting here (their partitions
+        left: written only if they come back, `give`)."""
+        taken = Outputs(
+            candles=[c for c in self._candles if c.symbol in symbols],
+            sources=[
+                s for c, s in zip(self._candles, self._sources, strict=True) if c.symbol in symbols
+            ],
+            features=[r for r in self._features if r.symbol in symbols],
+            examples=[e for e in self._examples if e.symbol in symbols],
+        )
+        self._features = [r for r in self._features if r.symbol not in symbols]
+        self._examples = [e for e in self._examples if e.symbol not in symbols]
         kept = [
-            (c, s) for c, s in zip(self._candles, self._sources, strict=True) if c.symbol in symbols
+            (c, s)
+            for c, s in zip(self._candles, self._sources, strict=True)
+            if c.symbol not in symbols
         ]
         self._candles = [c for c, _ in kept]
         self._sources = [s for _, s in kept]
-        self._online = {k: v for k, v in self._online.items() if k in symbols}
+        self._online = {k: v for k, v in self._online.items() if k not in symbols}
+        return taken
+
+    def give(self, rows: Outputs) -> None:
+        """Rows `take` took, waiting for the stores again (their topics' records were sent)."""
+        self._features.extend(rows.features)
+        self._examples.extend(rows.examples)
+        self._candles.extend(rows.candles)
+        self._sources.extend(rows.sources)
 
     def flush_online(self, due_only: bool = False) -> None:
         """Write the rows waiting for the online store (`due_only`: if `online_every_s` has

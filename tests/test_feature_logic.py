@@ -657,7 +657,7 @@ def test_history_reads_recent_parts_of_a_live_store_and_all_of_a_replayed_past(
     tmp_path: Path,
 ) -> None:
     from rtml import feature_store as fs
-    from rtml.pipelines.feature_pipeline import History
+    from rtml.pipelines.resume import History
     from rtml.settings import Settings
 
     settings = Settings(state_dir=tmp_path, symbols=("A",), horizon=3)
