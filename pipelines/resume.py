@@ -45,8 +45,8 @@ class History:
         A live store's newest candles are recent: only recent parts are read. A symbol with
         fewer recent candles than it resumes from (a quiet or halted pair) is read around its
         own newest candle, which `newest` (each symbol's newest stored candle, from the commit
-        records) tells; a symbol not in it has no candles. Without `newest`, a lacking symbol
-        is read in windows widening back from now. Only configured symbols' rows are kept."""
+        records) tells; any other lacking symbol is read in windows widening back from
+        now. Only configured symbols' rows are kept."""
         history = cls()
         directory = settings.offline_dir / fs.CANDLES_DATASET
         wanted = HISTORY + horizon
@@ -58,7 +58,9 @@ class History:
         counts = frame["symbol"].value_counts() if not frame.empty else pd.Series(dtype=int)
         lacking = [s for s in symbols if counts.get(s, 0) < wanted]
         if lacking:  # a replayed past, a gap, a quiet or a new symbol
-            anchors = newest if newest is not None else dict.fromkeys(lacking, now.timestamp())
+            # a symbol the records do not name (stored after their last write: a crash
+            # between an offline flush and the commit) is looked for back from now
+            anchors = {**dict.fromkeys(lacking, now.timestamp()), **(newest or {})}
             frame = pd.concat([frame, *_around_newest(directory, lacking, anchors, span, wanted)])
         if not frame.empty:
             # parts can repeat a candle (a replay after a crash between two writes)
