@@ -42,6 +42,32 @@ def chromium() -> str | None:
     return found or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _chromium_or_skip() -> str:
+    browser = chromium()
+    if browser is None:
+        pytest.skip(
+            "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
+            "or point RTML_CHROMIUM at a Chrome/Chromium binary"
+        )
+    return browser
+
+
+def _serve(service: MonitorService) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """The dashboard of `service` on a free port, served from a thread until it has started."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_dashboard_app(service), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    web = threading.Thread(target=server.run, daemon=True)
+    web.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server, web, port
+
+
 def _publish(settings: Settings) -> int:
     """Two symbols of candles: features, predictions by v1 then v2, examples H candles later."""
     topics = Topics.of(settings)
@@ -179,12 +205,7 @@ def test_rolling_errors_are_logged_to_mlflow(monitored: tuple[MonitorService, st
 def test_dashboard_renders_non_empty_charts_in_chromium(
     monitored: tuple[MonitorService, str, int], tmp_path: Path
 ) -> None:
-    browser = chromium()
-    if browser is None:
-        pytest.skip(
-            "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
-            "or point RTML_CHROMIUM at a Chrome/Chromium binary"
-        )
+    browser = _chromium_or_skip()
     service, url, _ = monitored
     settings_symbols = service.settings.symbols
     flags = [
@@ -292,25 +313,10 @@ def test_the_dashboard_sends_one_symbol_and_a_page_of_errors_at_500_symbols() ->
 
 def test_a_symbol_picked_through_the_search_is_drawn_at_500_symbols(tmp_path: Path) -> None:
     """The page's search submits `?symbol=`; at 500 symbols the page draws that one."""
-    browser = chromium()
-    if browser is None:
-        pytest.skip(
-            "headless Chromium not found: install it (`apt-get install chromium` on Debian/Ubuntu) "
-            "or point RTML_CHROMIUM at a Chrome/Chromium binary"
-        )
+    browser = _chromium_or_skip()
     service = MonitorService(Settings(state_dir=tmp_path / "state"), monitor=_wide_monitor())
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_dashboard_app(service), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    web = threading.Thread(target=server.run, daemon=True)
-    web.start()
+    server, web, port = _serve(service)
     try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.1)
         dom = subprocess.run(
             [
                 browser,
