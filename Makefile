@@ -40,10 +40,18 @@ test: install
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration and not faults" $(PYTEST_ARGS)
 
+# lint: the type checker and the import contracts (pyproject.toml) read the package as it
+# installs, with pipelines/ and serving/ under rtml, from a copy built into LINT_SITE
+LINT_SITE := .rtml/lint-site
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy rtml bench tests
+	rm -rf $(LINT_SITE)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --target $(LINT_SITE) .
+	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/.mypy_cache -p rtml
+	MYPYPATH=$(LINT_SITE) $(BIN)/mypy bench tests
+	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
 format: install
 	$(BIN)/ruff format .

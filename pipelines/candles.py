@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rtml.event_time import SETTLED, FutureRule
-from rtml.pipelines.features import MAX_MOVE, Candle
 from rtml.records import BadRecord, Trade
+
+from .features import MAX_MOVE, Candle
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume

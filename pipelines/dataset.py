@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from rtml import feature_store as fs
 from rtml.errors import ConfigError
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.targets import target
 from rtml.records import Example
 from rtml.settings import Settings
+
+from .learner import Learner
+from .targets import target
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,12 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.processor import FeatureProcessor, Outputs, Parked
-from rtml.pipelines.recovery import (
+from rtml.records import TRADES, BadRecord, Trade
+from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
+from rtml.settings import Settings
+
+from .processor import FeatureProcessor, Outputs, Parked
+from .recovery import (
     CommitRecord,
     Ledger,
     Replay,
@@ -50,11 +54,8 @@ from rtml.pipelines.recovery import (
     record_path,
     write_record,
 )
-from rtml.pipelines.resume import History, newest_stored, read_starts
-from rtml.pipelines.sink import FeatureSink
-from rtml.records import TRADES, BadRecord, Trade
-from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
-from rtml.settings import Settings
+from .resume import History, newest_stored, read_starts
+from .sink import FeatureSink
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from rtml.pipelines.targets import MAX_MOVE, VOL_FLOOR
+from .targets import MAX_MOVE, VOL_FLOOR
 
 LOOKBACK = 15
 WARMUP = LOOKBACK + 1

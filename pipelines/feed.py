@@ -14,11 +14,12 @@ from tqdm import tqdm
 from rtml import feature_store as fs
 from rtml.errors import ConfigError
 from rtml.kafka import dead_letter, encode, send
-from rtml.pipelines.feature_pipeline import PipelineStats
-from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sink import FeatureSink
 from rtml.records import BadRecord, FeatureRow, Trade
 from rtml.settings import Settings
+
+from .feature_pipeline import PipelineStats
+from .processor import FeatureProcessor, Outputs
+from .sink import FeatureSink
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer

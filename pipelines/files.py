@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from rtml.errors import ConfigError
-from rtml.pipelines.presets import EPOCH, ISO, PRESETS, Preset
 from rtml.records import BadRecord, Trade, in_years, parse_trade
+
+from .presets import EPOCH, ISO, PRESETS, Preset
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from rtml.errors import ConfigError
-from rtml.pipelines.files import AS_IS, Reading, file_kind, read_table, replay
 from rtml.records import BadRecord, Trade
+
+from .files import AS_IS, Reading, file_kind, read_table, replay
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,11 @@ from typing import Any
 
 from river import drift
 
-from rtml.pipelines.gate import MIN_EXAMPLES
-from rtml.pipelines.models import LinearScorer, LinearStep
-from rtml.pipelines.targets import TARGETS, Target
 from rtml.records import Example
+
+from .gate import MIN_EXAMPLES
+from .models import LinearScorer, LinearStep
+from .targets import TARGETS, Target
 
 SNAPSHOTS = 8
 """At most this many model snapshots for scoring as served, each at least one horizon after the

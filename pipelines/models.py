@@ -31,7 +31,8 @@ import numpy as np
 from river import compose, ensemble, forest, linear_model, optim, preprocessing, tree
 
 from rtml.errors import ConfigError
-from rtml.pipelines.targets import TARGETS
+
+from .targets import TARGETS
 
 
 def _linear(p: Mapping[str, Any]) -> Any:

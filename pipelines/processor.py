@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from rtml.pipelines.candles import CandleBuilder
-from rtml.pipelines.features import HISTORY, Candle, compute_features, model_inputs
-from rtml.pipelines.targets import TARGETS, Target, target
 from rtml.records import Example, FeatureRow, Trade
 from rtml.settings import Settings
+
+from .candles import CandleBuilder
+from .features import HISTORY, Candle, compute_features, model_inputs
+from .targets import TARGETS, Target, target
 
 
 def to_datetime(ts: float) -> datetime:

@@ -13,11 +13,12 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING
 
 from rtml import feature_store as fs
-from rtml.pipelines.features import HISTORY, Candle
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.recovery import CommitRecord, Partition, Replay
-from rtml.pipelines.sink import read_candles
 from rtml.settings import Settings
+
+from .features import HISTORY, Candle
+from .processor import FeatureProcessor
+from .recovery import CommitRecord, Partition, Replay
+from .sink import read_candles
 
 
 @dataclass

@@ -17,8 +17,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from rtml.pipelines.files import AS_IS, Reading, read_table
 from rtml.records import FIRST_TIME, LAST_TIME
+
+from .files import AS_IS, Reading, read_table
 
 
 @dataclass(frozen=True)

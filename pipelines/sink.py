@@ -13,12 +13,13 @@ import pandas as pd
 
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode, send
-from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
-from rtml.pipelines.processor import Outputs
-from rtml.pipelines.recovery import Replay
-from rtml.pipelines.targets import target
 from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
+
+from .features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
+from .processor import Outputs
+from .recovery import Replay
+from .targets import target
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer

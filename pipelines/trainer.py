@@ -43,15 +43,16 @@ from rtml.kafka import (
     make_producer,
     send,
 )
-from rtml.pipelines.dataset import offline_examples, warm_start
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
-from rtml.pipelines.gate import GateDecision, champion_fails, gate, refresh, spent_z
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import build_model
-from rtml.pipelines.targets import Target, target
 from rtml.records import BadRecord, Example, examples_reader
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
+
+from .dataset import offline_examples, warm_start
+from .features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
+from .gate import GateDecision, champion_fails, gate, refresh, spent_z
+from .learner import Learner
+from .models import build_model
+from .targets import Target, target
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,13 @@ def _variable(field: str) -> str:
     return aliases[0] if aliases else f"RTML_{field.upper()}"
 
 
-# feature_repo/ installs inside the package, so a non-editable install finds its Feast repo
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _feature_repo() -> Path:
+    """The Feast repo: inside an installed package, or the checkout's top-level folder."""
+    installed = PACKAGE_DIR / "feature_repo"
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / "feature_repo"
 
 
 class Settings(BaseSettings):
@@ -109,7 +114,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(default=10000, gt=0)
 
     # Feast
-    feature_repo: Path = PACKAGE_DIR / "feature_repo"
+    feature_repo: Path = _feature_repo()
     feast_project: str = "rtml"
 
     # Market data and labels

@@ -33,9 +33,10 @@ from prometheus_client import (
 from rtml import feature_store as fs
 from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.records import BadRecord, decode_object
-from rtml.serving.model_holder import BASELINE, ModelHolder, ModelRouter, Served, models_for
-from rtml.serving.singleflight import SingleFlight
 from rtml.settings import Settings
+
+from .model_holder import BASELINE, ModelHolder, ModelRouter, Served, models_for
+from .singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from feast import FeatureStore

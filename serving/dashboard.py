@@ -17,9 +17,10 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from rtml.serving.app import require_token
-from rtml.serving.monitor import TOP_SYMBOLS, MonitorCollector, MonitorService
 from rtml.settings import Settings
+
+from .app import require_token
+from .monitor import TOP_SYMBOLS, MonitorCollector, MonitorService
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ from rtml.pipelines.learner import RollingMean
 from rtml.pipelines.targets import target
 from rtml.records import BadRecord, Prediction, examples_reader, features_reader, parse_prediction
 from rtml.runner import Counters, GroupSource, Runner
-from rtml.serving.model_holder import BASELINE
 from rtml.settings import Settings
+
+from .model_holder import BASELINE
 
 _PRICES = features_reader(("close",), {"close": (0.0, 1e30)})
 """The monitor reads of `features` only the price it shows."""

@@ -23,8 +23,9 @@ from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.models import LinearScorer
 from rtml.records import BadRecord, FeatureRow, Prediction, features_reader
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
-from rtml.serving.model_holder import ModelHolder, ModelRouter, Served
 from rtml.settings import Settings
+
+from .model_holder import ModelHolder, ModelRouter, Served
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -15,54 +17,87 @@ from tests.venvs import fresh_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CORE = ("rtml.settings", "rtml.errors", "rtml.kafka", "rtml.registry", "rtml.feature_store")
-SHELL = "rtml.app"
+
+def _as_installed(into: Path) -> Path:
+    """The package laid out as it installs: each package-dir folder under its dotted name."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
+    for name in setuptools["packages"]:
+        source = ROOT / mapping.get(name, name.replace(".", "/"))
+        target = into / name.replace(".", "/")
+        target.mkdir(parents=True, exist_ok=True)
+        for file in source.glob("*.py"):
+            shutil.copy(file, target / file.name)
+    return into
 
 
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+def _lint_imports(site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lint-imports"),
+            "--no-cache",
+            str(ROOT / "pyproject.toml"),
+        ],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-def _under(names: set[str], package: str) -> set[str]:
-    return {n for n in names if n == package or n.startswith(package + ".")}
+def test_the_import_contracts_of_make_lint_hold_and_catch_a_pure_step_importing_kafka(
+    tmp_path: Path,
+) -> None:
+    site = _as_installed(tmp_path)
+    kept = _lint_imports(site)
+    assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-2000:]
+    assert "0 broken" in kept.stdout
+
+    candles = site / "rtml" / "pipelines" / "candles.py"
+    candles.write_text(candles.read_text() + "\nimport confluent_kafka  # noqa\n")
+    broken = _lint_imports(site)
+    assert broken.returncode != 0, broken.stdout[-3000:]
+    assert "The pure steps take plain values" in broken.stdout
+    assert "rtml.pipelines.candles -> confluent_kafka" in broken.stdout
 
 
-def test_the_core_imports_nothing_above_it() -> None:
-    for module in CORE:
-        path = ROOT / (module.replace(".", "/") + ".py")
-        imported = _imports(path)
-        for above in (SHELL, "rtml.pipelines", "rtml.serving"):
-            assert not _under(imported, above), f"{module} imports {_under(imported, above)}"
-
-
-def test_pipelines_and_serving_import_no_shell_module() -> None:
-    for folder in ("pipelines", "serving"):
-        for path in sorted((ROOT / folder).glob("*.py")):
-            shell = _under(_imports(path), SHELL)
-            assert not shell, f"{folder}/{path.name} imports {shell}"
-    serving = set().union(*(_imports(p) for p in (ROOT / "pipelines").glob("*.py")))
-    assert not _under(serving, "rtml.serving"), "pipelines/ must not import serving/"
+def test_a_core_module_that_imports_the_shell_breaks_the_layers(tmp_path: Path) -> None:
+    site = _as_installed(tmp_path)
+    settings = site / "rtml" / "kafka.py"
+    settings.write_text(settings.read_text() + "\nimport rtml.serving.app  # noqa\n")
+    broken = _lint_imports(site)
+    assert broken.returncode != 0, broken.stdout[-3000:]
+    assert "The core knows nothing above it BROKEN" in broken.stdout
 
 
 def test_the_served_model_code_imports_nothing_from_rtml() -> None:
     # MLflow copies rtml/river_model.py into every version; it must load without rtml
-    assert not _under(_imports(ROOT / "rtml" / "river_model.py"), "rtml")
+    tree = ast.parse((ROOT / "rtml" / "river_model.py").read_text())
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {name for name in imported if name.split(".")[0] == "rtml"}, imported
 
 
-def test_no_import_name_clashes_with_another_distribution() -> None:
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    installed = packages["packages"]
+def test_no_import_name_clashes_with_another_distribution_and_no_folder_is_a_link() -> None:
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    installed = setuptools["packages"]
     assert all(name == "rtml" or name.startswith("rtml.") for name in installed), installed
-    # each installs from the folder the layout names, through the link inside rtml/
+    # each installs from the folder the layout names, mapped in pyproject.toml, not linked
     for name in installed:
-        assert (ROOT / name.replace(".", "/") / "__init__.py").exists(), name
+        folder = ROOT / setuptools["package-dir"].get(name, name.replace(".", "/"))
+        assert folder.is_dir(), name
+        assert not folder.is_symlink(), name
+    links = [
+        p
+        for p in ROOT.rglob("*")
+        if p.is_symlink() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+    ]
+    assert not links, links
 
 
 @pytest.mark.integration
