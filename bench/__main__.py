@@ -32,12 +32,12 @@ from bench.scale import bench_symbols
 from rtml import feature_store as fs
 from rtml.app.stack import Stack, free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.feed import backfill, publish
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sink import features_frame
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import backfill, publish
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.features.sink import features_frame
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.records import Example, parse_trade
 from rtml.settings import Settings
 
@@ -238,9 +238,9 @@ def _trainer_in_memory(local: Settings, records: list[bytes]) -> Callable[[], fl
     metrics and drift) over `records` from memory: what it costs without the broker."""
     from confluent_kafka import Message
 
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.learner import Learner
+    from rtml.pipelines.training.models import build_model
+    from rtml.pipelines.training.trainer import Trainer
     from rtml.runner import Runner
     from rtml.testing import MemorySink, MemorySource
 
@@ -270,8 +270,8 @@ def _trainer_via_kafka(local: Settings, n: int) -> Callable[[], float]:
     (its own registered name) reading the topic from the start. Start-up (MLflow, the warm
     start, the first fetch) is not throughput: the clock starts at the first example learned."""
     from rtml import registry
-    from rtml.pipelines.models import build_model
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.models import build_model
+    from rtml.pipelines.training.trainer import Trainer
 
     runs = 0
 
@@ -307,8 +307,8 @@ def bench_trainer(settings: Settings, n_candles: int, checkpoint_every: int = 10
     River predict-then-learn loop over the same examples; beside it, the same loop over the
     records from memory, and what a bare consumer gets from the broker. Each is the best of
     three, the three measured in turn (`_interleaved`)."""
-    from rtml.pipelines.features import FEATURE_BOUNDS, TARGET_BOUNDS
-    from rtml.pipelines.models import build_model
+    from rtml.pipelines.features.indicators import FEATURE_BOUNDS, TARGET_BOUNDS
+    from rtml.pipelines.training.models import build_model
     from rtml.records import examples_reader
 
     tag = uuid.uuid4().hex[:6]
@@ -397,8 +397,8 @@ def bench_staleness(settings: Settings, seconds: float = 30.0, rate: float = 100
     been served. Reference: one bare MLflow round trip in the same run (log a version, point
     the alias at it, load it back), the least any served update costs.
     """
-    from rtml.pipelines.features import FEATURE_NAMES
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.features.indicators import FEATURE_NAMES
+    from rtml.pipelines.training.trainer import Trainer
     from rtml.records import Example
     from rtml.serving.model_holder import ModelHolder
 
@@ -528,8 +528,8 @@ def _arrival_to_served(
 def _mlflow_round_trip(settings: Settings, example: Any) -> float:
     """Seconds to log one small model version, point an alias at it and load it back."""
     from rtml import registry
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
+    from rtml.pipelines.training.learner import Learner
+    from rtml.pipelines.training.models import build_model
 
     name = f"{settings.model_name}-reference"
     learner = Learner(build_model("linear"))
@@ -555,10 +555,10 @@ def _percentile(values: list[float], q: float) -> float:
 def bench_predictor(settings: Settings, seconds: float = 8.0, rate: float = 500.0) -> list[Figure]:
     """HTTP latency at a fixed request rate, beside bare Feast reads; streaming throughput."""
     from rtml import registry
-    from rtml.pipelines.features import FEATURE_NAMES
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
-    from rtml.pipelines.sink import FeatureSink
+    from rtml.pipelines.features.indicators import FEATURE_NAMES
+    from rtml.pipelines.features.sink import FeatureSink
+    from rtml.pipelines.training.learner import Learner
+    from rtml.pipelines.training.models import build_model
     from rtml.records import Example, FeatureRow
     from rtml.serving.model_holder import ModelHolder
 
@@ -750,7 +750,7 @@ def _wait_and_warm(process: Any, url: str) -> None:
 def _streaming_rate(
     local: Settings, holder: Any, learner: Any, row: Any
 ) -> tuple[float, float, float]:
-    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.pipelines.features.indicators import FEATURE_NAMES
     from rtml.records import FeatureRow
     from rtml.serving.stream import StreamingPredictor
 
@@ -803,9 +803,9 @@ def bench_drift(
     import math
 
     from rtml.app.demo import Demo
-    from rtml.pipelines.dataset import fit, offline_examples
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
+    from rtml.pipelines.training.dataset import fit, offline_examples
+    from rtml.pipelines.training.learner import Learner
+    from rtml.pipelines.training.models import build_model
 
     local = settings.model_copy(update={"api_port": free_port(), "monitor_port": free_port()})
     # versions at most every 2 s of wall clock: at 300x, one per 10 minutes of market time (the
@@ -1037,10 +1037,10 @@ def bench_warm_start(settings: Settings, days: tuple[int, ...] = (1, 4, 16)) -> 
 def bench_read_back(
     settings: Settings, sizes: tuple[int, int] = (50_000, 1_000_000), since: int = 2_000
 ) -> Figure:
-    """What a feature pipeline reads back at an assignment (`pipelines/recovery.py`): its
+    """What a feature pipeline reads back at an assignment (`pipelines/features/recovery.py`): its
     outputs since the commit record's starts, with 50k and 1M records already on `features`
     and the same `since` records after the last commit in both. Constant is 1."""
-    from rtml.pipelines.recovery import Replay
+    from rtml.pipelines.features.recovery import Replay
 
     seconds = []
     for n in sizes:

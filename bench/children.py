@@ -14,9 +14,9 @@ def warm_start_child(env: dict[str, str], out: Any) -> None:
     import resource
 
     os.environ.update(env)
-    from rtml.pipelines.dataset import warm_start
-    from rtml.pipelines.learner import Learner
-    from rtml.pipelines.models import build_model
+    from rtml.pipelines.training.dataset import warm_start
+    from rtml.pipelines.training.learner import Learner
+    from rtml.pipelines.training.models import build_model
 
     settings = Settings()
     learner = Learner(build_model(settings.model, settings.model_params, settings.target))
@@ -39,8 +39,8 @@ def backfill_child(
     import os
 
     os.environ.update(env)
-    from rtml.pipelines.feed import backfill
-    from rtml.pipelines.sources import SyntheticMarket
+    from rtml.pipelines.features.feed import backfill
+    from rtml.pipelines.market.sources import SyntheticMarket
 
     settings = Settings()
     market = SyntheticMarket(
@@ -58,7 +58,7 @@ def pipeline_child(env: dict[str, str], trades: int, out: Any) -> None:
     import threading
 
     os.environ.update(env)
-    from rtml.pipelines.feature_pipeline import FeaturePipeline
+    from rtml.pipelines.features.feature_pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline(Settings(), group_id=f"scale-{os.getpid()}", commit_interval_s=5.0)
     thread = threading.Thread(target=pipeline.run, kwargs={"max_seconds": 900})

@@ -13,8 +13,8 @@ from typing import Any
 from bench.children import backfill_child, pipeline_child, warm_start_child
 from bench.figure import Figure
 from rtml.kafka import Topics, ensure_topics, make_producer
-from rtml.pipelines.feed import publish
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.feed import publish
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.settings import Settings
 
 SIZES = (3, 100, 500)

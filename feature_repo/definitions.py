@@ -11,8 +11,8 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSo
 from feast.data_format import ParquetFormat
 from feast.types import Float64
 
-from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
-from rtml.pipelines.targets import TARGETS
+from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.features.targets import TARGETS
 from rtml.settings import Settings
 
 _settings = Settings()

@@ -21,7 +21,7 @@ A trade on the wire is a JSON object::
 `ts` is the exchange's event time in epoch seconds or milliseconds, or an RFC 3339 (ISO-8601)
 date and time; a time without a zone is UTC. A trade's numbers may be written as JSON strings,
 as exchanges write prices; nothing else is read (no thousands marks, no vendor's date formats:
-files are read by their presets, `pipelines/presets.py`).
+files are read by their presets, `pipelines/market/presets.py`).
 
 >>> parse_trade(b'{"symbol":"BTC/USD","trade_id":1,"price":10,"size":2,"side":"buy","ts":5}')
 Trade(symbol='BTC/USD', trade_id='1', price=10.0, size=2.0, side='buy', ts=5.0)

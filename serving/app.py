@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 
 from rtml import feature_store as fs
-from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.records import BadRecord, decode_object
 from rtml.settings import Settings
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rtml import registry
-from rtml.pipelines.models import LinearScorer
-from rtml.pipelines.targets import TARGETS
+from rtml.pipelines.features.targets import TARGETS
+from rtml.pipelines.training.models import LinearScorer
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,9 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
-from rtml.pipelines.features import FEATURE_BOUNDS, out_of_bounds
-from rtml.pipelines.learner import RollingMean
-from rtml.pipelines.targets import target
+from rtml.pipelines.features.indicators import FEATURE_BOUNDS, out_of_bounds
+from rtml.pipelines.features.targets import target
+from rtml.pipelines.training.learner import RollingMean
 from rtml.records import BadRecord, Prediction, examples_reader, features_reader, parse_prediction
 from rtml.runner import Counters, GroupSource, Runner
 from rtml.settings import Settings

@@ -19,8 +19,8 @@ from confluent_kafka import Message, Producer
 
 from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
-from rtml.pipelines.models import LinearScorer
+from rtml.pipelines.features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
+from rtml.pipelines.training.models import LinearScorer
 from rtml.records import BadRecord, FeatureRow, Prediction, features_reader
 from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
 from rtml.settings import Settings

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from rtml import feature_store as fs
-from rtml.pipelines.features import FEATURE_NAMES, WARMUP
-from rtml.pipelines.feed import backfill
-from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.feed import backfill
+from rtml.pipelines.features.indicators import FEATURE_NAMES, WARMUP
+from rtml.pipelines.features.processor import FeatureProcessor, Outputs
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -78,13 +78,13 @@ def test_a_file_of_bad_rows_is_counted_and_logged_a_few_at_a_time(
 ) -> None:
     """Each skipped record was a warning of its own: a file of a million bad rows, a million
     lines. The first few of each class are logged, and every one is counted."""
-    from rtml.pipelines.feed import LOGGED_PER_CLASS
+    from rtml.pipelines.features.feed import LOGGED_PER_CLASS
     from rtml.records import BadRecord
 
     local = settings.model_copy(update={"symbols": (f"C{uuid.uuid4().hex[:6]}",)})
     bad = [BadRecord("wrong_type", f"row {i}: ts is not a time") for i in range(500)]
     bad += [BadRecord("not_finite", f"row {i}: price is NaN") for i in range(3)]
-    with caplog.at_level("WARNING", logger="rtml.pipelines.feed"):
+    with caplog.at_level("WARNING", logger="rtml.pipelines.features.feed"):
         stats = backfill(local, bad, write_online=False)
     assert stats.rejected == {"wrong_type": 500, "not_finite": 3}
     lines = [r.getMessage() for r in caplog.records if "backfill skipped" in r.getMessage()]
@@ -99,7 +99,7 @@ def test_only_configured_symbols_are_built_and_none_configured_says_what_to_set(
     (a file of a million symbols held a million windows open); where none is configured,
     the error names the symbols the input holds and what to set."""
     from rtml.errors import ConfigError
-    from rtml.pipelines.feed import NAMED_UNKNOWN
+    from rtml.pipelines.features.feed import NAMED_UNKNOWN
 
     tag = uuid.uuid4().hex[:6]
     local = settings.model_copy(update={"symbols": (f"K{tag}",)})
@@ -128,8 +128,8 @@ def test_a_folder_of_daily_candle_files_backfills_every_candle_once(
     named like the day before's (`c0-0`), so after the first file of a symbol every candle of
     the next was dropped as seen before. A folder of them is one market: every candle of
     every day is built, once."""
-    from rtml.pipelines.files import Reading
-    from rtml.pipelines.folders import replay_folder
+    from rtml.pipelines.market.files import Reading
+    from rtml.pipelines.market.folders import replay_folder
 
     tag = uuid.uuid4().hex[:6].upper()
     local = settings.model_copy(update={"symbols": (f"A{tag}", f"B{tag}")})

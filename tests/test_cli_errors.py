@@ -177,7 +177,7 @@ def test_the_users_gap_policy_is_taken_and_a_file_with_sessions_asks_for_one(
     to set, and one that never closes is replayed `flat`."""
     from rtml.app.cli import check_candle_file
     from rtml.errors import RtmlError
-    from rtml.pipelines.files import AS_IS
+    from rtml.pipelines.market.files import AS_IS
 
     hourly = tmp_path / "hourly.csv"
     hours = [f"2024-01-0{1 + h // 24} {h % 24:02d}:00:00" for h in range(96)]
@@ -207,7 +207,7 @@ def test_a_synthetic_source_takes_the_trades_per_candle(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from rtml.app.cli import _trade_source, cli
-    from rtml.pipelines.files import AS_IS
+    from rtml.pipelines.market.files import AS_IS
     from rtml.settings import Settings
 
     settings = Settings(state_dir=tmp_path, symbols=("A", "B"))

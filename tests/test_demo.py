@@ -63,7 +63,7 @@ def test_the_evaluation_scores_what_it_can_and_counts_the_records_it_leaves_out(
     rtml's, or is spoiled, is left out of the evaluation and counted, where it stopped it."""
     from rtml.app.demo import evaluate
     from rtml.kafka import Topics, encode, ensure_topics, make_producer
-    from rtml.pipelines.features import FEATURE_NAMES
+    from rtml.pipelines.features.indicators import FEATURE_NAMES
     from rtml.records import Example, Prediction
 
     local = settings.model_copy(update={"topic_prefix": f"eval{uuid.uuid4().hex[:6]}."})

@@ -43,11 +43,11 @@ from rtml.kafka import (
     make_producer,
     read_topic,
 )
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.feed import backfill, publish
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trainer import Trainer
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import backfill, publish
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market.sources import SyntheticMarket
+from rtml.pipelines.training.trainer import Trainer
 from rtml.records import Trade
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from rtml.pipelines.candles import CandleBuilder
-from rtml.pipelines.features import FEATURE_NAMES, HISTORY, WARMUP, model_inputs
-from rtml.pipelines.files import replay
-from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sessions import candle_profile
-from rtml.pipelines.sink import candles_frame, read_candles
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.candles import CandleBuilder
+from rtml.pipelines.features.indicators import FEATURE_NAMES, HISTORY, WARMUP, model_inputs
+from rtml.pipelines.features.processor import FeatureProcessor, Outputs
+from rtml.pipelines.features.sink import candles_frame, read_candles
+from rtml.pipelines.market.files import replay
+from rtml.pipelines.market.sessions import candle_profile
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.records import BadRecord, Trade, parse_trade
 
 GOOD = {"symbol": "BTC/USD", "trade_id": "1", "price": 10.0, "size": 1.0, "side": "buy", "ts": 1.0}
@@ -309,7 +309,7 @@ def test_every_reader_bounds_hostile_records_with_a_class(kind: str) -> None:
 )
 def test_a_vendors_way_of_writing_a_trade_is_refused_on_the_wire(ts: object, price: object) -> None:
     """`trades` reads epoch seconds or milliseconds, or an RFC 3339 time, and plain numbers:
-    what files write otherwise is their presets' to read (pipelines/presets.py)."""
+    what files write otherwise is their presets' to read (pipelines/market/presets.py)."""
     for raw in (
         json.dumps({**GOOD, "ts": ts, "price": price}).encode(),
         {**GOOD, "ts": ts, "price": price},
@@ -321,7 +321,7 @@ def test_a_vendors_way_of_writing_a_trade_is_refused_on_the_wire(ts: object, pri
 
 
 def _readers() -> dict[str, Any]:
-    from rtml.pipelines.features import FEATURE_BOUNDS, TARGET_BOUNDS
+    from rtml.pipelines.features.indicators import FEATURE_BOUNDS, TARGET_BOUNDS
     from rtml.records import PREDICTIONS, TRADES, examples_reader, features_reader
 
     return {
@@ -657,7 +657,7 @@ def test_history_reads_recent_parts_of_a_live_store_and_all_of_a_replayed_past(
     tmp_path: Path,
 ) -> None:
     from rtml import feature_store as fs
-    from rtml.pipelines.resume import History
+    from rtml.pipelines.features.resume import History
     from rtml.settings import Settings
 
     settings = Settings(state_dir=tmp_path, symbols=("A",), horizon=3)
@@ -807,7 +807,7 @@ def _records() -> dict[str, dict[str, object]]:
 
 def _holds(kind: str, out: object) -> None:
     """What a reader returns is bounded, whatever it was given."""
-    from rtml.pipelines.features import FEATURE_BOUNDS
+    from rtml.pipelines.features.indicators import FEATURE_BOUNDS
     from rtml.records import FIRST_TIME, LAST_TIME, MAX_ID_CHARS, SIDES
 
     ts = getattr(out, "ts")  # noqa: B009

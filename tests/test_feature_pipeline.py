@@ -14,10 +14,10 @@ import pytest
 
 from rtml import feature_store as fs
 from rtml.kafka import Topics, ensure_topics, make_producer
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.feed import publish
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import publish
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
 

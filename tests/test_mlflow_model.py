@@ -24,8 +24,8 @@ import pytest
 
 from rtml import registry
 from rtml.app.stack import free_port
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.models import build_model
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.training.models import build_model
 from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
 from tests.venvs import UV, fresh_venv

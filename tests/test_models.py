@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from rtml.errors import ConfigError
-from rtml.pipelines.dataset import warm_start
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
-from rtml.pipelines.learner import TOP_SYMBOLS, Learner
-from rtml.pipelines.models import MODELS, LinearScorer, LinearStep, build_model
+from rtml.pipelines.features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
+from rtml.pipelines.training.dataset import warm_start
+from rtml.pipelines.training.learner import TOP_SYMBOLS, Learner
+from rtml.pipelines.training.models import MODELS, LinearScorer, LinearStep, build_model
 from rtml.records import BadRecord, Example, examples_reader
 from rtml.settings import Settings
 
@@ -378,7 +378,7 @@ def test_an_examples_span_is_checked_against_the_horizon(tmp_path: Path, policy:
     window has a candle (`flat`). Where markets close (`skip`), it is allowed up to H steps
     each bridging at most RTML_MAX_SILENCE_S (MSFT's five trading days span up to 13 calendar
     days), and stale beyond: features from 1970 with a label now."""
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.trainer import Trainer
 
     day = 86_400.0
     settings = Settings(state_dir=tmp_path, symbols=("X",), candle_seconds=86_400, horizon=5)
@@ -412,7 +412,7 @@ def test_count_based_checkpoints_are_spaced_in_time(
     from confluent_kafka import Message
 
     from rtml.kafka import encode
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.trainer import Trainer
 
     settings = Settings(state_dir=tmp_path, symbols=("X",), candle_seconds=60, horizon=5)
     settings = settings.model_copy(
@@ -477,8 +477,8 @@ def test_every_model_passes_rivers_own_checks(name: str, target: str) -> None:
 def test_a_stretch_without_price_changes_does_not_bend_a_volatility_model() -> None:
     """An illiquid stretch has zero realised volatility: its labels and volatility features are
     the floor. The log-space model stays bounded through it and recovers after it."""
-    from rtml.pipelines.features import FEATURE_BOUNDS
-    from rtml.pipelines.targets import VOL_FLOOR
+    from rtml.pipelines.features.indicators import FEATURE_BOUNDS
+    from rtml.pipelines.features.targets import VOL_FLOOR
 
     rng = random.Random(7)
     model = build_model("ols", target="volatility")

@@ -44,9 +44,9 @@ def test_a_quiet_symbol_resumes_from_around_its_newest_candle_without_a_full_rea
     """A halted pair's newest candles are days old: the pipeline resumes it from them, read
     around the newest candle the commit records name, not by reading the whole store. A
     symbol the records do not name has no candles, and is not looked for."""
-    from rtml.pipelines.features import HISTORY, Candle
-    from rtml.pipelines.resume import History
-    from rtml.pipelines.sink import candles_frame
+    from rtml.pipelines.features.indicators import HISTORY, Candle
+    from rtml.pipelines.features.resume import History
+    from rtml.pipelines.features.sink import candles_frame
     from rtml.settings import Settings
 
     settings = Settings(state_dir=tmp_path, symbols=("LIVE", "HALTED", "NEW"), horizon=3)

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from rtml.app.cli import cli
 from rtml.kafka import Topics, consumer_config, dlq, ensure_topics, make_producer, read_messages
-from rtml.pipelines.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
 from rtml.records import Trade
 from rtml.settings import Settings
 from tests.kafka_helpers import features
@@ -110,7 +110,7 @@ def test_dead_letters_are_shown_replayed_once_fixed_and_a_record_can_be_skipped(
 
 def test_the_trainer_passes_over_a_record_an_operator_skipped(settings: Settings) -> None:
     from rtml.kafka import encode, scan
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.trainer import Trainer
     from tests.test_trainer import _shard
 
     local = _shard(settings)

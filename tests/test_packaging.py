@@ -18,12 +18,23 @@ from tests.venvs import fresh_venv
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _folder(package: str) -> Path:
+    """Where a package's files are in the checkout, by pyproject.toml's package-dir."""
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        mapped = SETUPTOOLS["package-dir"].get(".".join(parts[:cut]))
+        if mapped is not None:
+            return ROOT / mapped / "/".join(parts[cut:])
+    return ROOT / "/".join(parts)
+
+
 def _as_installed(into: Path) -> Path:
     """The package laid out as it installs: each package-dir folder under its dotted name."""
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    mapping = setuptools["package-dir"]
-    for name in setuptools["packages"]:
-        source = ROOT / mapping.get(name, name.replace(".", "/"))
+    for name in SETUPTOOLS["packages"]:
+        source = _folder(name)
         target = into / name.replace(".", "/")
         target.mkdir(parents=True, exist_ok=True)
         for file in source.glob("*.py"):
@@ -54,12 +65,12 @@ def test_the_import_contracts_of_make_lint_hold_and_catch_a_pure_step_importing_
     assert kept.returncode == 0, kept.stdout[-3000:] + kept.stderr[-2000:]
     assert "0 broken" in kept.stdout
 
-    candles = site / "rtml" / "pipelines" / "candles.py"
+    candles = site / "rtml" / "pipelines" / "features" / "candles.py"
     candles.write_text(candles.read_text() + "\nimport confluent_kafka  # noqa\n")
     broken = _lint_imports(site)
     assert broken.returncode != 0, broken.stdout[-3000:]
     assert "The pure steps take plain values" in broken.stdout
-    assert "rtml.pipelines.candles -> confluent_kafka" in broken.stdout
+    assert "rtml.pipelines.features.candles -> confluent_kafka" in broken.stdout
 
 
 def test_a_core_module_that_imports_the_shell_breaks_the_layers(tmp_path: Path) -> None:
@@ -84,12 +95,11 @@ def test_the_served_model_code_imports_nothing_from_rtml() -> None:
 
 
 def test_no_import_name_clashes_with_another_distribution_and_no_folder_is_a_link() -> None:
-    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    installed = setuptools["packages"]
+    installed = SETUPTOOLS["packages"]
     assert all(name == "rtml" or name.startswith("rtml.") for name in installed), installed
     # each installs from the folder the layout names, mapped in pyproject.toml, not linked
     for name in installed:
-        folder = ROOT / setuptools["package-dir"].get(name, name.replace(".", "/"))
+        folder = _folder(name)
         assert folder.is_dir(), name
         assert not folder.is_symlink(), name
     links = [

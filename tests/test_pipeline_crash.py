@@ -27,10 +27,10 @@ from rtml.kafka import (
     read_messages,
     read_topic,
 )
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.feed import publish
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import SyntheticMarket
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import publish
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

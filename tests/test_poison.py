@@ -23,14 +23,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtml.kafka import Topics, dlq, ensure_topics, make_producer, read_messages
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS, out_of_bounds
-from rtml.pipelines.feed import publish
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trainer import Trainer
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import publish
+from rtml.pipelines.features.indicators import (
+    FEATURE_BOUNDS,
+    FEATURE_NAMES,
+    TARGET_BOUNDS,
+    out_of_bounds,
+)
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market.sources import SyntheticMarket
+from rtml.pipelines.training.learner import Learner
+from rtml.pipelines.training.models import build_model
+from rtml.pipelines.training.trainer import Trainer
 from rtml.records import BadRecord, Example, examples_reader, features_reader
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor

@@ -19,10 +19,10 @@ from rtml import feature_store as fs
 from rtml import registry
 from rtml.app.stack import free_port, redis_binary
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
-from rtml.pipelines.features import FEATURE_NAMES, model_inputs
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import build_model
-from rtml.pipelines.sink import FeatureSink
+from rtml.pipelines.features.indicators import FEATURE_NAMES, model_inputs
+from rtml.pipelines.features.sink import FeatureSink
+from rtml.pipelines.training.learner import Learner
+from rtml.pipelines.training.models import build_model
 from rtml.records import Example, FeatureRow
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder

@@ -26,8 +26,8 @@ from rtml.kafka import (
     read_messages,
     read_topic,
 )
-from rtml.pipelines.feature_pipeline import FeaturePipeline
-from rtml.pipelines.feed import publish
+from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+from rtml.pipelines.features.feed import publish
 from rtml.records import Trade
 from rtml.settings import Settings
 from tests.test_pipeline_crash import _market, expected_outputs

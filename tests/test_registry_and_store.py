@@ -19,7 +19,7 @@ from rtml.feature_store import (
     online_features,
     open_store,
 )
-from rtml.pipelines.features import EXTRA_COLUMNS, FEATURE_NAMES
+from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from rtml import feature_store as fs
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import build_model
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trainer import Trainer
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market.sources import SyntheticMarket
+from rtml.pipelines.training.learner import Learner
+from rtml.pipelines.training.models import build_model
+from rtml.pipelines.training.trainer import Trainer
 from rtml.records import Example, FeatureRow
 from rtml.serving.app import create_app
 from rtml.serving.model_holder import ModelHolder, ModelRouter

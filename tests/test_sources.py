@@ -22,14 +22,14 @@ from websockets.sync.server import ServerConnection, serve
 from rtml.app.cli import check_candle_file
 from rtml.app.demo import Demo
 from rtml.errors import ConfigError, RtmlError
-from rtml.pipelines import files, kraken
-from rtml.pipelines.candles import CandleBuilder
-from rtml.pipelines.feed import paced
-from rtml.pipelines.files import Reading, detect, matches, replay
-from rtml.pipelines.presets import PRESETS
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sessions import candle_profile
-from rtml.pipelines.sources import REGIMES, SyntheticMarket
+from rtml.pipelines.features.candles import CandleBuilder
+from rtml.pipelines.features.feed import paced
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market import files, kraken
+from rtml.pipelines.market.files import Reading, detect, matches, replay
+from rtml.pipelines.market.presets import PRESETS
+from rtml.pipelines.market.sessions import candle_profile
+from rtml.pipelines.market.sources import REGIMES, SyntheticMarket
 from rtml.records import BadRecord, Trade
 from rtml.settings import Settings
 

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from confluent_kafka import Message
 
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import LinearScorer, build_model
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.training.learner import Learner
+from rtml.pipelines.training.models import LinearScorer, build_model
 from rtml.records import BadRecord, Example
 from rtml.serving.model_holder import Served
 from rtml.serving.stream import StreamingPredictor

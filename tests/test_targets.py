@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from rtml.pipelines.features import FEATURE_BOUNDS
-from rtml.pipelines.processor import FeatureProcessor, Outputs
-from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.targets import TARGETS, VOL_FLOOR, realised_volatility
+from rtml.pipelines.features.indicators import FEATURE_BOUNDS
+from rtml.pipelines.features.processor import FeatureProcessor, Outputs
+from rtml.pipelines.features.targets import TARGETS, VOL_FLOOR, realised_volatility
+from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.settings import Settings
 
 

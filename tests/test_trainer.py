@@ -17,11 +17,11 @@ import pytest
 
 from rtml import registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
-from rtml.pipelines.features import FEATURE_NAMES
-from rtml.pipelines.feed import backfill
-from rtml.pipelines.processor import FeatureProcessor
-from rtml.pipelines.sources import SyntheticMarket
-from rtml.pipelines.trainer import Trainer, retrain
+from rtml.pipelines.features.feed import backfill
+from rtml.pipelines.features.indicators import FEATURE_NAMES
+from rtml.pipelines.features.processor import FeatureProcessor
+from rtml.pipelines.market.sources import SyntheticMarket
+from rtml.pipelines.training.trainer import Trainer, retrain
 from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
@@ -110,7 +110,7 @@ def _trainer_processes() -> Any:
     """Trainer processes forked from a server that has imported rtml once: a kill and a
     restart cost milliseconds, not the seconds of a fresh interpreter's imports."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["rtml.pipelines.trainer", "tests.test_trainer"])
+    context.set_forkserver_preload(["rtml.pipelines.training.trainer", "tests.test_trainer"])
     return context
 
 

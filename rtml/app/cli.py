@@ -17,12 +17,12 @@ import click
 
 from rtml.app.datasets import DATASETS
 from rtml.errors import RtmlError
-from rtml.pipelines.presets import PRESETS
-from rtml.pipelines.targets import TARGETS
+from rtml.pipelines.features.targets import TARGETS
+from rtml.pipelines.market.presets import PRESETS
 from rtml.settings import Settings
 
 if TYPE_CHECKING:
-    from rtml.pipelines.files import Reading
+    from rtml.pipelines.market.files import Reading
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -162,7 +162,7 @@ def _trade_source(
     start_prices: dict[str, float] | None = None,
     trades_per_candle: float = 20,
 ) -> Iterable[Any]:
-    from rtml.pipelines import files, kraken, sources
+    from rtml.pipelines.market import files, kraken, sources
 
     if source == "synthetic":
         market = sources.SyntheticMarket(
@@ -179,7 +179,7 @@ def _trade_source(
         return kraken.stream(settings.symbols, url=url, stop=stop)
     path = Path(source)
     if path.is_dir():  # a file a day or a symbol: one market, in event time
-        from rtml.pipelines import folders
+        from rtml.pipelines.market import folders
 
         check_candle_file(settings, folders.replay_files(path)[0], reading)
         return folders.replay_folder(path, reading, settings.candle_seconds)
@@ -200,7 +200,7 @@ def check_candle_file(settings: Settings, path: Path, reading: Reading) -> None:
     """A candle file's own candle length must be the settings', and its sessions too unless
     the user chose the gap policy (`--gap-policy`, RTML_GAP_POLICY): one line saying what to
     set otherwise, before anything starts."""
-    from rtml.pipelines.sessions import candle_profile
+    from rtml.pipelines.market.sessions import candle_profile
 
     profile = candle_profile(path, reading)
     if profile is None:
@@ -269,7 +269,7 @@ def _reading_options(command: Callable[..., None]) -> Callable[..., None]:
         gap_policy: str | None,
         **kw: Any,
     ) -> None:
-        from rtml.pipelines.files import Reading
+        from rtml.pipelines.market.files import Reading
 
         if gap_policy is not None:
             settings = settings.model_copy(update={"gap_policy": gap_policy})
@@ -349,7 +349,7 @@ def feed(
 ) -> None:
     """Produce trades from a source to the `trades` topic."""
     from rtml.kafka import Topics, ensure_topics, make_producer
-    from rtml.pipelines.feed import paced, publish
+    from rtml.pipelines.features.feed import paced, publish
 
     stop = threading.Event()
     install_signal_handlers(stop)
@@ -378,7 +378,7 @@ def feed(
 @click.pass_obj
 def features(settings: Settings, group: str, duration: float | None) -> None:
     """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
-    from rtml.pipelines.feature_pipeline import FeaturePipeline
+    from rtml.pipelines.features.feature_pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline(settings, group_id=group)
     install_signal_handlers(pipeline.stop)
@@ -407,7 +407,7 @@ def backfill(
 ) -> None:
     """Build the offline store from a replay file or a synthetic history, without Kafka."""
 
-    from rtml.pipelines.feed import backfill as run_backfill
+    from rtml.pipelines.features.feed import backfill as run_backfill
 
     candles = None
     if source == "synthetic":
@@ -424,7 +424,7 @@ def backfill(
 @cli.command()
 def formats() -> None:
     """The replay file formats: rtml's canonical columns and the vendors' presets."""
-    from rtml.pipelines.files import CANDLE_COLUMNS, OPTIONAL, TRADE_COLUMNS
+    from rtml.pipelines.market.files import CANDLE_COLUMNS, OPTIONAL, TRADE_COLUMNS
 
     def named(columns: Iterable[str]) -> str:
         return ", ".join(f"[{c}]" if c in OPTIONAL else c for c in columns)
@@ -613,7 +613,7 @@ def compact(settings: Settings) -> None:
 @_target_options
 def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
-    from rtml.pipelines.trainer import Trainer
+    from rtml.pipelines.training.trainer import Trainer
 
     trainer = Trainer(settings.as_shard())
     install_signal_handlers(trainer.stop)
@@ -626,7 +626,7 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
 @_target_options
 def retrain(settings: Settings) -> None:
     """Refit from the offline store now, register the result and put it through the gate."""
-    from rtml.pipelines.trainer import retrain as run_retrain
+    from rtml.pipelines.training.trainer import retrain as run_retrain
 
     version, decision = run_retrain(settings.as_shard())
     verdict = "promoted to champion" if decision.promote else "not promoted"

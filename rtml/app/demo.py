@@ -29,9 +29,9 @@ from rtml import feature_store as fs
 from rtml import registry
 from rtml.errors import ServiceError
 from rtml.kafka import Topics, read_messages
-from rtml.pipelines.features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
-from rtml.pipelines.files import AS_IS, Reading
-from rtml.pipelines.targets import target
+from rtml.pipelines.features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
+from rtml.pipelines.features.targets import target
+from rtml.pipelines.market.files import AS_IS, Reading
 from rtml.records import BadRecord, Example, Prediction, examples_reader, parse_prediction
 from rtml.settings import Settings
 
@@ -327,7 +327,7 @@ class Demo:
 
     def _read(self, path: Path) -> Any:
         """The replay file's rows with rtml's column names, in event time (`files.Table`)."""
-        from rtml.pipelines.files import read_table
+        from rtml.pipelines.market.files import read_table
 
         if path not in self._tables:
             self._tables[path] = read_table(path, self.reading, say=lambda m: self.out(f"   {m}"))
@@ -353,7 +353,7 @@ class Demo:
     def take_symbols(self, path: Path) -> None:
         """Serve what the replay file holds: its symbols (the pipeline, trainer and predictors
         refuse symbols that are not configured) and, for candles, their length and sessions."""
-        from rtml.pipelines.sessions import profile_of
+        from rtml.pipelines.market.sessions import profile_of
 
         table = self._read(path)
         frame = table.frame
@@ -384,7 +384,7 @@ class Demo:
         both with rtml's column names (a file written newest first splits the same way)."""
         import pandas as pd
 
-        from rtml.pipelines.files import file_kind
+        from rtml.pipelines.market.files import file_kind
 
         frame = self._read(path).frame.drop(columns="_start")
         half = len(frame) // 2

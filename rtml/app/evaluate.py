@@ -47,13 +47,13 @@ from scipy.stats import spearmanr
 from rtml import registry
 from rtml.app.demo import Demo, Evaluation, own_stack
 from rtml.app.stack import Stack
-from rtml.pipelines.dataset import fit, offline_examples
-from rtml.pipelines.files import Reading
-from rtml.pipelines.gate import paired
-from rtml.pipelines.learner import Learner
-from rtml.pipelines.models import build_model
-from rtml.pipelines.targets import Target, target
-from rtml.pipelines.trainer import trained_through
+from rtml.pipelines.features.targets import Target, target
+from rtml.pipelines.market.files import Reading
+from rtml.pipelines.training.dataset import fit, offline_examples
+from rtml.pipelines.training.gate import paired
+from rtml.pipelines.training.learner import Learner
+from rtml.pipelines.training.models import build_model
+from rtml.pipelines.training.trainer import trained_through
 from rtml.records import Example
 from rtml.settings import Settings
 

@@ -434,7 +434,7 @@ class Stack:
         for path in sorted([*repo.glob("*.py"), *repo.glob("*.yaml")]):
             digest.update(path.name.encode() + path.read_bytes())
         # the feature views' schema is read from the feature definitions' module
-        spec = importlib.util.find_spec("rtml.pipelines.features")
+        spec = importlib.util.find_spec("rtml.pipelines.features.indicators")
         if spec is not None and spec.origin:
             digest.update(Path(spec.origin).read_bytes())
         digest.update(json.dumps(self.settings.feast_env(), sort_keys=True).encode())

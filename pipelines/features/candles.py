@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from rtml.event_time import SETTLED, FutureRule
 from rtml.records import BadRecord, Trade
 
-from .features import MAX_MOVE, Candle
+from .indicators import MAX_MOVE, Candle
 
 GAP_POLICIES = ("flat", "skip")
 """What a window without trades becomes: `flat`, a candle at the previous close with no volume

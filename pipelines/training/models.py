@@ -32,7 +32,7 @@ from river import compose, ensemble, forest, linear_model, optim, preprocessing,
 
 from rtml.errors import ConfigError
 
-from .targets import TARGETS
+from ..features.targets import TARGETS
 
 
 def _linear(p: Mapping[str, Any]) -> Any:

@@ -14,7 +14,7 @@ learner also keeps snapshots of its model and scores each example with the newes
 taken before the example's feature time (`recent`, which the gate reads); the snapshots are at
 least one horizon apart, so that model is at most two horizons old.
 
->>> from rtml.pipelines.models import build_model
+>>> from rtml.pipelines.training.models import build_model
 >>> from rtml.records import Example
 >>> learner = Learner(build_model("linear"), window=3)
 >>> learner.step(Example("X", 60.0, 360.0, {"ret_1": 0.01}, 0.02))
@@ -36,9 +36,9 @@ from river import drift
 
 from rtml.records import Example
 
+from ..features.targets import TARGETS, Target
 from .gate import MIN_EXAMPLES
 from .models import LinearScorer, LinearStep
-from .targets import TARGETS, Target
 
 SNAPSHOTS = 8
 """At most this many model snapshots for scoring as served, each at least one horizon after the

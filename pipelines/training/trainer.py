@@ -47,12 +47,12 @@ from rtml.records import BadRecord, Example, examples_reader
 from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
 from rtml.settings import Settings
 
+from ..features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
+from ..features.targets import Target, target
 from .dataset import offline_examples, warm_start
-from .features import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from .gate import GateDecision, champion_fails, gate, refresh, spent_z
 from .learner import Learner
 from .models import build_model
-from .targets import Target, target
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from rtml.errors import ConfigError
 from rtml.records import Example
 from rtml.settings import Settings
 
+from ..features.targets import target
 from .learner import Learner
-from .targets import target
 
 log = logging.getLogger(__name__)
 

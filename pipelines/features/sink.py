@@ -16,7 +16,7 @@ from rtml.kafka import Topics, encode, send
 from rtml.records import Example, FeatureRow
 from rtml.settings import Settings
 
-from .features import EXTRA_COLUMNS, FEATURE_NAMES, Candle
+from .indicators import EXTRA_COLUMNS, FEATURE_NAMES, Candle
 from .processor import Outputs
 from .recovery import Replay
 from .targets import target
@@ -62,7 +62,7 @@ CANDLE_COLUMNS = [
 ]
 SOURCE_COLUMNS = ["source_topic", "source_partition", "source_offset"]
 """Where a live candle came from: the `trades` incarnation (its topic id), partition and
-offset of the trade that closed it; a replay passes over trades up to it (pipelines/recovery.py)."""
+offset of the trade that closed it; a replay passes over trades up to it (recovery.py)."""
 
 Source = tuple[int, int] | None
 

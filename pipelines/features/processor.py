@@ -21,7 +21,7 @@ from rtml.records import Example, FeatureRow, Trade
 from rtml.settings import Settings
 
 from .candles import CandleBuilder
-from .features import HISTORY, Candle, compute_features, model_inputs
+from .indicators import HISTORY, Candle, compute_features, model_inputs
 from .targets import TARGETS, Target, target
 
 

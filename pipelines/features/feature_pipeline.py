@@ -6,7 +6,7 @@ window) go to `trades.dlq` with their reason and are counted; the loop goes on. 
 committed only once everything a trade led to is durable, and never past the first trade of a
 candle that is still open, so a replay rebuilds open candles exactly; closed history is
 resumed from the offline store's `candles`, and what the pipeline sent since its last commit
-is not sent again (`pipelines/recovery.py`). A member that stalled past its session and
+is not sent again (`recovery.py`). A member that stalled past its session and
 wakes up finds itself fenced before it writes (`_still_member`).
 """
 
@@ -105,7 +105,7 @@ class PipelineStats:
 class FeaturePipeline:
     """One consumer-group member; run several to share the `trades` partitions.
 
-    Each assignment reads back what was sent since the last commit (`pipelines/recovery.py`) and the
+    Each assignment reads back what was sent since the last commit (`recovery.py`) and the
     offline store's newest rows; a symbol resumes from them when its first trade arrives. A
     revoke first commits what was processed, then drops the symbols of the partitions that
     left, so two replicas never hold one symbol's windows at once.
@@ -217,7 +217,7 @@ class FeaturePipeline:
 
     def _producer(self) -> Producer:
         # idempotent: a retried produce is neither duplicated nor reordered; each delivery
-        # tells the ledger where this member's records stand (pipelines/recovery.py)
+        # tells the ledger where this member's records stand (pipelines/features/recovery.py)
         return make_producer(
             self.settings, **{"enable.idempotence": True, "on_delivery": self._delivered}
         )

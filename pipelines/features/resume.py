@@ -15,7 +15,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from rtml import feature_store as fs
 from rtml.settings import Settings
 
-from .features import HISTORY, Candle
+from .indicators import HISTORY, Candle
 from .processor import FeatureProcessor
 from .recovery import CommitRecord, Partition, Replay
 from .sink import read_candles

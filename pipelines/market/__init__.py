@@ -1,0 +1,1 @@
+"""Where trades come from: replay files and their presets, the live feed, the synthetic market."""

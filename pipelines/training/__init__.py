@@ -1,0 +1,1 @@
+"""Learning: models, the learner and its gate, the training dataset and the trainer."""
