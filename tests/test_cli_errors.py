@@ -175,7 +175,7 @@ def test_the_users_gap_policy_is_taken_and_a_file_with_sessions_asks_for_one(
     """A gap policy the user set (`--gap-policy`, RTML_GAP_POLICY) is taken for any candle
     file; without one, a file whose market closes (a hole in most weeks) is refused with what
     to set, and one that never closes is replayed `flat`."""
-    from rtml.app.cli import check_candle_file
+    from rtml.app.commands.options import check_candle_file
     from rtml.errors import RtmlError
     from rtml.pipelines.market.files import AS_IS
 
@@ -206,13 +206,14 @@ def test_a_synthetic_source_takes_the_trades_per_candle(tmp_path: Path) -> None:
 
     from click.testing import CliRunner
 
-    from rtml.app.cli import _trade_source, cli
+    from rtml.app.cli import cli
+    from rtml.app.commands.options import trade_source
     from rtml.pipelines.market.files import AS_IS
     from rtml.settings import Settings
 
     settings = Settings(state_dir=tmp_path, symbols=("A", "B"))
     counts = [
-        len(list(_trade_source(settings, "synthetic", 0, 100, 0.0, AS_IS, threading.Event(),
+        len(list(trade_source(settings, "synthetic", 0, 100, 0.0, AS_IS, threading.Event(),
                                None, per_candle)))
         for per_candle in (1, 8)
     ]  # fmt: skip

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from websockets.sync.server import ServerConnection, serve
 
-from rtml.app.cli import check_candle_file
+from rtml.app.commands.options import check_candle_file
 from rtml.app.demo import Demo
 from rtml.errors import ConfigError, RtmlError
 from rtml.pipelines.features.candles import CandleBuilder

@@ -59,11 +59,11 @@ def test_the_target_and_its_horizon_are_settings() -> None:
 def test_target_and_horizon_options_override_only_what_they_name() -> None:
     """`--target`/`--horizon` change those settings and leave every other one as the user set
     it or not (a replay's gap policy is guessed only where the user set none)."""
-    from rtml.app.cli import _target_options
+    from rtml.app.commands.options import target_options
 
     seen: list[Settings] = []
 
-    @_target_options
+    @target_options
     def command(settings: Settings) -> None:
         seen.append(settings)
 

@@ -1,0 +1,1 @@
+"""The commands of `rtml`, one module per group; rtml/app/cli.py gathers them."""

@@ -1,0 +1,122 @@
+"""Training and serving: `train`, `retrain`, `promote`, `rollback`, `serve`, `predict-stream`,
+`monitor`."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+from rtml.app.commands.options import install_signal_handlers, target_options
+from rtml.settings import Settings
+
+
+@click.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option("--max-examples", type=int, default=None, help="Stop once this many are learned.")
+@click.pass_obj
+@target_options
+def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
+    """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
+    from rtml.pipelines.training.trainer import Trainer
+
+    trainer = Trainer(settings.as_shard())
+    install_signal_handlers(trainer.stop)
+    learner = trainer.run(max_seconds=duration, max_examples=max_examples)
+    click.echo(f"learned {learner.learned} examples; metrics {learner.metrics()}")
+
+
+@click.command()
+@click.pass_obj
+@target_options
+def retrain(settings: Settings) -> None:
+    """Refit from the offline store now, register the result and put it through the gate."""
+    from rtml.pipelines.training.trainer import retrain as run_retrain
+
+    version, decision = run_retrain(settings.as_shard())
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    click.echo(f"version {version}: {decision.reason}; {verdict}")
+
+
+@click.command()
+@click.argument("version", required=False)
+@click.option("--auto", "auto", is_flag=True, help="Hand the champion back to the trainer's gate.")
+@click.pass_obj
+def promote(settings: Settings, version: str | None, auto: bool) -> None:
+    """Make VERSION the champion that predictors serve, pinned until `promote --auto`."""
+    from rtml import registry
+
+    settings = settings.as_shard()
+    if auto == (version is not None):
+        raise click.UsageError("give a VERSION to pin, or --auto to hand control to the gate")
+    if auto:
+        kept = registry.auto(settings)
+        click.echo(
+            f"the trainer's gate chooses the champion of {settings.model_name} again "
+            f"(version {kept or 'none'} until it promotes another)"
+        )
+        return
+    assert version is not None
+    registry.promote(settings, version, by=registry.person(), pin=True)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
+
+
+@click.command()
+@click.pass_obj
+def rollback(settings: Settings) -> None:
+    """Move the champion back to the previous champion, pinned until `promote --auto`."""
+    from rtml import registry
+
+    settings = settings.as_shard()
+    version = registry.rollback(settings)
+    click.echo(
+        f"champion of {settings.model_name} is version {version}, pinned: the trainer will not "
+        "move it until `rtml promote --auto`"
+    )
+
+
+@click.command()
+@click.pass_obj
+def serve(settings: Settings) -> None:
+    """Serve predictions over HTTP from the champion model, swapping in new champions."""
+    from rtml.serving.app import serve as run_server
+
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
+    # place before; this one lets the finished server exit 0 instead of dying by the signal.
+    install_signal_handlers(threading.Event())
+    run_server(settings)
+
+
+@click.command("predict-stream")
+@click.option("--group", default="rtml-predictor", show_default=True, help="Consumer group.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
+    """Predict every `features` record with the champion, onto `predictions`."""
+    from rtml.serving.model_holder import models_for
+    from rtml.serving.stream import StreamingPredictor
+
+    holder = models_for(settings)
+    holder.refresh()
+    holder.start()
+    predictor = StreamingPredictor(settings, holder, group_id=group)
+    install_signal_handlers(predictor.stop)
+    try:
+        click.echo(f"predicted {predictor.run(max_seconds=duration)} records")
+    finally:
+        holder.stop()
+
+
+@click.command()
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.pass_obj
+def monitor(settings: Settings, duration: float | None) -> None:
+    """Join predictions with realized targets; serve the dashboard and /metrics."""
+    from rtml.serving.dashboard import run_monitor
+
+    click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
+    install_signal_handlers(threading.Event())  # exit 0 after uvicorn's graceful shutdown
+    run_monitor(settings, max_seconds=duration)

@@ -1,0 +1,99 @@
+"""The embedded stack and the Feast repo: `up`, `down`, `status`, `env`, `feast-apply`."""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+import click
+
+from rtml.settings import Settings
+
+
+@click.command()
+@click.pass_obj
+def up(settings: Settings) -> None:
+    """Start the embedded stack (or reuse what is healthy), apply Feast, create topics."""
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    report = stack.up(progress=click.echo)
+    for s in stack.status():
+        click.echo(s.line())
+    click.echo(
+        f"up in {report.seconds:.1f} s (started: {', '.join(report.started) or 'none'}; "
+        f"reused: {', '.join(report.reused) or 'none'}; "
+        f"external: {', '.join(report.external) or 'none'}; "
+        f"feast apply: {'ran' if report.feast_applied else 'current'})"
+    )
+
+
+@click.command()
+@click.pass_obj
+def down(settings: Settings) -> None:
+    """Stop the services that `rtml up` started; external ones are left alone."""
+    from rtml.app.stack import Stack
+
+    stopped = Stack(settings).down()
+    click.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@click.command()
+@click.pass_obj
+def status(settings: Settings) -> None:
+    """Show each service, its address and health, and how long the last `up` took."""
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    rows = stack.status()
+    for s in rows:
+        click.echo(s.line())
+    last = stack.last_up()
+    if last:
+        click.echo(f"last up took {float(last['seconds']):.1f} s")  # type: ignore[arg-type]
+    if not all(s.healthy for s in rows):
+        raise SystemExit(1)
+    _model_status(settings)
+
+
+def _model_status(settings: Settings) -> None:
+    """The champion of each model and who decided it."""
+
+    from rtml import registry
+
+    names = [
+        settings.model_copy(update={"shard": shard}).as_shard() for shard in settings.shards
+    ] or [settings]
+    for local in names:
+        champion = registry.alias_version(local, registry.CHAMPION)
+        candidate = registry.alias_version(local, registry.CANDIDATE)
+        found = registry.decision(local) or {}
+        serving = champion or "none: the predictors serve the naive baseline (no change)"
+        line = f"model {local.model_name}: champion {serving}"
+        line += f", candidate {candidate or 'none'}"
+        if found:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(found["at"])))
+            line += f"; {found['action']} by {found['by']} at {when}"
+            if found.get("pinned"):
+                line += ", pinned (`rtml promote --auto` hands it back to the gate)"
+        click.echo(line)
+
+
+@click.command()
+@click.pass_obj
+def env(settings: Settings) -> None:
+    """Print `export` lines for a shell that runs `feast` by hand: eval "$(rtml env)"."""
+    for key, value in settings.feast_env().items():
+        click.echo(f"export {key}={shlex.quote(value)}")
+
+
+@click.command("feast-apply")
+@click.pass_obj
+def feast_apply(settings: Settings) -> None:
+    """Apply feature_repo/ to the configured registry and online store."""
+
+    from rtml.app.stack import Stack
+
+    stack = Stack(settings)
+    stack.wait_feast(stack.feast_apply(), time.monotonic() + settings.up_timeout_s)
+    click.echo(f"applied {settings.feature_repo}")
