@@ -48,6 +48,7 @@ lint: install
 	$(BIN)/ruff check .
 	rm -rf $(LINT_SITE)
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --target $(LINT_SITE) .
+	rm -rf build
 	cd $(LINT_SITE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
 		--cache-dir $(CURDIR)/.mypy_cache -p rtml
 	MYPYPATH=$(LINT_SITE) $(BIN)/mypy bench tests

@@ -10,10 +10,11 @@ from mlflow.exceptions import MlflowException
 
 from rtml import registry
 from rtml.pipelines.features.targets import TARGETS
+from rtml.pipelines.training.checkpoint import Uploader
 from rtml.pipelines.training.gate import champion_fails, gate, paired, spent_z
 from rtml.pipelines.training.learner import Learner
 from rtml.pipelines.training.models import build_model
-from rtml.pipelines.training.trainer import Uploader, champion_errors
+from rtml.pipelines.training.retrain import champion_errors
 from rtml.records import Example
 from rtml.settings import Settings
 

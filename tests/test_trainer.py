@@ -21,7 +21,8 @@ from rtml.pipelines.features.feed import backfill
 from rtml.pipelines.features.indicators import FEATURE_NAMES
 from rtml.pipelines.features.processor import FeatureProcessor
 from rtml.pipelines.market.sources import SyntheticMarket
-from rtml.pipelines.training.trainer import Trainer, retrain
+from rtml.pipelines.training.retrain import retrain
+from rtml.pipelines.training.trainer import Trainer
 from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
 from tests.kafka_helpers import drain

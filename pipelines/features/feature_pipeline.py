@@ -7,19 +7,16 @@ committed only once everything a trade led to is durable, and never past the fir
 candle that is still open, so a replay rebuilds open candles exactly; closed history is
 resumed from the offline store's `candles`, and what the pipeline sent since its last commit
 is not sent again (`recovery.py`). A member that stalled past its session and
-wakes up finds itself fenced before it writes (`_still_member`).
+wakes up finds itself fenced before it writes (`membership.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -42,64 +39,21 @@ from rtml.kafka import (
     make_producer,
 )
 from rtml.records import TRADES, BadRecord, Trade
-from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
+from rtml.runner import Counters, Position, Runner, serve_metrics
 from rtml.settings import Settings
 
-from .processor import FeatureProcessor, Outputs, Parked
-from .recovery import (
-    CommitRecord,
-    Ledger,
-    Replay,
-    read_record,
-    record_path,
-    write_record,
-)
+from .membership import Membership, RecordingSource
+from .parking import Parking
+from .processor import FeatureProcessor, Outputs
+from .recovery import Ledger, Replay
 from .resume import History, newest_stored, read_starts
-from .sink import FeatureSink
+from .sink import FeatureSink, PipelineStats
 
 log = logging.getLogger(__name__)
 
 ONLINE_EVERY_S = 0.2
 """Online writes at most this often under load (each carries every symbol's newest row): a
 Feast write costs milliseconds whatever its size. At live rates a batch ends every poll."""
-
-
-@dataclass
-class PipelineStats:
-    trades: int = 0
-    candles: int = 0
-    features: int = 0
-    examples: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    topics_recreated: int = 0  # times the broker had forgotten topics
-    replayed: int = 0  # trades read again after a restart or rebalance, already accounted for
-    already_emitted: int = 0  # rows a replay found on their topic and did not send again
-    already_stored: int = 0  # rows a backfill found in the offline store and did not write
-
-    def counters(self, topic: str) -> Counters:
-        """The figures as the shared loop's counters (what `/metrics` exports)."""
-        counters = Counters("features")
-        counters.read[topic] = self.trades
-        counters.done.update(
-            candles=self.candles,
-            features=self.features,
-            examples=self.examples,
-            replayed=self.replayed,
-            topics_recreated=self.topics_recreated,
-        )
-        for kind, n in self.rejected.items():
-            counters.rejected[topic, kind] = n
-        return counters
-
-    def line(self) -> str:
-        bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
-        stored = f", already stored {self.already_stored}" if self.already_stored else ""
-        if self.replayed or self.already_emitted:
-            stored += f", replayed {self.replayed} (already emitted {self.already_emitted})"
-        return (
-            f"trades {self.trades}, candles {self.candles}, features {self.features}, "
-            f"examples {self.examples}{stored}, rejected: {bad}"
-        )
 
 
 class FeaturePipeline:
@@ -128,21 +82,9 @@ class FeaturePipeline:
         self.symbols = frozenset(settings.symbols)
         self._replay = Replay()  # what a replay finds sent already
         self._ledger = Ledger()  # where this member's own records stand on its outputs
-        self._committed: dict[int, int] = {}  # trades partition -> offset committed
-        self._member_at = -math.inf  # when the group last confirmed this member
-        # a member that has not heard from its group for this long may have been replaced:
-        # it asks before it writes (a stall past the session timeout, then a wake-up)
-        self._fence_s = settings.kafka_session_timeout_ms / 2000
+        self._membership = Membership(settings, group_id, self.topics.trades)
         self._history = History()
-        self._newest: dict[str, float] = {}  # each symbol's newest stored candle, as known
-        self._resumed: dict[str, int] = {}  # symbol -> the trades partition it resumed on
-        # symbol -> its partition, for what the sink still buffers of partitions that left
-        self._held: dict[str, int] = {}
-        # what was held for the symbols of partitions that left, and the `trades` incarnation
-        # then: taken up again only if they come back from a broker that forgot that topic
-        self._parked: dict[str, Parked] = {}
-        self._parked_rows = Outputs()  # what they had not stored yet
-        self._parked_id: str | None = None
+        self._parking = Parking()  # the symbols held, and those put aside
         self._consumer: Consumer | None = None
         self._sink: FeatureSink | None = None
         self._runner: Runner | None = None
@@ -180,7 +122,7 @@ class FeaturePipeline:
         watch.remember()
         self._consumer, self._sink = consumer, sink
         runner = self._runner = Runner(
-            _RecordingSource(consumer, [self.topics.trades], self._committed_now),
+            RecordingSource(consumer, [self.topics.trades], self._committed_now),
             sink.kafka,
             self.step,
             self.counters,
@@ -274,9 +216,10 @@ class FeaturePipeline:
         sink, consumer, watch = self._sink, self._consumer, self._watch
         trades_id = self._trades_id_now()
         self._unpark(trades_id)
-        committed = self._read_committed(consumer, partitions)
+        membership = self._membership
+        committed = membership.read_committed(consumer, partitions)
         topics = [self.topics.features, self.topics.examples, dlq(self.topics.trades)]
-        records = self._records(committed, trades_id)
+        records = membership.records(committed, trades_id)
         starts = None if records is None else read_starts(records, watch.ids if watch else {})
         self._replay, ends = Replay.read(self.settings, topics, starts)
         self._ledger.read_to(ends)
@@ -284,12 +227,12 @@ class FeaturePipeline:
         history = self._history = History.read(
             self.settings, self.settings.horizon, trades_id, newest
         )
-        self._newest = {**(newest or {}), **history.stored}
+        membership.newest = {**(newest or {}), **history.stored}
         self._replay.through = history.counted.through
-        self._member_at = time.monotonic()
+        membership.confirmed()
         if sink is None:
             return
-        self._held = {s: p for s, p in self._held.items() if p in self.assignment}
+        self._parking.keep_held(self.assignment)
         sink.stored.update(history.stored)
         buffered_id = sink.trades_id
         for candle, source in sink.flush_offline():
@@ -310,128 +253,26 @@ class FeaturePipeline:
         except (KafkaException, TimeoutError):
             return watch.ids.get(self.topics.trades)
 
-    def _unpark(self, trades_id: str | None) -> set[str]:
-        """Symbols of partitions that are back after a broker restart resume where they were,
-        open windows and all: the forgotten topic cannot replay their trades. After any other
-        rebalance their new owner replays from the commit, and what was parked goes."""
-        parked, self._parked = self._parked, {}
-        rows, self._parked_rows = self._parked_rows, Outputs()
-        if self._parked_id is None or trades_id == self._parked_id:
-            self._parked_id = trades_id
-            return set()
-        self._parked_id = trades_id
-        back = {s for s, p in self._held.items() if p in self.assignment and s in parked}
-        for symbol in back:
-            self.processor.unpark(symbol, parked[symbol])
-            self._resumed[symbol] = self._held[symbol]
-        if self._sink is not None:  # what they had not stored yet: written before they go on
-            self._sink.give(_rows_of(rows, back))
-        log.info("%d symbols resume as they were before the broker forgot `trades`", len(back))
-        return back
-
-    def _symbols_of(self, partitions: set[int]) -> set[str]:
-        return {s for s, p in self._resumed.items() if p in partitions}
-
-    def _read_committed(
-        self, consumer: Consumer | None, partitions: list[Position]
-    ) -> dict[int, int]:
-        """The group's committed offset of each assigned partition (-1: none yet)."""
-        if consumer is None:
-            return {p: -1 for _, p in partitions}
-        asked = [TopicPartition(t, p) for t, p in partitions]
-        try:
-            found = consumer.committed(asked, timeout=10)
-        except KafkaException as exc:
-            log.warning("the committed offsets could not be read (%s): reading back all", exc)
-            return {p: -1 for _, p in partitions}
-        for tp in found:
-            self._committed[tp.partition] = tp.offset if tp.offset >= 0 else -1
-        return {tp.partition: self._committed[tp.partition] for tp in found}
-
-    def _records(
-        self, committed: dict[int, int], trades_id: str | None
-    ) -> list[CommitRecord] | None:
-        """The commit records of the assigned partitions, or None (read every output back,
-        and the whole store) when a partition has none (a new group, or one never committed
-        before a crash), or its record belongs to another `trades` or to offsets moved back."""
-        records = []
-        for partition, offset in committed.items():
-            path = record_path(self.settings, self.group_id, self.topics.trades, partition)
-            record = read_record(path)
-            if record is None:
-                log.info("no commit record for %s: reading every output back", path.name)
-                return None
-            if record.trades_id != trades_id or record.committed > offset:
-                log.warning(
-                    "the commit record of %s[%d] is of another incarnation or offset (%s@%d, "
-                    "group at %d): reading every output back",
-                    self.topics.trades,
-                    partition,
-                    record.trades_id,
-                    record.committed,
-                    offset,
-                )
-                return None
-            records.append(record)
-        return records
+    def _unpark(self, trades_id: str | None) -> None:
+        rows = self._parking.unpark(trades_id, self.assignment, self.processor)
+        if self._sink is not None:
+            self._sink.give(rows)
 
     def _committed_now(self, offsets: dict[Position, int]) -> None:
-        """A commit went through: the group still has this member, and each partition's
-        commit record says where its outputs stood."""
-        self._member_at = time.monotonic()
-        watch = self._watch
-        ids = watch.ids if watch is not None else {}
-        self._committed.update({p: o for (_, p), o in offsets.items()})
-        # a record for every partition held, committed now or before (or never: -1)
-        committed = {p: self._committed.get(p, -1) for p in self.assignment}
-        starts = self._ledger.starts(committed)
-        sink = self._sink
-        newest = self._newest = {**self._newest, **(sink.stored if sink is not None else {})}
-        by_topic: dict[str, dict[int, int]] = {}
-        for (topic, q), offset in starts.items():
-            by_topic.setdefault(topic, {})[q] = offset
-        for partition, offset in committed.items():
-            record = CommitRecord(
-                trades_id=ids.get(self.topics.trades),
-                committed=offset,
-                starts=by_topic,
-                ids={t: ids.get(t) for t in by_topic},
-                newest=newest,
-            )
-            path = record_path(self.settings, self.group_id, self.topics.trades, partition)
-            try:
-                write_record(path, record)
-            except OSError as exc:  # the next commit writes it again; a replay reads more
-                log.warning("commit record %s not written: %s", path, exc)
+        watch, sink = self._watch, self._sink
+        self._membership.write_records(
+            offsets,
+            self.assignment,
+            watch.ids if watch is not None else {},
+            self._ledger.starts,
+            sink.stored if sink is not None else {},
+        )
 
     def _still_member(self) -> bool:
-        """Whether the group still has this member, asked of the broker when it has not said
-        so for `_fence_s`: a commit of the offsets already committed is refused to a member
-        the group replaced (a stall past the session timeout). Such a member writes nothing
-        more, drops its partitions, and rejoins at its next poll."""
-        consumer = self._consumer
-        if consumer is None or time.monotonic() - self._member_at < self._fence_s:
+        if self._membership.still_member(self._consumer, self.assignment):
             return True
-        offsets = [
-            TopicPartition(self.topics.trades, p, max(self._committed.get(p, 0), 0))
-            for p in sorted(self.assignment)
-        ]
-        if not offsets:
-            return True
-        try:
-            consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() not in _FENCED:
-                return True  # the broker away: the produce waits for it anyway
-            log.warning(
-                "the group replaced this member while it was stalled (%s): it writes nothing "
-                "of what it read and rejoins",
-                exc.args[0].name(),
-            )
-            self._fenced()
-            return False
-        self._member_at = time.monotonic()
-        return True
+        self._fenced()
+        return False
 
     def _fenced(self) -> None:
         runner, sink = self._runner, self._sink
@@ -447,22 +288,18 @@ class FeaturePipeline:
         drop the symbols built from them, so two replicas never hold one symbol's windows."""
         partitions = {p for _, p in positions}
         self.assignment -= partitions
-        gone = self._symbols_of(partitions)
-        for symbol in gone:
-            if (parked := self.processor.park(symbol)) is not None:
-                self._parked[symbol] = parked
-            self._held[symbol] = self._resumed.pop(symbol)
-        if self._sink is not None:  # their new owner writes them, unless the broker forgot
-            self._parked_rows.extend(self._sink.take(gone))
+        gone = self._parking.symbols_of(partitions)
+        # their new owner writes what the sink buffers of them, unless the broker forgot
+        unstored = self._sink.take(gone) if self._sink is not None else Outputs()
+        self._parking.leave(gone, self.processor, unstored)
         self._replay.forget(gone)
-        for p in partitions:
-            self._committed.pop(p, None)
+        self._membership.forget(partitions)
 
     def _resume(self, symbol: str, partition: int) -> None:
         """`symbol`'s first trade since this member got its partition: start where the offline
         store's newest candles left it."""
         self._history.resume(self.processor, symbol)
-        self._resumed[symbol] = self._held[symbol] = partition
+        self._parking.resume(symbol, partition)
 
     def _recreate(self, forgotten: list[str]) -> None:
         """The broker lost topics (an embedded broker keeps nothing across a restart).
@@ -516,7 +353,7 @@ class FeaturePipeline:
                     f"key {key.decode(errors='replace')!r} is not the trade's symbol "
                     f"{trade.symbol!r}: produce trades keyed by their symbol",
                 )
-            resumed_on = self._resumed.get(trade.symbol)
+            resumed_on = self._parking.resumed.get(trade.symbol)
             if resumed_on is not None and resumed_on != partition:
                 # a keyless trade: on a partition of its own it would make two windows of
                 # one symbol, in this replica or in two
@@ -582,42 +419,3 @@ class FeaturePipeline:
         out = {(t, p): min(open_positions.get(p, o), o) for (t, p), o in offsets.items()}
         log.info("committing %s; %s", {p: o for (_, p), o in out.items()}, self.stats.line())
         return out
-
-
-_FENCED = frozenset(
-    {
-        KafkaError.UNKNOWN_MEMBER_ID,
-        KafkaError.ILLEGAL_GENERATION,
-        KafkaError.FENCED_INSTANCE_ID,
-    }
-)
-"""What a broker answers a member whose group has moved on without it."""
-
-
-class _RecordingSource(GroupSource):
-    """The group source, telling the pipeline of each commit that went through."""
-
-    def __init__(
-        self,
-        consumer: Consumer,
-        topics: list[str],
-        committed: Callable[[dict[Position, int]], None],
-    ) -> None:
-        super().__init__(consumer, topics)
-        self._committed = committed
-
-    def commit(self, offsets: dict[Position, int]) -> bool:
-        done = super().commit(offsets)
-        if done:
-            self._committed(offsets)
-        return done
-
-
-def _rows_of(rows: Outputs, symbols: set[str]) -> Outputs:
-    """The rows of `symbols` in `rows`."""
-    return Outputs(
-        candles=[c for c in rows.candles if c.symbol in symbols],
-        sources=[s for c, s in zip(rows.candles, rows.sources, strict=True) if c.symbol in symbols],
-        features=[r for r in rows.features if r.symbol in symbols],
-        examples=[e for e in rows.examples if e.symbol in symbols],
-    )

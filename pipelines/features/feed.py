@@ -17,9 +17,8 @@ from rtml.kafka import dead_letter, encode, send
 from rtml.records import BadRecord, FeatureRow, Trade
 from rtml.settings import Settings
 
-from .feature_pipeline import PipelineStats
 from .processor import FeatureProcessor, Outputs
-from .sink import FeatureSink
+from .sink import FeatureSink, PipelineStats
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer

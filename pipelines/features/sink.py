@@ -6,7 +6,9 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
@@ -14,6 +16,7 @@ import pandas as pd
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode, send
 from rtml.records import Example, FeatureRow
+from rtml.runner import Counters
 from rtml.settings import Settings
 
 from .indicators import EXTRA_COLUMNS, FEATURE_NAMES, Candle
@@ -339,3 +342,41 @@ def _online() -> Any:
     from feast.data_source import PushMode
 
     return PushMode.ONLINE
+
+
+@dataclass
+class PipelineStats:
+    trades: int = 0
+    candles: int = 0
+    features: int = 0
+    examples: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    topics_recreated: int = 0  # times the broker had forgotten topics
+    replayed: int = 0  # trades read again after a restart or rebalance, already accounted for
+    already_emitted: int = 0  # rows a replay found on their topic and did not send again
+    already_stored: int = 0  # rows a backfill found in the offline store and did not write
+
+    def counters(self, topic: str) -> Counters:
+        """The figures as the shared loop's counters (what `/metrics` exports)."""
+        counters = Counters("features")
+        counters.read[topic] = self.trades
+        counters.done.update(
+            candles=self.candles,
+            features=self.features,
+            examples=self.examples,
+            replayed=self.replayed,
+            topics_recreated=self.topics_recreated,
+        )
+        for kind, n in self.rejected.items():
+            counters.rejected[topic, kind] = n
+        return counters
+
+    def line(self) -> str:
+        bad = ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items())) or "none"
+        stored = f", already stored {self.already_stored}" if self.already_stored else ""
+        if self.replayed or self.already_emitted:
+            stored += f", replayed {self.replayed} (already emitted {self.already_emitted})"
+        return (
+            f"trades {self.trades}, candles {self.candles}, features {self.features}, "
+            f"examples {self.examples}{stored}, rejected: {bad}"
+        )

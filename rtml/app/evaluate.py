@@ -53,7 +53,7 @@ from rtml.pipelines.training.dataset import fit, offline_examples
 from rtml.pipelines.training.gate import paired
 from rtml.pipelines.training.learner import Learner
 from rtml.pipelines.training.models import build_model
-from rtml.pipelines.training.trainer import trained_through
+from rtml.pipelines.training.retrain import trained_through
 from rtml.records import Example
 from rtml.settings import Settings
 

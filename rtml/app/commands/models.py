@@ -31,7 +31,7 @@ def train(settings: Settings, duration: float | None, max_examples: int | None) 
 @target_options
 def retrain(settings: Settings) -> None:
     """Refit from the offline store now, register the result and put it through the gate."""
-    from rtml.pipelines.training.trainer import retrain as run_retrain
+    from rtml.pipelines.training.retrain import retrain as run_retrain
 
     version, decision = run_retrain(settings.as_shard())
     verdict = "promoted to champion" if decision.promote else "not promoted"
