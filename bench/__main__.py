@@ -25,7 +25,8 @@ from bench.predictor import bench_predictor
 from bench.scale import bench_symbols
 from bench.staleness import bench_staleness
 from bench.trainer import bench_trainer
-from rtml.app.stack import Stack, free_port
+from rtml.app.processes import free_port
+from rtml.app.stack import Stack
 from rtml.settings import Settings
 
 STEPS: dict[str, Callable[[Settings], list[Figure]]] = {

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.figure import Figure
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.pipelines.market.sources import SyntheticMarket
 from rtml.records import Example
 from rtml.settings import Settings

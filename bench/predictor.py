@@ -12,7 +12,7 @@ from typing import Any
 from bench.figure import Figure
 from bench.measure import bare_consume_rate, interleaved, percentile
 from rtml import feature_store as fs
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.kafka import Topics, encode, ensure_topics, make_producer, send
 from rtml.pipelines.features.indicators import FEATURE_NAMES
 from rtml.records import Example

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import Stack, free_port
+from rtml.app.processes import free_port
+from rtml.app.stack import Stack
 from rtml.settings import Settings
 
 

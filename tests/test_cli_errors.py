@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.settings import Settings
 
 

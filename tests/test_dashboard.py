@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import uvicorn
 
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.kafka import Topics, dlq, encode, ensure_topics, make_producer
 from rtml.records import Prediction
 from rtml.serving.dashboard import create_dashboard_app

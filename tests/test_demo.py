@@ -9,7 +9,7 @@ import pytest
 
 from rtml import registry
 from rtml.app.demo import Demo
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -33,7 +33,8 @@ from fastapi.testclient import TestClient
 
 from rtml import feature_store as fs
 from rtml import registry
-from rtml.app.stack import KAFKA, MLFLOW, Stack, free_port
+from rtml.app.processes import KAFKA, MLFLOW, free_port
+from rtml.app.stack import Stack
 from rtml.kafka import (
     Topics,
     dlq,

@@ -23,7 +23,7 @@ import mlflow
 import pytest
 
 from rtml import registry
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from rtml.pipelines.features.indicators import FEATURE_NAMES
 from rtml.pipelines.training.models import build_model
 from rtml.serving.model_holder import ModelHolder

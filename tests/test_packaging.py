@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import free_port
+from rtml.app.processes import free_port
 from tests.venvs import fresh_venv
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from rtml import feature_store as fs
 from rtml import registry
-from rtml.app.stack import free_port, redis_binary
+from rtml.app.processes import free_port, redis_binary
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.pipelines.features.indicators import FEATURE_NAMES, model_inputs
 from rtml.pipelines.features.sink import FeatureSink

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import KAFKA, MLFLOW, REDIS, Stack, _alive, free_port
+from rtml.app.processes import KAFKA, MLFLOW, REDIS, alive, free_port
+from rtml.app.stack import Stack
 from rtml.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_up_reuses_restarts_one_and_down_cleans_up(stack: Stack, tmp_path: Path)
     finally:
         stopped = own.down()
     assert stopped == [KAFKA, REDIS]
-    assert not [p for p in members if _alive(p)]
+    assert not [p for p in members if alive(p)]
     assert [s.healthy for s in own.status()] == [False, False, True]
 
 

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message
 
-from rtml.app.stack import SERVICES, Stack
+from rtml.app.processes import SERVICES
+from rtml.app.stack import Stack
 from rtml.kafka import encode, ensure_topics, make_consumer, make_producer
 from rtml.settings import Settings
 

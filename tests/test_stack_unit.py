@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rtml.app.stack import KAFKA, MLFLOW, REDIS, PortTaken, Stack, _alive, free_port, port_is_free
+from rtml.app.processes import KAFKA, MLFLOW, REDIS, PortTaken, alive, free_port, port_is_free
+from rtml.app.stack import Stack
 from rtml.errors import ServiceError
 from rtml.settings import Settings
 
@@ -18,14 +19,14 @@ from rtml.settings import Settings
 def test_alive_sees_running_and_zombie_processes() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        assert _alive(proc.pid)
+        assert alive(proc.pid)
     finally:
         proc.kill()
     # killed but not reaped yet: a zombie, which must count as dead
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
     proc.wait()
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
 
 
 def test_port_in_use_is_reported_with_what_to_do(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def own_stack(settings: Settings, folder: Path, keep_ports: bool = False) -> Set
     """`settings` for a stack of its own in `folder`, on free ports: a replay of a file starts
     from a clean split every time, and never mixes with another run's history. With
     `keep_ports`, the API and the dashboard keep the user's ports when they are free."""
-    from rtml.app.stack import free_port, port_is_free
+    from rtml.app.processes import free_port, port_is_free
 
     def port(wanted: int) -> int:
         return wanted if keep_ports and port_is_free(settings.bind_host, wanted) else free_port()
