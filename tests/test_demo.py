@@ -61,7 +61,7 @@ def test_the_evaluation_scores_what_it_can_and_counts_the_records_it_leaves_out(
 ) -> None:
     """A demo's topics are topics like any other: a record a client wrote there that is not
     rtml's, or is spoiled, is left out of the evaluation and counted, where it stopped it."""
-    from rtml.app.demo import evaluate
+    from rtml.app.scores import evaluate
     from rtml.kafka import Topics, encode, ensure_topics, make_producer
     from rtml.pipelines.features.indicators import FEATURE_NAMES
     from rtml.records import Example, Prediction

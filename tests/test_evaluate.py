@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rtml.app import datasets
-from rtml.app.demo import Evaluation
 from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles
+from rtml.app.scores import Evaluation
 from rtml.errors import ConfigError
 from rtml.records import Example
 from rtml.settings import Settings

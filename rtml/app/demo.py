@@ -14,61 +14,22 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rtml import feature_store as fs
 from rtml import registry
+from rtml.app.children import CHILD_FIELDS, SERVICES, Child, Children
+from rtml.app.scores import Evaluation, evaluate
 from rtml.errors import ServiceError
-from rtml.kafka import Topics, read_messages
-from rtml.pipelines.features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
 from rtml.pipelines.features.targets import target
 from rtml.pipelines.market.files import AS_IS, Reading
-from rtml.records import BadRecord, Example, Prediction, examples_reader, parse_prediction
 from rtml.settings import Settings
-
-# what each child gets from the demo's settings; the rest they read as the demo did
-CHILD_FIELDS = (
-    "state_dir",
-    "bind_host",
-    "kafka_port",
-    "redis_port",
-    "mlflow_port",
-    "topic_prefix",
-    "model_name",
-    "symbols",
-    "checkpoint_interval_s",
-    "register_interval_s",
-    "api_access_log",
-    "api_port",
-    "monitor_port",
-    "candle_seconds",
-    "gap_policy",
-    "target",
-    "horizon",
-    "checkpoint_every",
-    "checkpoint_sync",
-    "metrics_window",
-    "gate_alpha",
-    "keep_versions",
-)
-# started in this order, stopped in the reverse; the feed starts once a champion serves
-SERVICES = (
-    ("trainer", ["train"]),
-    ("features", ["features"]),
-    ("predictor", ["serve"]),
-    ("predict-stream", ["predict-stream"]),
-    ("monitor", ["monitor"]),
-)
-
 
 INITIAL = "initial"
 """The alias of the demo's initial fit."""
@@ -99,90 +60,6 @@ def own_stack(settings: Settings, folder: Path, keep_ports: bool = False) -> Set
             "mlflow_tracking_uri": None,
         }
     )
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class Evaluation:
-    """Every scored example of a run: the served prediction beside the alternatives."""
-
-    ts: list[float] = field(default_factory=list)
-    symbol: list[str] = field(default_factory=list)
-    target: list[float] = field(default_factory=list)
-    served: list[float] = field(default_factory=list)
-    static: list[float] = field(default_factory=list)
-    naive: list[float] = field(default_factory=list)
-    """The target's naive forecast (no change, or the last H candles' volatility)."""
-    versions: list[int] = field(default_factory=list)
-    """The served model version of each example, in event-time order."""
-    features: list[dict[str, float]] = field(default_factory=list)
-    label_ts: list[float] = field(default_factory=list)
-    trained_through: list[float] = field(default_factory=list)
-    """The newest label time the served model had learned (NaN for the baseline)."""
-    refused: Counter[str] = field(default_factory=Counter)
-    """Records of the topics that could not be scored, by topic and class (`no_prediction`
-    where the model gave none): not rtml's, or spoiled."""
-
-    def mae(self, predictions: list[float]) -> float:
-        errors = [abs(p - t) for p, t in zip(predictions, self.target, strict=True)]
-        return sum(errors) / len(errors) if errors else math.nan
-
-    def summary(self) -> dict[str, float]:
-        learned = sum(v != 0 for v in self.versions)
-        return {
-            "examples": float(len(self.target)),
-            "served_mae": self.mae(self.served),
-            "static_mae": self.mae(self.static),
-            "naive_mae": self.mae(self.naive),
-            "model_share": learned / len(self.versions) if self.versions else math.nan,
-        }
-
-
-def evaluate(settings: Settings, static: Any) -> Evaluation:
-    """Join the run's `predictions` with its `examples`; predict each with `static` too.
-    Each record is read as its consumers read it; one that is not rtml's, or is spoiled, is
-    counted in `refused` and left out."""
-    topics = Topics.of(settings)
-    naive = target(settings.target).naive
-    out = Evaluation()
-    examples: dict[tuple[str, float], Example] = {}
-    reader = examples_reader(FEATURE_NAMES, FEATURE_BOUNDS, TARGET_BOUNDS)
-    for _, raw in read_messages(settings, topics.examples, 60):
-        try:
-            parsed = reader.read(raw)
-        except BadRecord as exc:
-            out.refused[f"examples {exc.kind}"] += 1
-            continue
-        examples[parsed.symbol, parsed.ts] = parsed
-    predictions: list[Prediction] = []
-    for _, raw in read_messages(settings, topics.predictions, 60):
-        try:
-            predictions.append(parse_prediction(raw))
-        except BadRecord as exc:
-            out.refused[f"predictions {exc.kind}"] += 1
-    seen: set[tuple[str, float]] = set()
-    for p in sorted(predictions, key=lambda p: (p.ts, p.symbol)):
-        key = (p.symbol, p.ts)
-        if key in seen or (ex := examples.get(key)) is None:
-            continue  # a redelivered prediction, or its target not known yet
-        seen.add(key)
-        out.ts.append(p.ts)
-        out.symbol.append(p.symbol)
-        out.target.append(ex.target)
-        out.served.append(p.prediction)
-        out.static.append(float(static.predict_one(ex.features)))
-        out.naive.append(naive(ex.features))
-        out.versions.append(p.version)
-        out.features.append(ex.features)
-        out.label_ts.append(ex.label_ts)
-        out.trained_through.append(p.trained_through)
-    return out
 
 
 def _span(versions: list[int]) -> str:
@@ -233,7 +110,7 @@ class Demo:
         self.source, self.days, self.speed, self.seed = source, days, speed, seed
         self.status_every = status_every
         self.out = out
-        self.children: list[Child] = []
+        self.children = Children(self.settings.state / "logs")
         self.rtml = str(Path(sys.executable).parent / "rtml")
         self.first_champion: str | None = None
         self.static: Any = None
@@ -251,51 +128,15 @@ class Demo:
         return self.settings.child_env(*CHILD_FIELDS) | {"PYTHONUNBUFFERED": "1"}
 
     def spawn(self, name: str, args: list[str]) -> Child:
-        logs = self.settings.state / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log = logs / f"demo-{name}.log"
-        with log.open("ab") as sink:
-            proc = subprocess.Popen(
-                [self.rtml, *args],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.child_env(),
-                start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-            )
-        child = Child(name, proc, log)
-        self.children.append(child)
-        return child
+        return self.children.spawn(name, [self.rtml, *args], self.child_env())
 
     def check_children(self) -> None:
-        for child in self.children:
-            code = child.proc.poll()
-            if code is not None and not (child.name == "feed" and code == 0):
-                tail = child.log.read_text(errors="replace").splitlines()[-15:]
-                raise ServiceError(
-                    f"{child.name} exited with {code}; its log {child.log} ends:\n"
-                    + "\n".join(tail)
-                )
+        self.children.check()
 
     def stop(self, timeout: float = 15.0) -> dict[str, float]:
         """SIGTERM each child, the feed first; returns how long each took to exit."""
-        took: dict[str, float] = {}
-        for child in reversed(self.children):  # the feed first, the monitor last
-            if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM)
-                if child.name == "feed":
-                    time.sleep(2.0)  # let the pipeline and predictors take its last trades
-        began = time.monotonic()
-        for child in self.children:
-            try:
-                child.proc.wait(max(0.1, began + timeout - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.out(f"{child.name} did not stop in {timeout:.0f} s; killing it")
-                child.proc.kill()
-                child.proc.wait()
-            took[child.name] = time.monotonic() - began
-        self.stopped_in = took
-        return took
+        self.stopped_in = self.children.stop(timeout, self.out)
+        return self.stopped_in
 
     # -- the run --------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ from typing import Any
 from scipy.stats import spearmanr
 
 from rtml import registry
-from rtml.app.demo import Demo, Evaluation, own_stack
+from rtml.app.demo import Demo, own_stack
+from rtml.app.scores import Evaluation
 from rtml.app.stack import Stack
 from rtml.pipelines.features.targets import Target, target
 from rtml.pipelines.market.files import Reading
