@@ -20,7 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from rtml.settings import Settings
 
 from .app import require_token
-from .monitor import TOP_SYMBOLS, MonitorCollector, MonitorService
+from .monitor import TOP_SYMBOLS
+from .monitor_service import MonitorCollector, MonitorService
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from rtml.app.processes import free_port
 from rtml.kafka import Topics, dlq, encode, ensure_topics, make_producer
 from rtml.records import Prediction
 from rtml.serving.dashboard import create_dashboard_app
-from rtml.serving.monitor import ALL, TOP_SYMBOLS, Monitor, MonitorService
+from rtml.serving.monitor import ALL, TOP_SYMBOLS, Monitor
+from rtml.serving.monitor_service import MonitorService
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
 

@@ -23,7 +23,8 @@ from rtml.records import Prediction
 from rtml.runner import Counters
 from rtml.serving.app import Metrics, create_app
 from rtml.serving.model_holder import ModelHolder
-from rtml.serving.monitor import Monitor, MonitorCollector
+from rtml.serving.monitor import Monitor
+from rtml.serving.monitor_service import MonitorCollector
 from rtml.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

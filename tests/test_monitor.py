@@ -8,8 +8,9 @@ import random
 import orjson
 import pytest
 
-from rtml.records import BadRecord
-from rtml.serving.monitor import ALL, Monitor, MonitorCollector, Prediction, parse_prediction
+from rtml.records import BadRecord, Prediction, parse_prediction
+from rtml.serving.monitor import ALL, Monitor
+from rtml.serving.monitor_service import MonitorCollector
 
 
 def _p(symbol: str, ts: float, prediction: float, version: int = 1) -> Prediction:
@@ -146,7 +147,7 @@ def test_versions_are_keyed_by_model_and_bounded_to_the_recently_served() -> Non
 
 
 def test_the_monitor_service_honours_the_drift_delta() -> None:
-    from rtml.serving.monitor import MonitorService
+    from rtml.serving.monitor_service import MonitorService
     from rtml.settings import Settings
 
     service = MonitorService(Settings(drift_delta=0.123))
