@@ -26,235 +26,56 @@ is lowered to the first trade of a window still open; a replay does not dead-let
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
-    KafkaException,
     Message,
-    TopicPartition,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
 
+from rtml.consumers import Position, Rebalance, Source
 from rtml.kafka import Sink, dlq, letter, replay_of, send
+from rtml.metrics import Counters
 from rtml.records import MAX_RECORD_BYTES, BadRecord
-from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Position = tuple[str, int]
-"""(topic, partition)"""
-Rebalance = Callable[[list[Position]], None]
-
-
-class Counters:
-    """What one component read (by topic), did (by outcome) and rejected (by topic and class).
-
-    Plain integers, written by the loop and read at scrape time (`collect`).
-
-    >>> c = Counters("trainer")
-    >>> c.reject("examples", "future"); c.reject("examples", "future"); c.done["learned"] += 3
-    >>> c.rejected_by("examples"), c.line()
-    (Counter({'future': 2}), 'learned 3, rejected: examples future 2')
-    """
-
-    def __init__(self, component: str) -> None:
-        self.component = component
-        self.read: Counter[str] = Counter()
-        self.done: Counter[str] = Counter()
-        self.rejected: Counter[tuple[str, str]] = Counter()  # (topic, class)
-
-    def reject(self, topic: str, kind: str) -> None:
-        self.rejected[topic, kind] += 1
-
-    def rejected_by(self, topic: str | None = None) -> Counter[str]:
-        """Rejections by class, of one topic or of all."""
-        out: Counter[str] = Counter()
-        for (t, kind), n in self.rejected.items():
-            if topic is None or t == topic:
-                out[kind] += n
-        return out
-
-    def total_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-    def line(self) -> str:
-        done = ", ".join(f"{k} {v}" for k, v in sorted(self.done.items()))
-        bad = ", ".join(f"{t} {k} {v}" for (t, k), v in sorted(self.rejected.items())) or "none"
-        return f"{done}, rejected: {bad}" if done else f"rejected: {bad}"
-
-    def collect(self) -> Iterator[Metric]:
-        """The counters as Prometheus metric families, labelled by component."""
-        c = self.component
-        read = CounterMetricFamily(
-            "rtml_records_read", "Records read, by topic", labels=["component", "topic"]
-        )
-        for topic, n in sorted(self.read.items()):
-            read.add_metric([c, topic], n)
-        done = CounterMetricFamily(
-            "rtml_records_done", "What records led to, by outcome", labels=["component", "outcome"]
-        )
-        for outcome, n in sorted(self.done.items()):
-            done.add_metric([c, outcome], n)
-        rejected = CounterMetricFamily(
-            "rtml_records_rejected",
-            "Records sent to a dead-letter topic (or only counted), by topic and class",
-            labels=["component", "topic", "reason"],
-        )
-        for (topic, kind), n in sorted(self.rejected.items()):
-            rejected.add_metric([c, topic, kind], n)
-        yield from (read, done, rejected)
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())  # collected at scrape time only: the labels are not known up front
-
-
-class MetricsServer:
-    """Where a headless component's metrics are served (`port` None: nowhere); `close` stops
-    serving."""
-
-    def __init__(self, server: Any = None) -> None:
-        self._server = server
-        self.port: int | None = int(server.server_port) if server is not None else None
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-def serve_metrics(settings: Settings, *collectors: Any) -> MetricsServer:
-    """Export `collectors` on `RTML_METRICS_HOST:RTML_METRICS_PORT` for a component
-    without an HTTP API of its own; nowhere when it is not set. Port 0 takes a free one. A
-    port in use is reported and the component runs on without metrics."""
-    port = settings.metrics_port
-    if port is None:
-        return MetricsServer()
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in collectors:
-        registry.register(collector)
-    try:
-        server, _ = start_http_server(port, addr=settings.metrics_host, registry=registry)
-    except OSError as exc:
-        log.warning(
-            "metrics are not exported: port %s on %s is taken (%s). Give each process its own "
-            "RTML_METRICS_PORT (0 picks a free one and logs it)",
-            port,
-            settings.metrics_host,
-            exc,
-        )
-        return MetricsServer()
-    served = MetricsServer(server)
-    log.info("metrics on http://%s:%d/metrics", settings.metrics_host, served.port)
-    return served
-
-
-class Source(Protocol):
-    """Where records come from: a consumer group, partitions assigned by hand, or memory."""
-
-    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None: ...
-
-    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]: ...
-
-    def commit(self, offsets: dict[Position, int]) -> bool: ...
-
-    def pause(self, partitions: list[Position]) -> None: ...
-
-    def resume(self, partitions: list[Position]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class GroupSource:
-    """A consumer-group member: partitions come and go with the group's rebalances."""
-
-    def __init__(self, consumer: Consumer, topics: Iterable[str]) -> None:
-        self.consumer = consumer
-        self.topics = list(topics)
-
-    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
-        def positions(parts: list[TopicPartition]) -> list[Position]:
-            return [(tp.topic, tp.partition) for tp in parts]
-
-        self.consumer.subscribe(
-            self.topics,
-            on_assign=lambda _, parts: on_assign(positions(parts)),
-            on_revoke=lambda _, parts: on_revoke(positions(parts)),
-            on_lost=lambda _, parts: on_lost(positions(parts)),
-        )
-
-    def consume(self, num_messages: int, timeout: float) -> Sequence[Message]:
-        return self.consumer.consume(num_messages=num_messages, timeout=timeout)
-
-    def commit(self, offsets: dict[Position, int]) -> bool:
-        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            self.consumer.commit(offsets=parts, asynchronous=False)
-        except KafkaException as exc:  # e.g. a restarted broker that forgot the group
-            log.warning("could not commit %s (%s); the next commit carries them", offsets, exc)
-            return False
-        return True
-
-    def pause(self, partitions: list[Position]) -> None:
-        self.consumer.pause([TopicPartition(t, p) for t, p in partitions])
-
-    def resume(self, partitions: list[Position]) -> None:
-        self.consumer.resume([TopicPartition(t, p) for t, p in partitions])
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-class AssignedSource(GroupSource):
-    """Partitions assigned by hand from offsets the component keeps itself (the trainer's are
-    in its checkpoint): nothing is committed to the group."""
-
-    def __init__(self, consumer: Consumer, topic: str, offsets: dict[int, int]) -> None:
-        super().__init__(consumer, [topic])
-        self.offsets = offsets
-        self._on_assign: Rebalance | None = None
-
-    def start(self, on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance) -> None:
-        self._on_assign = on_assign
-        self.assign()
-
-    def partitions(self) -> list[int]:
-        topic = self.topics[0]
-        return sorted(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-
-    def assign(self, offsets: dict[int, int] | None = None) -> None:
-        """(Re-)assign every partition of the topic, each from its offset in `offsets`."""
-        if offsets is not None:
-            self.offsets = offsets
-        topic, start, partitions = self.topics[0], self.offsets, self.partitions()
-        self.consumer.assign(
-            [TopicPartition(topic, p, start.get(p, OFFSET_BEGINNING)) for p in partitions]
-        )
-        if self._on_assign is not None:
-            self._on_assign([(topic, p) for p in partitions])
-
-    def commit(self, offsets: dict[Position, int]) -> bool:
-        """The component's offsets live in its own checkpoint; they also go to its consumer
-        group, asynchronously, so Kafka's tools (`kafka-consumer-groups`) show where it is.
-        A commit the broker refuses changes nothing."""
-        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        with contextlib.suppress(KafkaException, RuntimeError):
-            self.consumer.commit(offsets=parts, asynchronous=True)
-        return True
-
-
 Step = Callable[[Message], None]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How a runner reads, commits and waits."""
+
+    commit_interval_s: float = 1.0  # commits at most this often
+    batch_size: int = 1000
+    poll_s: float = 0.2
+    flush_s: float = 30.0  # the longest a commit waits for deliveries at a stop or revoke
+    # the longest the loop goes without polling its consumer, outside rebalances and the
+    # stop: well under max.poll.interval.ms (10 s), or the group evicts this member
+    max_block_s: float = 3.0
+    # records produced and not delivered past which reading waits (a slow broker)
+    backlog: int = 50_000
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a component adds to the loop; each is optional."""
+
+    tick: Callable[[], None] | None = None  # once per loop turn: periodic work
+    ready: Callable[[], bool] | None = None  # False: leave records unread for a moment
+    on_assign: Rebalance | None = None
+    on_revoke: Rebalance | None = None
+    on_reject: Callable[[str, str], None] | None = None  # (topic, class) of every reject
+    # what a component holds across records: make what was processed durable (False: skip
+    # this commit); lower offsets to what may be committed; tell a reject dead-lettered before
+    before_commit: Callable[[], bool] | None = None
+    committable: Callable[[dict[Position, int]], dict[Position, int]] | None = None
+    replayed: Callable[[str, bytes | None, bytes], bool] | None = None
 
 
 class Runner:
@@ -283,49 +104,22 @@ class Runner:
         counters: Counters,
         *,
         stop: threading.Event | None = None,
-        commit_interval_s: float = 1.0,
-        batch_size: int = 1000,
-        poll_s: float = 0.2,
-        flush_s: float = 30.0,
-        tick: Callable[[], None] | None = None,
-        ready: Callable[[], bool] | None = None,
-        on_assign: Rebalance | None = None,
-        on_revoke: Rebalance | None = None,
+        pace: Pace = Pace(),
+        hooks: Hooks = Hooks(),
         dead_letters: Iterable[str] | None = None,
         outcome: str | None = None,
-        on_reject: Callable[[str, str], None] | None = None,
-        max_block_s: float = 3.0,
-        backlog: int = 50_000,
-        before_commit: Callable[[], bool] | None = None,
-        committable: Callable[[dict[Position, int]], dict[Position, int]] | None = None,
-        replayed: Callable[[str, bytes | None, bytes], bool] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
         self.step = step
         self.counters = counters
         self.stop = stop or threading.Event()
-        self.commit_interval_s = commit_interval_s
-        self.batch_size = batch_size
-        self.poll_s = poll_s
-        self.flush_s = flush_s
-        self.tick = tick
-        self.ready = ready
-        self.on_assign = on_assign
-        self.on_revoke = on_revoke
+        self.pace = pace
+        self.hooks = hooks
         # the topics whose rejects this component dead-letters (None: all it reads); a topic
         # read by several components is dead-lettered by its owner only, and counted by all
         self.dead_letters = None if dead_letters is None else frozenset(dead_letters)
         self.outcome = outcome  # what a record stepped through without a reject counts as
-        self.on_reject = on_reject  # told (topic, class) of every reject, the guard's too
-        # the longest the loop goes without polling its consumer, outside rebalances and the
-        # stop: well under max.poll.interval.ms (10 s), or the group evicts this member
-        self.max_block_s = max_block_s
-        # records produced and not delivered past which reading waits (a slow broker)
-        self.backlog = backlog
-        self.before_commit = before_commit
-        self.committable = committable
-        self.replayed = replayed
         self.assignment: set[Position] = set()
         self.processed: dict[Position, int] = {}  # next offset to read, not yet committed
         self.commits = 0
@@ -338,10 +132,10 @@ class Runner:
     def _assigned(self, partitions: list[Position]) -> None:
         log.info("%s: assigned %s", self.counters.component, sorted(partitions))
         self.assignment.update(partitions)
-        if self.on_assign:
+        if self.hooks.on_assign:
             self._in_rebalance = True
             try:
-                self.on_assign(partitions)
+                self.hooks.on_assign(partitions)
             finally:
                 self._in_rebalance = False
 
@@ -376,8 +170,8 @@ class Runner:
         self.assignment.difference_update(partitions)
         for position in partitions:
             self.processed.pop(position, None)
-        if self.on_revoke:
-            self.on_revoke(partitions)
+        if self.hooks.on_revoke:
+            self.hooks.on_revoke(partitions)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -387,22 +181,22 @@ class Runner:
         last_commit = time.monotonic()
         try:
             while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if self.tick is not None:
-                    self.tick()
-                if self.ready is not None and not self.ready():
-                    self.stop.wait(self.poll_s)
+                if self.hooks.tick is not None:
+                    self.hooks.tick()
+                if self.hooks.ready is not None and not self.hooks.ready():
+                    self.stop.wait(self.pace.poll_s)
                     continue
-                if len(self.sink) > self.backlog:
+                if len(self.sink) > self.pace.backlog:
                     self.wait_for_deliveries()
                 if self._kept and self._holding is None:  # handed out while paused: first
                     kept, self._kept = self._kept, []
                     self.handle(kept)
-                self.handle(self.source.consume(self.batch_size, self.poll_s))
+                self.handle(self.source.consume(self.pace.batch_size, self.pace.poll_s))
                 # serve delivery reports as they come: the producer counts a record as waiting
                 # until its report is served, and the backlog would otherwise fill in a second
                 self.sink.poll(0)
-                if self.processed and time.monotonic() - last_commit >= self.commit_interval_s:
-                    self.commit(self.max_block_s)
+                if self.processed and time.monotonic() - last_commit >= self.pace.commit_interval_s:
+                    self.commit(self.pace.max_block_s)
                     last_commit = time.monotonic()
             self.commit()
         finally:
@@ -455,12 +249,12 @@ class Runner:
         key, value = letter(
             reason, msg.value(), key=msg.key(), origin=origin, replay_of=replay_of(msg.headers())
         )
-        if self.replayed is not None and self.replayed(dlq(topic), key, value):
+        if self.hooks.replayed is not None and self.hooks.replayed(dlq(topic), key, value):
             self.counters.done["replayed"] += 1  # its dead letter is on the DLQ already
             return
         self.counters.reject(topic, kind)
-        if self.on_reject is not None:
-            self.on_reject(topic, kind)
+        if self.hooks.on_reject is not None:
+            self.hooks.on_reject(topic, kind)
         log.debug("%s: rejected %s: %s", self.counters.component, origin, reason)
         if self.dead_letters is not None and topic not in self.dead_letters:
             return
@@ -477,7 +271,7 @@ class Runner:
             self.counters.component,
             len(self.sink),
         )
-        while len(self.sink) > self.backlog // 2 and not self.stop.is_set():
+        while len(self.sink) > self.pace.backlog // 2 and not self.stop.is_set():
             self.sink.poll(0.1)
             self.hold()
         self.release()
@@ -495,7 +289,7 @@ class Runner:
             self._holding = sorted(self.assignment)
             self.source.pause(self._holding)
             log.warning("%s: partitions paused, membership kept", self.counters.component)
-        self._kept.extend(self.source.consume(self.batch_size, 0))
+        self._kept.extend(self.source.consume(self.pace.batch_size, 0))
         if joined := sorted(self.assignment.difference(self._holding)):  # assigned meanwhile
             self.source.pause(joined)
             self._holding.extend(joined)
@@ -514,14 +308,14 @@ class Runner:
         outstanding (the next commit carries it)."""
         if not self.processed:
             return
-        if self.before_commit is not None and not self.before_commit():
+        if self.hooks.before_commit is not None and not self.hooks.before_commit():
             return
-        if (unsent := self.sink.flush(self.flush_s if flush_s is None else flush_s)) > 0:
+        if (unsent := self.sink.flush(self.pace.flush_s if flush_s is None else flush_s)) > 0:
             log.warning("%d records not yet delivered; offsets not committed", unsent)
             return
         offsets = dict(self.processed)
-        if self.committable is not None:
-            offsets = self.committable(offsets)
+        if self.hooks.committable is not None:
+            offsets = self.hooks.committable(offsets)
         if self.source.commit(offsets):
             for position, offset in offsets.items():
                 if self.processed.get(position) == offset:

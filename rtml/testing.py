@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from confluent_kafka import Message
 
-from rtml.runner import Position, Rebalance
+from rtml.consumers import Position, Rebalance
 
 
 class MemorySource:

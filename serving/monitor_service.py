@@ -14,6 +14,7 @@ from confluent_kafka import Message
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rtml.consumers import GroupSource
 from rtml.event_time import EventTimes
 from rtml.kafka import (
     Topics,
@@ -21,10 +22,11 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.metrics import Counters
 from rtml.pipelines.features.indicators import FEATURE_BOUNDS, out_of_bounds
 from rtml.pipelines.features.targets import target
 from rtml.records import BadRecord, examples_reader, features_reader, parse_prediction
-from rtml.runner import Counters, GroupSource, Runner
+from rtml.runner import Hooks, Pace, Runner
 from rtml.settings import Settings
 
 from .model_holder import BASELINE
@@ -213,11 +215,9 @@ class MonitorService:
             self.step,
             self.counters,
             stop=self.stop,
-            tick=self._tick,
-            # the trainer and the streaming predictor dead-letter their own topics' records
             dead_letters=[self.topics.predictions],
-            on_reject=self._rejected,
-            max_block_s=settings.kafka_max_poll_interval_ms / 3000,
+            pace=Pace(max_block_s=settings.kafka_max_poll_interval_ms / 3000),
+            hooks=Hooks(tick=self._tick, on_reject=self._rejected),
         ).run(max_seconds)
         self.log_to_mlflow()
         return self.monitor

@@ -17,12 +17,14 @@ from collections.abc import Iterable
 import orjson
 from confluent_kafka import Message, Producer
 
+from rtml.consumers import GroupSource, Position
 from rtml.event_time import EventTimes
 from rtml.kafka import Topics, encode, ensure_topics, make_consumer, make_producer, send
+from rtml.metrics import Counters, serve_metrics
 from rtml.pipelines.features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, out_of_bounds
 from rtml.pipelines.training.models import LinearScorer
 from rtml.records import BadRecord, FeatureRow, Prediction, features_reader
-from rtml.runner import Counters, GroupSource, Position, Runner, serve_metrics
+from rtml.runner import Hooks, Pace, Runner
 from rtml.settings import Settings
 
 from .model_holder import ModelHolder, ModelRouter, Served
@@ -144,11 +146,13 @@ class StreamingPredictor:
             self.step,
             self.counters,
             stop=self.stop,
-            ready=lambda: not self.holder.missing(),  # nothing to serve yet: leave records unread
-            on_assign=self._assigned,
-            on_revoke=self._revoked,
             outcome="predicted",
-            max_block_s=self.settings.kafka_max_poll_interval_ms / 3000,
+            pace=Pace(max_block_s=self.settings.kafka_max_poll_interval_ms / 3000),
+            hooks=Hooks(
+                ready=lambda: not self.holder.missing(),
+                on_assign=self._assigned,
+                on_revoke=self._revoked,
+            ),
         )
         try:
             runner.run(max_seconds)

@@ -19,8 +19,8 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rtml.app.cli import cli
+from rtml.metrics import Counters
 from rtml.records import Prediction
-from rtml.runner import Counters
 from rtml.serving.app import Metrics, create_app
 from rtml.serving.model_holder import ModelHolder
 from rtml.serving.monitor import Monitor

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from rtml.consumers import AssignedSource
 from rtml.kafka import client_config, ensure_topics, make_consumer
-from rtml.runner import AssignedSource
 from rtml.settings import Settings, kafka_passthrough
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,11 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 
+from rtml.consumers import Position
 from rtml.kafka import DLQ_KEY_BYTES, DLQ_RAW_BYTES
+from rtml.metrics import Counters, serve_metrics
 from rtml.records import MAX_RECORD_BYTES, BadRecord
-from rtml.runner import Counters, Position, Runner, serve_metrics
+from rtml.runner import Hooks, Pace, Runner
 from rtml.settings import Settings
 from rtml.testing import MemorySink, MemorySource
 
@@ -68,7 +70,8 @@ def run(
     stop_at: tuple[int, int] | None = None,
     commit_interval_s: float = 0.0,
     sink: MemorySink | None = None,
-    **kwargs: object,
+    hooks: Hooks = Hooks(),  # noqa: B008 (frozen)
+    dead_letters: list[str] | None = None,
 ) -> tuple[Runner, CheckedSource, MemorySink, Step]:
     sink = sink if sink is not None else MemorySink()
     drained = threading.Event()
@@ -80,8 +83,9 @@ def run(
         step,
         Counters("test"),
         stop=drained,
-        commit_interval_s=commit_interval_s,
-        **kwargs,  # type: ignore[arg-type]
+        pace=Pace(commit_interval_s=commit_interval_s),
+        hooks=hooks,
+        dead_letters=dead_letters,
     )
     step.runner = runner
     runner.run(max_seconds=30)
@@ -160,7 +164,12 @@ def test_a_slow_broker_pauses_reading_and_the_consumer_keeps_polling() -> None:
     source.rebalance(2, "assign", [(T, 2)])
     step = Step(sink)
     runner = Runner(
-        source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600, backlog=4
+        source,
+        sink,
+        step,
+        Counters("t"),
+        stop=drained,
+        pace=Pace(commit_interval_s=3600, backlog=4),
     )
     runner.run(max_seconds=30)
     assert len(sink.on("out")) == 20 and source.committed == [{(T, 0): 20}]
@@ -174,7 +183,7 @@ def test_a_topic_owned_by_another_component_is_counted_not_dead_lettered() -> No
     runner, _, sink, _ = run(
         [[msg(0, 0, b"bad"), msg(0, 1, b'"' * 600_000)]],
         dead_letters=["predictions"],
-        on_reject=lambda topic, kind: told.append((topic, kind)),
+        hooks=Hooks(on_reject=lambda topic, kind: told.append((topic, kind))),
     )
     assert sink.on(f"{T}.dlq") == []
     assert runner.counters.rejected_by(T) == {"wrong_type": 1, "too_large": 1}
@@ -195,7 +204,13 @@ def test_a_revoke_commits_first_and_records_of_a_partition_gone_are_left_to_its_
         assert source.committed and source.committed[-1].get((T, 1)) == 1
 
     runner = Runner(
-        source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600, on_revoke=on_revoke
+        source,
+        sink,
+        step,
+        Counters("t"),
+        stop=drained,
+        pace=Pace(commit_interval_s=3600),
+        hooks=Hooks(on_revoke=on_revoke),
     )
     source.rebalance(1, "revoke", [(T, 1)])
     runner.run(max_seconds=30)
@@ -209,7 +224,9 @@ def test_lost_partitions_are_dropped_without_a_commit() -> None:
     sink = MemorySink()
     drained = threading.Event()
     source = CheckedSource(sink, [[msg(0, 0), msg(1, 0)], [msg(0, 1)]], [(T, 0), (T, 1)], drained)
-    runner = Runner(source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=3600)
+    runner = Runner(
+        source, sink, Step(sink), Counters("t"), stop=drained, pace=Pace(commit_interval_s=3600)
+    )
     source.rebalance(1, "lost", [(T, 1)])
     runner.run(max_seconds=30)
     assert source.committed == [{(T, 0): 2}]  # nothing for partition 1: its new owner has it
@@ -257,7 +274,12 @@ def test_deliveries_are_served_every_turn_so_a_broker_that_keeps_up_never_pauses
     drained = threading.Event()
     source = CheckedSource(sink, batches, [(T, 0)], drained)
     runner = Runner(
-        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=3600, backlog=8
+        source,
+        sink,
+        Step(sink),
+        Counters("t"),
+        stop=drained,
+        pace=Pace(commit_interval_s=3600, backlog=8),
     )
     runner.run(max_seconds=30)
     assert len(sink.on("out")) == 50 and source.committed == [{(T, 0): 50}]
@@ -271,7 +293,9 @@ def test_a_commit_not_made_is_carried_by_the_next_one(cause: str) -> None:
     batches = [[msg(0, 0)], [msg(0, 1)]]
     fails = 1 if cause == "commit fails" else 0
     source = FailingSource(sink, batches, [(T, 0)], drained, fails=fails)
-    runner = Runner(source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0)
+    runner = Runner(
+        source, sink, Step(sink), Counters("t"), stop=drained, pace=Pace(commit_interval_s=0)
+    )
     runner.run(max_seconds=30)
     assert source.committed == [{(T, 0): 2}]
 
@@ -281,7 +305,9 @@ def test_nothing_is_read_until_the_component_is_ready() -> None:
     drained = threading.Event()
     source = MemorySource([[msg(0, 0)]], [(T, 0)], drained)
     step = Step(sink)
-    Runner(source, sink, step, Counters("t"), stop=drained, ready=lambda: False).run(0.5)
+    Runner(source, sink, step, Counters("t"), stop=drained, hooks=Hooks(ready=lambda: False)).run(
+        0.5
+    )
     assert step.seen == [] and source.batches  # left unread
 
 
@@ -327,9 +353,14 @@ def test_a_stateful_component_commits_behind_what_it_holds_open_and_catches_up_l
         return {(t, p): min(open_from.get(p, o), o) for (t, p), o in offsets.items()}
 
     runner = Runner(
-        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0,
-        tick=tick, committable=committable,
-    )  # fmt: skip
+        source,
+        sink,
+        Step(sink),
+        Counters("t"),
+        stop=drained,
+        pace=Pace(commit_interval_s=0),
+        hooks=Hooks(tick=tick, committable=committable),
+    )
     runner.run(max_seconds=30)
     assert source.committed[0] == {(T, 0): 1}  # behind the open window
     assert source.committed[-1] == {(T, 0): 3}  # once it closed, with no record since
@@ -342,9 +373,14 @@ def test_a_commit_waits_for_what_the_component_makes_durable() -> None:
     source = CheckedSource(sink, [[msg(0, 0)], [msg(0, 1)]], [(T, 0)], drained)
     durable = iter([False, True, True])  # a store away at the first commit
     runner = Runner(
-        source, sink, Step(sink), Counters("t"), stop=drained, commit_interval_s=0,
-        before_commit=lambda: next(durable),
-    )  # fmt: skip
+        source,
+        sink,
+        Step(sink),
+        Counters("t"),
+        stop=drained,
+        pace=Pace(commit_interval_s=0),
+        hooks=Hooks(before_commit=lambda: next(durable)),
+    )
     runner.run(max_seconds=30)
     assert source.committed == [{(T, 0): 2}]  # the first commit was not made; the next carries it
 
@@ -355,7 +391,7 @@ def test_a_reject_a_replay_finds_dead_lettered_already_is_not_sent_twice() -> No
     on_dlq = {f"{T}[0]@1"}
     runner, _, sink, _ = run(
         [[msg(0, 0, b"bad a"), msg(0, 1, b"bad b"), msg(0, 2, b'"' * 600_000)]],
-        replayed=lambda topic, key, value: orjson.loads(value)["origin"] in on_dlq,
+        hooks=Hooks(replayed=lambda topic, key, value: orjson.loads(value)["origin"] in on_dlq),
     )
     dead = [orjson.loads(v or b"")["origin"] for _, v in sink.on(f"{T}.dlq")]
     assert dead == [f"{T}[0]@0", f"{T}[0]@2"]  # the guard's reject too
@@ -372,7 +408,9 @@ def test_a_component_waiting_on_a_service_holds_its_partitions_and_steps_what_ca
     source = CheckedSource(sink, [[msg(0, 0)], [msg(0, 1)], [msg(0, 2)]], [(T, 0), (T, 1)], drained)
     source.rebalance(1, "revoke", [(T, 1)])
     step = Step(sink)
-    runner = Runner(source, sink, step, Counters("t"), stop=drained, commit_interval_s=3600)
+    runner = Runner(
+        source, sink, step, Counters("t"), stop=drained, pace=Pace(commit_interval_s=3600)
+    )
     waited = False
 
     def write() -> None:  # the component's write after each batch
@@ -386,7 +424,7 @@ def test_a_component_waiting_on_a_service_holds_its_partitions_and_steps_what_ca
             assert step.seen == [(0, 0)]  # nothing is stepped while the write waits
         runner.release()
 
-    runner.tick = write
+    runner.hooks = Hooks(tick=write)
     runner.run(max_seconds=30)
     assert step.seen == [(0, 0), (0, 1), (0, 2)]
     assert source.pauses[0] == [(T, 0), (T, 1)] and source.consumed_paused >= 1

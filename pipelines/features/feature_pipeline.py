@@ -30,6 +30,7 @@ from confluent_kafka import (
 from prometheus_client.core import Metric
 
 from rtml import feature_store as fs
+from rtml.consumers import Position
 from rtml.kafka import (
     Topics,
     TopicWatch,
@@ -38,8 +39,9 @@ from rtml.kafka import (
     make_consumer,
     make_producer,
 )
+from rtml.metrics import Counters, serve_metrics
 from rtml.records import TRADES, BadRecord, Trade
-from rtml.runner import Counters, Position, Runner, serve_metrics
+from rtml.runner import Hooks, Pace, Runner
 from rtml.settings import Settings
 
 from .membership import Membership, RecordingSource
@@ -127,16 +129,20 @@ class FeaturePipeline:
             self.step,
             self.counters,
             stop=self.stop,
-            commit_interval_s=self.commit_interval_s,
-            flush_s=self._flush_s,
-            max_block_s=self._flush_s,
-            tick=self._tick,
-            on_assign=self._on_assign,
-            on_revoke=self._drop,
-            on_reject=self._rejected,
-            before_commit=self._before_commit,
-            committable=self._committable,
-            replayed=self._replayed,
+            pace=Pace(
+                commit_interval_s=self.commit_interval_s,
+                flush_s=self._flush_s,
+                max_block_s=self._flush_s,
+            ),
+            hooks=Hooks(
+                tick=self._tick,
+                on_assign=self._on_assign,
+                on_revoke=self._drop,
+                on_reject=self._rejected,
+                before_commit=self._before_commit,
+                committable=self._committable,
+                replayed=self._replayed,
+            ),
         )
         sink.idle = runner.hold  # a write waiting on Redis keeps the group membership
         self._last_idle_check = time.monotonic()

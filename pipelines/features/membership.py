@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from rtml.runner import GroupSource, Position
+from rtml.consumers import GroupSource, Position
 from rtml.settings import Settings
 
 from .recovery import CommitRecord, read_record, record_path, write_record

@@ -15,8 +15,8 @@ import pandas as pd
 
 from rtml import feature_store as fs
 from rtml.kafka import Topics, encode, send
+from rtml.metrics import Counters
 from rtml.records import Example, FeatureRow
-from rtml.runner import Counters
 from rtml.settings import Settings
 
 from .indicators import EXTRA_COLUMNS, FEATURE_NAMES, Candle

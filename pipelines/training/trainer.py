@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from rtml import feature_store as fs
 from rtml import registry
+from rtml.consumers import AssignedSource
 from rtml.event_time import SETTLED
 from rtml.kafka import (
     Topics,
@@ -39,8 +40,9 @@ from rtml.kafka import (
     make_producer,
     send,
 )
+from rtml.metrics import Counters, serve_metrics
 from rtml.records import Example, examples_reader
-from rtml.runner import AssignedSource, Counters, Runner, serve_metrics
+from rtml.runner import Hooks, Pace, Runner
 from rtml.settings import Settings
 
 from ..features.indicators import FEATURE_BOUNDS, FEATURE_NAMES, TARGET_BOUNDS
@@ -383,8 +385,8 @@ class Trainer:
                     self.step,
                     self.counters,
                     stop=self.stop,
-                    tick=tick,
-                    max_block_s=settings.kafka_max_poll_interval_ms / 3000,
+                    pace=Pace(max_block_s=settings.kafka_max_poll_interval_ms / 3000),
+                    hooks=Hooks(tick=tick),
                 ).run(max_seconds)
             if self._since:
                 self.checkpoint()
