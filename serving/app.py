@@ -10,15 +10,11 @@ need `Authorization: Bearer <token>`; the probes stay open for orchestrators.
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 import math
-import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -31,44 +27,18 @@ from prometheus_client import (
 )
 
 from rtml import feature_store as fs
-from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
-from rtml.records import BadRecord, decode_object
+from rtml.pipelines.features.indicators import FEATURE_NAMES
 from rtml.settings import Settings
 
+from .breaker import OutageBreaker
 from .model_holder import BASELINE, ModelHolder, ModelRouter, Served, models_for
+from .requests import BadInput, check_token, json_response, parse_rows
 from .singleflight import SingleFlight
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
-
-
-def require_token(settings: Settings, request: Request) -> None:
-    """With `RTML_API_TOKEN` set, demand `Authorization: Bearer <token>` (401 otherwise)."""
-    check_token(settings, request.headers.get("authorization", "").encode())
-
-
-def check_token(settings: Settings, given: bytes) -> None:
-    """The scheme is read in any case (RFC 7235: `bearer`, `BEARER`), the token exactly.
-
-    >>> from pydantic import SecretStr
-    >>> s = Settings(api_token=SecretStr("t0k"))
-    >>> check_token(s, b"bearer t0k"), check_token(s, b"Bearer  t0k")
-    (None, None)
-    """
-    token = settings.api_token
-    if token is None:
-        return
-    scheme, _, credentials = given.partition(b" ")
-    expected = token.get_secret_value().encode()
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), expected):
-        raise HTTPException(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
-
-
-MODEL_INPUTS = frozenset(FEATURE_NAMES)
-KNOWN_COLUMNS = frozenset(FEATURE_NAMES + EXTRA_COLUMNS)
-"""What a feature row may hold: the features, and the columns stored beside them."""
 
 
 STALENESS = (
@@ -78,80 +48,6 @@ STALENESS = (
     "model 'baseline': no version has beaten the naive baseline yet, so it is served: "
     "prediction 0, no change"
 )
-
-
-def json_response(body: dict[str, Any]) -> Response:
-    """JSON written by orjson: a prediction that is not finite is `null`, not an error, and
-    FastAPI's generic encoding of the answer is skipped.
-
-    >>> json_response({"prediction": float("nan"), "model_version": "3"}).body
-    b'{"prediction":null,"model_version":"3"}'
-    """
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-class BadInput(Exception):
-    """A request body that is refused: `status` and a message naming the field."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_rows(raw: bytes, max_rows: int, max_bytes: int = 1_000_000) -> list[dict[str, float]]:
-    """The model inputs of a `POST /predict` body, strictly: each value is a finite JSON
-    number or null (a missing feature). Booleans, strings, NaN and Infinity are refused with
-    the field named; so are unknown columns, and nesting or integers no row needs.
-
-    >>> parse_rows(b'{"rows": [{"ret_1": 0.01, "ret_5": null, "close": 101}]}', 10)
-    [{'ret_1': 0.01}]
-    >>> parse_rows(b'{"rows": [{"ret_1": true}]}', 10)
-    Traceback (most recent call last):
-    ...
-    rtml.serving.app.BadInput: rows[0].ret_1 must be a number or null, got true
-    >>> parse_rows(b'{"rows": [{"ret_1": 0.1}, {"vol_15": NaN}]}', 10)
-    Traceback (most recent call last):
-    ...
-    rtml.serving.app.BadInput: rows[1].vol_15 must be finite, got NaN
-    """
-    try:
-        body = decode_object(raw, max_bytes)
-    except BadRecord as exc:
-        if exc.kind == "too_large":
-            raise BadInput(413, f"the body is {len(raw)} bytes; at most {max_bytes}") from None
-        raise BadInput(422, f"the body must be a JSON object: {exc}") from None
-    rows = body.get("rows")
-    extra = sorted(set(body) - {"rows"})
-    if extra:
-        raise BadInput(422, f'unknown fields {extra[:5]}; the body is {{"rows": [...]}}')
-    if not isinstance(rows, list) or not rows:
-        raise BadInput(422, "rows must be a non-empty list of feature objects")
-    if len(rows) > max_rows:
-        raise BadInput(413, f"at most {max_rows} rows per request")
-    out = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise BadInput(422, f"rows[{i}] must be an object of feature values")
-        unknown = sorted(set(row) - KNOWN_COLUMNS)
-        if unknown:
-            raise BadInput(
-                422, f"unknown features {unknown[:10]}; the model reads {', '.join(FEATURE_NAMES)}"
-            )
-        x = {}
-        for name, value in row.items():
-            kind = type(value)
-            if value is None:
-                continue
-            if kind is not float and kind is not int:
-                shown = orjson.dumps(value)[:40].decode(errors="replace")
-                raise BadInput(422, f"rows[{i}].{name} must be a number or null, got {shown}")
-            if not math.isfinite(value):
-                shown = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-                raise BadInput(422, f"rows[{i}].{name} must be finite, got {shown}")
-            if name in MODEL_INPUTS:  # close and volume may ride along; the model reads neither
-                x[name] = float(value)
-        out.append(x)
-    return out
 
 
 class Metrics:
@@ -202,69 +98,6 @@ class Metrics:
         self.load_failures = Gauge(
             "rtml_model_load_failures", "Model versions that failed to load", registry=self.registry
         )
-
-
-class StoreDown(ConnectionError):
-    """The online store failed moments ago and has not answered a probe since."""
-
-
-class OutageBreaker:
-    """After the online store fails, its error is answered at once, and a thread probes the
-    store until it answers again: `GET /predict` reads on the event loop, and a hung store
-    must not hold every request for its timeout.
-
-    >>> calls = []
-    >>> breaker = OutageBreaker(lambda: calls.append(1), (ConnectionError,), every_s=0.01)
-    >>> breaker.check()  # closed: go ahead
-    >>> breaker.failed(ConnectionError("refused"))
-    >>> breaker.wait_closed(5.0)  # the probe answered
-    True
-    >>> breaker.check()
-    """
-
-    def __init__(
-        self,
-        probe: Callable[[], None],
-        errors: tuple[type[BaseException], ...],
-        every_s: float = 0.2,
-    ) -> None:
-        self.probe, self.errors, self.every_s = probe, errors, every_s
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._closed.set()
-
-    def check(self) -> None:
-        error = self.error
-        if error is not None:  # a new exception each time: re-raising one would grow its traceback
-            raise StoreDown(str(error))
-
-    def failed(self, error: BaseException) -> None:
-        with self._lock:
-            if self.error is not None:
-                return  # a probe is already running
-            self.error = error
-            self._closed.clear()
-        threading.Thread(target=self._probe, name="online-store-probe", daemon=True).start()
-
-    def _probe(self) -> None:
-        while True:
-            time.sleep(self.every_s)
-            try:
-                self.probe()
-            except self.errors as exc:
-                self.error = exc
-                continue
-            except Exception as exc:  # an unexpected answer is still not "back"
-                log.warning("online store probe: %s", exc)
-                continue
-            with self._lock:
-                self.error = None
-                self._closed.set()
-            return
-
-    def wait_closed(self, timeout: float) -> bool:
-        return self._closed.wait(timeout)
 
 
 class FastPredict:

@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from rtml.settings import Settings
 
-from .app import require_token
 from .monitor import TOP_SYMBOLS
 from .monitor_service import MonitorCollector, MonitorService
+from .requests import require_token
 
 log = logging.getLogger(__name__)
 
