@@ -5,7 +5,7 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
 
 - batched consumption, and the one size guard before any parsing;
 - a dead letter for every rejected record: its class, its key (or its partition's name), where
-  it came from and a bounded copy of its value (`rtml.kafka.dead_letter`). An exception that is
+  it came from and a bounded copy of its value (`rtml.dead_letters.dead_letter`). An exception that is
   not a `BadRecord` is a bug the record found: it is logged with its traceback and
   dead-lettered as `error`, and the loop goes on;
 - counters of what was read, done and rejected, by topic and class (`Counters`), exported as
@@ -38,7 +38,8 @@ from confluent_kafka import (
 )
 
 from rtml.consumers import Position, Rebalance, Source
-from rtml.kafka import Sink, dlq, letter, replay_of, send
+from rtml.dead_letters import letter, replay_of
+from rtml.kafka import Sink, dlq, send
 from rtml.metrics import Counters
 from rtml.records import MAX_RECORD_BYTES, BadRecord
 

@@ -107,7 +107,8 @@ def test_a_candle_file_unlike_the_settings_is_refused_with_what_to_set(tmp_path:
 def test_dlq_show_counts_reasons_and_replay_puts_records_back(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from rtml.kafka import Topics, dead_letter, dlq, ensure_topics, make_producer, read_messages
+    from rtml.dead_letters import dead_letter
+    from rtml.kafka import Topics, dlq, ensure_topics, make_producer, read_messages
 
     local = settings.model_copy(update={"topic_prefix": f"dlq{free_port()}."})
     topics = Topics.of(local)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from rtml import registry
+from rtml import checkpoints, registry
 from rtml.app.demo import Demo
 from rtml.app.processes import free_port
 from rtml.settings import Settings
@@ -52,7 +52,7 @@ def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
     share = next(line for line in report if "served by a learned model" in line)
     assert f"{summary['model_share']:.0%}" in share
     # the trainer checkpointed on SIGTERM: its newest checkpoint learned the stream's examples
-    learned = registry.learned(demo.settings)
+    learned = checkpoints.learned(demo.settings)
     assert learned is not None and learned >= summary["examples"]
 
 

@@ -31,8 +31,8 @@ import pytest
 from confluent_kafka import Producer
 from fastapi.testclient import TestClient
 
+from rtml import checkpoints, registry
 from rtml import feature_store as fs
-from rtml import registry
 from rtml.app.processes import KAFKA, MLFLOW, free_port
 from rtml.app.stack import Stack
 from rtml.kafka import (
@@ -376,7 +376,7 @@ def test_mlflow_down_30s_trainer_keeps_learning_and_uploads_when_it_returns(
         stack.start_service(MLFLOW)
 
         def uploaded_all() -> bool:
-            return registry.learned(local) == total
+            return checkpoints.learned(local) == total
 
         _until(uploaded_all, 60, "the newest checkpoint to be uploaded")
         assert client.post("/predict", json=row).status_code == 200
@@ -387,7 +387,7 @@ def test_mlflow_down_30s_trainer_keeps_learning_and_uploads_when_it_returns(
         worker.join(90)
         holder.stop()
     assert worker.error is None
-    restored = registry.latest_checkpoint(local)
+    restored = checkpoints.latest_checkpoint(local)
     assert restored is not None and restored.learner.learned == total
 
 
@@ -531,7 +531,7 @@ def test_sigterm_makes_the_trainer_checkpoint_what_it_learned_and_exit_0(
         if proc.poll() is None:
             proc.kill()
     assert code == 0
-    restored = registry.latest_checkpoint(local)
+    restored = checkpoints.latest_checkpoint(local)
     assert restored is not None
     # the last checkpoint holds what was learned together with the offset after it
     assert restored.offsets.get(0, 0) > 0

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, Message
 
 from rtml.consumers import Position
-from rtml.kafka import DLQ_KEY_BYTES, DLQ_RAW_BYTES
+from rtml.dead_letters import DLQ_KEY_BYTES, DLQ_RAW_BYTES
 from rtml.metrics import Counters, serve_metrics
 from rtml.records import MAX_RECORD_BYTES, BadRecord
 from rtml.runner import Hooks, Pace, Runner

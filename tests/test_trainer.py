@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from rtml import registry
+from rtml import checkpoints, registry
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.pipelines.features.feed import backfill
 from rtml.pipelines.features.indicators import FEATURE_NAMES
@@ -131,12 +131,12 @@ def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
     rng = random.Random(seed)
     processes = _trainer_processes()
     for chunk in (records[:half], records[half:]):
-        before = registry.learned(local)
+        before = checkpoints.learned(local)
         proc = processes.Process(target=_train_forever, args=(local,))
         proc.start()
         _produce(local, chunk)
         deadline = time.monotonic() + 120  # until it checkpoints: it is up and learning
-        while registry.learned(local) == before and time.monotonic() < deadline:
+        while checkpoints.learned(local) == before and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 1.5))  # a random moment: learning, queued or uploading
         proc.kill()  # SIGKILL
@@ -151,7 +151,7 @@ def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
     assert resumed.skipped == expected.skipped == 0
     assert _probe(resumed) == _probe(expected)
     assert resumed.metrics() == expected.metrics()
-    restored = registry.latest_checkpoint(local)
+    restored = checkpoints.latest_checkpoint(local)
     assert restored is not None and restored.learner.learned == total
 
 
@@ -311,14 +311,14 @@ def test_the_trainer_run_carries_its_params_and_is_resumed_not_duplicated(
     seen: list[str] = []
 
     def status() -> None:
-        run = registry._trainer_run(local)
+        run = checkpoints._trainer_run(local)
         if run is not None:
             seen.append(run.info.status)
 
     first = Trainer(local)
     thread = threading.Thread(target=first.run, kwargs={"max_seconds": 8}, daemon=True)
     thread.start()
-    _wait(lambda: registry.learned(local) is not None, 60, "a checkpoint")
+    _wait(lambda: checkpoints.learned(local) is not None, 60, "a checkpoint")
     status()
     thread.join(60)
     Trainer(local).run(max_seconds=2)

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from rtml import feature_store as fs
+from rtml.dead_letters import dead_letter
 from rtml.errors import ConfigError
-from rtml.kafka import dead_letter, encode, send
+from rtml.kafka import encode, send
 from rtml.records import BadRecord, FeatureRow, Trade
 from rtml.settings import Settings
 

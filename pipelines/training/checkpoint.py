@@ -17,7 +17,7 @@ from confluent_kafka import (
     Producer,
 )
 
-from rtml import registry
+from rtml import checkpoints, registry
 from rtml.kafka import (
     Topics,
     encode,
@@ -214,7 +214,7 @@ class Uploader:
         # the checkpoint first: it is what a restart resumes from, registered or not
         state = {"learner": learner, "offsets": cp.offsets, "topic_id": cp.topic_id}
         slot = "b" if self._last_slot == "a" else "a"
-        artifact = registry.save_checkpoint(
+        artifact = checkpoints.save_checkpoint(
             self.settings, self.run_id, state, slot, cp.metrics, learner.learned
         )
         self._last_slot = slot

@@ -27,8 +27,8 @@ from confluent_kafka import (
 )
 from tqdm import tqdm
 
+from rtml import checkpoints, registry
 from rtml import feature_store as fs
-from rtml import registry
 from rtml.consumers import AssignedSource
 from rtml.event_time import SETTLED
 from rtml.kafka import (
@@ -95,7 +95,7 @@ class Trainer:
         self.label = target(settings.target)
 
     def restore_or_warm_start(self) -> None:
-        restored = registry.latest_checkpoint(self.settings)
+        restored = checkpoints.latest_checkpoint(self.settings)
         if restored is not None:
             self.learner, self.offsets, self.stored_topic_id, self.restored_from = restored
             log.info(
@@ -115,7 +115,7 @@ class Trainer:
             dataset = warm_start(self.settings, self.learner)
             log.info("warm start learned %d examples from the offline store", dataset.examples)
             if self.run_id is not None:
-                registry.log_params(self.settings, self.run_id, dataset.params())
+                checkpoints.log_params(self.settings, self.run_id, dataset.params())
         try:
             loaded = registry.load_champion(self.settings)
             if loaded is not None:
@@ -335,8 +335,8 @@ class Trainer:
     def run(self, max_seconds: float | None = None, max_examples: int | None = None) -> Learner:
         settings = self.settings
         ensure_topics(settings, self.topics.with_dlqs())
-        run_id = self.run_id = registry.trainer_run(settings, self.params())
-        self.skips = _positions(registry.trainer_skips(settings, run_id), self.topics.examples)
+        run_id = self.run_id = checkpoints.trainer_run(settings, self.params())
+        self.skips = _positions(checkpoints.trainer_skips(settings, run_id), self.topics.examples)
         if self.skips:
             log.info("passing over %d records an operator skipped", len(self.skips))
         self.restore_or_warm_start()
@@ -394,7 +394,9 @@ class Trainer:
             metrics.close()
             self.uploader.close()
         try:
-            registry.end_trainer_run(settings, run_id)  # a crash leaves it RUNNING, as MLflow does
+            checkpoints.end_trainer_run(
+                settings, run_id
+            )  # a crash leaves it RUNNING, as MLflow does
         except Exception as exc:
             log.warning("could not mark the trainer run finished: %s", exc)
         return self.learner

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rtml import checkpoints, registry
 from rtml import feature_store as fs
-from rtml import registry
 from rtml.app.children import CHILD_FIELDS, SERVICES, Child, Children
 from rtml.app.scores import Evaluation, evaluate
 from rtml.errors import ServiceError
@@ -299,7 +299,7 @@ class Demo:
     def status_line(self) -> str:
         elapsed = time.monotonic() - self.started_at
         parts = [f"[{elapsed:5.0f} s]"]
-        learned = registry.learned(self.settings)
+        learned = checkpoints.learned(self.settings)
         if learned is not None:
             parts.append(f"learned {learned:,}")
         champion = registry.alias_version(self.settings, registry.CHAMPION)
@@ -326,7 +326,10 @@ class Demo:
         if feed is None or feed.proc.poll() is None:
             return False
         try:
-            progress = (self.monitor_state()["counts"]["joined"], registry.learned(self.settings))
+            progress = (
+                self.monitor_state()["counts"]["joined"],
+                checkpoints.learned(self.settings),
+            )
         except OSError:
             return False
         now = time.monotonic()

@@ -44,7 +44,7 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-from rtml import registry
+from rtml import checkpoints, registry
 from rtml.app.demo import Demo, own_stack
 from rtml.app.scores import Evaluation
 from rtml.app.stack import Stack
@@ -318,7 +318,7 @@ def score(
     settings = demo.settings
     label = target(settings.target)
     history = [ex for ex in offline_examples(settings) if ex.label_ts <= start]
-    changes = registry.champion_changes(settings, registry.trainer_run_id(settings))
+    changes = registry.champion_changes(settings, checkpoints.trainer_run_id(settings))
     served, versions, leaks = served_in_event_time(ev, changes, champion_models(settings, changes))
     progress(f"== scoring {len(ev.ts):,} examples: batch refit every {refit_every} candles")
     curves = {

@@ -17,16 +17,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from rtml.kafka import (
-    REPLAY_HEADER,
-    Topics,
-    dlq,
-    encode,
-    make_consumer,
-    make_producer,
-    replay_value,
-    send,
-)
+from rtml.dead_letters import REPLAY_HEADER, replay_value
+from rtml.kafka import Topics, dlq, encode, make_consumer, make_producer, send
 from rtml.settings import Settings
 
 MARKER = "replayed"

@@ -90,7 +90,8 @@ def skip(
 
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-    from rtml.kafka import Topics, consumer_config, dead_letter, make_consumer, make_producer
+    from rtml.dead_letters import dead_letter
+    from rtml.kafka import Topics, consumer_config, make_consumer, make_producer
 
     name = getattr(Topics.of(settings), topic)
     origin = f"{name}[{partition}]@{offset}"
@@ -142,11 +143,12 @@ def skip(
 
 
 def _skip_for_trainer(settings: Settings, name: str, msg: Any, origin: str, reason: str) -> None:
-    from rtml import registry
-    from rtml.kafka import dead_letter, make_producer
+    from rtml import checkpoints
+    from rtml.dead_letters import dead_letter
+    from rtml.kafka import make_producer
 
-    run_id = registry.trainer_run_id(settings)
-    if origin in registry.trainer_skips(settings, run_id):
+    run_id = checkpoints.trainer_run_id(settings)
+    if origin in checkpoints.trainer_skips(settings, run_id):
         click.echo(f"the trainer of {settings.model_name} already passes over {origin}")
         return
     # the dead letter first: if the tag then fails, running this again doubles it, never loses it
@@ -154,7 +156,7 @@ def _skip_for_trainer(settings: Settings, name: str, msg: Any, origin: str, reas
     dead_letter(producer, name, f"skipped: {reason}", msg.value(), key=msg.key(), origin=origin)
     if producer.flush(30) > 0:
         raise click.ClickException("the dead letter was not delivered; run this again")
-    registry.add_trainer_skip(settings, run_id, origin)
+    checkpoints.add_trainer_skip(settings, run_id, origin)
     click.echo(
         f"dead-lettered {origin} to {name}.dlq; the trainer of {settings.model_name} passes "
         "over it from its next start"
