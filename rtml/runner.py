@@ -5,9 +5,9 @@ produced), or `BadRecord` raised when the record cannot be used. The runner owns
 
 - batched consumption, and the one size guard before any parsing;
 - a dead letter for every rejected record: its class, its key (or its partition's name), where
-  it came from and a bounded copy of its value (`rtml.dead_letters.dead_letter`). An exception that is
-  not a `BadRecord` is a bug the record found: it is logged with its traceback and
-  dead-lettered as `error`, and the loop goes on;
+  it came from and a bounded copy of its value (`rtml.dead_letters`). An exception that is not
+  a `BadRecord` is a bug the record found: it is logged with its traceback and dead-lettered
+  as `error`, and the loop goes on;
 - counters of what was read, done and rejected, by topic and class (`Counters`), exported as
   Prometheus metrics by every component (`serve_metrics`);
 - commits of only what was processed, after what it led to is delivered: at most every
