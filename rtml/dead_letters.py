@@ -41,6 +41,7 @@ def letter(
     a record that had none says so (`key_null`) and is keyed by the partition it came from
     (`origin` up to the `@`), so the dead letters of one partition stay in order.
 
+    >>> import orjson
     >>> key, value = letter("too_large: ...", b'"' * 600_000, key=b"k" * 2000, origin="t[0]@7")
     >>> sent = orjson.loads(value)
     >>> len(sent["raw"]), sent["raw_bytes"], sent["raw_truncated"], len(key), sent["key_bytes"]
@@ -88,6 +89,7 @@ def dead_letter(
     """Send a rejected record to `topic`'s DLQ as its `letter`: its reason, where it came from,
     a bounded copy of its value.
 
+    >>> import orjson
     >>> class Sink:
     ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
     >>> sink = Sink()
@@ -115,6 +117,7 @@ def replay_value(dead: Mapping[str, Any]) -> bytes | None:
     """The exact value a dead-letter record was made from, or None when only a truncated copy
     was kept.
 
+    >>> import orjson
     >>> class Sink:
     ...     def produce(self, topic, key, value): self.sent = orjson.loads(value)
     >>> sink = Sink()

@@ -29,7 +29,6 @@ from river import drift
 
 from rtml.pipelines.training.learner import RollingMean
 from rtml.records import Prediction
-from rtml.serving.monitor_service import _finite
 
 """The features a naive forecast reads (`pipelines.targets`)."""
 
@@ -48,6 +47,10 @@ def metric_label(symbol: str) -> str:
     ('BTC_USD', '_img_src_x_onerror_alert_1__')
     """
     return re.sub(r"[^A-Za-z0-9_.-]", "_", symbol)[:100]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 class Monitor:

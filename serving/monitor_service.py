@@ -38,10 +38,6 @@ _PRICES = features_reader(("close",), {"close": (0.0, 1e30)})
 """The monitor reads of `features` only the price it shows."""
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 class MonitorCollector(Collector):
     """Prometheus metrics read from the monitor at scrape time."""
 

@@ -69,11 +69,11 @@ def parse_rows(raw: bytes, max_rows: int, max_bytes: int = 1_000_000) -> list[di
     >>> parse_rows(b'{"rows": [{"ret_1": true}]}', 10)
     Traceback (most recent call last):
     ...
-    rtml.serving.app.BadInput: rows[0].ret_1 must be a number or null, got true
+    rtml.serving.requests.BadInput: rows[0].ret_1 must be a number or null, got true
     >>> parse_rows(b'{"rows": [{"ret_1": 0.1}, {"vol_15": NaN}]}', 10)
     Traceback (most recent call last):
     ...
-    rtml.serving.app.BadInput: rows[1].vol_15 must be finite, got NaN
+    rtml.serving.requests.BadInput: rows[1].vol_15 must be finite, got NaN
     """
     try:
         body = decode_object(raw, max_bytes)
