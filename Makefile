@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down status feast-apply test test-unit lint format bench run-trainer run-predictor demo eval clean lock
+.PHONY: install up down status feast-apply test test-slow test-unit lint format bench run-trainer run-predictor demo eval clean lock
 
 install: $(STAMP)
 
@@ -34,11 +34,15 @@ status: install
 feast-apply: install
 	$(BIN)/rtml feast-apply
 
+# test: everything but the slow tier (<= 12 minutes on 2 cores); CI runs both tiers
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 test-unit: install
-	$(BIN)/python -m pytest -m "not integration and not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not integration and not faults and not slow" $(PYTEST_ARGS)
 
 # lint: the type checker and the import contracts (pyproject.toml) read the package as it
 # installs, with pipelines/ and serving/ under rtml, from a copy built into LINT_SITE

@@ -15,6 +15,7 @@ from rtml.settings import Settings
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
     settings: Settings,
 ) -> None:

@@ -50,6 +50,7 @@ def _msft(tmp_path: Path, rows: int | None = None) -> Path:
     return part
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_leak(

@@ -144,6 +144,7 @@ def _restart_broker(own: Stack, pipeline: FeaturePipeline) -> None:
     _until(lambda: pipeline.stats.topics_recreated > before, 30, "the pipeline to re-create topics")
 
 
+@pytest.mark.slow
 def test_broker_restart_is_survived_and_the_trainer_catches_up_from_the_offline_store(
     own_broker: Stack,
 ) -> None:
@@ -222,6 +223,7 @@ def _read_at_least(pipeline: FeaturePipeline, n: int) -> bool:
     return pipeline.stats.trades >= n
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_three_broker_restarts_while_trades_flow_leave_one_real_candle_per_window(
     own_broker: Stack,
@@ -276,6 +278,7 @@ def test_three_broker_restarts_while_trades_flow_leave_one_real_candle_per_windo
 REDIS_OUTAGE_S = 30.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_feature_pipeline_waits_out_a_30s_redis_outage_in_its_group_and_loses_nothing(
     settings: Settings, tmp_path: Path
@@ -339,6 +342,7 @@ def test_feature_pipeline_waits_out_a_30s_redis_outage_in_its_group_and_loses_no
 # --- MLflow goes away for 30 s ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mlflow_down_30s_trainer_keeps_learning_and_uploads_when_it_returns(
     stack: Stack, settings: Settings
 ) -> None:

@@ -70,7 +70,11 @@ def test_missing_features_do_not_crash(name: str) -> None:
     assert math.isfinite(model.predict_one({}))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(
+    "name",
+    # the forest takes half a minute: it runs with the slow tier
+    [pytest.param(n, marks=pytest.mark.slow) if n == "arf" else n for n in sorted(MODELS)],
+)
 def test_learns_something(name: str) -> None:
     model = build_model(name)
     learner = Learner(model, window=100)

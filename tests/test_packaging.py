@@ -110,6 +110,7 @@ def test_no_import_name_clashes_with_another_distribution_and_no_folder_is_a_lin
     assert not links, links
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(1200)
 def test_a_non_editable_install_works_from_outside_the_checkout(tmp_path: Path) -> None:

@@ -208,6 +208,7 @@ def _crash_and_finish(stack_settings: Settings, seed: int) -> None:
     assert len(dead) == len(poison), dead[:3]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kill_9_at_random_moments_leaves_no_duplicate_and_nothing_missing(
     stack_settings: Settings, stack: object
@@ -248,6 +249,7 @@ def _wait_assigned(pipeline: FeaturePipeline, partitions: int, timeout: float = 
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_replicas_join_and_leave_mid_stream_without_a_duplicate_or_a_gap(
     stack_settings: Settings, stack: object
@@ -286,6 +288,7 @@ def test_replicas_join_and_leave_mid_stream_without_a_duplicate_or_a_gap(
         assert all(after.get(p, -1) >= offset for p, offset in before.items()), (before, after)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_replica_stalled_past_its_session_writes_nothing_when_it_wakes(
     stack_settings: Settings, stack: object

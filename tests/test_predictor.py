@@ -29,6 +29,7 @@ from rtml.serving.model_holder import ModelHolder
 from rtml.serving.stream import StreamingPredictor
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -287,25 +288,25 @@ def _served_from_own_redis(
     return proc, port, local, client, f"/predict/{local.symbols[0]}"
 
 
+@pytest.mark.slow
 def test_redis_outage_gives_503_then_recovers(shard: Settings, tmp_path: Path) -> None:
-    proc, port, local, client, path = _served_from_own_redis(shard, tmp_path)
+    proc, port, _, client, path = _served_from_own_redis(shard, tmp_path)
     assert client.get(path).status_code == 200
     try:
         proc.terminate()  # saves its data on the way down
         proc.wait(10)
+        first = client.get(path)
+        assert first.status_code == 503 and "Redis" in first.json()["detail"]
+        reads = _reads(client)
         down_at = time.monotonic()
-        while time.monotonic() - down_at < 30:  # a 30 s outage: every request answered fast
-            began = time.monotonic()
+        while time.monotonic() - down_at < 30:  # a 30 s outage
             down = client.get(path)
-            assert time.monotonic() - began < local.redis_timeout_s + 0.5
             assert down.status_code == 503 and "Redis" in down.json()["detail"]
             time.sleep(0.5)
+        assert _reads(client) == reads  # no request waited on the store: the breaker answered
         assert client.get("/readyz").status_code == 503
         proc = _redis(port, tmp_path)
-        back = time.monotonic()
-        while (status := client.get(path)).status_code != 200:
-            assert time.monotonic() - back < 5, status.json()
-            time.sleep(0.1)
+        wait_until(lambda: client.get(path).status_code == 200, 60, "answers once Redis is back")
     finally:
         proc.terminate()
         proc.wait(10)
@@ -337,10 +338,7 @@ def test_a_hung_redis_is_read_once_then_answered_503_without_reading_until_it_is
             assert down.status_code == 503 and "Redis" in down.json()["detail"]
         assert _reads(client) == reads  # none of them waited on the hung store
         proc.send_signal(signal.SIGCONT)
-        back = time.monotonic()
-        while (status := client.get(path)).status_code != 200:
-            assert time.monotonic() - back < 5, status.json()
-            time.sleep(0.1)
+        wait_until(lambda: client.get(path).status_code == 200, 60, "answers once Redis wakes")
     finally:
         proc.send_signal(signal.SIGCONT)
         proc.terminate()

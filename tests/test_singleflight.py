@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from rtml.serving.singleflight import SingleFlight
+from tests.waiting import wait_until
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.005)
+    wait_until(condition, 10, what, every_s=0.005)
 
 
 def _concurrent(

@@ -26,6 +26,7 @@ from rtml.pipelines.training.trainer import Trainer
 from rtml.serving.model_holder import ModelHolder
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +117,10 @@ def _trainer_processes() -> Any:
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+# one seed in the fast tier, four more in the slow one
+@pytest.mark.parametrize(
+    "seed", [1, *(pytest.param(s, marks=pytest.mark.slow) for s in (2, 3, 4, 5))]
+)
 def test_sigkilled_trainer_ends_equal_to_an_uninterrupted_run(
     settings: Settings, seed: int
 ) -> None:
@@ -222,10 +226,8 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
             check=False,
         )
         assert rolled.returncode == 0
-        moved = time.monotonic()
-        while holder.current.version != first:
-            assert time.monotonic() - moved < 2 * 0.5 + 1.0  # two polls and one model load
-            time.sleep(0.05)
+        # the predictor's next polls find it (how soon: `make bench`, staleness)
+        wait_until(lambda: holder.current.version == first, 60, "serving to move back")
     finally:
         holder.stop()
     assert registry.alias_version(local, registry.CHAMPION) == first
@@ -338,7 +340,4 @@ def test_the_trainer_run_carries_its_params_and_is_resumed_not_duplicated(
 
 
 def _wait(condition: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    wait_until(condition, seconds, what)
