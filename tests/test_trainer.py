@@ -227,7 +227,11 @@ def test_a_healthy_model_is_promoted_and_rollback_and_promote_move_the_alias(
         )
         assert rolled.returncode == 0
         # the predictor's next polls find it (how soon: `make bench`, staleness)
-        wait_until(lambda: holder.current.version == first, 60, "serving to move back")
+        wait_until(
+            lambda: holder.current is not None and holder.current.version == first,
+            60,
+            "serving to move back",
+        )
     finally:
         holder.stop()
     assert registry.alias_version(local, registry.CHAMPION) == first
