@@ -16,7 +16,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from rtml.errors import ServiceError
-from rtml.registry import CHECKPOINT_TAG, TRAINER_TAG, client
+from rtml.registry import CHECKPOINT_TAG, TRAINER_TAG, client, typed_experiment
 from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,8 @@ def trainer_run(settings: Settings, params: Mapping[str, Any]) -> str:
         mlflow_client.update_run(found.info.run_id, status="RUNNING")
         log.info("resuming the trainer run %s", found.info.run_id)
         return str(found.info.run_id)
-    experiment = mlflow.set_experiment(settings.experiment_name)
     run = mlflow_client.create_run(
-        experiment.experiment_id,
+        typed_experiment(settings),
         run_name=f"trainer {settings.model_name}",
         tags={TRAINER_TAG: settings.model_name},
     )

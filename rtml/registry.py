@@ -11,6 +11,7 @@ River's only serialization: a model is loaded only from the registry the setting
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
@@ -27,9 +29,11 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from rtml.errors import ConfigError
 from rtml.settings import Settings
@@ -50,6 +54,7 @@ TRAINER_TAG = "rtml.trainer_of"  # run tag: the registered model a trainer run t
 CHECKPOINT_TAG = "rtml.checkpoint"  # run tag: artifact path of the newest complete checkpoint
 DECISION_TAG = "rtml.champion_decision"  # registered-model tag: who set the champion, when
 TRAINER = "trainer"  # who decided, when the gate did
+EXPERIMENT_KIND = "mlflow.experimentKind"  # experiment tag: ML or GenAI, for the UI
 
 
 class OnlineRegressor(Protocol):
@@ -78,6 +83,15 @@ def _missing(exc: MlflowException) -> bool:
 
 
 # Served versions -----------------------------------------------------------------------------
+class Lineage(NamedTuple):
+    """Where a version came from: the run that trained it, and what it knew then."""
+
+    run_id: str
+    params: Mapping[str, str]  # on the logged model, beside the run's own
+    metrics: Mapping[str, float]  # on the logged model and on the run, at `step`
+    step: int  # examples learned
+
+
 def log_version(
     settings: Settings,
     model: OnlineRegressor,
@@ -85,13 +99,28 @@ def log_version(
     tags: Mapping[str, str] | None = None,
     feature_names: list[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    lineage: Lineage | None = None,
 ) -> str:
     """Register the estimator `model` as a new version of `name`; returns the version.
 
-    `metadata` travels inside the model (MLmodel), e.g. the newest label time it learned.
+    `metadata` travels inside the model (MLmodel), e.g. the newest label time it learned. With
+    `lineage`, the version's logged model names its source run (so the run page lists its
+    registered models), carries the params and the metrics, and the run lists it as an output.
     """
     name = name or settings.model_name
     mlflow.set_tracking_uri(settings.mlflow_uri)
+    mlflow_client = client(settings)
+    model_id = None
+    if lineage is not None:
+        run = mlflow_client.get_run(lineage.run_id)
+        logged = mlflow_client.create_logged_model(
+            run.info.experiment_id,
+            name=f"{name}-{lineage.step}",
+            source_run_id=lineage.run_id,
+            params={**run.data.params, **lineage.params},
+            model_type="river-regressor",
+        )
+        model_id = logged.model_id
     example = pd.DataFrame([dict.fromkeys(feature_names, 0.0)]) if feature_names else None
     with tempfile.TemporaryDirectory(prefix="rtml-model-") as tmp:
         estimator = Path(tmp) / "estimator.pkl"
@@ -104,12 +133,56 @@ def log_version(
             signature=signature(feature_names) if feature_names else None,
             input_example=example,
             metadata=dict(metadata or {}),
+            model_id=model_id,
         )
+    if lineage is not None and model_id is not None:
+        now = int(time.time() * 1000)
+        finite = {k: v for k, v in lineage.metrics.items() if math.isfinite(v)}
+        mlflow_client.log_batch(
+            lineage.run_id,
+            metrics=[Metric(k, v, now, lineage.step, model_id=model_id) for k, v in finite.items()],
+        )
+        mlflow_client.log_outputs(lineage.run_id, [LoggedModelOutput(model_id, lineage.step)])
     # registering with its tags is one call; tagging afterwards would be one per tag
     registered = mlflow.register_model(info.model_uri, name, tags=dict(tags or {}))
     version_id = str(registered.version)
     log.info("registered %s version %s", name, version_id)
     return version_id
+
+
+def log_dataset(settings: Settings, run_id: str, params: Mapping[str, str]) -> None:
+    """Log what a fit read from the offline store as the run's training input: its source,
+    and a digest of what identifies it (feature service, symbols, examples, time span)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    identity = {**params, "symbols": ",".join(settings.symbols)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    with warnings.catch_warnings():  # two local sources claim a folder: either will do
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(settings.offline_dir.resolve()))
+    dataset = MetaDataset(  # type: ignore[abstract]  # abstract in its stubs only
+        source,
+        name=params.get("dataset.feature_service", "offline store"),
+        digest=digest,
+    )
+    context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
+    client(settings).log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+
+
+def log_run_params(settings: Settings, run_id: str, params: Mapping[str, str]) -> None:
+    client(settings).log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+
+
+def typed_experiment(settings: Settings) -> str:
+    """The experiment's id, created if missing, typed for ML (not GenAI) in MLflow's UI."""
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+    experiment = mlflow.set_experiment(settings.experiment_name)
+    if experiment.tags.get(EXPERIMENT_KIND) != "custom_model_development":
+        client(settings).set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development"
+        )
+    return str(experiment.experiment_id)
 
 
 def alias_version(settings: Settings, alias: str, name: str | None = None) -> str | None:

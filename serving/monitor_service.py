@@ -14,6 +14,7 @@ from confluent_kafka import Message
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from rtml import registry
 from rtml.consumers import GroupSource
 from rtml.event_time import EventTimes
 from rtml.kafka import (
@@ -167,13 +168,12 @@ class MonitorService:
         try:
             client = mlflow.MlflowClient(self.settings.mlflow_uri)
             if self._run_id is None:
-                experiment = client.get_experiment_by_name(self.settings.experiment_name)
-                experiment_id = (
-                    experiment.experiment_id
-                    if experiment
-                    else client.create_experiment(self.settings.experiment_name)
-                )
-                self._run_id = client.create_run(experiment_id, run_name="monitor").info.run_id
+                # one run per monitor start, named for what it watches
+                watched = self.settings.topic_prefix or self.settings.model_name
+                started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+                name = f"monitor {watched} {started}"
+                run = client.create_run(registry.typed_experiment(self.settings), run_name=name)
+                self._run_id = run.info.run_id
             now = int(time.time() * 1000)
             client.log_batch(
                 self._run_id, [MlflowMetric(k, v, now, self._step) for k, v in metrics.items()]

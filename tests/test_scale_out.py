@@ -155,9 +155,11 @@ def test_trainer_shards_register_their_own_models_and_predictors_route_to_them(
             served = router.for_symbol(symbol)
             assert served is not None and served.version == champion
             assert served.model == local.shard_model(shard)
-            # the version records the symbols its model learned: none of another shard's
-            tags = registry.client(local).get_model_version(served.model, champion).tags
-            assert set(filter(None, tags["symbols"].split(","))) <= set(symbols)
+            # the version's logged model records the symbols it learned: none of another shard's
+            mlflow_client = registry.client(local)
+            source = mlflow_client.get_model_version(served.model, champion).source
+            logged = mlflow_client.get_logged_model(str(source).removeprefix("models:/"))
+            assert set(filter(None, logged.params["symbols"].split(","))) <= set(symbols)
     assert router.for_symbol("DOGE/USD") is None
 
     client = TestClient(create_app(local, router, fs.open_store(local)))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from rtml import checkpoints, registry
+from rtml import feature_store as fs
 from rtml.kafka import Topics, encode, ensure_topics, make_producer
 from rtml.pipelines.features.feed import backfill
 from rtml.pipelines.features.indicators import FEATURE_NAMES
@@ -341,6 +342,51 @@ def test_the_trainer_run_carries_its_params_and_is_resumed_not_duplicated(
     assert params["model"] == local.model and params["feature_service"]
     assert params["symbols"] == ",".join(local.symbols)
     assert int(params["dataset.examples"]) > 0 and params["dataset.from"] < params["dataset.to"]
+
+
+def test_a_version_names_its_run_its_training_data_and_its_metrics_in_mlflow(
+    settings: Settings,
+) -> None:
+    """What the MLflow UI shows a user: the version's source run lists it among its registered
+    models, the run's inputs hold the warm start's dataset, and the metrics are on the logged
+    model and the run, not strings in the version's tags."""
+    local = _shard(settings)
+    ensure_topics(local, Topics.of(local).with_dlqs())
+    warm, records = _history_and_stream(local)
+    _produce(local, records)
+    trainer = Trainer(local)
+    trainer.run(max_seconds=60, max_examples=warm + len(records))
+    assert trainer.uploader is not None and trainer.uploader.registered
+    client = registry.client(local)
+    version = client.get_model_version(local.model_name, trainer.uploader.registered[-1])
+
+    assert version.run_id is not None and version.run_id == trainer.run_id  # the source run
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == f"trainer {local.model_name}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[registry.EXPERIMENT_KIND] == "custom_model_development"
+
+    assert run.inputs is not None and run.outputs is not None
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1, inputs
+    dataset = inputs[0].dataset
+    assert dataset.name == fs.FEATURE_SERVICE and len(dataset.digest) == 16
+    assert {(t.key, t.value) for t in inputs[0].tags} == {("mlflow.data.context", "training")}
+    assert str(local.offline_dir.resolve()) in dataset.source
+
+    assert version.source is not None and version.source.startswith("models:/"), version.source
+    model_id = version.source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == run.info.run_id
+    assert set(logged.params["symbols"].split(",")) == set(local.symbols)
+    assert int(logged.params["dataset.examples"]) == warm  # the run's params, carried over
+    on_model = {m.key: m.value for m in logged.metrics or []}
+    assert {"rolling_mae", "baseline_rolling_mae", "mae"} <= set(on_model), on_model
+    outputs = {o.model_id for o in run.outputs.model_outputs}
+    assert model_id in outputs  # the run page lists it
+
+    assert not [k for k in version.tags if k.startswith("metric.")], version.tags
+    assert set(version.tags) <= {"gate", "trained_through", "learned"}, version.tags
 
 
 def _wait(condition: Any, seconds: float, what: str) -> None:

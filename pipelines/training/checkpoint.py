@@ -241,17 +241,27 @@ class Uploader:
         )
 
     def _register(self, learner: Learner, cp: Checkpoint, decision: GateDecision) -> str:
+        # the version keeps the gate's word and what it learned through; its metrics and the
+        # symbols it learned are on its logged model, linked to the trainer's run
         tags = {
-            "trainer_run": self.run_id,
-            "watermark": str(learner.watermark),
-            "learned": str(learner.learned),
-            "symbols": ",".join(sorted(learner.last_ts))[:5000],
             "gate": decision.reason,
-            **{f"metric.{k}": f"{v:.6g}" for k, v in cp.metrics.items()},
+            "trained_through": str(learner.watermark),
+            "learned": str(learner.learned),
         }
+        lineage = registry.Lineage(
+            run_id=self.run_id,
+            params={"symbols": ",".join(sorted(learner.last_ts))[:6000]},
+            metrics=cp.metrics,
+            step=learner.learned,
+        )
         metadata = {"trained_through": learner.watermark, "learned": learner.learned}
         version = registry.log_version(
-            self.settings, learner.model, tags=tags, feature_names=FEATURE_NAMES, metadata=metadata
+            self.settings,
+            learner.model,
+            tags=tags,
+            feature_names=FEATURE_NAMES,
+            metadata=metadata,
+            lineage=lineage,
         )
         registry.set_alias(self.settings, registry.CANDIDATE, version)
         self._last_registered = time.monotonic()

@@ -53,7 +53,6 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
     The trainer's own stream continues untouched; this version competes only for `champion`,
     and does not move a champion a person pinned.
     """
-    import mlflow
 
     learner = Learner(
         build_model(settings.model, settings.model_params, settings.target),
@@ -77,22 +76,27 @@ def retrain(settings: Settings, by: str = "retrain") -> tuple[str, GateDecision]
     )
     # one test against the incumbent: a person asked for it, it spends the first level
     decision = gate(errors, naive, theirs, spent_z(settings.gate_alpha, 1), settings.gate_z)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
-    mlflow.set_experiment(settings.experiment_name)
-    with mlflow.start_run(run_name="retrain"):
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
-        mlflow.log_params(dataset.params())
-        version = registry.log_version(
-            settings,
-            learner.model,
-            tags={
-                "source": "retrain",
-                "watermark": str(learner.watermark),
-                "gate": decision.reason,
-            },
-            feature_names=FEATURE_NAMES,
-            metadata={"trained_through": learner.watermark, "learned": learner.learned},
-        )
+    experiment = registry.typed_experiment(settings)
+    run = registry.client(settings).create_run(
+        experiment, run_name=f"retrain {settings.model_name}"
+    )
+    run_id = run.info.run_id
+    registry.log_run_params(settings, run_id, dataset.params())
+    registry.log_dataset(settings, run_id, dataset.params())
+    version = registry.log_version(
+        settings,
+        learner.model,
+        tags={
+            "source": "retrain",
+            "trained_through": str(learner.watermark),
+            "learned": str(learner.learned),
+            "gate": decision.reason,
+        },
+        feature_names=FEATURE_NAMES,
+        metadata={"trained_through": learner.watermark, "learned": learner.learned},
+        lineage=registry.Lineage(run_id, {}, metrics, learner.learned),
+    )
+    registry.client(settings).set_terminated(run_id, "FINISHED")
     if decision.promote and not registry.pinned(settings):
         registry.promote(settings, version, by=by)
     return version, decision

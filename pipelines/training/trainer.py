@@ -25,6 +25,7 @@ from confluent_kafka import (
     Message,
     Producer,
 )
+from mlflow.exceptions import MlflowException
 from tqdm import tqdm
 
 from rtml import checkpoints, registry
@@ -116,6 +117,11 @@ class Trainer:
             log.info("warm start learned %d examples from the offline store", dataset.examples)
             if self.run_id is not None:
                 checkpoints.log_params(self.settings, self.run_id, dataset.params())
+            if self.run_id is not None and dataset.examples:
+                try:
+                    registry.log_dataset(self.settings, self.run_id, dataset.params())
+                except MlflowException as exc:  # what it read is in the params too
+                    log.warning("the warm start's dataset was not logged: %s", exc)
         try:
             loaded = registry.load_champion(self.settings)
             if loaded is not None:
