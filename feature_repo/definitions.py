@@ -3,19 +3,37 @@
 Offline data are append-only parquet parts in directories that the FileSources read (Feast's
 offline push would rewrite one whole file per call). Online features are written through the
 push source into Redis.
+
+This repo imports nothing of rtml: plain `feast apply` works here. The offline data live under
+RTML_STATE_DIR (rtml sets it when it applies the repo), by default the repository's `.rtml`
+beside this folder. The names are declared here; a test holds them equal to rtml's.
 """
 
+import os
 from datetime import timedelta
+from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Float64
 
-from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
-from rtml.pipelines.features.targets import TARGETS
-from rtml.settings import Settings
+FEATURE_NAMES = [
+    "ret_1", "ret_5", "ret_15", "vol_15", "range_pct", "volume_z", "vwap_dist", "rsi_14",
+    "rv_h", "log_rv_h", "log_rv_4h", "log_rv_20h",
+]  # fmt: skip
+"""What a model reads (rtml.pipelines.features.indicators.FEATURE_NAMES)."""
+EXTRA_COLUMNS = ["close", "volume"]
+"""Stored beside them, for the dashboard and the labels."""
+TARGETS = {
+    "target_return": "the simple return from the candle's close to the close H candles later",
+    "target_volatility": "the realised volatility of the next H candles (log returns)",
+}
+"""Each target's column and what it is (rtml.pipelines.features.targets.TARGETS)."""
 
-_settings = Settings()
+STATE_DIR = Path(
+    os.environ.get("RTML_STATE_DIR") or Path(__file__).resolve().parent.parent / ".rtml"
+)
+OFFLINE_DIR = STATE_DIR.resolve() / "offline"
 
 symbol = Entity(
     name="symbol",
@@ -26,7 +44,7 @@ symbol = Entity(
 
 candle_features_source = FileSource(
     name="candle_features_offline",
-    path=str(_settings.offline_dir / "features"),
+    path=str(OFFLINE_DIR / "features"),
     file_format=ParquetFormat(),
     timestamp_field="event_timestamp",
     created_timestamp_column="created",
@@ -50,7 +68,7 @@ candle_features = FeatureView(
 
 candle_targets_source = FileSource(
     name="candle_targets_offline",
-    path=str(_settings.offline_dir / "targets"),
+    path=str(OFFLINE_DIR / "targets"),
     file_format=ParquetFormat(),
     timestamp_field="event_timestamp",
     created_timestamp_column="created",
@@ -61,10 +79,10 @@ candle_targets = FeatureView(
     name="candle_targets",
     entities=[symbol],
     ttl=timedelta(hours=1),
-    schema=[Field(name=t.column, dtype=Float64) for t in TARGETS.values()],
+    schema=[Field(name=column, dtype=Float64) for column in TARGETS],
     source=candle_targets_source,
     online=False,
-    description="; ".join(f"{t.column}: {t.description}" for t in TARGETS.values()),
+    description="; ".join(f"{column}: {what}" for column, what in TARGETS.items()),
 )
 
 price_change_model = FeatureService(

@@ -287,6 +287,7 @@ class Stack:
         spec = importlib.util.find_spec("rtml.pipelines.features.indicators")
         if spec is not None and spec.origin:
             digest.update(Path(spec.origin).read_bytes())
+        digest.update(self.settings.feast_yaml().encode())
         digest.update(json.dumps(self.settings.feast_env(), sort_keys=True).encode())
         return digest.hexdigest()
 
@@ -306,6 +307,7 @@ class Stack:
         for sub in ("feast", "logs", "offline/features", "offline/targets"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         feast = Path(sys.executable).parent / "feast"
+        self.settings.write_feast_yaml()
         env = {**os.environ, **self.settings.feast_env()}
         with self.log_file("feast").open("ab") as out:
             return subprocess.Popen(

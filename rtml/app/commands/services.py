@@ -82,8 +82,14 @@ def _model_status(settings: Settings) -> None:
 @click.command()
 @click.pass_obj
 def env(settings: Settings) -> None:
-    """Print `export` lines for a shell that runs `feast` by hand: eval "$(rtml env)"."""
-    for key, value in settings.feast_env().items():
+    """Print `export` lines for a shell that runs `feast` by hand: eval "$(rtml env)".
+
+    They name the Feast repo (RTML_FEATURE_REPO: inside the package, once installed), its
+    configuration for these settings (written now) and the state directory; then
+    `cd "$RTML_FEATURE_REPO" && feast apply` works on rtml's stack."""
+    settings.write_feast_yaml()
+    exports = {"RTML_FEATURE_REPO": str(settings.feature_repo), **settings.feast_env()}
+    for key, value in exports.items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
 
