@@ -321,9 +321,8 @@ def create_app(
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         problems = predictor.readiness()
-        return JSONResponse(
-            {"ready": not problems, "problems": problems}, status_code=503 if problems else 200
-        )
+        body = {"ready": not problems, "problems": problems, "serving": predictor.holder.served()}
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @app.get("/metrics", dependencies=auth)
     def prometheus() -> Response:

@@ -144,6 +144,11 @@ class ModelHolder:
         """Models without a loaded version."""
         return [] if self.current is not None else [self.name]
 
+    def served(self) -> dict[str, str]:
+        """The version served of each model (`baseline`: the naive forecast)."""
+        current = self.current
+        return {} if current is None else {self.name: current.version}
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._poll, name="model-poller", daemon=True)
         self._thread.start()
@@ -191,6 +196,9 @@ class ModelRouter:
 
     def missing(self) -> list[str]:
         return [name for h in self.holders.values() for name in h.missing()]
+
+    def served(self) -> dict[str, str]:
+        return {name: v for h in self.holders.values() for name, v in h.served().items()}
 
     @property
     def load_failures(self) -> int:

@@ -87,8 +87,10 @@ def feed(
 def features(settings: Settings, group: str, duration: float | None) -> None:
     """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
     from rtml.pipelines.features.feature_pipeline import FeaturePipeline
+    from rtml.presence import announce
 
     pipeline = FeaturePipeline(settings, group_id=group)
+    announce(settings, "features", group=group, topics=(pipeline.topics.trades,))
     install_signal_handlers(pipeline.stop)
     click.echo(pipeline.run(max_seconds=duration).line())
 

@@ -18,9 +18,14 @@ from rtml.settings import Settings
 @target_options
 def train(settings: Settings, duration: float | None, max_examples: int | None) -> None:
     """Run the trainer: warm start or resume, learn from `examples`, checkpoint, gate."""
+    from rtml.kafka import Topics
     from rtml.pipelines.training.trainer import Trainer
+    from rtml.presence import announce
 
-    trainer = Trainer(settings.as_shard())
+    local = settings.as_shard()
+    trainer = Trainer(local)
+    examples = (Topics.of(local).examples,)
+    announce(local, "trainer", group=trainer.group_id, topics=examples, model=local.model_name)
     install_signal_handlers(trainer.stop)
     learner = trainer.run(max_seconds=duration, max_examples=max_examples)
     click.echo(f"learned {learner.learned} examples; metrics {learner.metrics()}")
@@ -82,11 +87,14 @@ def rollback(settings: Settings) -> None:
 @click.pass_obj
 def serve(settings: Settings) -> None:
     """Serve predictions over HTTP from the champion model, swapping in new champions."""
-    from rtml.serving.app import serve as run_server
-
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
     # place before; this one lets the finished server exit 0 instead of dying by the signal.
+    from rtml.presence import announce
+    from rtml.serving.app import serve as run_server
+
     install_signal_handlers(threading.Event())
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    announce(settings, "api", url=url, model=settings.model_name)
     run_server(settings)
 
 
@@ -96,6 +104,7 @@ def serve(settings: Settings) -> None:
 @click.pass_obj
 def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
     """Predict every `features` record with the champion, onto `predictions`."""
+    from rtml.presence import announce
     from rtml.serving.model_holder import models_for
     from rtml.serving.stream import StreamingPredictor
 
@@ -103,6 +112,8 @@ def predict_stream(settings: Settings, group: str, duration: float | None) -> No
     holder.refresh()
     holder.start()
     predictor = StreamingPredictor(settings, holder, group_id=group)
+    topics = (predictor.topics.features,)
+    announce(settings, "predict-stream", group=group, topics=topics, model=settings.model_name)
     install_signal_handlers(predictor.stop)
     try:
         click.echo(f"predicted {predictor.run(max_seconds=duration)} records")
@@ -115,8 +126,11 @@ def predict_stream(settings: Settings, group: str, duration: float | None) -> No
 @click.pass_obj
 def monitor(settings: Settings, duration: float | None) -> None:
     """Join predictions with realized targets; serve the dashboard and /metrics."""
+    from rtml.presence import announce
     from rtml.serving.dashboard import run_monitor
 
-    click.echo(f"dashboard: http://{settings.monitor_host}:{settings.monitor_port}/")
+    url = f"http://{settings.monitor_host}:{settings.monitor_port}"
+    click.echo(f"dashboard: {url}/")
+    announce(settings, "monitor", url=url, model=settings.model_name)
     install_signal_handlers(threading.Event())  # exit 0 after uvicorn's graceful shutdown
     run_monitor(settings, max_seconds=duration)

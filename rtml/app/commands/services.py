@@ -41,8 +41,10 @@ def down(settings: Settings) -> None:
 @click.command()
 @click.pass_obj
 def status(settings: Settings) -> None:
-    """Show each service, its address and health, and how long the last `up` took."""
+    """Show the stack's services, rtml's running services (health, consumer lag, the version
+    served) and each model's champion and who chose it."""
     from rtml.app.stack import Stack
+    from rtml.app.status import model_lines, service_lines
 
     stack = Stack(settings)
     rows = stack.status()
@@ -53,29 +55,9 @@ def status(settings: Settings) -> None:
         click.echo(f"last up took {float(last['seconds']):.1f} s")  # type: ignore[arg-type]
     if not all(s.healthy for s in rows):
         raise SystemExit(1)
-    _model_status(settings)
-
-
-def _model_status(settings: Settings) -> None:
-    """The champion of each model and who decided it."""
-
-    from rtml import registry
-
-    names = [
-        settings.model_copy(update={"shard": shard}).as_shard() for shard in settings.shards
-    ] or [settings]
-    for local in names:
-        champion = registry.alias_version(local, registry.CHAMPION)
-        candidate = registry.alias_version(local, registry.CANDIDATE)
-        found = registry.decision(local) or {}
-        serving = champion or "none: the predictors serve the naive baseline (no change)"
-        line = f"model {local.model_name}: champion {serving}"
-        line += f", candidate {candidate or 'none'}"
-        if found:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(found["at"])))
-            line += f"; {found['action']} by {found['by']} at {when}"
-            if found.get("pinned"):
-                line += ", pinned (`rtml promote --auto` hands it back to the gate)"
+    for line in service_lines(settings):
+        click.echo(line)
+    for line in model_lines(settings):
         click.echo(line)
 
 
