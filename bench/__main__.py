@@ -24,6 +24,7 @@ from bench.pipeline import bench_kafka_pipeline, bench_offline_append, bench_pro
 from bench.predictor import bench_predictor
 from bench.scale import bench_symbols
 from bench.staleness import bench_staleness
+from bench.status import bench_status
 from bench.trainer import bench_trainer
 from rtml.app.processes import free_port
 from rtml.app.stack import Stack
@@ -40,6 +41,7 @@ STEPS: dict[str, Callable[[Settings], list[Figure]]] = {
     "drift": bench_drift,
     "warm-start": bench_warm_start,
     "symbols": bench_symbols,
+    "status": bench_status,
 }
 
 
