@@ -96,7 +96,9 @@ class Monitor:
         # series for the dashboard, each bounded by `history` points
         self.price: dict[str, deque[tuple[float, float]]] = {}
         self.pairs: dict[str, deque[tuple[float, float, float, int]]] = {}
-        self.mae_series: deque[tuple[float, int, float, float]] = deque(maxlen=history)
+        # each joined error in arrival order (event time, version, error, naive's error): the
+        # series the dashboard draws is computed from them in event-time order
+        self.errors: deque[tuple[float, int, float, float]] = deque(maxlen=history)
         self.staleness: deque[tuple[float, float]] = deque(maxlen=history)
         self.champion_changes: deque[tuple[float, int]] = deque(maxlen=history)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
@@ -191,9 +193,7 @@ class Monitor:
         self.pairs.setdefault(p.symbol, deque(maxlen=self._history)).append(
             (p.ts, p.prediction, target, p.version)
         )
-        self.mae_series.append(
-            (p.ts, p.version, self.rolling_mae(p.version, model=p.model), self.baseline_mae(ALL))
-        )
+        self.errors.append((p.ts, p.version, error, naive_error))
         if (p.model, p.version) != (self.champion_model, self.champion):
             return
         if self._drift_version != (p.model, p.version):  # a new champion: a fresh detector
@@ -211,6 +211,29 @@ class Monitor:
             }
             self.alerts.append(alert)
             log.warning("drift in the errors of version %s: %s", p.version, alert)
+
+    def mae_series(self) -> list[tuple[float, int, float, float]]:
+        """Error over time, in event time: the joined errors ordered by their event time, each
+        point the rolling MAE of its served version and the naive forecast's, over the `window`
+        errors before it. Partitions interleave as the monitor reads them; this order does not
+        depend on that.
+
+        >>> m = Monitor(window=2)
+        >>> for ts, target in ((120.0, 0.03), (60.0, 0.01), (180.0, 0.05)):  # read out of order
+        ...     m.on_prediction(Prediction("X", ts, 0.0, 1, 0.0), arrived=200.0)
+        ...     m.on_example("X", ts, target)
+        >>> [(t, round(mae, 3)) for t, _, mae, _ in m.mae_series()]
+        [(60.0, 0.01), (120.0, 0.02), (180.0, 0.04)]
+        """
+        per_version: dict[int, RollingMean] = {}
+        naive = RollingMean(self.window)
+        out = []
+        for ts, version, error, naive_error in sorted(self.errors, key=lambda e: e[0]):
+            mean = per_version.setdefault(version, RollingMean(self.window))
+            mean.add(error)
+            naive.add(naive_error)
+            out.append((ts, version, mean.mean, naive.mean))
+        return out
 
     def rolling_mae(self, version: int, symbol: str = ALL, model: str = "") -> float:
         rolling = self._mae.get((model, version, symbol))
@@ -299,7 +322,7 @@ class Monitor:
             "symbol": chosen,
             "price": {chosen: tail(self.price.get(chosen))} if chosen else {},
             "pairs": {chosen: tail(self.pairs.get(chosen))} if chosen else {},
-            "mae": [[t, v, _finite(m), _finite(b)] for t, v, m, b in tail(self.mae_series)],
+            "mae": [[t, v, _finite(m), _finite(b)] for t, v, m, b in self.mae_series()[-points:]],
             "staleness": tail(self.staleness),
             "champion_changes": list(self.champion_changes),
             "errors": self.errors_table(top, page),

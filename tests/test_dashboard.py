@@ -197,7 +197,8 @@ def test_rolling_errors_are_logged_to_mlflow(monitored: tuple[MonitorService, st
         experiment = client.get_experiment_by_name(settings.experiment_name)
         if experiment is None:
             continue
-        runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'monitor'")
+        named = f"attributes.run_name LIKE 'monitor {settings.topic_prefix}%'"  # named for it
+        runs = client.search_runs([experiment.experiment_id], named)
         metrics = runs[0].data.metrics if runs else {}
     assert metrics["monitor.mae.v2.all"] == pytest.approx(service.monitor.rolling_mae(2), rel=0.5)
     assert "monitor.baseline_mae.all" in metrics
@@ -233,18 +234,51 @@ def test_dashboard_renders_non_empty_charts_in_chromium(
         assert lines, f"chart {chart} drew no series"
         for name, points in lines:
             assert len(points.split()) >= 10, f"{chart}/{name} has {points!r}"
-    assert re.search(r'<b id="champion">2</b>', dom)
+    assert re.search(r'<b id="champion">[^<]*v2[^<]*</b>', dom)  # what serves, and why
     assert "v2" in dom  # the champion change is marked
+    # error over time per served version, each in event-time order, v1 before the switch
+    mae = re.search(r'<svg id="chart-mae"[^>]*>(.*?)</svg>', dom, re.S)
+    assert mae, "MAE chart missing"
+    drawn = {
+        version: [float(t) for t in ts.split(",")]
+        for version, ts in re.findall(r'data-version="(\d+)" data-ts="([^"]*)"', mae.group(1))
+    }
+    assert set(drawn) == {"1", "2"}, drawn
+    for ts in drawn.values():
+        assert ts == sorted(ts) and len(ts) >= 10
+    assert max(drawn["1"]) < min(drawn["2"])  # v2 served from the switch on
+    state = httpx.get(f"{url}/api/state", timeout=10).json()
+    assert [p[0] for p in state["mae"]] == sorted(p[0] for p in state["mae"])
+    # one time axis for every chart: the same ticks, so the champion markers line up
+    ticks = {
+        chart: re.findall(r'class="axis tick-x"[^>]*data-t="([^"]+)"', svg)
+        for chart, svg in re.findall(r'<svg id="chart-(\w+)"[^>]*>(.*?)</svg>', dom, re.S)
+    }
+    assert len(ticks) == 4 and len({tuple(t) for t in ticks.values()}) == 1, ticks
+    assert len(ticks["price"]) >= 3  # more than the ends
     # the symbol arrived through Kafka: it is an option's text, never markup
     assert ">&lt;img src=x onerror=alert(1)&gt;</option>" in dom
     assert "<img" not in dom
     assert "No drift alerts yet" in dom or 'class="alert"' in dom
-    assert "event time (UTC)" in dom and "rolling MAE (return)" in dom  # labelled axes
+    assert "event time (UTC)" in dom and "rolling MAE" in dom  # labelled axes
     # the versions table: the champion's rows first, bounded, each beside its own baseline
     body = re.search(r'<table id="errors">.*?<tbody>(.*?)</tbody>', dom, re.S)
     assert body, "errors table missing"
     versions = re.findall(r"<tr><td>([^<]*)</td>", body.group(1))
-    assert versions and versions[0] == "2" and len(versions) <= 8 * (len(settings_symbols) + 1)
+    assert (
+        versions and versions[0].endswith("2") and len(versions) <= 8 * (len(settings_symbols) + 1)
+    )
+
+    # ?symbol= picks what is drawn
+    second = settings_symbols[1]
+    picked = subprocess.run(
+        [*flags, "--dump-dom", f"{url}/?symbol={second.replace('/', '%2F')}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert f'data-symbol="{second}"' in picked, picked[:2000]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     shot.unlink(missing_ok=True)
