@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from rtml.app import datasets
-from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles
+from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles, plot
 from rtml.app.scores import Evaluation
 from rtml.errors import ConfigError
+from rtml.pipelines.features.targets import TARGETS
 from rtml.records import Example
 from rtml.settings import Settings
 
@@ -86,3 +87,20 @@ def test_the_event_time_table_is_the_same_at_full_speed_and_paced_and_serves_no_
     assert {"ratio_to_naive", "ratio_se", "mae", "rank_correlation"} <= set(written["rows"][0])
     assert (folder / "evaluation.png").stat().st_size > 10_000
     assert any(line.startswith("served (event time)") for line in lines)
+
+
+def test_the_evaluation_plot_draws_each_curve_over_naives_loss(tmp_path: Path) -> None:
+    ev = Evaluation()
+    for i in range(200):
+        ev.ts.append(1_700_000_000.0 + 60 * i)
+        ev.target.append(0.01 if i % 2 else -0.01)
+    curves = {
+        "naive": [0.0] * 200,
+        "served (event time)": [0.0] * 200,  # equal to naive: a flat line at 1, drawn apart
+        "static (initial fit)": [t * 0.5 for t in ev.target],  # a quarter of naive's loss
+    }
+    drawn = plot(ev, curves, tmp_path / "evaluation.png", TARGETS["return"].loss, bins=10)
+    assert set(drawn) == {"served (event time)", "static (initial fit)"}  # naive is the 1 line
+    assert drawn["served (event time)"] == [pytest.approx(1.0)] * 10
+    assert drawn["static (initial fit)"] == [pytest.approx(0.25)] * 10
+    assert (tmp_path / "evaluation.png").stat().st_size > 10_000

@@ -353,8 +353,16 @@ def score(
     ), curves
 
 
-def plot(ev: Evaluation, curves: dict[str, list[float]], path: Path, bins: int = 40) -> None:
-    """Each curve's MAE over event time, in `bins` bins of scored examples."""
+def plot(
+    ev: Evaluation,
+    curves: dict[str, list[float]],
+    path: Path,
+    loss: Callable[[float, float], float],
+    bins: int = 40,
+) -> dict[str, list[float]]:
+    """Each curve's loss over the naive forecast's on the same examples, over event time, in
+    `bins` bins of scored examples: below 1 beats naive, and equal curves stay apart from its
+    flat line instead of hiding under it. Returns the ratios drawn, by curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,22 +372,32 @@ def plot(ev: Evaluation, curves: dict[str, list[float]], path: Path, bins: int =
 
     order = sorted(range(len(ev.ts)), key=lambda i: ev.ts[i])
     size = max(1, len(order) // bins)
+    parts = [order[b : b + size] for b in range(0, len(order), size)]
+    xs: list[Any] = [datetime.fromtimestamp(ev.ts[part[len(part) // 2]], UTC) for part in parts]
+
+    def mean_loss(predictions: list[float], part: list[int]) -> float:
+        return sum(loss(predictions[i], ev.target[i]) for i in part) / len(part)
+
+    naive = [mean_loss(curves["naive"], part) for part in parts]
     fig, ax = plt.subplots(figsize=(11, 5))
+    ax.axhline(1.0, color="#7f7f7f", linewidth=1.5, label="naive (= 1)")
+    drawn = {}
     for name, predictions in curves.items():
-        xs: list[Any] = []
-        ys: list[float] = []
-        for b in range(0, len(order), size):
-            part = order[b : b + size]
-            xs.append(datetime.fromtimestamp(ev.ts[part[len(part) // 2]], UTC))
-            ys.append(sum(abs(predictions[i] - ev.target[i]) for i in part) / len(part))
+        if name == "naive":
+            continue
+        ys = drawn[name] = [
+            mean_loss(predictions, part) / base if base > 0 else math.nan
+            for part, base in zip(parts, naive, strict=True)
+        ]
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
     ax.set_xlabel("event time of the features (UTC)")
-    ax.set_ylabel("MAE of the target over the horizon")
-    ax.set_title("MAE over time, each model on the same served examples")
+    ax.set_ylabel("loss / naive's loss, same examples")
+    ax.set_title("Loss over time relative to the naive forecast (below 1 beats it)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return drawn
 
 
 def evaluate_file(
@@ -420,7 +438,7 @@ def evaluate_file(
         Stack(local).down()
     (folder / "evaluation.json").write_text(json.dumps(report.to_json(), indent=2))
     (folder / "evaluation.txt").write_text("\n".join(report.lines()) + "\n")
-    plot(ev, curves, folder / "evaluation.png")
+    plot(ev, curves, folder / "evaluation.png", target(local.target).loss)
     for line in report.lines():
         out(line)
     out(f"   written: {folder}/evaluation.json, evaluation.txt, evaluation.png")
