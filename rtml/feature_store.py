@@ -51,7 +51,7 @@ def open_store(settings: Settings) -> FeatureStore:
         provider="local",
         registry=str(settings.feast_registry_path),
         online_store={"type": "redis", "connection_string": settings.feast_redis_connection},
-        offline_store={"type": "file"},
+        offline_store={"type": settings.offline_store},
         entity_key_serialization_version=3,
         repo_path=settings.feature_repo,
     )
@@ -209,6 +209,8 @@ def historical_features(
             "datetime64[ns, UTC]"
         )
     ).sort_values("event_timestamp", kind="stable", ignore_index=True)
+    if store.config.offline_store.type != "file":
+        return _joined_by_the_store(store, service, out)
     first, last = out["event_timestamp"].min(), out["event_timestamp"].max()
     names: list[str] = []
     for projection in service.feature_view_projections:
@@ -257,6 +259,22 @@ def historical_features(
         out = out.dropna(subset=columns, how="all").reset_index(drop=True)
         names.extend(columns)
     return out, names
+
+
+def _joined_by_the_store(
+    store: FeatureStore, service: Any, entities: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str]]:
+    """Feast's own point-in-time join, where the offline store runs it (DuckDB over the same
+    parquet parts, a warehouse): rows with no feature in their ttl are left out, as above."""
+    names = [f.name for projection in service.feature_view_projections for f in projection.features]
+    joined = store.get_historical_features(entity_df=entities, features=service).to_df()
+    joined = joined.assign(
+        event_timestamp=pd.to_datetime(joined["event_timestamp"], utc=True).astype(
+            "datetime64[ns, UTC]"
+        )
+    )
+    joined = joined.dropna(subset=names, how="all")
+    return joined.sort_values("event_timestamp", kind="stable", ignore_index=True), names
 
 
 def _parquet_rows(

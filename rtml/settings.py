@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # Feast
     feature_repo: Path = _feature_repo()
     feast_project: str = "rtml"
+    # where training history is joined point-in-time: `file` reads each view's rows in the span
+    # and joins them in this process (the embedded store); `duckdb` has Feast's DuckDB offline
+    # store join them over the same parquet parts (pip install 'rtml[duckdb]'), as a
+    # warehouse's store would where the data is
+    offline_store: Literal["file", "duckdb"] = "file"
 
     # Market data and labels
     symbols: Annotated[tuple[str, ...], NoDecode] = ("BTC/USD", "ETH/USD", "SOL/USD")
@@ -441,7 +446,7 @@ class Settings(BaseSettings):
             "  type: redis\n"
             f"  connection_string: {json.dumps(self.feast_redis_connection)}\n"
             "offline_store:\n"
-            "  type: file\n"
+            f"  type: {self.offline_store}\n"
             "entity_key_serialization_version: 3\n"
         )
 

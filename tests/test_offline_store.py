@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +10,10 @@ import pandas as pd
 import pytest
 
 from rtml import feature_store as fs
+from rtml.pipelines.features.feed import backfill
+from rtml.pipelines.market.sources import SyntheticMarket
+from rtml.pipelines.training.dataset import offline_examples
+from rtml.settings import Settings
 
 
 def _rows(symbol: str, minutes: range, value: float, created: datetime) -> pd.DataFrame:
@@ -83,3 +88,22 @@ def test_a_quiet_symbol_resumes_from_around_its_newest_candle_without_a_full_rea
     History.read(settings, 3)
     assert all(symbols is not None for _, symbols in reads), reads
     assert (None, ["NEW"]) in reads  # the halted pair was found in a window before
+
+
+@pytest.mark.integration
+def test_the_warm_start_reads_the_same_examples_through_feasts_duckdb_store(
+    stack_settings: Settings,
+) -> None:
+    """The same parquet parts, joined point-in-time two ways: read and joined in this process
+    (the `file` store's path), and by Feast's `get_historical_features` on its DuckDB offline
+    store, as a warehouse's store would where the data is."""
+    tag = uuid.uuid4().hex[:6]
+    local = stack_settings.model_copy(update={"symbols": (f"D{tag}/USD", f"E{tag}/USD")})
+    market = SyntheticMarket(local.symbols, seed=3, start_ts=1_700_000_040.0)
+    backfill(local, list(market.candles_of_trades(300)), write_online=False)
+    by_file = offline_examples(local)
+    ducked = local.model_copy(update={"offline_store": "duckdb"})
+    assert fs.open_store(ducked).config.offline_store.type == "duckdb"
+    by_duckdb = offline_examples(ducked)
+    assert len(by_file) > 400  # two symbols, 300 candles each, less warm-up and horizon
+    assert by_duckdb == by_file
