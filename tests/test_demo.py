@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,17 @@ def test_the_evaluation_scores_what_it_can_and_counts_the_records_it_leaves_out(
     assert sum(ev.refused.values()) == 2 * len(hostile) + 1
     assert ev.refused["predictions no_prediction"] == 1
     assert ev.refused["examples not_json"] == 2 and ev.refused["predictions not_json"] == 2
+
+
+def test_the_demo_shows_the_warm_starts_progress_from_the_trainers_log(tmp_path: Path) -> None:
+    from rtml.app.demo import _progress_in
+
+    log = tmp_path / "demo-trainer.log"
+    assert _progress_in(log) is None  # not written yet
+    log.write_text("INFO rtml: warm start on 8000 labels\n")
+    assert _progress_in(log) is None
+    bars = (
+        "warm start 1/2:  12%|#2 | 1000/8000 [00:01<00:07]\rwarm start 1/2:  45%|####5 | 3600/8000"
+    )
+    log.write_text(f"INFO rtml: warm start on 8000 labels\n{bars} [00:04<00:05]\r")
+    assert _progress_in(log) == "warm start 1/2: 45% 3600/8000"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,25 @@ def _span(versions: list[int]) -> str:
     if len(names) <= 3:
         return ", ".join(names) or "none"
     return f"{len(names)} versions, {names[0]} ... {names[-1]}"
+
+
+def _progress_in(log: Path) -> str | None:
+    """The newest progress line in a child's log: tqdm rewrites its bar with carriage
+    returns, so the last one of the log's tail (`warm start 1/1:  45%|...| 9000/20000`)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    parts = tail.replace("\r", "\n").split("\n")
+    bars = [part.strip() for part in parts if re.match(r"\s*warm start \d+/\d+:", part)]
+    if not bars:
+        return None
+    name, _, rest = bars[-1].partition(":")
+    done = rest.split("|")[-1].split("[")[0].strip() if "|" in rest else rest.strip()
+    percent = rest.split("|")[0].strip() if "|" in rest else ""
+    return f"{name}: {percent} {done}".strip()
 
 
 class Demo:
@@ -273,14 +293,21 @@ class Demo:
         self.started_at = time.monotonic()
 
     def wait_for_first_version(self, timeout: float = 300.0) -> str:
-        """The initial fit's version, once registered (champion or not: the gate decides)."""
-        deadline = time.monotonic() + timeout
+        """The initial fit's version, once registered (champion or not: the gate decides);
+        meanwhile, every 10 s, the warm start's progress as the trainer logs it."""
+        began = said = time.monotonic()
+        deadline = began + timeout
         while time.monotonic() < deadline:
             self.check_children()
             for alias in (registry.CHAMPION, registry.CANDIDATE):
                 version = registry.alias_version(self.settings, alias)
                 if version is not None:
                     return version
+            if time.monotonic() - said >= 10.0:
+                said = time.monotonic()
+                trainer = next((c for c in self.children if c.name == "trainer"), None)
+                where = _progress_in(trainer.log) if trainer is not None else None
+                self.out(f"   {where or 'the trainer is starting'} ({said - began:.0f} s)")
             time.sleep(1.0)
         raise ServiceError(
             f"no model was registered in {timeout:.0f} s; see {self.settings.state / 'logs'}"

@@ -42,6 +42,9 @@ from rtml.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SAY_EVERY_S = 10.0
+"""A wait says what it waits for at least this often."""
+
 
 class Stack:
     """Manages the embedded services described by `settings`."""
@@ -55,6 +58,7 @@ class Stack:
         self.repick_ports = repick_ports
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._log_offset: dict[str, int] = {}
+        self._progress: Callable[[str], None] = log.info  # `up`'s, for what it waits on
 
     # Paths -------------------------------------------------------------------------------
     def log_file(self, name: str) -> Path:
@@ -186,9 +190,16 @@ class Stack:
                 self._start(name)
 
     def _wait_healthy(self, name: str, deadline: float) -> None:
+        began = said = time.monotonic()
         while time.monotonic() < deadline:
             if self.healthy(name):
                 return
+            if time.monotonic() - said >= SAY_EVERY_S:  # no silent minute
+                said = time.monotonic()
+                self._progress(
+                    f"   still waiting for {name} at {self.address(name)} "
+                    f"({said - began:.0f} s of at most {deadline - began:.0f})"
+                )
             if not self.external(name) and self.pid(name) is None:
                 if BIND_FAILED in self._since_start(name).lower():
                     raise PortTaken(name, self.port(name), self._taken_message(name))
@@ -319,14 +330,19 @@ class Stack:
             )
 
     def wait_feast(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
-        try:
-            code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise ServiceError(
-                f"feast apply did not finish within {self.settings.up_timeout_s:.0f} s; see "
-                f"{self.log_file('feast')}. Raise RTML_UP_TIMEOUT_S on a slow machine."
-            ) from None
+        began = time.monotonic()
+        code = None
+        while code is None:
+            try:
+                code = proc.wait(timeout=max(0.1, min(SAY_EVERY_S, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    raise ServiceError(
+                        f"feast apply did not finish within {self.settings.up_timeout_s:.0f} s; "
+                        f"see {self.log_file('feast')}. Raise RTML_UP_TIMEOUT_S on a slow machine."
+                    ) from None
+                self._progress(f"   feast apply still running ({time.monotonic() - began:.0f} s)")
         if code != 0:
             raise ServiceError(
                 f"feast apply failed (exit {code}); see {self.log_file('feast')}:\n"
@@ -341,6 +357,7 @@ class Stack:
         """Bring `services` up (all by default); Feast needs Redis, topics need Kafka."""
         began = time.monotonic()
         deadline = began + self.settings.up_timeout_s
+        self._progress = progress
         started, reused, external = [], [], []
         for name in services:
             if self.external(name):

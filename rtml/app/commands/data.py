@@ -12,6 +12,7 @@ import click
 
 from rtml.app.commands.options import (
     install_signal_handlers,
+    reachable_or_exit,
     reading_options,
     source_option,
     target_options,
@@ -86,6 +87,7 @@ def feed(
 @click.pass_obj
 def features(settings: Settings, group: str, duration: float | None) -> None:
     """Run the feature pipeline: trades to candles, features and labels in Feast and Kafka."""
+    reachable_or_exit(settings, "kafka", "redis")
     from rtml.pipelines.features.feature_pipeline import FeaturePipeline
     from rtml.presence import announce
 

@@ -7,7 +7,11 @@ import threading
 
 import click
 
-from rtml.app.commands.options import install_signal_handlers, target_options
+from rtml.app.commands.options import (
+    install_signal_handlers,
+    reachable_or_exit,
+    target_options,
+)
 from rtml.settings import Settings
 
 
@@ -87,6 +91,7 @@ def rollback(settings: Settings) -> None:
 @click.pass_obj
 def serve(settings: Settings) -> None:
     """Serve predictions over HTTP from the champion model, swapping in new champions."""
+    reachable_or_exit(settings, "mlflow", "redis")
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler that was in
     # place before; this one lets the finished server exit 0 instead of dying by the signal.
     from rtml.presence import announce
@@ -104,6 +109,7 @@ def serve(settings: Settings) -> None:
 @click.pass_obj
 def predict_stream(settings: Settings, group: str, duration: float | None) -> None:
     """Predict every `features` record with the champion, onto `predictions`."""
+    reachable_or_exit(settings, "mlflow", "kafka")
     from rtml.presence import announce
     from rtml.serving.model_holder import models_for
     from rtml.serving.stream import StreamingPredictor
@@ -126,6 +132,7 @@ def predict_stream(settings: Settings, group: str, duration: float | None) -> No
 @click.pass_obj
 def monitor(settings: Settings, duration: float | None) -> None:
     """Join predictions with realized targets; serve the dashboard and /metrics."""
+    reachable_or_exit(settings, "kafka")
     from rtml.presence import announce
     from rtml.serving.dashboard import run_monitor
 
