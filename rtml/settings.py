@@ -430,37 +430,3 @@ class Settings(BaseSettings):
                 text = str(value)
             env[f"RTML_{name.upper()}"] = text
         return env
-
-    @property
-    def feast_yaml_path(self) -> Path:
-        """The Feast repo's configuration for these settings, written where the state is."""
-        return self.state / "feast" / "feature_store.yaml"
-
-    def feast_yaml(self) -> str:
-        """``feature_repo/feature_store.yaml`` with these settings' project, registry and Redis."""
-        return (
-            f"project: {self.feast_project}\n"
-            "provider: local\n"
-            f"registry: {json.dumps(str(self.feast_registry_path))}\n"
-            "online_store:\n"
-            "  type: redis\n"
-            f"  connection_string: {json.dumps(self.feast_redis_connection)}\n"
-            "offline_store:\n"
-            f"  type: {self.offline_store}\n"
-            "entity_key_serialization_version: 3\n"
-        )
-
-    def feast_env(self) -> dict[str, str]:
-        """What `feast` needs to work on ``feature_repo/`` with these settings: the state
-        directory its definitions read the offline data from, and the configuration file
-        (``feast_yaml``, written to ``feast_yaml_path`` before it runs)."""
-        return {
-            "RTML_STATE_DIR": str(self.state),
-            "FEAST_FS_YAML_FILE_PATH": str(self.feast_yaml_path),
-        }
-
-    def write_feast_yaml(self) -> Path:
-        path = self.feast_yaml_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.feast_yaml())
-        return path

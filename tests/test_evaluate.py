@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rtml.app import datasets
-from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles, plot
-from rtml.app.scores import Evaluation
+from rtml.app.evaluate import evaluate_file, expanding_mean, lag_in_candles
+from rtml.app.scores import Evaluation, plot
 from rtml.errors import ConfigError
 from rtml.pipelines.features.targets import TARGETS
 from rtml.records import Example

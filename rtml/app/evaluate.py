@@ -46,7 +46,7 @@ from scipy.stats import spearmanr
 
 from rtml import checkpoints, registry
 from rtml.app.demo import Demo, own_stack
-from rtml.app.scores import Evaluation
+from rtml.app.scores import Evaluation, plot
 from rtml.app.stack import Stack
 from rtml.pipelines.features.targets import Target, target
 from rtml.pipelines.market.files import Reading
@@ -97,10 +97,15 @@ def _rank_correlation(predictions: Sequence[float], targets: Sequence[float]) ->
 
 
 def batch_refit(
-    ev: Evaluation, history: list[Example], start: float, settings: Settings, every: int
+    ev: Evaluation,
+    history: list[Example],
+    start: float,
+    settings: Settings,
+    every: int,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> list[float]:
     """Predictions of a model refit from scratch every `every` candles of the stream, on the
-    history and every stream example labelled by then."""
+    history and every stream example labelled by then; says how far it is every 10 s."""
     stream = sorted(
         (
             Example(s, ts, lts, x, y)
@@ -117,8 +122,12 @@ def batch_refit(
     out: list[float] = []
     model: Any = None
     current = -1
+    said = time.monotonic()
     for ts, x in zip(ev.ts, ev.features, strict=True):
         block = bisect.bisect_right(cutoffs, ts) - 1
+        if time.monotonic() - said >= 10.0:
+            said = time.monotonic()
+            progress(f"   batch refit {block + 1} of {len(cutoffs)}")
         if block != current:
             cutoff = cutoffs[block] if block >= 0 else start
             known = stream[: bisect.bisect_right(labelled, cutoff)]
@@ -326,7 +335,7 @@ def score(
         "served (as run)": ev.served,
         "static (initial fit)": ev.static,
         f"batch refit every {refit_every} candles": batch_refit(
-            ev, history, start, settings, refit_every
+            ev, history, start, settings, refit_every, progress
         ),
         "naive": ev.naive,
         "mean of known targets": expanding_mean(ev, history),
@@ -351,53 +360,6 @@ def score(
         leaks_as_run=sum(t > ts for t, ts in zip(ev.trained_through, ev.ts, strict=True)),
         refit_every=refit_every,
     ), curves
-
-
-def plot(
-    ev: Evaluation,
-    curves: dict[str, list[float]],
-    path: Path,
-    loss: Callable[[float, float], float],
-    bins: int = 40,
-) -> dict[str, list[float]]:
-    """Each curve's loss over the naive forecast's on the same examples, over event time, in
-    `bins` bins of scored examples: below 1 beats naive, and equal curves stay apart from its
-    flat line instead of hiding under it. Returns the ratios drawn, by curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from datetime import UTC, datetime
-
-    import matplotlib.pyplot as plt
-
-    order = sorted(range(len(ev.ts)), key=lambda i: ev.ts[i])
-    size = max(1, len(order) // bins)
-    parts = [order[b : b + size] for b in range(0, len(order), size)]
-    xs: list[Any] = [datetime.fromtimestamp(ev.ts[part[len(part) // 2]], UTC) for part in parts]
-
-    def mean_loss(predictions: list[float], part: list[int]) -> float:
-        return sum(loss(predictions[i], ev.target[i]) for i in part) / len(part)
-
-    naive = [mean_loss(curves["naive"], part) for part in parts]
-    fig, ax = plt.subplots(figsize=(11, 5))
-    ax.axhline(1.0, color="#7f7f7f", linewidth=1.5, label="naive (= 1)")
-    drawn = {}
-    for name, predictions in curves.items():
-        if name == "naive":
-            continue
-        ys = drawn[name] = [
-            mean_loss(predictions, part) / base if base > 0 else math.nan
-            for part, base in zip(parts, naive, strict=True)
-        ]
-        ax.plot(xs, ys, marker="o", markersize=3, label=name)
-    ax.set_xlabel("event time of the features (UTC)")
-    ax.set_ylabel("loss / naive's loss, same examples")
-    ax.set_title("Loss over time relative to the naive forecast (below 1 beats it)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return drawn
 
 
 def evaluate_file(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rtml.kafka import Topics, read_messages
@@ -89,3 +91,50 @@ def evaluate(settings: Settings, static: Any) -> Evaluation:
         out.label_ts.append(ex.label_ts)
         out.trained_through.append(p.trained_through)
     return out
+
+
+def plot(
+    ev: Evaluation,
+    curves: dict[str, list[float]],
+    path: Path,
+    loss: Callable[[float, float], float],
+    bins: int = 40,
+) -> dict[str, list[float]]:
+    """Each curve's loss over the naive forecast's on the same examples, over event time, in
+    `bins` bins of scored examples: below 1 beats naive, and equal curves stay apart from its
+    flat line instead of hiding under it. Returns the ratios drawn, by curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from datetime import UTC, datetime
+
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(ev.ts)), key=lambda i: ev.ts[i])
+    size = max(1, len(order) // bins)
+    parts = [order[b : b + size] for b in range(0, len(order), size)]
+    xs: list[Any] = [datetime.fromtimestamp(ev.ts[part[len(part) // 2]], UTC) for part in parts]
+
+    def mean_loss(predictions: list[float], part: list[int]) -> float:
+        return sum(loss(predictions[i], ev.target[i]) for i in part) / len(part)
+
+    naive = [mean_loss(curves["naive"], part) for part in parts]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    ax.axhline(1.0, color="#7f7f7f", linewidth=1.5, label="naive (= 1)")
+    drawn = {}
+    for name, predictions in curves.items():
+        if name == "naive":
+            continue
+        ys = drawn[name] = [
+            mean_loss(predictions, part) / base if base > 0 else math.nan
+            for part, base in zip(parts, naive, strict=True)
+        ]
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xlabel("event time of the features (UTC)")
+    ax.set_ylabel("loss / naive's loss, same examples")
+    ax.set_title("Loss over time relative to the naive forecast (below 1 beats it)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return drawn

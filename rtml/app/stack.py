@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rtml import feature_store as fs
 from rtml.app.processes import (
     BIND_FAILED,
     KAFKA,
@@ -298,8 +299,8 @@ class Stack:
         spec = importlib.util.find_spec("rtml.pipelines.features.indicators")
         if spec is not None and spec.origin:
             digest.update(Path(spec.origin).read_bytes())
-        digest.update(self.settings.feast_yaml().encode())
-        digest.update(json.dumps(self.settings.feast_env(), sort_keys=True).encode())
+        digest.update(fs.feast_yaml(self.settings).encode())
+        digest.update(json.dumps(fs.feast_env(self.settings), sort_keys=True).encode())
         return digest.hexdigest()
 
     def _feast_stamp(self) -> Path:
@@ -318,8 +319,8 @@ class Stack:
         for sub in ("feast", "logs", "offline/features", "offline/targets"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         feast = Path(sys.executable).parent / "feast"
-        self.settings.write_feast_yaml()
-        env = {**os.environ, **self.settings.feast_env()}
+        fs.write_feast_yaml(self.settings)
+        env = {**os.environ, **fs.feast_env(self.settings)}
         with self.log_file("feast").open("ab") as out:
             return subprocess.Popen(
                 [str(feast), "-c", str(self.settings.feature_repo), "apply"],

@@ -69,8 +69,10 @@ def env(settings: Settings) -> None:
     They name the Feast repo (RTML_FEATURE_REPO: inside the package, once installed), its
     configuration for these settings (written now) and the state directory; then
     `cd "$RTML_FEATURE_REPO" && feast apply` works on rtml's stack."""
-    settings.write_feast_yaml()
-    exports = {"RTML_FEATURE_REPO": str(settings.feature_repo), **settings.feast_env()}
+    from rtml import feature_store as fs
+
+    fs.write_feast_yaml(settings)
+    exports = {"RTML_FEATURE_REPO": str(settings.feature_repo), **fs.feast_env(settings)}
     for key, value in exports.items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
