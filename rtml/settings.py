@@ -318,14 +318,14 @@ class Settings(BaseSettings):
         return routes
 
     @property
-    def max_step_s(self) -> float:
+    def max_future_bound_s(self) -> float:
         """How far past both its newest time and the clock an event time may be:
         RTML_MAX_FUTURE_S, and never under two candles (one step from a window's first trade
         to the next's spans that)."""
         return max(self.max_future_s, 2.0 * self.candle_seconds)
 
     @property
-    def max_gap_s(self) -> float:
+    def max_silence_bound_s(self) -> float:
         """The longest silence a series bridges: RTML_MAX_SILENCE_S, never under two candles."""
         return max(self.max_silence_s, 2.0 * self.candle_seconds)
 

@@ -107,7 +107,9 @@ class MonitorService:
         self._examples = examples_reader(self.label.naive_reads, FEATURE_BOUNDS, (-1e30, 1e30))
         self.topics = Topics.of(settings)
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
-        self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
+        self.event_times = EventTimes(
+            settings.max_future_bound_s, max_silence_s=settings.max_silence_bound_s
+        )
         self.stop = threading.Event()
         self.counters = Counters("monitor")
         self.lock = threading.Lock()  # the dashboard reads while the loop writes

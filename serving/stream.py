@@ -48,7 +48,9 @@ class StreamingPredictor:
         self.metrics_port: int | None = None  # with RTML_METRICS_PORT
         self.assignment: set[int] = set()  # the `features` partitions this replica owns
         self.symbols = frozenset(settings.symbols).union(*settings.shards.values())
-        self.event_times = EventTimes(settings.max_step_s, max_silence_s=settings.max_gap_s)
+        self.event_times = EventTimes(
+            settings.max_future_bound_s, max_silence_s=settings.max_silence_bound_s
+        )
         self._producer: Producer | None = None
         self._fused: dict[int, Fused] = {}  # each model served, as `_usual` reads it
         self._features = features_reader(FEATURE_NAMES, FEATURE_BOUNDS)

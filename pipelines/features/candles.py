@@ -118,12 +118,14 @@ class CandleBuilder:
         # would otherwise invent decades of them) and the series restarts after it. Never
         # under two windows: one step spans that much.
         self.max_future_s = max_future_s
-        self.max_step_s = max(max_future_s, 2.0 * seconds)
+        self.max_future_bound_s = max(max_future_s, 2.0 * seconds)
         silence = max_future_s if max_silence_s is None else max_silence_s
-        self.max_gap_s = max(silence, 2.0 * seconds)
+        self.max_silence_bound_s = max(silence, 2.0 * seconds)
         # it reads `trades` from the start of its history and resumes restored symbols as
         # settled, so a young symbol never needs a run of records ahead of the clock confirmed
-        self._future = FutureRule(self.max_step_s, self.max_gap_s, clock, young_confirms=False)
+        self._future = FutureRule(
+            self.max_future_bound_s, self.max_silence_bound_s, clock, young_confirms=False
+        )
         self._series: dict[str, _Series] = {}
         # a redenomination or split an operator declared (RTML_PRICE_RESETS): the symbol's first
         # trade from that event time on may be at any price, and only that one
@@ -252,7 +254,7 @@ class CandleBuilder:
         out = []
         prev_end: float | None = s.closed_until if s.closed_until > -math.inf else None
         prev_close = s.last_close
-        if prev_end is not None and w.start - prev_end > self.max_gap_s:
+        if prev_end is not None and w.start - prev_end > self.max_silence_bound_s:
             prev_end = None  # too long a silence to bridge: the series restarts
             s.run = 0
         elif w.start == s.restarted_at * self.seconds:

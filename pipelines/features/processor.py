@@ -137,7 +137,7 @@ class FeatureProcessor:
         source: tuple[int, int] | None = None,
         into: Outputs | None = None,
     ) -> Outputs:
-        out, max_gap = Outputs() if into is None else into, self.builder.max_gap_s
+        out, max_gap = Outputs() if into is None else into, self.builder.max_silence_bound_s
         out.candles.extend(candles)
         out.sources.extend([source] * len(candles))
         for candle in candles:

@@ -34,10 +34,10 @@ class Admission:
             least_span=settings.horizon * settings.candle_seconds,
             # with `skip`, each of the H steps bridges a silence of at most RTML_MAX_SILENCE_S
             # (a longer one restarts the series): MSFT's five trading days span up to 13 days
-            most_span=settings.horizon * (settings.max_gap_s + settings.candle_seconds),
+            most_span=settings.horizon * (settings.max_silence_bound_s + settings.candle_seconds),
             exact_span=settings.gap_policy == "flat",
             # the labels it learns are one series (the learner's watermark is global)
-            future=FutureRule(settings.max_step_s, settings.max_gap_s),
+            future=FutureRule(settings.max_future_bound_s, settings.max_silence_bound_s),
         )
 
     def admit(self, ex: Example, watermark: float, settled: bool) -> Example:
