@@ -24,7 +24,7 @@ def bench_drift(
     every `refit_every` candles on everything labelled so far, and (d) the naive no-change.
     """
 
-    from rtml.app.demo import Demo
+    from rtml.app.demo import Demo, DemoRun
     from rtml.pipelines.training.dataset import fit, offline_examples
     from rtml.pipelines.training.learner import Learner
     from rtml.pipelines.training.models import build_model
@@ -34,10 +34,8 @@ def bench_drift(
     # default 120 s would be one per 10 hours, and the champion could not follow the regimes)
     demo = Demo(
         local,
-        speed=speed,
-        status_every=15.0,
+        DemoRun(speed=speed, status_every=15.0, register_interval_s=2.0),
         out=lambda m: print(m, file=sys.stderr),
-        register_interval_s=2.0,
     )
     ev = demo.run(seconds)
     for line in demo.report(ev):

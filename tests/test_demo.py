@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rtml import checkpoints, registry
-from rtml.app.demo import Demo
+from rtml.app.demo import Demo, DemoRun
 from rtml.app.processes import free_port
 from rtml.settings import Settings
 
@@ -29,7 +29,7 @@ def test_demo_runs_the_loop_and_every_service_exits_cleanly_on_sigterm(
         }
     )
     lines: list[str] = []
-    demo = Demo(local, days=0.25, speed=600, status_every=5, out=lines.append)
+    demo = Demo(local, DemoRun(days=0.25, speed=600, status_every=5), out=lines.append)
     ev = demo.run(40)
 
     # every service finished its work and exited 0 within 10 s of SIGTERM

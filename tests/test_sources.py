@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.server import ServerConnection, serve
 
 from rtml.app.commands.options import check_candle_file
-from rtml.app.demo import Demo
+from rtml.app.demo import Demo, DemoRun
 from rtml.errors import ConfigError, RtmlError
 from rtml.pipelines.features.candles import CandleBuilder
 from rtml.pipelines.features.feed import paced
@@ -672,11 +672,11 @@ def test_the_users_gap_policy_wins_over_the_files_sessions(tmp_path: Path) -> No
         chosen = plain.model_copy(update={"gap_policy": policy})
         check_candle_file(chosen, path, reading)  # no error: the user chose
         said: list[str] = []
-        demo = Demo(chosen, source=str(path), reading=reading, out=said.append)
+        demo = Demo(chosen, DemoRun(source=str(path), reading=reading), out=said.append)
         demo.take_symbols(path)
         assert demo.settings.gap_policy == policy and any("chosen by the user" in m for m in said)
     said = []
-    guessed = Demo(plain, source=str(path), reading=reading, out=said.append)
+    guessed = Demo(plain, DemoRun(source=str(path), reading=reading), out=said.append)
     guessed.take_symbols(path)
     assert guessed.settings.gap_policy == "skip" and any("weeks" in m for m in said)
 
@@ -704,7 +704,9 @@ def test_the_demo_splits_a_file_into_canonical_parts_it_reads_back(
     else:
         (tmp_path / "plain.csv").write_text(text)
         pd.read_csv(tmp_path / "plain.csv").to_parquet(path, index=False)
-    demo = Demo(Settings(state_dir=tmp_path / "state"), source=str(path), out=lambda _: None)
+    demo = Demo(
+        Settings(state_dir=tmp_path / "state"), DemoRun(source=str(path)), out=lambda _: None
+    )
     history, stream = demo.split_replay(path)
     read = [_trades(list(replay(part, candle_seconds=86_400))) for part in (history, stream)]
     assert [len(trades) for trades in read] == [4 * 4, 4 * 4]

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,24 +95,33 @@ def _progress_in(log: Path) -> str | None:
     return f"{name}: {percent} {done}".strip()
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """What a demo replays and how fast, and how often it reports."""
+
+    source: str = "synthetic"  # or a replay file
+    days: float = 2.0  # of synthetic history to backfill
+    speed: float = 600.0  # times real time
+    seed: int = 1
+    checkpoint_interval_s: float = 2.0
+    status_every: float = 5.0
+    register_interval_s: float | None = None  # RTML_REGISTER_INTERVAL_S's when None
+    reading: Reading | None = None  # how a replay file is read
+    # the stack's ports in the settings were picked by `own_stack`: a service whose port
+    # another process took first is started on a new one
+    own_ports: bool = False
+
+
 class Demo:
     def __init__(
         self,
         settings: Settings,
-        source: str = "synthetic",
-        days: float = 2.0,
-        speed: float = 600.0,
-        seed: int = 1,
-        checkpoint_interval_s: float = 2.0,
-        status_every: float = 5.0,
+        run: DemoRun = DemoRun(),
         out: Callable[[str], None] = print,
-        register_interval_s: float | None = None,
-        reading: Reading | None = None,
-        own_ports: bool = False,
     ) -> None:
-        """`own_ports`: the stack's ports in `settings` were picked by `own_stack`, so a
-        service whose port another process took first is started on a new one."""
-        self.own_ports = own_ports
+        source, reading = run.source, run.reading
+        register_interval_s = run.register_interval_s
+        self.own_ports = run.own_ports
         self.run_id = time.strftime("%Y%m%d%H%M%S")
         self.source_name = source
         self.reading = reading or AS_IS
@@ -121,14 +131,14 @@ class Demo:
             update={
                 "topic_prefix": f"demo{self.run_id}.",
                 "model_name": f"rtml-demo-{self.run_id}",
-                "checkpoint_interval_s": checkpoint_interval_s,
+                "checkpoint_interval_s": run.checkpoint_interval_s,
                 "api_access_log": False,
                 # how often a version that passes the gate is registered; RTML_'s by default
                 "register_interval_s": register_interval_s or settings.register_interval_s,
             }
         )
-        self.source, self.days, self.speed, self.seed = source, days, speed, seed
-        self.status_every = status_every
+        self.source, self.days, self.speed, self.seed = source, run.days, run.speed, run.seed
+        self.status_every = run.status_every
         self.out = out
         self.children = Children(self.settings.state / "logs")
         self.rtml = str(Path(sys.executable).parent / "rtml")

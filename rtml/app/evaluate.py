@@ -45,7 +45,7 @@ from typing import Any
 from scipy.stats import spearmanr
 
 from rtml import checkpoints, registry
-from rtml.app.demo import Demo, own_stack
+from rtml.app.demo import Demo, DemoRun, own_stack
 from rtml.app.scores import Evaluation, plot
 from rtml.app.stack import Stack
 from rtml.pipelines.features.targets import Target, target
@@ -385,12 +385,7 @@ def evaluate_file(
     )
     out(f"== evaluating {source} in {folder} (a stack of its own; stopped at the end)")
     demo = Demo(
-        local,
-        source=str(source),
-        speed=speed,
-        out=out,
-        reading=reading,
-        own_ports=True,
+        local, DemoRun(source=str(source), speed=speed, reading=reading, own_ports=True), out=out
     )
     demo.check_source()  # before anything starts
     try:

@@ -43,7 +43,7 @@ def demo(
     register_interval: float,
 ) -> None:
     """The whole loop on the embedded stack, with a status line; a summary at the end."""
-    from rtml.app.demo import Demo, own_stack
+    from rtml.app.demo import Demo, DemoRun, own_stack
     from rtml.app.stack import Stack
 
     replaying = source != "synthetic" and bool(Path(source).suffix)
@@ -52,17 +52,16 @@ def demo(
         folder = settings.state / "demos" / time.strftime("%Y%m%d%H%M%S")
         settings = own_stack(settings, folder, keep_ports=True)
         click.echo(f"== replaying {source} on a stack of its own in {folder}")
-    run = Demo(
-        settings,
+    plan = DemoRun(
         source=source,
         days=days,
         speed=speed,
         seed=seed,
-        out=click.echo,
         reading=reading,
         own_ports=replaying,
         register_interval_s=register_interval,
     )
+    run = Demo(settings, plan, out=click.echo)
     try:
         evaluation = run.run(duration)
     finally:
