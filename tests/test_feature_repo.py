@@ -11,10 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
+import httpx
 import pandas as pd
 import pytest
 
-from rtml.app.processes import port_is_free, redis_binary
+from rtml.app.processes import free_port, port_is_free, redis_binary
 from rtml.pipelines.features.indicators import EXTRA_COLUMNS, FEATURE_NAMES
 from rtml.pipelines.features.targets import TARGETS
 from rtml.settings import Settings
@@ -41,17 +42,8 @@ def test_the_repo_imports_nothing_of_rtml_and_declares_rtmls_names() -> None:
     assert {t.column: t.description for t in TARGETS.values()} == defined.TARGETS
 
 
-@pytest.mark.integration
-def test_plain_feast_apply_and_materialize_work_in_a_copy_of_the_repo(tmp_path: Path) -> None:
-    """Only the repo's own defaults: the embedded stack's Redis port, state beside the repo."""
-    if not port_is_free("127.0.0.1", EMBEDDED_REDIS_PORT):
-        pytest.skip(
-            f"port {EMBEDDED_REDIS_PORT} (the embedded Redis's default) is in use: "
-            "stop that stack (`rtml down`) to run this test"
-        )
-    repo = tmp_path / "feature_repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    now = datetime.now(UTC).replace(microsecond=0)
+def _write_history(offline: Path, now: datetime) -> None:
+    """Three feature rows of BTC/USD, 12 to 10 minutes old, as rtml's sink writes them."""
     rows = pd.DataFrame(
         [
             {
@@ -65,13 +57,26 @@ def test_plain_feast_apply_and_materialize_work_in_a_copy_of_the_repo(tmp_path: 
             for minutes in (12, 11, 10)
         ]
     )
-    offline = tmp_path / ".rtml" / "offline"
     (offline / "features").mkdir(parents=True)
     (offline / "targets").mkdir(parents=True)
     rows.to_parquet(offline / "features" / "part-0.parquet")
     rows[["symbol", "event_timestamp", "created"]].assign(
         target_return=0.0, target_volatility=0.0
     ).to_parquet(offline / "targets" / "part-0.parquet")
+
+
+@pytest.mark.integration
+def test_plain_feast_apply_materialize_and_serve_work_in_a_copy_of_the_repo(tmp_path: Path) -> None:
+    """Only the repo's own defaults: the embedded stack's Redis port, state beside the repo."""
+    if not port_is_free("127.0.0.1", EMBEDDED_REDIS_PORT):
+        pytest.skip(
+            f"port {EMBEDDED_REDIS_PORT} (the embedded Redis's default) is in use: "
+            "stop that stack (`rtml down`) to run this test"
+        )
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    now = datetime.now(UTC).replace(microsecond=0)
+    _write_history(tmp_path / ".rtml" / "offline", now)
 
     data = tmp_path / "redis"
     data.mkdir()
@@ -121,6 +126,36 @@ def test_plain_feast_apply_and_materialize_work_in_a_copy_of_the_repo(tmp_path: 
         ).to_dict()
         assert online["ret_1"] == [pytest.approx(0.010)]  # the newest row, 10 minutes old
         assert online["close"] == [pytest.approx(110.0)]
+
+        # `feast serve`: Feast's own feature server answers from the same store
+        port = free_port()
+        server = subprocess.Popen(
+            [feast, "serve", "-h", "127.0.0.1", "-p", str(port), "--no-access-log"],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            body = {"features": ["candle_features:ret_1"], "entities": {"symbol": ["BTC/USD"]}}
+
+            def served() -> object:
+                try:
+                    return httpx.post(
+                        f"http://127.0.0.1:{port}/get-online-features", json=body, timeout=5
+                    ).json()
+                except httpx.HTTPError:
+                    return None
+
+            wait_until(lambda: served() is not None, 120, "feast serve to answer")
+            answer = served()
+            assert isinstance(answer, dict), answer
+            names = answer["metadata"]["feature_names"]
+            values = dict(zip(names, (r["values"][0] for r in answer["results"]), strict=True))
+            assert values["ret_1"] == pytest.approx(0.010), answer
+        finally:
+            server.terminate()
+            server.wait(30)
     finally:
         redis.terminate()
         redis.wait(10)
