@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rtml import feature_store as fs
+from rtml import feast_config
 from rtml.app.processes import KAFKA, MLFLOW, REDIS, PortTaken, alive, free_port, port_is_free
 from rtml.app.stack import Stack
 from rtml.errors import ServiceError
@@ -65,17 +65,17 @@ def test_stale_pid_file_is_not_a_running_service(tmp_path: Path) -> None:
 
 def test_feast_env_follows_settings(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, redis_port=7777)
-    env = fs.feast_env(settings)
+    env = feast_config.feast_env(settings)
     assert env["RTML_STATE_DIR"] == str(tmp_path.resolve())
     assert env["FEAST_FS_YAML_FILE_PATH"] == str(
         tmp_path.resolve() / "feast" / "feature_store.yaml"
     )
-    config = yaml.safe_load(fs.feast_yaml(settings))
+    config = yaml.safe_load(feast_config.feast_yaml(settings))
     assert config["online_store"]["connection_string"].startswith("127.0.0.1:7777,socket_timeout=")
     assert config["registry"] == str(tmp_path.resolve() / "feast" / "registry.db")
     # the repo's own file is the same, with the embedded stack's defaults
     repo = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
-    defaults = yaml.safe_load(fs.feast_yaml(Settings(state_dir=Path(".rtml"))))
+    defaults = yaml.safe_load(feast_config.feast_yaml(Settings(state_dir=Path(".rtml"))))
     assert repo.keys() == defaults.keys()
     assert {k: v for k, v in repo.items() if k != "registry"} == {
         k: v for k, v in defaults.items() if k != "registry"

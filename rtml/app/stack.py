@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from rtml import feature_store as fs
+from rtml import feast_config
 from rtml.app.processes import (
     BIND_FAILED,
     KAFKA,
@@ -299,8 +299,8 @@ class Stack:
         spec = importlib.util.find_spec("rtml.pipelines.features.indicators")
         if spec is not None and spec.origin:
             digest.update(Path(spec.origin).read_bytes())
-        digest.update(fs.feast_yaml(self.settings).encode())
-        digest.update(json.dumps(fs.feast_env(self.settings), sort_keys=True).encode())
+        digest.update(feast_config.feast_yaml(self.settings).encode())
+        digest.update(json.dumps(feast_config.feast_env(self.settings), sort_keys=True).encode())
         return digest.hexdigest()
 
     def _feast_stamp(self) -> Path:
@@ -319,8 +319,8 @@ class Stack:
         for sub in ("feast", "logs", "offline/features", "offline/targets"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         feast = Path(sys.executable).parent / "feast"
-        fs.write_feast_yaml(self.settings)
-        env = {**os.environ, **fs.feast_env(self.settings)}
+        feast_config.write_feast_yaml(self.settings)
+        env = {**os.environ, **feast_config.feast_env(self.settings)}
         with self.log_file("feast").open("ab") as out:
             return subprocess.Popen(
                 [str(feast), "-c", str(self.settings.feature_repo), "apply"],

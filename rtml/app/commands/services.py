@@ -69,10 +69,10 @@ def env(settings: Settings) -> None:
     They name the Feast repo (RTML_FEATURE_REPO: inside the package, once installed), its
     configuration for these settings (written now) and the state directory; then
     `cd "$RTML_FEATURE_REPO" && feast apply` works on rtml's stack."""
-    from rtml import feature_store as fs
+    from rtml import feast_config
 
-    fs.write_feast_yaml(settings)
-    exports = {"RTML_FEATURE_REPO": str(settings.feature_repo), **fs.feast_env(settings)}
+    feast_config.write_feast_yaml(settings)
+    exports = {"RTML_FEATURE_REPO": str(settings.feature_repo), **feast_config.feast_env(settings)}
     for key, value in exports.items():
         click.echo(f"export {key}={shlex.quote(value)}")
 
