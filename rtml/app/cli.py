@@ -8,6 +8,7 @@ import sys
 import click
 
 from rtml.app.commands import data, letters, models, runs, services
+from rtml.app.processes import what_to_do
 from rtml.errors import RtmlError
 from rtml.settings import Settings
 
@@ -43,12 +44,13 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 _SERVICES = {
-    "mlflow": ("MLflow", "MLFLOW_TRACKING_URI"),
-    "requests": ("MLflow", "MLFLOW_TRACKING_URI"),
-    "urllib3": ("MLflow", "MLFLOW_TRACKING_URI"),
-    "confluent_kafka": ("Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
-    "redis": ("Redis", "REDIS_URL"),
+    "mlflow": "MLflow",
+    "requests": "MLflow",
+    "urllib3": "MLflow",
+    "confluent_kafka": "Kafka",
+    "redis": "Redis",
 }
+"""The service behind an exception, by the module it was raised from."""
 _UNREACHABLE = (
     "Connection refused",
     "Max retries exceeded",
@@ -78,16 +80,13 @@ def _service_error(exc: BaseException) -> str | None:
     root = type(exc).__module__.split(".")[0]
     if root not in _SERVICES:
         return None
-    name, variable = _SERVICES[root]
+    name = _SERVICES[root]
     text = " ".join(str(exc).split())
     if any(marker in text for marker in _UNREACHABLE):
         what = f"{name} at {_address(name)} cannot be reached"
     else:
         what = f"{name} failed: {text[:300] or type(exc).__name__}"
-    return (
-        f"{what}. `rtml status` shows the embedded stack and `rtml up` starts it; "
-        f"for an external {name}, check {variable}."
-    )
+    return f"{what}. {what_to_do(name)}"
 
 
 for command in (

@@ -14,6 +14,21 @@ from rtml.settings import Settings
 
 KAFKA, REDIS, MLFLOW = "kafka", "redis", "mlflow"
 SERVICES = (KAFKA, REDIS, MLFLOW)
+NAMES = {KAFKA: "Kafka", REDIS: "Redis", MLFLOW: "MLflow"}
+VARIABLES = {
+    "Kafka": "KAFKA_BOOTSTRAP_SERVERS",
+    "Redis": "REDIS_URL",
+    "MLflow": "MLFLOW_TRACKING_URI",
+}
+"""The variable that points rtml at an external service of each name."""
+
+
+def what_to_do(name: str) -> str:
+    """What a user does about service `name` (Kafka, Redis, MLflow) that is not there."""
+    return (
+        "`rtml status` shows the embedded stack and `rtml up` starts it; "
+        f"for an external {name}, check {VARIABLES[name]}."
+    )
 
 
 @dataclass(frozen=True)

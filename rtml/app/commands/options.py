@@ -22,45 +22,17 @@ if TYPE_CHECKING:
 
 def reachable_or_exit(settings: Settings, *services: str) -> None:
     """Before a long-running command loads anything heavy: each of `services` (kafka, redis,
-    mlflow) answers within a second or two, or the command stops at once saying which and
+    mlflow) answers the stack's health check, or the command stops at once saying which and
     what to do (a library's own retries would take a minute or more to say the same)."""
-    import socket
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlparse
+    from rtml.app.processes import NAMES, what_to_do
+    from rtml.app.stack import Stack
 
-    def tcp(address: str) -> bool:
-        host, _, port = address.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=1.0):
-                return True
-        except (OSError, ValueError):
-            return False
-
-    checks = {
-        "kafka": ("Kafka", "KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap),
-        "redis": ("Redis", "REDIS_URL", settings.redis),
-        "mlflow": ("MLflow", "MLFLOW_TRACKING_URI", settings.mlflow_uri),
-    }
+    stack = Stack(settings)
     for service in services:
-        name, variable, address = checks[service]
-        if service == "kafka":
-            ok = any(tcp(a.strip()) for a in address.split(",") if a.strip())
-        elif service == "redis":
-            url = urlparse(address)
-            ok = tcp(f"{url.hostname or 'localhost'}:{url.port or 6379}")
-        else:
-            try:
-                with urllib.request.urlopen(f"{address.rstrip('/')}/health", timeout=2.0):
-                    ok = True
-            except urllib.error.HTTPError:
-                ok = True  # it answered: an MLflow behind a proxy may not serve /health
-            except (OSError, ValueError):
-                ok = False
-        if not ok:
+        if not stack.healthy(service):
+            name = NAMES[service]
             raise ServiceError(
-                f"{name} at {address} cannot be reached. `rtml status` shows the embedded "
-                f"stack and `rtml up` starts it; for an external {name}, check {variable}."
+                f"{name} at {stack.address(service)} cannot be reached. {what_to_do(name)}"
             )
 
 
