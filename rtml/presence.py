@@ -6,24 +6,33 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from rtml.settings import Settings
 
+MAX_FILE_BYTES = 64 * 1024
+"""A presence file is a few hundred bytes; anything larger is not one of rtml's."""
 
-@dataclass(frozen=True)
-class Presence:
-    name: str  # api, monitor, features, trainer, predict-stream
-    pid: int
-    started: float
-    url: str | None = None  # where it answers HTTP (/healthz)
-    group: str | None = None  # its consumer group, for its lag
-    topics: tuple[str, ...] = field(default_factory=tuple)  # what the group reads
-    model: str | None = None
+_Text = Annotated[str, msgspec.Meta(max_length=1000)]
+
+
+class Presence(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One running service, as it announced itself. Read back by one schema, so a file that
+    anyone could write (a negative pid, a string for a time, a huge or nested value) is
+    passed over rather than signalled or printed."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]{0,39}$")]  # api, trainer, ...
+    pid: Annotated[int, msgspec.Meta(gt=1, lt=2**22)]  # never 0 or -1: kill(0|-1) is a group
+    started: Annotated[float, msgspec.Meta(ge=0, le=1e11)]  # epoch seconds
+    url: _Text | None = None  # where it answers HTTP (/healthz)
+    group: _Text | None = None  # its consumer group, for its lag
+    topics: Annotated[tuple[_Text, ...], msgspec.Meta(max_length=100)] = ()  # what it reads
+    model: _Text | None = None
 
 
 def _folder(settings: Settings) -> Path:
@@ -44,7 +53,7 @@ def announce(
     folder = _folder(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{me.pid}.json"
-    path.write_text(json.dumps(asdict(me)))
+    path.write_bytes(msgspec.json.encode(me))
     atexit.register(withdraw, path)
     return path
 
@@ -69,9 +78,10 @@ def present(settings: Settings) -> list[Presence]:
     found = []
     for path in sorted(_folder(settings).glob("*.json")):
         try:
-            raw = json.loads(path.read_text())
-            entry = Presence(**{**raw, "topics": tuple(raw.get("topics", ()))})
-        except (OSError, ValueError, TypeError):
+            if path.stat().st_size > MAX_FILE_BYTES:
+                continue
+            entry = msgspec.json.decode(path.read_bytes(), type=Presence)
+        except (OSError, msgspec.DecodeError):
             continue  # being written, or not ours
         if _alive(entry.pid):
             found.append(entry)

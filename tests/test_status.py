@@ -4,6 +4,7 @@ they serve, and each model's champion."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -13,7 +14,7 @@ import pytest
 
 from rtml.app.processes import free_port
 from rtml.kafka import ensure_topics, make_consumer, make_producer
-from rtml.presence import present
+from rtml.presence import announce, present
 from rtml.settings import Settings
 from tests.waiting import wait_until
 
@@ -89,3 +90,31 @@ def test_status_lists_the_running_services_their_lag_and_the_version_served(
         log.close()
     after = status()
     assert "features" not in after.split() and "no rtml service is running" in after
+
+
+def test_presence_files_anyone_could_write_are_passed_over(tmp_path: Path) -> None:
+    """A forged file must not make `rtml status` signal a process group (pid 0 or -1), crash on
+    a wrong type, or read a huge value; the real announcement beside them is listed."""
+    settings = Settings(state_dir=tmp_path)
+    announce(settings, "api", url="http://127.0.0.1:1")
+    folder = tmp_path / "services"
+    me = os.getpid()
+    hostile = {
+        "minus-one": {"name": "features", "pid": -1, "started": 0.0},
+        "zero": {"name": "features", "pid": 0, "started": 0.0},
+        "text-pid": {"name": "features", "pid": "1", "started": 0.0},
+        "text-time": {"name": "features", "pid": me, "started": "yesterday"},
+        "future": {"name": "features", "pid": me, "started": 1e300},
+        "unknown-key": {"name": "features", "pid": me, "started": 0.0, "cmd": "rm -rf /"},
+        "bad-name": {"name": "../../etc", "pid": me, "started": 0.0},
+        "nested": {"name": "features", "pid": me, "started": 0.0, "topics": [[["t"] * 50] * 50]},
+        "list": [1, 2, 3],
+    }
+    for stem, body in hostile.items():
+        (folder / f"{stem}.json").write_text(json.dumps(body))
+    (folder / "huge.json").write_text(
+        '{"name": "features", "pid": 5, "topics": ["' + "x" * 2**20 + '"]}'
+    )
+    listed = present(settings)
+    assert [(p.name, p.pid) for p in listed] == [("api", me)]
+    assert all((folder / f"{stem}.json").exists() for stem in hostile)  # not ours: left as is
