@@ -98,7 +98,7 @@ class Monitor:
         self.pairs: dict[str, deque[tuple[float, float, float, int]]] = {}
         # each joined error in arrival order (event time, version, error, naive's error): the
         # series the dashboard draws is computed from them in event-time order
-        self.errors: deque[tuple[float, int, float, float]] = deque(maxlen=history)
+        self.errors: deque[tuple[float, str, int, float, float]] = deque(maxlen=history)
         self.staleness: deque[tuple[float, float]] = deque(maxlen=history)
         self.champion_changes: deque[tuple[float, int]] = deque(maxlen=history)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=100)
@@ -193,7 +193,7 @@ class Monitor:
         self.pairs.setdefault(p.symbol, deque(maxlen=self._history)).append(
             (p.ts, p.prediction, target, p.version)
         )
-        self.errors.append((p.ts, p.version, error, naive_error))
+        self.errors.append((p.ts, p.model, p.version, error, naive_error))
         if (p.model, p.version) != (self.champion_model, self.champion):
             return
         if self._drift_version != (p.model, p.version):  # a new champion: a fresh detector
@@ -212,7 +212,7 @@ class Monitor:
             self.alerts.append(alert)
             log.warning("drift in the errors of version %s: %s", p.version, alert)
 
-    def mae_series(self) -> list[tuple[float, int, float, float]]:
+    def mae_series(self) -> list[tuple[float, int, float, float, str]]:
         """Error over time, in event time: the joined errors ordered by their event time, each
         point the rolling MAE of its served version and the naive forecast's, over the `window`
         errors before it. Partitions interleave as the monitor reads them; this order does not
@@ -222,17 +222,17 @@ class Monitor:
         >>> for ts, target in ((120.0, 0.03), (60.0, 0.01), (180.0, 0.05)):  # read out of order
         ...     m.on_prediction(Prediction("X", ts, 0.0, 1, 0.0), arrived=200.0)
         ...     m.on_example("X", ts, target)
-        >>> [(t, round(mae, 3)) for t, _, mae, _ in m.mae_series()]
+        >>> [(t, round(mae, 3)) for t, _, mae, _, _ in m.mae_series()]
         [(60.0, 0.01), (120.0, 0.02), (180.0, 0.04)]
         """
-        per_version: dict[int, RollingMean] = {}
+        per_version: dict[tuple[str, int], RollingMean] = {}  # shards: one model each
         naive = RollingMean(self.window)
         out = []
-        for ts, version, error, naive_error in sorted(self.errors, key=lambda e: e[0]):
-            mean = per_version.setdefault(version, RollingMean(self.window))
+        for ts, model, version, error, naive_error in sorted(self.errors, key=lambda e: e[0]):
+            mean = per_version.setdefault((model, version), RollingMean(self.window))
             mean.add(error)
             naive.add(naive_error)
-            out.append((ts, version, mean.mean, naive.mean))
+            out.append((ts, version, mean.mean, naive.mean, model))
         return out
 
     def rolling_mae(self, version: int, symbol: str = ALL, model: str = "") -> float:
@@ -322,7 +322,10 @@ class Monitor:
             "symbol": chosen,
             "price": {chosen: tail(self.price.get(chosen))} if chosen else {},
             "pairs": {chosen: tail(self.pairs.get(chosen))} if chosen else {},
-            "mae": [[t, v, _finite(m), _finite(b)] for t, v, m, b in self.mae_series()[-points:]],
+            "mae": [
+                [t, v, _finite(m), _finite(b), model]
+                for t, v, m, b, model in self.mae_series()[-points:]
+            ],
             "staleness": tail(self.staleness),
             "champion_changes": list(self.champion_changes),
             "errors": self.errors_table(top, page),

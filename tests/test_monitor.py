@@ -152,3 +152,20 @@ def test_the_monitor_service_honours_the_drift_delta() -> None:
 
     service = MonitorService(Settings(drift_delta=0.123))
     assert service.monitor.drift_delta == 0.123
+
+
+def test_two_shards_at_the_same_version_number_draw_two_error_series() -> None:
+    """Shards register models of their own, each counting from version 1: their errors are
+    never averaged into one line."""
+    m = Monitor(window=3)
+    for i in range(4):
+        for model, target in (("majors", 0.01), ("alts", 0.05)):
+            symbol = "A" if model == "majors" else "B"
+            m.on_prediction(Prediction(symbol, 60.0 * i, 0.0, 1, 0.0, model), arrived=1e3)
+            m.on_example(symbol, 60.0 * i, target)
+    series: dict[str, list[float]] = {}
+    for _, version, mae, _, model in m.mae_series():
+        assert version == 1
+        series.setdefault(model, []).append(mae)
+    assert series["majors"][-1] == pytest.approx(0.01)
+    assert series["alts"][-1] == pytest.approx(0.05)

@@ -16,15 +16,16 @@ from rtml.presence import Presence, present
 from rtml.settings import Settings
 
 TIMEOUT_S = 0.5  # per HTTP question: a service that cannot answer that fast is reported slow
+MAX_BODY_BYTES = 64 * 1024  # a health or readiness answer is a few hundred bytes
 
 
 def _get(url: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as answer:
-            return answer.status, json.loads(answer.read() or b"null")
+            return answer.status, json.loads(answer.read(MAX_BODY_BYTES) or b"null")
     except urllib.error.HTTPError as exc:
         try:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, json.loads(exc.read(MAX_BODY_BYTES) or b"null")
         except ValueError:
             return exc.code, None
     except (OSError, ValueError):

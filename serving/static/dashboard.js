@@ -150,19 +150,22 @@ function render(state) {
     { name: "actual", color: "#2ca02c", points: pairs.map((p) => [p[0], p[2]]) },
   ], changes, "change over the horizon", range);
   // the error of each served version over the time it served, beside the naive forecast's
-  const versions = [...new Set(state.mae.map((p) => p[1]))];
+  // one line per (model, version): shards serve models of their own
+  const key = (p) => `${p[4] ?? ""}\u0000${p[1]}`;
+  const versions = [...new Map(state.mae.map((p) => [key(p), p])).values()];
+  const label = (p) => (p[1] === 0 ? "naive served" : `${p[4] ? `${p[4]} ` : ""}v${p[1]}`);
   draw(document.getElementById("chart-mae"), [
-    ...versions.map((v, i) => ({
-      name: v === 0 ? "naive served" : `v${v}`, version: v, color: PALETTE[i % PALETTE.length],
-      points: state.mae.filter((p) => p[1] === v).map((p) => [p[0], p[2]]),
+    ...versions.map((first, i) => ({
+      name: label(first), version: first[1], color: PALETTE[i % PALETTE.length],
+      points: state.mae.filter((p) => key(p) === key(first)).map((p) => [p[0], p[2]]),
     })),
     { name: "baseline", color: "#7f7f7f", points: state.mae.map((p) => [p[0], p[3]]) },
   ], changes, "rolling MAE", range);
   document.getElementById("mae-legend").replaceChildren(
-    ...versions.map((v, i) => {
+    ...versions.map((first, i) => {
       const span = document.createElement("span");
       span.style.color = PALETTE[i % PALETTE.length];
-      span.textContent = v === 0 ? "naive served" : `v${v}`;
+      span.textContent = label(first);
       return span;
     }));
   draw(document.getElementById("chart-staleness"),
