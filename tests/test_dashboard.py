@@ -27,6 +27,7 @@ from rtml.serving.monitor import ALL, TOP_SYMBOLS, Monitor
 from rtml.serving.monitor_service import MonitorService
 from rtml.settings import Settings
 from tests.kafka_helpers import drain
+from tests.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INJECTION = "<img src=x onerror=alert(1)>"
@@ -63,9 +64,7 @@ def _serve(service: MonitorService) -> tuple[uvicorn.Server, threading.Thread, i
     )
     web = threading.Thread(target=server.run, daemon=True)
     web.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: server.started, 30, "the dashboard to start")
     return server, web, port
 
 
@@ -137,17 +136,8 @@ def monitored(stack_settings: Settings, stack: object) -> Iterator[tuple[Monitor
     service = MonitorService(settings)
     worker = threading.Thread(target=service.run, daemon=True)
     worker.start()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_dashboard_app(service), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    web = threading.Thread(target=server.run, daemon=True)
-    web.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (service.monitor.joined < expected or not server.started):
-        time.sleep(0.2)
+    server, web, port = _serve(service)
+    wait_until(lambda: service.monitor.joined >= expected, 60, "every prediction joined")
     yield service, f"http://127.0.0.1:{port}", expected
     server.should_exit = True
     service.stop.set()
